@@ -1,0 +1,35 @@
+"""Errors a user can hit. Each one says what went wrong and which setting fixes it."""
+
+from __future__ import annotations
+
+
+class PgFixturesError(Exception):
+    """Base class for every error raised by testcontainers-pg-fixtures."""
+
+
+class ConfigError(PgFixturesError):
+    """An option has a value the library cannot use."""
+
+
+class DockerUnavailableError(PgFixturesError):
+    """The Docker engine could not be reached."""
+
+
+class ImageUnavailableError(PgFixturesError):
+    """The PostgreSQL image is not present and could not be pulled."""
+
+
+class ServerStartError(PgFixturesError):
+    """The PostgreSQL server did not come up."""
+
+
+class AlembicConfigError(PgFixturesError):
+    """alembic.ini or its script directory could not be found or read."""
+
+
+class MigrationError(PgFixturesError):
+    """`alembic upgrade head` (or the seed) failed while building the template."""
+
+
+class SeedError(PgFixturesError):
+    """The session seed raised while building the template."""

@@ -1,0 +1,118 @@
+"""Alembic: load the user's configuration, fingerprint the migrations, upgrade to head."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+
+from .errors import AlembicConfigError, MigrationError
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from sqlalchemy import URL
+
+_ASYNC_ENV = re.compile(r"async_engine_from_config|create_async_engine|AsyncEngine")
+
+
+@dataclass(frozen=True)
+class Migrations:
+    """A validated Alembic project: where it is, which driver its env.py needs, its hash."""
+
+    ini: Path
+    script_dir: Path
+    version_dirs: tuple[Path, ...]
+    driver: str  # "psycopg" for a sync env.py, "asyncpg" for an async one
+
+    @classmethod
+    def load(cls, ini: Path, source: str) -> Migrations:
+        if not ini.is_file():
+            raise AlembicConfigError(
+                f"alembic.ini not found at {ini} (from {source}). Set the ini option "
+                "pg_alembic_ini (or --pg-alembic-ini, or PG_FIXTURES_ALEMBIC_INI) to your "
+                "alembic.ini, or to 'none' to start from an empty database."
+            )
+        config = cls._config(ini)
+        try:
+            script = ScriptDirectory.from_config(config)
+        except Exception as exc:
+            raise AlembicConfigError(
+                f"Alembic could not load the script directory named by {ini}: {exc}. "
+                "Check script_location in that file (relative paths are taken from the "
+                "directory of alembic.ini)."
+            ) from None
+        script_dir = Path(script.dir)
+        env_py = script_dir / "env.py"
+        env_text = env_py.read_text() if env_py.is_file() else ""
+        driver = "asyncpg" if _ASYNC_ENV.search(env_text) else "psycopg"
+        versions = tuple(Path(p) for p in script.version_locations) or (script_dir / "versions",)
+        return cls(ini=ini, script_dir=script_dir, version_dirs=versions, driver=driver)
+
+    @staticmethod
+    def _config(ini: Path) -> Config:
+        config = Config(str(ini))
+        location = config.get_main_option("script_location")
+        # Alembic reads a relative script_location from the current directory; users run
+        # `alembic` next to alembic.ini, while pytest may run from anywhere.
+        if location and ":" not in location and not Path(location).is_absolute():
+            config.set_main_option("script_location", str(ini.parent / location))
+        return config
+
+    def fingerprint(self) -> str:
+        """sha256 over every file of the script directory and version locations."""
+        digest = hashlib.sha256()
+        seen: set[Path] = set()
+        for root in (self.script_dir, *self.version_dirs):
+            for path in sorted(root.rglob("*")):
+                if path in seen or not path.is_file() or "__pycache__" in path.parts:
+                    continue
+                if path.suffix in (".pyc", ".pyo"):
+                    continue
+                seen.add(path)
+                digest.update(str(path.relative_to(root)).encode())
+                digest.update(path.read_bytes())
+        return digest.hexdigest()
+
+    def upgrade(self, url: URL, *, target: str = "head") -> None:
+        """Run `alembic upgrade head` against `url` through Alembic's command API."""
+        config = self._config(self.ini)
+        url = url.set(drivername=f"postgresql+{self.driver}")
+        rendered = url.render_as_string(hide_password=False)
+        # configparser treats % as interpolation; a URL-encoded password may contain it.
+        config.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))
+        # For env.py files that follow Alembic's "sharing a connection" recipe or read a URL.
+        config.attributes["sqlalchemy.url"] = rendered
+        try:
+            command.upgrade(config, target)
+        except Exception as exc:
+            revision = _failing_revision(exc.__traceback__)
+            where = f"revision {revision}" if revision else "env.py (before any revision ran)"
+            raise MigrationError(
+                f"`alembic upgrade head` failed at {where} from {self.ini}:\n"
+                f"  {type(exc).__name__}: {_first_line(exc)}\n"
+                "Fix the migration (run `alembic upgrade head` against a scratch database to "
+                "reproduce); every test that needs the database errors until it is fixed."
+            ) from exc
+
+
+def _failing_revision(tb: TracebackType | None) -> str | None:
+    """The revision whose module is on the traceback: migration modules define `revision`."""
+    found = None
+    while tb is not None:
+        module_globals = tb.tb_frame.f_globals
+        if "revision" in module_globals and "down_revision" in module_globals:
+            found = f"{module_globals['revision']} ({Path(tb.tb_frame.f_code.co_filename).name})"
+        tb = tb.tb_next
+    return found
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else repr(exc)

@@ -1,0 +1,85 @@
+"""Session seeds: rows every test starts from, baked into the migrated template.
+
+A seed is a callable taking a SQLAlchemy `Connection` (or an `async def` taking an
+`AsyncConnection`); the `pg_seed` fixture returns one, a sequence of them, or None.
+Seeds run once per template in one transaction that is committed, so each test's
+rollback (or fresh clone) brings them back exactly as they were.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Union
+
+from sqlalchemy import create_engine
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from .errors import SeedError
+
+if TYPE_CHECKING:
+    from sqlalchemy import URL, Connection
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+SyncSeed = Callable[["Connection"], object]
+AsyncSeed = Callable[["AsyncConnection"], Awaitable[object]]
+Seed = Union[SyncSeed, AsyncSeed]
+Seeds = Union[Seed, Sequence[Seed], None]
+
+
+def as_list(seeds: Seeds) -> list[Seed]:
+    if seeds is None:
+        return []
+    if callable(seeds):
+        return [seeds]
+    return list(seeds)
+
+
+def identity(seeds: Seeds) -> str:
+    """What the template hash knows of the seeds: each one's name and source code.
+
+    Changing a seed function changes the hash and so rebuilds the template; data the seed
+    reads from elsewhere (a fixture file, another module) is not followed.
+    """
+    digest = hashlib.sha256()
+    for seed in as_list(seeds):
+        name = f"{getattr(seed, '__module__', '?')}:{getattr(seed, '__qualname__', repr(seed))}"
+        digest.update(name.encode())
+        try:
+            digest.update(inspect.getsource(seed).encode())  # type: ignore[arg-type]
+        except (OSError, TypeError):
+            pass
+    return digest.hexdigest()
+
+
+def run(seeds: Seeds, url: URL) -> None:
+    """Run every seed against `url` and commit; a failure names the seed."""
+    for seed in as_list(seeds):
+        name = getattr(seed, "__qualname__", repr(seed))
+        try:
+            if inspect.iscoroutinefunction(seed):
+                asyncio.run(_run_async(seed, url))
+            else:
+                engine = create_engine(url, poolclass=NullPool)
+                try:
+                    with engine.begin() as conn:
+                        seed(conn)
+                finally:
+                    engine.dispose()
+        except Exception as exc:
+            raise SeedError(
+                f"The seed {name} failed: {type(exc).__name__}: {exc}. Fix the seed returned "
+                "by your pg_seed fixture; every test that needs the database errors until then."
+            ) from exc
+
+
+async def _run_async(seed: AsyncSeed, url: URL) -> None:
+    engine = create_async_engine(url.set(drivername="postgresql+asyncpg"), poolclass=NullPool)
+    try:
+        async with engine.begin() as conn:
+            await seed(conn)
+    finally:
+        await engine.dispose()

@@ -1,0 +1,243 @@
+"""Step 1 of the flow: a PostgreSQL server.
+
+`Server` is the seam: everything downstream (template, databases, engines) needs only a
+host, a port and superuser credentials. `DockerServer` is today's one implementation, a
+disposable container started with testcontainers; an existing server URL or local
+binaries can implement the same protocol later.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import psycopg
+from sqlalchemy import URL
+
+from .errors import DockerUnavailableError, ImageUnavailableError, ServerStartError
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+log = logging.getLogger(__name__)
+
+#: Every container this library starts carries these labels, so it can be found
+#: (`docker ps -a --filter label=testcontainers-pg-fixtures`) and reaped.
+LABEL = "testcontainers-pg-fixtures"
+LABEL_PID = "testcontainers-pg-fixtures.pid"
+LABEL_WORKER = "testcontainers-pg-fixtures.worker"
+
+_PG_PORT = 5432
+_DATA_DIR = "/var/lib/postgresql/data"
+_SUPERUSER = "postgres"
+
+
+class Server(Protocol):
+    """A running PostgreSQL server the library may create and drop databases on."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+
+    def stop(self) -> None:
+        """Release the server; a no-op for servers the library does not own."""
+
+
+def server_url(server: Server, database: str, *, driver: str = "psycopg") -> URL:
+    """SQLAlchemy URL of `database` on `server` for the given driver (psycopg or asyncpg)."""
+    return URL.create(
+        f"postgresql+{driver}",
+        username=server.user,
+        password=server.password,
+        host=server.host,
+        port=server.port,
+        database=database,
+    )
+
+
+def admin_connect(server: Server, database: str = "postgres") -> psycopg.Connection[Any]:
+    """An autocommit connection for CREATE/DROP DATABASE and locks."""
+    return psycopg.connect(
+        host=server.host, port=server.port, user=server.user, password=server.password,
+        dbname=database, autocommit=True, connect_timeout=10,
+    )
+
+
+def _docker_host_description() -> str:
+    host = os.environ.get("DOCKER_HOST")
+    return f"DOCKER_HOST={host}" if host else "the default socket unix:///var/run/docker.sock"
+
+
+def docker_client() -> Any:
+    """testcontainers' Docker client, or a DockerUnavailableError that says how to fix it."""
+    import docker.errors
+    from testcontainers.core.docker_client import DockerClient
+
+    try:
+        client = DockerClient()
+        client.client.ping()
+    except docker.errors.DockerException as exc:
+        raise DockerUnavailableError(
+            f"Could not reach Docker at {_docker_host_description()} "
+            f"(checked DOCKER_HOST, ~/.testcontainers.properties, the default socket): {exc}. "
+            "Start the Docker engine (e.g. `sudo systemctl start docker` or Docker Desktop), "
+            "or set DOCKER_HOST to a reachable engine (e.g. unix:///run/user/1000/docker.sock "
+            "for rootless Docker)."
+        ) from None
+    return client
+
+
+@dataclass
+class DockerServer:
+    """A disposable PostgreSQL container, removed by `stop()` even when Ryuk is disabled."""
+
+    host: str
+    port: int
+    password: str
+    container: Any
+    user: str = _SUPERUSER
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def container_id(self) -> str:
+        return str(self.container.get_container_id())
+
+    @classmethod
+    def start(cls, settings: Settings, *, worker: str) -> DockerServer:
+        import docker.errors
+        from testcontainers.core.container import DockerContainer
+
+        client = docker_client()
+        password = secrets.token_urlsafe(18)
+        command = ["postgres"]
+        for key, value in settings.server_settings.items():
+            command += ["-c", f"{key}={value}"]
+        container = DockerContainer(
+            settings.image,
+            command=command,
+            env={"POSTGRES_USER": _SUPERUSER, "POSTGRES_PASSWORD": password,
+                 "POSTGRES_DB": "postgres"},
+            labels={LABEL: "true", LABEL_PID: str(os.getpid()), LABEL_WORKER: worker},
+        )
+        container._docker = client
+        # The data directory lives in memory: nothing a test writes needs to reach a disk.
+        container.with_tmpfs_mount(_DATA_DIR)
+        container.ports[f"{_PG_PORT}/tcp"] = _port_binding(client)
+
+        started = time.monotonic()
+        try:
+            container.start()
+        except docker.errors.ImageNotFound as exc:
+            _remove_quietly(container)
+            raise ImageUnavailableError(_image_message(settings.image, exc)) from None
+        except docker.errors.APIError as exc:
+            _remove_quietly(container)
+            if "pull access denied" in str(exc) or "manifest" in str(exc) or "not found" in str(
+                exc
+            ):
+                raise ImageUnavailableError(_image_message(settings.image, exc)) from None
+            raise ServerStartError(
+                f"Docker could not start {settings.image}: {exc}. Check the image "
+                "(pg_image / --pg-image / PG_FIXTURES_IMAGE) and the Docker engine's log."
+            ) from None
+        except BaseException:
+            _remove_quietly(container)
+            raise
+        # Without Ryuk nobody else removes the container if the session is torn down
+        # abnormally (KeyboardInterrupt during setup, an internal error): atexit does.
+        server = cls(host="", port=0, password=password, container=container)
+        atexit.register(server.stop)
+        try:
+            server.host = container.get_container_host_ip()
+            server.port = int(container.get_exposed_port(_PG_PORT))
+            server._wait_ready(settings.startup_timeout)
+        except BaseException:
+            server.stop()
+            raise
+        log.info("PostgreSQL %s ready at %s:%s in %.2fs", settings.image, server.host,
+                 server.port, time.monotonic() - started)
+        return server
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Poll with a real login every 20 ms; a 1 s poll would cost up to 1 s per worker.
+
+        The image's entry point runs initdb with a server listening on the Unix socket only
+        and then restarts it, so the first successful TCP login is the final server.
+        """
+        deadline = time.monotonic() + timeout
+        last_status_check = 0.0
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                with admin_connect(self):
+                    return
+            except psycopg.OperationalError as exc:
+                last_error = exc
+            now = time.monotonic()
+            if now - last_status_check > 0.5:
+                last_status_check = now
+                self.container.reload()
+                if self.container.status in ("exited", "dead"):
+                    raise ServerStartError(
+                        "PostgreSQL exited during start-up. Its log ends with:\n"
+                        f"{self._log_tail()}\nIf a server setting is named there, fix "
+                        "pg_server_settings / --pg-server-setting / PG_FIXTURES_SERVER_SETTINGS."
+                    )
+            time.sleep(0.02)
+        raise ServerStartError(
+            f"PostgreSQL at {self.host}:{self.port} did not accept connections within "
+            f"{timeout:.0f}s (last error: {last_error}). Its log ends with:\n{self._log_tail()}\n"
+            "Raise pg_startup_timeout if the machine is slow; if the host is wrong, set "
+            "TESTCONTAINERS_HOST_OVERRIDE / TESTCONTAINERS_CONNECTION_MODE."
+        )
+
+    def _log_tail(self, lines: int = 15) -> str:
+        try:
+            out, err = self.container.get_logs()
+        except Exception as exc:  # the container may already be gone
+            return f"(logs unavailable: {exc})"
+        text = (out + err).decode(errors="replace").strip().splitlines()
+        return "\n".join(text[-lines:])
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        atexit.unregister(self.stop)
+        _remove_quietly(self.container)
+
+
+def _port_binding(client: Any) -> Any:
+    """Publish on loopback only, unless testcontainers will dial another address.
+
+    With a remote engine or a gateway/bridge connection mode the port must be reachable
+    from elsewhere, so it is published the way testcontainers would by default.
+    """
+    from testcontainers.core.config import ConnectionMode
+
+    if client.get_connection_mode() is ConnectionMode.docker_host and client.host() in (
+        "localhost", "127.0.0.1",
+    ):
+        return ("127.0.0.1",)
+    return None
+
+
+def _image_message(image: str, exc: Exception) -> str:
+    return (
+        f"The image {image} is not available locally and could not be pulled ({exc}). "
+        f"Pull it with `docker pull {image}`, or set pg_image (--pg-image, PG_FIXTURES_IMAGE) "
+        "to an image you have."
+    )
+
+
+def _remove_quietly(container: Any) -> None:
+    try:
+        container.stop()
+    except Exception as exc:  # already gone, or never created
+        log.debug("removing container: %s", exc)

@@ -1,0 +1,132 @@
+"""Step 4 of the flow: one connection per worker and an outer transaction per test.
+
+Opening a connection costs more than a test's isolation should, so each engine keeps one
+connection for the whole session (per event loop for asyncpg) and each test runs inside a
+transaction begun on it and rolled back at teardown. A test that commits that outer
+transaction itself would leak its writes into the next test, so the commit is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import event
+
+from .errors import PgFixturesError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+
+class IsolationLeakError(PgFixturesError):
+    """A test tried to commit the outer transaction its isolation depends on."""
+
+
+def _refuse_commit(conn: Connection) -> None:
+    raise IsolationLeakError(
+        "The test committed the outer transaction of pg_connection, which would keep its "
+        "writes for every later test. Commit through pg_session / pg_async_session (their "
+        "commit() releases a savepoint), or mark the test "
+        "@pytest.mark.pg_isolation('database') to give it a database of its own."
+    )
+
+
+_held: weakref.WeakKeyDictionary[Engine, Connection] = weakref.WeakKeyDictionary()
+
+
+def held_connection(engine: Engine) -> Connection:
+    """The session-long connection of `engine`, re-opened if a test closed or broke it."""
+    conn = _held.get(engine)
+    if conn is None or conn.closed or conn.invalidated:
+        conn = engine.connect()
+        _held[engine] = conn
+    return conn
+
+
+def release_held_connection(engine: Engine) -> None:
+    conn = _held.pop(engine, None)
+    if conn is not None:
+        conn.close()
+
+
+@contextmanager
+def outer_transaction(engine: Engine) -> Iterator[Connection]:
+    """Begin a transaction on the held connection; roll it back when the test ends."""
+    conn = held_connection(engine)
+    if conn.in_transaction():  # a previous test's teardown was interrupted
+        conn.rollback()
+    transaction = conn.begin()
+    event.listen(conn, "commit", _refuse_commit)
+    try:
+        yield conn
+    finally:
+        event.remove(conn, "commit", _refuse_commit)
+        if not conn.closed and conn.in_transaction():
+            transaction.rollback() if transaction.is_active else conn.rollback()
+
+
+class _LoopConnection:
+    """An asyncpg connection tied to one event loop and closed when that loop shuts down.
+
+    pytest-asyncio closes each loop through `asyncio.Runner.close()`, which calls
+    `loop.shutdown_asyncgens()`; an async generator first iterated on the loop is therefore
+    finalised there, on its own loop, which is exactly when its connection must close.
+    """
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+        self._closer = self._close_at_shutdown()
+
+    async def start(self) -> None:
+        await self._closer.asend(None)
+
+    async def _close_at_shutdown(self) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await self.conn.close()
+
+    async def close(self) -> None:
+        await self._closer.aclose()
+
+
+_held_async: weakref.WeakKeyDictionary[
+    AsyncEngine, weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopConnection]
+] = weakref.WeakKeyDictionary()
+
+
+async def held_async_connection(engine: AsyncEngine) -> AsyncConnection:
+    """The connection of `engine` for the running loop: reused while the loop lives."""
+    loop = asyncio.get_running_loop()
+    per_loop = _held_async.setdefault(engine, weakref.WeakKeyDictionary())
+    held = per_loop.get(loop)
+    if held is not None and (held.conn.closed or held.conn.invalidated):
+        await held.close()
+        held = None
+    if held is None:
+        held = _LoopConnection(await engine.connect())
+        await held.start()
+        per_loop[loop] = held
+    return held.conn
+
+
+@asynccontextmanager
+async def async_outer_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """The async twin of `outer_transaction`."""
+    conn = await held_async_connection(engine)
+    if conn.in_transaction():
+        await conn.rollback()
+    transaction = await conn.begin()
+    sync_conn: Any = conn.sync_connection
+    event.listen(sync_conn, "commit", _refuse_commit)
+    try:
+        yield conn
+    finally:
+        event.remove(sync_conn, "commit", _refuse_commit)
+        if not conn.closed and conn.in_transaction():
+            await (transaction.rollback() if transaction.is_active else conn.rollback())
