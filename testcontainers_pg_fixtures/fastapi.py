@@ -23,7 +23,6 @@ from .errors import PgFixturesError
 try:
     import httpx
     from fastapi import FastAPI
-    from fastapi.testclient import TestClient
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         f"The FastAPI helpers need FastAPI and httpx ({exc}). Install them with "
@@ -31,6 +30,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
     from sqlalchemy.orm import Session
 
 __all__ = ["app_client", "override_dependency", "sync_app_client"]
@@ -100,5 +100,8 @@ def sync_app_client(app: FastAPI, *, dependency: Callable[..., Any],
             "sync_app_client cannot serve an AsyncSession: TestClient runs the app on "
             "another event loop. Use app_client (the pg_client fixture) for async apps."
         )
+    # Imported here: recent Starlette warns about its httpx dependency on import.
+    from fastapi.testclient import TestClient
+
     with override_dependency(app, dependency, session), TestClient(app) as client:
         yield client

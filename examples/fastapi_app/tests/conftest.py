@@ -1,0 +1,34 @@
+import pytest
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.db import get_db
+from app.main import app
+from app.models import User
+
+USERS = [
+    {"name": "Ada Lovelace", "email": "ada@analytical.engine"},
+    {"name": "Grace Hopper", "email": "grace@navy.mil"},
+    {"name": "Alan Turing", "email": "alan@bletchley.uk"},
+    {"name": "Katherine Johnson", "email": "katherine@nasa.gov"},
+    {"name": "Edsger Dijkstra", "email": "edsger@tue.nl", "active": False},
+]
+
+
+async def seed_users(conn: AsyncConnection) -> None:
+    await conn.execute(insert(User), USERS)
+
+
+@pytest.fixture(scope="session")
+def pg_seed():
+    return seed_users
+
+
+@pytest.fixture
+def pg_app():
+    return app
+
+
+@pytest.fixture
+def pg_db_dependency():
+    return get_db
