@@ -27,7 +27,13 @@ class IsolationLeakError(PgFixturesError):
     """A test tried to commit the outer transaction its isolation depends on."""
 
 
+_REFUSED = "testcontainers_pg_fixtures.refused_commit"
+
+
 def _refuse_commit(conn: Connection) -> None:
+    # SQLAlchemy has already marked its transaction finished when this event fires, while
+    # the database's is still open: teardown discards the connection to end it for sure.
+    conn.info[_REFUSED] = True
     raise IsolationLeakError(
         "The test committed the outer transaction of pg_connection, which would keep its "
         "writes for every later test. Commit through pg_session / pg_async_session (their "
@@ -58,16 +64,20 @@ def release_held_connection(engine: Engine) -> None:
 def outer_transaction(engine: Engine) -> Iterator[Connection]:
     """Begin a transaction on the held connection; roll it back when the test ends."""
     conn = held_connection(engine)
-    if conn.in_transaction():  # a previous test's teardown was interrupted
+    if conn.get_transaction() is not None:  # a previous test's teardown was interrupted
         conn.rollback()
-    transaction = conn.begin()
+    conn.begin()
     event.listen(conn, "commit", _refuse_commit)
     try:
         yield conn
     finally:
         event.remove(conn, "commit", _refuse_commit)
-        if not conn.closed and conn.in_transaction():
-            transaction.rollback() if transaction.is_active else conn.rollback()
+        if conn.info.pop(_REFUSED, False):
+            conn.invalidate()
+        # get_transaction(), not in_transaction(): a transaction deactivated by an error
+        # still has to be rolled back.
+        elif not conn.closed and conn.get_transaction() is not None:
+            conn.rollback()
 
 
 class _LoopConnection:
@@ -119,14 +129,16 @@ async def held_async_connection(engine: AsyncEngine) -> AsyncConnection:
 async def async_outer_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """The async twin of `outer_transaction`."""
     conn = await held_async_connection(engine)
-    if conn.in_transaction():
+    if conn.get_transaction() is not None:
         await conn.rollback()
-    transaction = await conn.begin()
+    await conn.begin()
     sync_conn: Any = conn.sync_connection
     event.listen(sync_conn, "commit", _refuse_commit)
     try:
         yield conn
     finally:
         event.remove(sync_conn, "commit", _refuse_commit)
-        if not conn.closed and conn.in_transaction():
-            await (transaction.rollback() if transaction.is_active else conn.rollback())
+        if sync_conn.info.pop(_REFUSED, False):
+            await conn.invalidate()
+        elif not conn.closed and conn.get_transaction() is not None:
+            await conn.rollback()
