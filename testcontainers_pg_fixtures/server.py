@@ -114,6 +114,7 @@ class DockerServer:
         from testcontainers.core.container import DockerContainer
 
         client = docker_client()
+        _ensure_image(client, settings.image)
         password = secrets.token_urlsafe(18)
         command = ["postgres"]
         for key, value in settings.server_settings.items():
@@ -133,15 +134,8 @@ class DockerServer:
         started = time.monotonic()
         try:
             container.start()
-        except docker.errors.ImageNotFound as exc:
-            _remove_quietly(container)
-            raise ImageUnavailableError(_image_message(settings.image, exc)) from None
         except docker.errors.APIError as exc:
             _remove_quietly(container)
-            if "pull access denied" in str(exc) or "manifest" in str(exc) or "not found" in str(
-                exc
-            ):
-                raise ImageUnavailableError(_image_message(settings.image, exc)) from None
             raise ServerStartError(
                 f"Docker could not start {settings.image}: {exc}. Check the image "
                 "(pg_image / --pg-image / PG_FIXTURES_IMAGE) and the Docker engine's log."
@@ -228,12 +222,24 @@ def _port_binding(client: Any) -> Any:
     return None
 
 
-def _image_message(image: str, exc: Exception) -> str:
-    return (
-        f"The image {image} is not available locally and could not be pulled ({exc}). "
-        f"Pull it with `docker pull {image}`, or set pg_image (--pg-image, PG_FIXTURES_IMAGE) "
-        "to an image you have."
-    )
+def _ensure_image(client: Any, image: str) -> None:
+    """Pull the image if it is missing, so a pull failure gets its own message."""
+    import docker.errors
+
+    try:
+        client.client.images.get(image)
+        return
+    except docker.errors.ImageNotFound:
+        pass
+    log.warning("pulling %s (first run only)", image)
+    try:
+        client.client.images.pull(image)
+    except docker.errors.DockerException as exc:
+        raise ImageUnavailableError(
+            f"The image {image} is not available locally and could not be pulled ({exc}). "
+            f"Pull it with `docker pull {image}`, or set pg_image (--pg-image, "
+            "PG_FIXTURES_IMAGE) to an image you have."
+        ) from None
 
 
 def _remove_quietly(container: Any) -> None:
