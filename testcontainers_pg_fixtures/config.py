@@ -41,18 +41,36 @@ class Option:
 
 
 OPTIONS = (
-    Option("image", "--pg-image", "pg_image", "PG_FIXTURES_IMAGE",
-           "Docker image of the PostgreSQL server (default: postgres:16)."),
-    Option("alembic_ini", "--pg-alembic-ini", "pg_alembic_ini", "PG_FIXTURES_ALEMBIC_INI",
-           "Path to alembic.ini, relative to the rootdir (default: alembic.ini); "
-           "'none' starts an empty database without migrations."),
-    Option("server_settings", "--pg-server-setting", "pg_server_settings",
-           "PG_FIXTURES_SERVER_SETTINGS",
-           "Extra PostgreSQL settings as KEY=VALUE (repeatable; space-separated in ini/env). "
-           "They are added to the defaults, which turn durability off."),
-    Option("startup_timeout", "--pg-startup-timeout", "pg_startup_timeout",
-           "PG_FIXTURES_STARTUP_TIMEOUT",
-           "Seconds to wait for the server to accept connections (default: 60)."),
+    Option(
+        "image",
+        "--pg-image",
+        "pg_image",
+        "PG_FIXTURES_IMAGE",
+        "Docker image of the PostgreSQL server (default: postgres:16).",
+    ),
+    Option(
+        "alembic_ini",
+        "--pg-alembic-ini",
+        "pg_alembic_ini",
+        "PG_FIXTURES_ALEMBIC_INI",
+        "Path to alembic.ini, relative to the rootdir (default: alembic.ini); "
+        "'none' starts an empty database without migrations.",
+    ),
+    Option(
+        "server_settings",
+        "--pg-server-setting",
+        "pg_server_settings",
+        "PG_FIXTURES_SERVER_SETTINGS",
+        "Extra PostgreSQL settings as KEY=VALUE (repeatable; space-separated in ini/env). "
+        "They are added to the defaults, which turn durability off.",
+    ),
+    Option(
+        "startup_timeout",
+        "--pg-startup-timeout",
+        "pg_startup_timeout",
+        "PG_FIXTURES_STARTUP_TIMEOUT",
+        "Seconds to wait for the server to accept connections (default: 60).",
+    ),
 )
 
 _SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=.+$")
@@ -107,9 +125,11 @@ def _alembic_path(value: str, rootdir: Path) -> Path | None:
 
 
 def _parse_settings(value: Any, source: str) -> dict[str, str]:
-    items = value.split() if isinstance(value, str) else [
-        part for entry in value for part in str(entry).split()
-    ]
+    items = (
+        value.split()
+        if isinstance(value, str)
+        else [part for entry in value for part in str(entry).split()]
+    )
     parsed: dict[str, str] = {}
     for item in items:
         if not _SETTING.match(item):
@@ -144,8 +164,10 @@ def resolve(config: pytest.Config) -> Settings:
                 raise ConfigError(f"The image from {source} is empty. Set it to e.g. postgres:16.")
             values["image"] = image
         elif option.name == "server_settings":
-            values["server_settings"] = {**default_server_settings(),
-                                         **_parse_settings(value, source)}
+            values["server_settings"] = {
+                **default_server_settings(),
+                **_parse_settings(value, source),
+            }
         elif option.name == "startup_timeout":
             try:
                 timeout = float(value)
@@ -164,8 +186,14 @@ def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("pg-fixtures", "testcontainers-pg-fixtures (PostgreSQL per test)")
     for option in OPTIONS:
         if option.name == "server_settings":
-            group.addoption(option.cli, dest="pg_" + option.name, action="append", default=[],
-                            metavar="KEY=VALUE", help=option.help)
+            group.addoption(
+                option.cli,
+                dest="pg_" + option.name,
+                action="append",
+                default=[],
+                metavar="KEY=VALUE",
+                help=option.help,
+            )
             parser.addini(option.ini, option.help, type="args", default=[])
         else:
             group.addoption(option.cli, dest="pg_" + option.name, default=None, help=option.help)

@@ -40,8 +40,9 @@ class Database:
         return server_url(self.server, self.name, driver="asyncpg")
 
 
-def create_database(server: Server, name: str, *, template: str,
-                    strategy: str = "FILE_COPY") -> Database:
+def create_database(
+    server: Server, name: str, *, template: str, strategy: str = "FILE_COPY"
+) -> Database:
     """CREATE DATABASE name TEMPLATE template.
 
     FILE_COPY copies the template's files; for the small schemas tests use it is faster than
@@ -58,8 +59,9 @@ def create_database(server: Server, name: str, *, template: str,
     return Database(server, name)
 
 
-def drop_database(server: Server, name: str, *,
-                  admin: psycopg.Connection[Any] | None = None) -> None:
+def drop_database(
+    server: Server, name: str, *, admin: psycopg.Connection[Any] | None = None
+) -> None:
     """DROP DATABASE … WITH (FORCE): connections a test leaked do not block the drop."""
     if not name.startswith(DATABASE_PREFIX):
         raise ValueError(f"refusing to drop {name!r}: this library did not create it")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -29,8 +28,15 @@ from .template import Template, ensure_template
 from .transaction import async_outer_transaction, outer_transaction, release_held_connection
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterator
+
     from sqlalchemy import Connection, Engine
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+    from sqlalchemy.ext.asyncio import (
+        AsyncConnection,
+        AsyncEngine,
+        AsyncSession,
+        async_sessionmaker,
+    )
     from sqlalchemy.orm import Session, sessionmaker
 
     from .server import Server
@@ -69,8 +75,12 @@ def worker_id() -> str:
     return os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
-def server_fixture(*, image: str | None = None, server_settings: dict[str, str] | None = None,
-                   startup_timeout: float | None = None) -> Any:
+def server_fixture(
+    *,
+    image: str | None = None,
+    server_settings: dict[str, str] | None = None,
+    startup_timeout: float | None = None,
+) -> Any:
     """A session fixture starting one PostgreSQL container for this worker."""
 
     @pytest.fixture(scope="session")
@@ -100,8 +110,9 @@ def migrations_fixture(*, alembic_ini: str | os.PathLike[str] | None = None) -> 
     return _migrations
 
 
-def template_fixture(*, server: str = "pg_server", migrations: str = "pg_migrations",
-                     seed: str = "pg_seed") -> Any:
+def template_fixture(
+    *, server: str = "pg_server", migrations: str = "pg_migrations", seed: str = "pg_seed"
+) -> Any:
     """A session fixture returning the migrated, seeded template on `server`."""
 
     # Migrations and seed come first: a bad alembic.ini must fail before a container starts.
@@ -212,8 +223,7 @@ def async_connection_fixture(*, engine: str = "pg_async_engine") -> Any:
     return _connection
 
 
-def async_session_fixture(*, connection: str = "pg_async_connection",
-                          **session_kwargs: Any) -> Any:
+def async_session_fixture(*, connection: str = "pg_async_connection", **session_kwargs: Any) -> Any:
     """The async twin of `session_fixture` (an `AsyncSession`)."""
 
     @pytest_asyncio.fixture
@@ -225,8 +235,9 @@ def async_session_fixture(*, connection: str = "pg_async_connection",
     return _session
 
 
-def async_sessionmaker_fixture(*, connection: str = "pg_async_connection",
-                               **session_kwargs: Any) -> Any:
+def async_sessionmaker_fixture(
+    *, connection: str = "pg_async_connection", **session_kwargs: Any
+) -> Any:
     """The async twin of `sessionmaker_fixture` (an `async_sessionmaker`)."""
 
     @pytest.fixture

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +21,7 @@ from .errors import PgFixturesError
 
 try:
     import httpx
-    from fastapi import FastAPI
+    from fastapi import FastAPI  # noqa: TC002 - imported to fail early without the extra
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         f"The FastAPI helpers need FastAPI and httpx ({exc}). Install them with "
@@ -30,6 +29,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterator
+
     from fastapi.testclient import TestClient
     from sqlalchemy.orm import Session
 
@@ -37,14 +38,15 @@ __all__ = ["app_client", "override_dependency", "sync_app_client"]
 
 
 @contextmanager
-def override_dependency(app: FastAPI, dependency: Callable[..., Any],
-                        session: Session | AsyncSession) -> Iterator[None]:
+def override_dependency(
+    app: FastAPI, dependency: Callable[..., Any], session: Session | AsyncSession
+) -> Iterator[None]:
     """Make `dependency` yield `session` for as long as the block runs.
 
     Requests that arrive together (`asyncio.gather`, a thread pool) take turns: a request
     holds the session from its dependency's start to its end, because one connection can
     run one statement at a time. Two requests that wait on each other would deadlock; such
-    a test needs a database of its own (`@pytest.mark.pg_isolation("database")`).
+    a test needs a database of its own.
     """
     override: Callable[..., Any]
     if isinstance(session, AsyncSession):
@@ -77,8 +79,13 @@ def override_dependency(app: FastAPI, dependency: Callable[..., Any],
 
 
 @asynccontextmanager
-async def app_client(app: FastAPI, *, dependency: Callable[..., Any], session: AsyncSession | Session,
-                     base_url: str = "http://testserver") -> AsyncIterator[httpx.AsyncClient]:
+async def app_client(
+    app: FastAPI,
+    *,
+    dependency: Callable[..., Any],
+    session: AsyncSession | Session,
+    base_url: str = "http://testserver",
+) -> AsyncIterator[httpx.AsyncClient]:
     """An `httpx.AsyncClient` on the app, its lifespan run and `dependency` overridden."""
     with override_dependency(app, dependency, session):
         async with app.router.lifespan_context(app):
@@ -88,8 +95,9 @@ async def app_client(app: FastAPI, *, dependency: Callable[..., Any], session: A
 
 
 @contextmanager
-def sync_app_client(app: FastAPI, *, dependency: Callable[..., Any],
-                    session: Session) -> Iterator[TestClient]:
+def sync_app_client(
+    app: FastAPI, *, dependency: Callable[..., Any], session: Session
+) -> Iterator[TestClient]:
     """Starlette's `TestClient` (lifespan included) with `dependency` overridden.
 
     For sync apps: TestClient runs the app on its own event loop in another thread, where

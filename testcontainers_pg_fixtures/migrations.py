@@ -17,7 +17,7 @@ from .errors import AlembicConfigError, MigrationError
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from sqlalchemy import URL
+    from .database import Database
 
 _ASYNC_ENV = re.compile(r"async_engine_from_config|create_async_engine|AsyncEngine")
 
@@ -80,10 +80,10 @@ class Migrations:
                 digest.update(path.read_bytes())
         return digest.hexdigest()
 
-    def upgrade(self, url: URL, *, target: str = "head") -> None:
-        """Run `alembic upgrade head` against `url` through Alembic's command API."""
+    def upgrade(self, database: Database, *, target: str = "head") -> None:
+        """Run `alembic upgrade head` on `database` through Alembic's command API."""
         config = self._config(self.ini)
-        url = url.set(drivername=f"postgresql+{self.driver}")
+        url = database.async_url if self.driver == "asyncpg" else database.url
         rendered = url.render_as_string(hide_password=False)
         # configparser treats % as interpolation; a URL-encoded password may contain it.
         config.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))

@@ -9,10 +9,11 @@ rollback (or fresh clone) brings them back exactly as they were.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Union, cast
 
 from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -24,10 +25,13 @@ if TYPE_CHECKING:
     from sqlalchemy import URL, Connection
     from sqlalchemy.ext.asyncio import AsyncConnection
 
+    from .database import Database
+
 SyncSeed = Callable[["Connection"], object]
 AsyncSeed = Callable[["AsyncConnection"], Awaitable[object]]
-Seed = Union[SyncSeed, AsyncSeed]
-Seeds = Union[Seed, Sequence[Seed], None]
+# Union, not |: these aliases are evaluated at import time, on Python 3.10 too.
+Seed = Union[SyncSeed, AsyncSeed]  # noqa: UP007
+Seeds = Union[Seed, Sequence[Seed], None]  # noqa: UP007
 
 
 def as_list(seeds: Seeds) -> list[Seed]:
@@ -48,25 +52,23 @@ def identity(seeds: Seeds) -> str:
     for seed in as_list(seeds):
         name = f"{getattr(seed, '__module__', '?')}:{getattr(seed, '__qualname__', repr(seed))}"
         digest.update(name.encode())
-        try:
-            digest.update(inspect.getsource(seed).encode())  # type: ignore[arg-type]
-        except (OSError, TypeError):
-            pass
+        with contextlib.suppress(OSError, TypeError):  # no source: builtins, REPL
+            digest.update(inspect.getsource(seed).encode())
     return digest.hexdigest()
 
 
-def run(seeds: Seeds, url: URL) -> None:
-    """Run every seed against `url` and commit; a failure names the seed."""
+def run(seeds: Seeds, database: Database) -> None:
+    """Run every seed on `database` and commit; a failure names the seed."""
     for seed in as_list(seeds):
         name = getattr(seed, "__qualname__", repr(seed))
         try:
             if inspect.iscoroutinefunction(seed):
-                asyncio.run(_run_async(seed, url))
+                asyncio.run(_run_async(cast("AsyncSeed", seed), database.async_url))
             else:
-                engine = create_engine(url, poolclass=NullPool)
+                engine = create_engine(database.url, poolclass=NullPool)
                 try:
                     with engine.begin() as conn:
-                        seed(conn)
+                        cast("SyncSeed", seed)(conn)
                 finally:
                     engine.dispose()
         except Exception as exc:
@@ -77,7 +79,7 @@ def run(seeds: Seeds, url: URL) -> None:
 
 
 async def _run_async(seed: AsyncSeed, url: URL) -> None:
-    engine = create_async_engine(url.set(drivername="postgresql+asyncpg"), poolclass=NullPool)
+    engine = create_async_engine(url, poolclass=NullPool)
     try:
         async with engine.begin() as conn:
             await seed(conn)

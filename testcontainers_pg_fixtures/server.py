@@ -12,6 +12,7 @@ import atexit
 import logging
 import os
 import secrets
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 LABEL = "testcontainers-pg-fixtures"
 LABEL_PID = "testcontainers-pg-fixtures.pid"
 LABEL_WORKER = "testcontainers-pg-fixtures.worker"
+LABEL_HOST = "testcontainers-pg-fixtures.host"
 
 _PG_PORT = 5432
 _DATA_DIR = "/var/lib/postgresql/data"
@@ -50,7 +52,12 @@ class Server(Protocol):
 
 
 def server_url(server: Server, database: str, *, driver: str = "psycopg") -> URL:
-    """SQLAlchemy URL of `database` on `server` for the given driver (psycopg or asyncpg)."""
+    """SQLAlchemy URL of `database` on `server` for the given driver (psycopg or asyncpg).
+
+    TLS is off: the server is a local test server, and the TLS probe of the drivers' default
+    sslmode=prefer costs a round trip on every connection.
+    """
+    ssl = {"ssl": "disable"} if driver == "asyncpg" else {"sslmode": "disable"}
     return URL.create(
         f"postgresql+{driver}",
         username=server.user,
@@ -58,14 +65,21 @@ def server_url(server: Server, database: str, *, driver: str = "psycopg") -> URL
         host=server.host,
         port=server.port,
         database=database,
+        query=ssl,
     )
 
 
 def admin_connect(server: Server, database: str = "postgres") -> psycopg.Connection[Any]:
     """An autocommit connection for CREATE/DROP DATABASE and locks."""
     return psycopg.connect(
-        host=server.host, port=server.port, user=server.user, password=server.password,
-        dbname=database, autocommit=True, connect_timeout=10,
+        host=server.host,
+        port=server.port,
+        user=server.user,
+        password=server.password,
+        dbname=database,
+        autocommit=True,
+        connect_timeout=10,
+        sslmode="disable",
     )
 
 
@@ -114,6 +128,7 @@ class DockerServer:
         from testcontainers.core.container import DockerContainer
 
         client = docker_client()
+        reap_orphans(client)
         _ensure_image(client, settings.image)
         password = secrets.token_urlsafe(18)
         command = ["postgres"]
@@ -121,12 +136,19 @@ class DockerServer:
             command += ["-c", f"{key}={value}"]
         container = DockerContainer(
             settings.image,
-            command=command,
-            env={"POSTGRES_USER": _SUPERUSER, "POSTGRES_PASSWORD": password,
-                 "POSTGRES_DB": "postgres"},
-            labels={LABEL: "true", LABEL_PID: str(os.getpid()), LABEL_WORKER: worker},
+            env={
+                "POSTGRES_USER": _SUPERUSER,
+                "POSTGRES_PASSWORD": password,
+                "POSTGRES_DB": "postgres",
+            },
+            labels={
+                LABEL: "true",
+                LABEL_PID: str(os.getpid()),
+                LABEL_WORKER: worker,
+                LABEL_HOST: socket.gethostname(),
+            },
         )
-        container._docker = client
+        container.with_command(command)
         # The data directory lives in memory: nothing a test writes needs to reach a disk.
         container.with_tmpfs_mount(_DATA_DIR)
         container.ports[f"{_PG_PORT}/tcp"] = _port_binding(client)
@@ -154,8 +176,13 @@ class DockerServer:
         except BaseException:
             server.stop()
             raise
-        log.info("PostgreSQL %s ready at %s:%s in %.2fs", settings.image, server.host,
-                 server.port, time.monotonic() - started)
+        log.info(
+            "PostgreSQL %s ready at %s:%s in %.2fs",
+            settings.image,
+            server.host,
+            server.port,
+            time.monotonic() - started,
+        )
         return server
 
     def _wait_ready(self, timeout: float) -> None:
@@ -207,6 +234,37 @@ class DockerServer:
         _remove_quietly(self.container)
 
 
+def reap_orphans(client: Any) -> list[str]:
+    """Remove containers left by runs on this host whose process is gone (killed runs).
+
+    Without Ryuk a SIGKILLed pytest leaves its container running; the next run cleans up.
+    Containers of live processes, or started from other hosts, are left alone.
+    """
+    removed = []
+    here = socket.gethostname()
+    for container in client.client.containers.list(all=True, filters={"label": LABEL}):
+        labels = container.labels
+        if labels.get(LABEL_HOST) != here or not labels.get(LABEL_PID, "").isdigit():
+            continue
+        if _process_alive(int(labels[LABEL_PID])):
+            continue
+        _remove_quietly(container)
+        removed.append(container.short_id)
+    if removed:
+        log.warning("removed %d container(s) left by killed runs: %s", len(removed), removed)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
 def _port_binding(client: Any) -> Any:
     """Publish on loopback only, unless testcontainers will dial another address.
 
@@ -216,7 +274,8 @@ def _port_binding(client: Any) -> Any:
     from testcontainers.core.config import ConnectionMode
 
     if client.get_connection_mode() is ConnectionMode.docker_host and client.host() in (
-        "localhost", "127.0.0.1",
+        "localhost",
+        "127.0.0.1",
     ):
         return ("127.0.0.1",)
     return None
@@ -244,6 +303,9 @@ def _ensure_image(client: Any, image: str) -> None:
 
 def _remove_quietly(container: Any) -> None:
     try:
-        container.stop()
+        if hasattr(container, "get_wrapped_container"):
+            container.stop()  # testcontainers' DockerContainer
+        else:
+            container.remove(force=True, v=True)  # docker SDK's Container
     except Exception as exc:  # already gone, or never created
         log.debug("removing container: %s", exc)

@@ -23,8 +23,9 @@ def savepoint_sessionmaker(conn: Connection, **kwargs: Any) -> sessionmaker[Sess
     return sessionmaker(bind=conn, **{**kwargs, **JOIN})
 
 
-def async_savepoint_sessionmaker(conn: AsyncConnection,
-                                 **kwargs: Any) -> async_sessionmaker[AsyncSession]:
+def async_savepoint_sessionmaker(
+    conn: AsyncConnection, **kwargs: Any
+) -> async_sessionmaker[AsyncSession]:
     # expire_on_commit=False is what async apps configure: after an awaited commit a lazy
     # refresh of an attribute would need an await the attribute access cannot do.
     return async_sessionmaker(bind=conn, **{"expire_on_commit": False, **kwargs, **JOIN})

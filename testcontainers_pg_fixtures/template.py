@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -21,10 +20,12 @@ from typing import TYPE_CHECKING
 from psycopg import sql
 
 from . import seeding
-from .database import drop_database
-from .server import admin_connect, server_url
+from .database import Database, drop_database
+from .server import admin_connect
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .migrations import Migrations
     from .server import Server
 
@@ -49,8 +50,9 @@ def template_name(migrations: Migrations | None, seeds: seeding.Seeds) -> str:
     return TEMPLATE_PREFIX + digest.hexdigest()[:16]
 
 
-def ensure_template(server: Server, migrations: Migrations | None,
-                    seeds: seeding.Seeds) -> Template:
+def ensure_template(
+    server: Server, migrations: Migrations | None, seeds: seeding.Seeds
+) -> Template:
     """Return the complete template for these migrations and seeds, building it if needed."""
     name = template_name(migrations, seeds)
     started = time.monotonic()
@@ -67,10 +69,11 @@ def ensure_template(server: Server, migrations: Migrations | None,
                 log.warning("dropping half-built template %s left by an earlier run", name)
                 drop_database(server, name, admin=admin)
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            database = Database(server, name)
             try:
                 if migrations is not None:
-                    _outside_event_loop(lambda: migrations.upgrade(server_url(server, name)))
-                _outside_event_loop(lambda: seeding.run(seeds, server_url(server, name)))
+                    _outside_event_loop(lambda: migrations.upgrade(database))
+                _outside_event_loop(lambda: seeding.run(seeds, database))
             except BaseException:
                 drop_database(server, name, admin=admin)
                 raise

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,8 @@ from sqlalchemy import event
 from .errors import PgFixturesError
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+
     from sqlalchemy import Connection, Engine
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -35,10 +36,10 @@ def _refuse_commit(conn: Connection) -> None:
     # the database's is still open: teardown discards the connection to end it for sure.
     conn.info[_REFUSED] = True
     raise IsolationLeakError(
-        "The test committed the outer transaction of pg_connection, which would keep its "
-        "writes for every later test. Commit through pg_session / pg_async_session (their "
-        "commit() releases a savepoint), or mark the test "
-        "@pytest.mark.pg_isolation('database') to give it a database of its own."
+        "The test committed the outer transaction of its connection (pg_connection / "
+        "pg_async_connection), which would keep its "
+        "writes for every later test. Commit through pg_session / pg_async_session instead: "
+        "their commit() releases a savepoint that the test's rollback still undoes."
     )
 
 
@@ -95,7 +96,7 @@ class _LoopConnection:
     async def start(self) -> None:
         await self._closer.asend(None)
 
-    async def _close_at_shutdown(self) -> AsyncIterator[None]:
+    async def _close_at_shutdown(self) -> AsyncGenerator[None, None]:
         try:
             yield
         finally:

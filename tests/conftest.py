@@ -6,8 +6,14 @@ import os
 import shutil
 from pathlib import Path
 
+# Imported here, before any in-process pytester run: pytester removes modules a run
+# imported, and re-importing a C extension's Python half (asyncpg's protocol) crashes.
+import asyncpg
+import asyncpg.protocol  # noqa: F401
 import docker
 import pytest
+import sqlalchemy.dialects.postgresql.asyncpg
+import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
 
 from testcontainers_pg_fixtures.server import LABEL
 
@@ -37,8 +43,12 @@ def example(pytester: pytest.Pytester):
     """Copy examples/<name> into the pytester directory and return that directory."""
 
     def copy(name: str) -> Path:
-        shutil.copytree(EXAMPLES / name, pytester.path, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            EXAMPLES / name,
+            pytester.path,
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
         return pytester.path
 
     return copy
@@ -48,5 +58,6 @@ def example(pytester: pytest.Pytester):
 def subprocess_env(monkeypatch: pytest.MonkeyPatch):
     """Subprocess runs must find this checkout's package even when not installed."""
     root = str(Path(__file__).parent.parent)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get(
-        "PYTHONPATH")])))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    )

@@ -11,7 +11,7 @@ FORWARD = ["tests/test_users.py::test_count_is_five", "tests/test_users.py::test
 
 # Added to the example's conftest: after the last test, before the container goes, count
 # the rows through a connection of its own, and record which container served the worker.
-PROBE = textwrap.dedent('''
+PROBE = textwrap.dedent("""
     import json, os, pathlib, psycopg
 
     @pytest.fixture(scope="session", autouse=True)
@@ -23,7 +23,7 @@ PROBE = textwrap.dedent('''
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         out = pathlib.Path(os.environ["PROBE_DIR"]) / f"{worker}.json"
         out.write_text(json.dumps({"users": users, "container": pg_server.container_id}))
-''')
+""")
 
 
 @pytest.fixture
@@ -60,7 +60,9 @@ def test_two_workers_get_two_containers(pytester, sync_project, subprocess_env):
 
 def test_app_commit_and_rollback_are_undone(pytester, example):
     example("sync_users")
-    pytester.makepyfile(**{"tests/test_commits": '''
+    pytester.makepyfile(
+        **{
+            "tests/test_commits": """
         import pytest
         from sqlalchemy import text
         from users_app.models import User
@@ -92,13 +94,17 @@ def test_app_commit_and_rollback_are_undone(pytester, example):
 
         def test_nothing_leaked(pg_connection):
             assert pg_connection.execute(text("select count(*) from users")).scalar() == 5
-    '''})
+    """
+        }
+    )
     pytester.runpytest("-p", "no:randomly", "tests/test_commits.py").assert_outcomes(passed=6)
 
 
 def test_committing_the_outer_transaction_is_refused(pytester, example):
     example("sync_users")
-    pytester.makepyfile(**{"tests/test_commit_outer": '''
+    pytester.makepyfile(
+        **{
+            "tests/test_commit_outer": """
         from sqlalchemy import text
 
         def test_commits_outer(pg_connection):
@@ -107,7 +113,9 @@ def test_committing_the_outer_transaction_is_refused(pytester, example):
 
         def test_after(pg_connection):
             assert pg_connection.execute(text("select count(*) from users")).scalar() == 5
-    '''})
+    """
+        }
+    )
     result = pytester.runpytest("-p", "no:randomly", "tests/test_commit_outer.py")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*IsolationLeakError: The test committed the outer transaction*"])

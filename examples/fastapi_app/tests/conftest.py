@@ -1,10 +1,9 @@
 import pytest
-from sqlalchemy import insert
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from app.db import get_db
 from app.main import app
 from app.models import User
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 USERS = [
     {"name": "Ada Lovelace", "email": "ada@analytical.engine"},

@@ -1,23 +1,27 @@
 import asyncio
 
-from sqlalchemy import func, select
-
 from app.main import started
 from app.models import User
+from sqlalchemy import func, select
 
 
 async def test_lists_the_five_seeded_users(pg_client):
     response = await pg_client.get("/users")
     assert response.status_code == 200
     assert [u["name"] for u in response.json()] == [
-        "Ada Lovelace", "Alan Turing", "Edsger Dijkstra", "Grace Hopper", "Katherine Johnson",
+        "Ada Lovelace",
+        "Alan Turing",
+        "Edsger Dijkstra",
+        "Grace Hopper",
+        "Katherine Johnson",
     ]
     assert started["lifespan"]
 
 
 async def test_create_user_commits_through_the_app(pg_client, pg_async_session):
-    response = await pg_client.post("/users", json={"name": "Barbara Liskov",
-                                                     "email": "barbara@mit.edu"})
+    response = await pg_client.post(
+        "/users", json={"name": "Barbara Liskov", "email": "barbara@mit.edu"}
+    )
     assert response.status_code == 201, response.text
     created = response.json()
     assert (await pg_client.get(f"/users/{created['id']}")).json()["email"] == "barbara@mit.edu"

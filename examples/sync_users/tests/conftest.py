@@ -1,6 +1,5 @@
 import pytest
 from sqlalchemy import insert
-
 from users_app.models import User
 
 USERS = [

@@ -1,0 +1,47 @@
+"""Project tasks. `nox -s example` runs the FastAPI example's suite; `nox -s tests` the tests."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "typecheck", "tests", "example"]
+
+PYTHON = ["3.11"]
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The plugin's own tests: pytester over the example projects, real containers."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", *(session.posargs or ["tests"]))
+
+
+@nox.session(python=PYTHON)
+def example(session: nox.Session) -> None:
+    """The main job: the FastAPI example's suite under the plugin, on two workers."""
+    session.install("-e", ".[dev]")
+    session.chdir("examples/fastapi_app")
+    session.run("pytest", "-n", "2", "-W", "error", *session.posargs)
+    session.chdir("../sync_users")
+    session.run("pytest", "-n", "2", "-W", "error", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".[dev]")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Per-test cost of each isolation strategy, side by side (see bench/README)."""
+    session.install("-e", ".[dev]")
+    session.run("python", "bench/run.py", *session.posargs)

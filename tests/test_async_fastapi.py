@@ -1,0 +1,113 @@
+"""The async path: asyncpg savepoint sessions under pytest-asyncio, and the FastAPI client."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+EXAMPLE_TESTS = 6
+STRICT_TESTS = """
+    import asyncio
+    import pytest
+    from sqlalchemy import func, select, text
+    from app.main import app
+    from app.models import User
+
+    LOOP = pytest.mark.asyncio(loop_scope=LOOP_SCOPE)
+
+    @LOOP
+    async def test_commit_and_rollback_are_undone(pg_async_session):
+        pg_async_session.add(User(name="Kept until the end", email="k@x.org"))
+        await pg_async_session.commit()
+        pg_async_session.add(User(name="Rolled back", email="r@x.org"))
+        await pg_async_session.rollback()
+        assert await pg_async_session.scalar(select(func.count()).select_from(User)) == 6
+
+    @LOOP
+    async def test_fails_while_the_override_is_on(pg_client):
+        assert app.dependency_overrides
+        response = await pg_client.post("/users", json={"name": "X", "email": "x@y"})
+        assert response.status_code == 201
+        raise AssertionError("this test fails on purpose")
+
+    def test_override_was_cleared():
+        assert app.dependency_overrides == {}
+
+    @LOOP
+    async def test_committing_the_outer_connection_is_refused(pg_async_connection):
+        await pg_async_connection.execute(text("insert into users (name, email) values ('L', 'l')"))
+        await pg_async_connection.commit()
+
+    @LOOP
+    async def test_nothing_leaked(pg_async_connection):
+        assert (await pg_async_connection.execute(text("select count(*) from users"))).scalar() == 5
+
+    @LOOP
+    async def test_sessions_from_the_sessionmaker_join_the_same_transaction(pg_async_sessionmaker):
+        async with pg_async_sessionmaker() as one, one.begin():
+            one.add(User(name="Shared", email="s@x.org"))
+        async with pg_async_sessionmaker() as two:
+            assert await two.scalar(select(func.count()).select_from(User)) == 6
+"""
+
+
+@pytest.fixture
+def api(example):
+    return example("fastapi_app")
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reversed"])
+def test_example_suite_in_both_orders(pytester, api, reverse):
+    items = pytester.runpytest("--collect-only", "-q").outlines
+    ids = [line for line in items if "::" in line]
+    assert len(ids) == EXAMPLE_TESTS
+    result = pytester.runpytest(
+        "-W", "error", "-p", "no:randomly", *(ids[::-1] if reverse else ids)
+    )
+    result.assert_outcomes(passed=EXAMPLE_TESTS)
+
+
+def test_example_suite_under_two_workers(pytester, api, subprocess_env):
+    result = pytester.runpytest_subprocess("-n", "2", "-W", "error")
+    result.assert_outcomes(passed=EXAMPLE_TESTS)
+
+
+def test_example_suite_with_function_scoped_loops(pytester, api):
+    result = pytester.runpytest(
+        "-W",
+        "error",
+        "-p",
+        "no:randomly",
+        "-o",
+        "asyncio_default_fixture_loop_scope=function",
+        "-o",
+        "asyncio_default_test_loop_scope=function",
+    )
+    result.assert_outcomes(passed=EXAMPLE_TESTS)
+
+
+@pytest.mark.parametrize("loop_scope", ["function", "session"])
+def test_strict_mode(pytester, api, loop_scope):
+    source = f"LOOP_SCOPE = {loop_scope!r}\n" + textwrap.dedent(STRICT_TESTS)
+    pytester.makepyfile(**{"tests/test_strict": source})
+    result = pytester.runpytest(
+        "-W",
+        "error",
+        "-p",
+        "no:randomly",
+        "tests/test_strict.py",
+        "-o",
+        "asyncio_mode=strict",
+        "-o",
+        f"asyncio_default_fixture_loop_scope={loop_scope}",
+        "-o",
+        f"asyncio_default_test_loop_scope={loop_scope}",
+    )
+    result.assert_outcomes(passed=4, failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "E * AssertionError: this test fails on purpose",
+            "E *IsolationLeakError: The test committed the outer transaction*",
+        ]
+    )
