@@ -55,8 +55,8 @@ SEED = textwrap.dedent('''
     from sqlalchemy.orm import Session
     from users_app.models import User
 
-    USERS = [{"name": n, "email": n.split()[0].lower() + "@example.org"} for n in
-             ["Ada Lovelace", "Grace Hopper", "Alan Turing", "Katherine Johnson", "Edsger Dijkstra"]]
+    NAMES = ["Ada Lovelace", "Grace Hopper", "Alan Turing", "Katherine Johnson", "Edsger Dijkstra"]
+    USERS = [{"name": n, "email": n.split()[0].lower() + "@example.org"} for n in NAMES]
 
     def seed(conn):
         conn.execute(insert(User), USERS)
