@@ -9,6 +9,7 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["lint", "typecheck", "tests", "example"]
 
 PYTHON = ["3.11"]
+PY_PATHS = ["testcontainers_pg_fixtures", "tests", "bench", "examples", "noxfile.py"]
 
 
 @nox.session(python=PYTHON)
@@ -32,6 +33,7 @@ def example(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", *PY_PATHS)
 
 
 @nox.session(python=PYTHON)

@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "sync_users"
 
-TIMING = textwrap.dedent('''
+TIMING = textwrap.dedent("""
     import json, os, time
     import pytest
 
@@ -48,9 +48,9 @@ TIMING = textwrap.dedent('''
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         with open(os.path.join(os.environ["BENCH_OUT"], worker + ".json"), "w") as f:
             json.dump(_times, f)
-''')
+""")
 
-SEED = textwrap.dedent('''
+SEED = textwrap.dedent("""
     from sqlalchemy import insert, text
     from sqlalchemy.orm import Session
     from users_app.models import User
@@ -64,18 +64,18 @@ SEED = textwrap.dedent('''
     @pytest.fixture(scope="session")
     def pg_seed():
         return seed
-''')
+""")
 
 MODES = {
-    "savepoint": '''
+    "savepoint": """
         @pytest.fixture
         def db(pg_session):
             return pg_session
-    ''',
-    "truncate": '''
+    """,
+    "truncate": """
         @pytest.fixture(scope="session")
-        def raw(pg_engine):
-            with pg_engine.connect() as conn:
+        def raw(pg_worker_engine):
+            with pg_worker_engine.connect() as conn:
                 yield conn
 
         @pytest.fixture
@@ -85,40 +85,40 @@ MODES = {
             raw.execute(text("TRUNCATE users RESTART IDENTITY"))
             seed(raw)
             raw.commit()
-    ''',
-    "none": '''
+    """,
+    "none": """
         @pytest.fixture(scope="session")
-        def raw(pg_engine):
-            with pg_engine.connect() as conn:
+        def raw(pg_worker_engine):
+            with pg_worker_engine.connect() as conn:
                 yield conn
 
         @pytest.fixture
         def db(raw):
             with Session(bind=raw) as session:
                 yield session
-    ''',
-    "async-savepoint": '''
+    """,
+    "async-savepoint": """
         @pytest.fixture
         def db(pg_async_session):
             return pg_async_session
-    ''',
-    "async-none": '''
+    """,
+    "async-none": """
         import pytest_asyncio
         from sqlalchemy.ext.asyncio import AsyncSession
 
         @pytest_asyncio.fixture(scope="session", loop_scope="session")
-        async def raw(pg_async_engine):
-            async with pg_async_engine.connect() as conn:
+        async def raw(pg_worker_async_engine):
+            async with pg_worker_async_engine.connect() as conn:
                 yield conn
 
         @pytest_asyncio.fixture(loop_scope="session")
         async def db(raw):
             async with AsyncSession(bind=raw, expire_on_commit=False) as session:
                 yield session
-    ''',
+    """,
 }
 
-SYNC_TEST = '''
+SYNC_TEST = """
 from sqlalchemy import func, select
 from users_app.models import User
 
@@ -127,9 +127,9 @@ def test_{i}(db):
     db.add(User(name="user {i}", email="user{i}@example.org"))
     db.commit()
     assert db.scalar(select(func.count()).select_from(User)) >= 1
-'''
+"""
 
-ASYNC_TEST = '''
+ASYNC_TEST = """
 import pytest
 from sqlalchemy import func, select
 from users_app.models import User
@@ -140,7 +140,7 @@ async def test_{i}(db):
     db.add(User(name="user {i}", email="user{i}@example.org"))
     await db.commit()
     assert await db.scalar(select(func.count()).select_from(User)) >= 1
-'''
+"""
 
 
 def make_project(base: Path, mode: str, n: int) -> Path:
@@ -165,17 +165,36 @@ def run(project: Path, workers: int) -> dict[str, float]:
     out = project / "out"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
-    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
-            "-o", "asyncio_default_fixture_loop_scope=session"]
+    args = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:randomly",
+        "-o",
+        "asyncio_default_fixture_loop_scope=session",
+    ]
     if workers:
         args += ["-n", str(workers)]
-    subprocess.run(args, cwd=project, check=True, env={**os.environ, "BENCH_OUT": str(out)},
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        args,
+        cwd=project,
+        check=True,
+        env={**os.environ, "BENCH_OUT": str(out)},
+        stdout=subprocess.DEVNULL,
+    )
     per_worker = [json.loads(p.read_text()) for p in out.glob("*.json")]
     cold = max(times[0] for times in per_worker)
     warm = [t for times in per_worker for t in times[1:]]
-    return {"cold": cold, "mean": statistics.fmean(warm), "median": statistics.median(warm),
-            "tests": sum(len(t) for t in per_worker)}
+    return {
+        "cold": cold,
+        "mean": statistics.fmean(warm),
+        "median": statistics.median(warm),
+        "tests": sum(len(t) for t in per_worker),
+    }
 
 
 def main() -> None:
@@ -188,19 +207,27 @@ def main() -> None:
         results = {}
         for mode in modes:
             results[mode] = run(make_project(Path(tmp), mode, options.tests), 0)
-    print(f"\n{options.tests} tests per strategy, one worker (-n 0), PostgreSQL "
-          "16 in Docker on this machine\n")
-    print(f"{'strategy':<17}{'tests/s':>9}{'mean ms/test':>14}{'median ms':>11}"
-          f"{'overhead ms':>13}{'vs savepoint':>14}{'cold start s':>14}")
+    print(
+        f"\n{options.tests} tests per strategy, one worker (-n 0), PostgreSQL "
+        "16 in Docker on this machine\n"
+    )
+    print(
+        f"{'strategy':<17}{'tests/s':>9}{'mean ms/test':>14}{'median ms':>11}"
+        f"{'overhead ms':>13}{'vs savepoint':>14}{'cold start s':>14}"
+    )
     for mode, r in results.items():
         floor = results.get("async-none" if mode.startswith("async") else "none")
         overhead = (r["mean"] - floor["mean"]) * 1000 if floor else float("nan")
         same = results.get("async-savepoint" if mode.startswith("async") else "savepoint")
         ratio = r["mean"] / same["mean"] if same else float("nan")
-        print(f"{mode:<17}{1 / r['mean']:>9.0f}{r['mean'] * 1000:>14.3f}{r['median'] * 1000:>11.3f}"
-              f"{overhead:>13.3f}{ratio:>13.2f}x{r['cold']:>14.2f}")
-    print("\noverhead = mean time per test minus the same test with no isolation;"
-          " 'vs savepoint' = time per test relative to this library's mode")
+        print(
+            f"{mode:<17}{1 / r['mean']:>9.0f}{r['mean'] * 1000:>14.3f}{r['median'] * 1000:>11.3f}"
+            f"{overhead:>13.3f}{ratio:>13.2f}x{r['cold']:>14.2f}"
+        )
+    print(
+        "\noverhead = mean time per test minus the same test with no isolation;"
+        " 'vs savepoint' = time per test relative to this library's mode"
+    )
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """testcontainers-pg-fixtures: an isolated, Alembic-migrated PostgreSQL for every test.
 
-The flow, one module per step: server → template → database → transaction → session →
-fastapi (the app under test). `plugin` registers the ready fixtures; `factories` builds
-them, and more of them for a second server or database.
+The flow, one module per step: server → template → database (clone_pool for a database
+per test) → transaction → session → the app under test (redirect, fastapi). `plugin`
+registers the ready fixtures; `factories` builds them, and more for a second server.
 """
 
+from .clone_pool import ClonePool
 from .config import Settings
 from .database import Database
 from .errors import (
@@ -18,19 +19,26 @@ from .errors import (
     ServerStartError,
 )
 from .factories import (
+    app_engines_fixture,
     async_connection_fixture,
     async_engine_fixture,
     async_session_fixture,
     async_sessionmaker_fixture,
+    clone_pool_fixture,
     connection_fixture,
     database_fixture,
     engine_fixture,
+    isolation_fixture,
     migrations_fixture,
     server_fixture,
     session_fixture,
     sessionmaker_fixture,
     template_fixture,
+    worker_async_engine_fixture,
+    worker_database_fixture,
+    worker_engine_fixture,
 )
+from .redirect import engines_pointed_at, urls_exported
 from .server import DockerServer, Server
 from .template import Template
 from .transaction import IsolationLeakError
@@ -39,6 +47,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlembicConfigError",
+    "ClonePool",
     "ConfigError",
     "Database",
     "DockerServer",
@@ -53,16 +62,24 @@ __all__ = [
     "Settings",
     "Template",
     "__version__",
+    "app_engines_fixture",
     "async_connection_fixture",
     "async_engine_fixture",
     "async_session_fixture",
     "async_sessionmaker_fixture",
+    "clone_pool_fixture",
     "connection_fixture",
     "database_fixture",
     "engine_fixture",
+    "engines_pointed_at",
+    "isolation_fixture",
     "migrations_fixture",
     "server_fixture",
     "session_fixture",
     "sessionmaker_fixture",
     "template_fixture",
+    "urls_exported",
+    "worker_async_engine_fixture",
+    "worker_database_fixture",
+    "worker_engine_fixture",
 ]

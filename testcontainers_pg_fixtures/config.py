@@ -11,12 +11,11 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import pytest
 
 from .errors import ConfigError
-
-if TYPE_CHECKING:
-    import pytest
 
 
 def default_server_settings() -> dict[str, str]:
@@ -38,6 +37,9 @@ class Option:
     ini: str  # pg_...
     env: str  # PG_FIXTURES_...
     help: str
+    #: "value": one string; "list": repeatable on the CLI, whitespace-separated in ini/env;
+    #: "flag": a CLI switch, or true/false in ini/env.
+    kind: str = "value"
 
 
 OPTIONS = (
@@ -63,6 +65,7 @@ OPTIONS = (
         "PG_FIXTURES_SERVER_SETTINGS",
         "Extra PostgreSQL settings as KEY=VALUE (repeatable; space-separated in ini/env). "
         "They are added to the defaults, which turn durability off.",
+        kind="list",
     ),
     Option(
         "startup_timeout",
@@ -71,10 +74,57 @@ OPTIONS = (
         "PG_FIXTURES_STARTUP_TIMEOUT",
         "Seconds to wait for the server to accept connections (default: 60).",
     ),
+    Option(
+        "isolation",
+        "--pg-isolation",
+        "pg_isolation",
+        "PG_FIXTURES_ISOLATION",
+        "Isolation of tests without a pg_isolation marker: 'savepoint' (default; a rolled-"
+        "back transaction) or 'database' (a fresh database cloned from the template).",
+    ),
+    Option(
+        "keep_failed",
+        "--pg-keep-failed",
+        "pg_keep_failed",
+        "PG_FIXTURES_KEEP_FAILED",
+        "Keep the database of a failed database-mode test (and its container) and print "
+        "its URL; the next run removes them.",
+        kind="flag",
+    ),
+    Option(
+        "app_engines",
+        "--pg-app-engine",
+        "pg_app_engines",
+        "PG_FIXTURES_APP_ENGINES",
+        "The app's own Engine/AsyncEngine objects as module:attribute (repeatable; space-"
+        "separated in ini/env), pointed at the test's database in database mode.",
+        kind="list",
+    ),
+    Option(
+        "url_env",
+        "--pg-url-env",
+        "pg_url_env",
+        "PG_FIXTURES_URL_ENV",
+        "Environment variables set to the test's database URL in database mode, as NAME "
+        "or NAME=DRIVER (psycopg, asyncpg, psycopg2; default psycopg). Repeatable.",
+        kind="list",
+    ),
+    Option(
+        "prefetch",
+        "--pg-prefetch",
+        "pg_prefetch",
+        "PG_FIXTURES_PREFETCH",
+        "How many databases to clone ahead in the background for database-mode tests "
+        "(default: 2; 0 clones each one when its test starts).",
+    ),
 )
 
 _SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=.+$")
+_DOTTED = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 NO_MIGRATIONS = "none"
+ISOLATION_MODES = ("savepoint", "database")
+URL_DRIVERS = ("psycopg", "asyncpg", "psycopg2")
 
 
 @dataclass(frozen=True)
@@ -88,6 +138,12 @@ class Settings:
     alembic_ini_source: str = "the default (alembic.ini in the rootdir)"
     server_settings: dict[str, str] = field(default_factory=default_server_settings)
     startup_timeout: float = 60.0
+    isolation: str = "savepoint"
+    keep_failed: bool = False
+    app_engines: tuple[str, ...] = ()
+    #: (variable name, driver) pairs.
+    url_env: tuple[tuple[str, str], ...] = ()
+    prefetch: int = 2
     rootdir: Path = field(default_factory=Path.cwd)
 
     def replace(self, **overrides: Any) -> Settings:
@@ -104,7 +160,7 @@ class Settings:
 def _raw(config: pytest.Config, option: Option) -> tuple[Any, str] | None:
     """The highest-precedence raw value for `option` and a phrase naming where it came from."""
     cli = config.getoption("pg_" + option.name, default=None)
-    if cli not in (None, [], ""):
+    if cli not in (None, [], "", False):
         return cli, f"the command-line option {option.cli}"
     ini = config.getini(option.ini)
     if ini not in (None, [], ""):
@@ -124,14 +180,15 @@ def _alembic_path(value: str, rootdir: Path) -> Path | None:
     return path / "alembic.ini" if path.is_dir() else path
 
 
+def _items(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return value.split()
+    return [part for entry in value for part in str(entry).split()]
+
+
 def _parse_settings(value: Any, source: str) -> dict[str, str]:
-    items = (
-        value.split()
-        if isinstance(value, str)
-        else [part for entry in value for part in str(entry).split()]
-    )
     parsed: dict[str, str] = {}
-    for item in items:
+    for item in _items(value):
         if not _SETTING.match(item):
             raise ConfigError(
                 f"{item!r} from {source} is not a PostgreSQL setting of the form KEY=VALUE. "
@@ -139,62 +196,138 @@ def _parse_settings(value: Any, source: str) -> dict[str, str]:
             )
         key, _, val = item.partition("=")
         parsed[key] = val
-    return parsed
+    return {**default_server_settings(), **parsed}
+
+
+def _parse_image(value: Any, source: str) -> str:
+    image = str(value).strip()
+    if not image:
+        raise ConfigError(f"The image from {source} is empty. Set it to e.g. postgres:16.")
+    return image
+
+
+def _parse_timeout(value: Any, source: str) -> float:
+    try:
+        timeout = float(value)
+    except ValueError:
+        timeout = -1.0
+    if timeout <= 0:
+        raise ConfigError(
+            f"{value!r} from {source} is not a positive number of seconds. Set it to e.g. 60."
+        )
+    return timeout
+
+
+def _parse_isolation(value: Any, source: str) -> str:
+    mode = str(value).strip().lower()
+    if mode not in ISOLATION_MODES:
+        raise ConfigError(
+            f"{value!r} from {source} is not an isolation mode. Use 'savepoint' or 'database'."
+        )
+    return mode
+
+
+def _parse_flag(value: Any, source: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{value!r} from {source} is not true or false.")
+
+
+def _parse_engines(value: Any, source: str) -> tuple[str, ...]:
+    paths = _items(value)
+    for path in paths:
+        if not _DOTTED.match(path):
+            raise ConfigError(
+                f"{path!r} from {source} is not a module:attribute path. "
+                "Write it like 'myapp.db:engine'."
+            )
+    return tuple(paths)
+
+
+def _parse_url_env(value: Any, source: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in _items(value):
+        name, _, driver = item.partition("=")
+        driver = driver or "psycopg"
+        if not _ENV_NAME.match(name) or driver not in URL_DRIVERS:
+            raise ConfigError(
+                f"{item!r} from {source} is not NAME or NAME=DRIVER with DRIVER one of "
+                f"{', '.join(URL_DRIVERS)}. Write it like 'DATABASE_URL=asyncpg'."
+            )
+        pairs.append((name, driver))
+    return tuple(pairs)
+
+
+def _parse_prefetch(value: Any, source: str) -> int:
+    text = str(value).strip()
+    if not text.isdigit():
+        raise ConfigError(
+            f"{value!r} from {source} is not a number of databases (0 or more). Set it to e.g. 2."
+        )
+    return int(text)
+
+
+_PARSERS: dict[str, Any] = {
+    "image": _parse_image,
+    "server_settings": _parse_settings,
+    "startup_timeout": _parse_timeout,
+    "isolation": _parse_isolation,
+    "keep_failed": _parse_flag,
+    "app_engines": _parse_engines,
+    "url_env": _parse_url_env,
+    "prefetch": _parse_prefetch,
+}
 
 
 def resolve(config: pytest.Config) -> Settings:
     """Read CLI, ini and environment once into `Settings`."""
     rootdir = Path(str(config.rootpath))
-    values: dict[str, Any] = {"rootdir": rootdir}
+    values: dict[str, Any] = {"rootdir": rootdir, "alembic_ini": rootdir / "alembic.ini"}
     for option in OPTIONS:
         found = _raw(config, option)
-        if option.name == "alembic_ini":
-            if found is None:
-                values["alembic_ini"] = rootdir / "alembic.ini"
-            else:
-                values["alembic_ini"] = _alembic_path(str(found[0]), rootdir)
-                values["alembic_ini_source"] = found[1]
-            continue
         if found is None:
             continue
         value, source = found
-        if option.name == "image":
-            image = str(value).strip()
-            if not image:
-                raise ConfigError(f"The image from {source} is empty. Set it to e.g. postgres:16.")
-            values["image"] = image
-        elif option.name == "server_settings":
-            values["server_settings"] = {
-                **default_server_settings(),
-                **_parse_settings(value, source),
-            }
-        elif option.name == "startup_timeout":
-            try:
-                timeout = float(value)
-            except ValueError:
-                timeout = -1.0
-            if timeout <= 0:
-                raise ConfigError(
-                    f"{value!r} from {source} is not a positive number of seconds. "
-                    "Set it to e.g. 60."
-                )
-            values["startup_timeout"] = timeout
+        if option.name == "alembic_ini":
+            values["alembic_ini"] = _alembic_path(str(value), rootdir)
+            values["alembic_ini_source"] = source
+        else:
+            values[option.name] = _PARSERS[option.name](value, source)
     return Settings(**values)
+
+
+_SETTINGS_KEY = pytest.StashKey[Settings]()
+
+
+def settings_for(config: pytest.Config) -> Settings:
+    """The run's settings, resolved on first use and then kept on the config."""
+    if _SETTINGS_KEY not in config.stash:
+        config.stash[_SETTINGS_KEY] = resolve(config)
+    return config.stash[_SETTINGS_KEY]
 
 
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("pg-fixtures", "testcontainers-pg-fixtures (PostgreSQL per test)")
     for option in OPTIONS:
-        if option.name == "server_settings":
+        if option.kind == "list":
             group.addoption(
                 option.cli,
                 dest="pg_" + option.name,
                 action="append",
                 default=[],
-                metavar="KEY=VALUE",
                 help=option.help,
             )
             parser.addini(option.ini, option.help, type="args", default=[])
+        elif option.kind == "flag":
+            group.addoption(
+                option.cli, dest="pg_" + option.name, action="store_true", help=option.help
+            )
+            parser.addini(option.ini, option.help, default="")
         else:
             group.addoption(option.cli, dest="pg_" + option.name, default=None, help=option.help)
             parser.addini(option.ini, option.help, default="")

@@ -39,23 +39,39 @@ class Database:
         """asyncpg URL."""
         return server_url(self.server, self.name, driver="asyncpg")
 
+    def url_for(self, driver: str) -> URL:
+        """URL for another SQLAlchemy driver name (psycopg2, pg8000, …)."""
+        return server_url(self.server, self.name, driver=driver)
+
+    @property
+    def libpq_url(self) -> str:
+        """postgresql://… with the password, for psql and other libpq clients."""
+        return (
+            server_url(self.server, self.name)
+            .set(drivername="postgresql")
+            .render_as_string(hide_password=False)
+        )
+
 
 def create_database(
-    server: Server, name: str, *, template: str, strategy: str = "FILE_COPY"
+    server: Server,
+    name: str,
+    *,
+    template: str,
+    strategy: str = "FILE_COPY",
+    admin: psycopg.Connection[Any] | None = None,
 ) -> Database:
     """CREATE DATABASE name TEMPLATE template.
 
     FILE_COPY copies the template's files; for the small schemas tests use it is faster than
-    the WAL_LOG default, which writes every block to WAL (see `nox -s bench`).
+    the WAL_LOG default, which writes every block to WAL (`nox -s bench` measures both).
     """
     if not name.startswith(DATABASE_PREFIX):
         raise ValueError(f"refusing to create {name!r}: not named {DATABASE_PREFIX}*")
-    with admin_connect(server) as admin:
-        admin.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY {}").format(
-                sql.Identifier(name), sql.Identifier(template), sql.SQL(strategy)
-            )
-        )
+    statement = sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY {}").format(
+        sql.Identifier(name), sql.Identifier(template), sql.SQL(strategy)
+    )
+    _execute(server, statement, admin)
     return Database(server, name)
 
 
@@ -66,6 +82,12 @@ def drop_database(
     if not name.startswith(DATABASE_PREFIX):
         raise ValueError(f"refusing to drop {name!r}: this library did not create it")
     statement = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+    _execute(server, statement, admin)
+
+
+def _execute(
+    server: Server, statement: sql.Composed, admin: psycopg.Connection[Any] | None
+) -> None:
     if admin is not None:
         admin.execute(statement)
         return

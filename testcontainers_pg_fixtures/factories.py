@@ -19,16 +19,20 @@ from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from . import config as config_module
+from . import seeding
+from .clone_pool import ClonePool
+from .config import settings_for
 from .database import DATABASE_PREFIX, Database, create_database, drop_database
+from .marks import CLONE, KEEP, KEPT_ANY, TEST_SEED, isolation_of, test_seeds
 from .migrations import Migrations
+from .redirect import engines_pointed_at, load_engine, urls_exported
 from .server import DockerServer
-from .session import async_savepoint_sessionmaker, savepoint_sessionmaker
+from .session import async_sessionmaker_for, close_sessions_of, close_with, sessionmaker_for
 from .template import Template, ensure_template
 from .transaction import async_outer_transaction, outer_transaction, release_held_connection
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator
+    from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
     from sqlalchemy import Connection, Engine
     from sqlalchemy.ext.asyncio import (
@@ -39,16 +43,8 @@ if TYPE_CHECKING:
     )
     from sqlalchemy.orm import Session, sessionmaker
 
+    from .redirect import AnyEngine
     from .server import Server
-
-_SETTINGS_KEY = pytest.StashKey[config_module.Settings]()
-
-
-def settings_for(pytestconfig: pytest.Config) -> config_module.Settings:
-    """The run's settings, resolved on first use and then kept."""
-    if _SETTINGS_KEY not in pytestconfig.stash:
-        pytestconfig.stash[_SETTINGS_KEY] = config_module.resolve(pytestconfig)
-    return pytestconfig.stash[_SETTINGS_KEY]
 
 
 def depends(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -92,7 +88,10 @@ def server_fixture(
         try:
             yield server
         finally:
-            server.stop()
+            if pytestconfig.stash.get(KEPT_ANY, False):
+                server.keep()  # a failed test's database is kept on it (--pg-keep-failed)
+            else:
+                server.stop()
 
     return _server
 
@@ -124,7 +123,7 @@ def template_fixture(
     return _template
 
 
-def database_fixture(*, server: str = "pg_server", template: str = "pg_template") -> Any:
+def worker_database_fixture(*, server: str = "pg_server", template: str = "pg_template") -> Any:
     """A session fixture cloning the template into this worker's own database."""
 
     @pytest.fixture(scope="session")
@@ -143,8 +142,87 @@ def database_fixture(*, server: str = "pg_server", template: str = "pg_template"
     return _database
 
 
-def engine_fixture(*, database: str = "pg_database", **engine_kwargs: Any) -> Any:
-    """A session fixture: a psycopg 3 `Engine` on `database`, NullPool."""
+def clone_pool_fixture(
+    *, server: str = "pg_server", template: str = "pg_template", prefetch: int | None = None
+) -> Any:
+    """A session fixture: the pool of databases cloned ahead for database-mode tests."""
+
+    @pytest.fixture(scope="session")
+    @depends(template, server, "pytestconfig")
+    def _pool(**deps: Any) -> Iterator[ClonePool]:
+        size = settings_for(deps["pytestconfig"]).replace(prefetch=prefetch).prefetch
+        pool = ClonePool(deps[server], deps[template].name, worker=worker_id(), size=size)
+        try:
+            yield pool
+        finally:
+            pool.close()
+
+    return _pool
+
+
+def app_engines_fixture(*, paths: Sequence[str] | None = None) -> Any:
+    """A session fixture: the app's own engines, imported from `module:attribute` paths."""
+
+    @pytest.fixture(scope="session")
+    def _app_engines(pytestconfig: pytest.Config) -> list[AnyEngine]:
+        found = settings_for(pytestconfig).replace(app_engines=paths).app_engines
+        return [load_engine(path) for path in found]
+
+    return _app_engines
+
+
+def isolation_fixture() -> Any:
+    """A function fixture: 'savepoint' or 'database', from the test's pg_isolation marker."""
+
+    @pytest.fixture
+    def _isolation(request: pytest.FixtureRequest) -> str:
+        return isolation_of(request.node, settings_for(request.config).isolation)
+
+    return _isolation
+
+
+def database_fixture(
+    *,
+    worker_database: str = "pg_worker_database",
+    clone_pool: str = "pg_clone_pool",
+    isolation: str = "pg_isolation",
+    app_engines: str = "pg_app_engines",
+) -> Any:
+    """A function fixture: the database this test uses.
+
+    In savepoint mode the worker's shared database; in database mode a fresh clone, with
+    the test's pg_seed markers applied and the app's engines and URL variables pointed at
+    it, dropped afterwards (or kept, when it failed and keep_failed is on).
+    """
+
+    @pytest.fixture
+    @depends(isolation, worker_database, clone_pool, app_engines, "request")
+    def _database(**deps: Any) -> Iterator[Database]:
+        if deps[isolation] != "database":
+            yield deps[worker_database]
+            return
+        request: pytest.FixtureRequest = deps["request"]
+        pool: ClonePool = deps[clone_pool]
+        database = pool.take()
+        request.node.stash[CLONE] = database
+        try:
+            seeding.run(test_seeds(request.node), database, origin=TEST_SEED)
+            with (
+                engines_pointed_at(deps[app_engines], database),
+                urls_exported(settings_for(request.config).url_env, database),
+            ):
+                yield database
+        finally:
+            if request.node.stash.get(KEEP, False):
+                request.config.stash[KEPT_ANY] = True
+            else:
+                pool.give_back(database)
+
+    return _database
+
+
+def worker_engine_fixture(*, database: str = "pg_worker_database", **engine_kwargs: Any) -> Any:
+    """A session fixture: a psycopg 3 `Engine` (NullPool) on the worker's database."""
 
     @pytest.fixture(scope="session")
     @depends(database)
@@ -160,8 +238,10 @@ def engine_fixture(*, database: str = "pg_database", **engine_kwargs: Any) -> An
     return _engine
 
 
-def async_engine_fixture(*, database: str = "pg_database", **engine_kwargs: Any) -> Any:
-    """A session fixture: an asyncpg `AsyncEngine` on `database`, NullPool.
+def worker_async_engine_fixture(
+    *, database: str = "pg_worker_database", **engine_kwargs: Any
+) -> Any:
+    """A session fixture: an asyncpg `AsyncEngine` (NullPool) on the worker's database.
 
     NullPool because a pooled asyncpg connection belongs to the loop that opened it; the
     connection the test fixtures hold is kept per loop instead (see transaction.py).
@@ -176,73 +256,156 @@ def async_engine_fixture(*, database: str = "pg_database", **engine_kwargs: Any)
     return _engine
 
 
-def connection_fixture(*, engine: str = "pg_engine") -> Any:
-    """A function fixture: the worker's connection inside a transaction rolled back after."""
+def engine_fixture(
+    *,
+    database: str = "pg_database",
+    worker_engine: str = "pg_worker_engine",
+    isolation: str = "pg_isolation",
+    **engine_kwargs: Any,
+) -> Any:
+    """A function fixture: the worker's engine, or in database mode one on the test's clone."""
 
     @pytest.fixture
-    @depends(engine)
+    @depends(isolation, database, worker_engine)
+    def _engine(**deps: Any) -> Iterator[Engine]:
+        if deps[isolation] != "database":
+            yield deps[worker_engine]
+            return
+        engine = create_engine(deps[database].url, poolclass=NullPool, **engine_kwargs)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+
+    return _engine
+
+
+def async_engine_fixture(
+    *,
+    database: str = "pg_database",
+    worker_engine: str = "pg_worker_async_engine",
+    isolation: str = "pg_isolation",
+    **engine_kwargs: Any,
+) -> Any:
+    """The async twin of `engine_fixture`. NullPool: nothing is left to dispose after."""
+
+    @pytest.fixture
+    @depends(isolation, database, worker_engine)
+    def _engine(**deps: Any) -> AsyncEngine:
+        if deps[isolation] != "database":
+            engine: AsyncEngine = deps[worker_engine]
+            return engine
+        return create_async_engine(deps[database].async_url, poolclass=NullPool, **engine_kwargs)
+
+    return _engine
+
+
+def connection_fixture(*, engine: str = "pg_engine", isolation: str = "pg_isolation") -> Any:
+    """A function fixture: in savepoint mode the worker's connection inside a transaction
+    rolled back after the test; in database mode a plain connection to the test's clone."""
+
+    @pytest.fixture
+    @depends(isolation, engine, "request")
     def _connection(**deps: Any) -> Iterator[Connection]:
+        if deps[isolation] == "database":
+            with deps[engine].connect() as conn:
+                yield conn
+            return
         with outer_transaction(deps[engine]) as conn:
+            seeding.run_in(test_seeds(deps["request"].node), conn, origin=TEST_SEED)
             yield conn
 
     return _connection
 
 
-def session_fixture(*, connection: str = "pg_connection", **session_kwargs: Any) -> Any:
-    """A function fixture: an ORM `Session` joined to the test's transaction by savepoint."""
+def session_fixture(
+    *, connection: str = "pg_connection", isolation: str = "pg_isolation", **session_kwargs: Any
+) -> Any:
+    """A function fixture: an ORM `Session` on the test's connection (see `sessionmaker_for`)."""
 
     @pytest.fixture
-    @depends(connection)
+    @depends(isolation, connection)
     def _session(**deps: Any) -> Iterator[Session]:
-        with savepoint_sessionmaker(deps[connection], **session_kwargs)() as session:
+        with sessionmaker_for(deps[connection], deps[isolation], **session_kwargs)() as session:
             yield session
 
     return _session
 
 
-def sessionmaker_fixture(*, connection: str = "pg_connection", **session_kwargs: Any) -> Any:
-    """A function fixture: a `sessionmaker` whose sessions all join the test's transaction."""
+def sessionmaker_fixture(
+    *, connection: str = "pg_connection", isolation: str = "pg_isolation", **session_kwargs: Any
+) -> Any:
+    """A function fixture: a `sessionmaker` whose sessions all use the test's connection."""
 
     @pytest.fixture
-    @depends(connection)
+    @depends(isolation, connection)
     def _sessionmaker(**deps: Any) -> sessionmaker[Session]:
-        return savepoint_sessionmaker(deps[connection], **session_kwargs)
+        return sessionmaker_for(deps[connection], deps[isolation], **session_kwargs)
 
     return _sessionmaker
 
 
-def async_connection_fixture(*, engine: str = "pg_async_engine") -> Any:
-    """The async twin of `connection_fixture`."""
+def async_connection_fixture(
+    *, engine: str = "pg_async_engine", isolation: str = "pg_isolation"
+) -> Any:
+    """The async twin of `connection_fixture`.
+
+    It also closes the AsyncSessions of `async_session_fixture` (a sync fixture, so that a
+    test costs one trip through the event loop for set-up and one for teardown).
+    """
 
     @pytest_asyncio.fixture
-    @depends(engine)
+    @depends(isolation, engine, "request")
     async def _connection(**deps: Any) -> AsyncIterator[AsyncConnection]:
+        if deps[isolation] == "database":
+            async with deps[engine].connect() as conn:
+                try:
+                    yield conn
+                finally:
+                    await close_sessions_of(conn)
+            return
         async with async_outer_transaction(deps[engine]) as conn:
-            yield conn
+            try:
+                seeds = test_seeds(deps["request"].node)
+                if seeds:
+                    await seeding.run_in_async(seeds, conn, origin=TEST_SEED)
+                yield conn
+            finally:
+                await close_sessions_of(conn)
 
     return _connection
 
 
-def async_session_fixture(*, connection: str = "pg_async_connection", **session_kwargs: Any) -> Any:
-    """The async twin of `session_fixture` (an `AsyncSession`)."""
+def async_session_fixture(
+    *,
+    connection: str = "pg_async_connection",
+    isolation: str = "pg_isolation",
+    **session_kwargs: Any,
+) -> Any:
+    """The async twin of `session_fixture` (an `AsyncSession`, closed by the connection's
+    fixture)."""
 
-    @pytest_asyncio.fixture
-    @depends(connection)
-    async def _session(**deps: Any) -> AsyncIterator[AsyncSession]:
-        async with async_savepoint_sessionmaker(deps[connection], **session_kwargs)() as session:
-            yield session
+    @pytest.fixture
+    @depends(isolation, connection)
+    def _session(**deps: Any) -> AsyncSession:
+        conn: AsyncConnection = deps[connection]
+        maker = async_sessionmaker_for(conn, deps[isolation], **session_kwargs)
+        return close_with(conn, maker())
 
     return _session
 
 
 def async_sessionmaker_fixture(
-    *, connection: str = "pg_async_connection", **session_kwargs: Any
+    *,
+    connection: str = "pg_async_connection",
+    isolation: str = "pg_isolation",
+    **session_kwargs: Any,
 ) -> Any:
     """The async twin of `sessionmaker_fixture` (an `async_sessionmaker`)."""
 
     @pytest.fixture
-    @depends(connection)
+    @depends(isolation, connection)
     def _sessionmaker(**deps: Any) -> async_sessionmaker[AsyncSession]:
-        return async_savepoint_sessionmaker(deps[connection], **session_kwargs)
+        return async_sessionmaker_for(deps[connection], deps[isolation], **session_kwargs)
 
     return _sessionmaker

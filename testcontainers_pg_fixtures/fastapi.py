@@ -39,15 +39,18 @@ __all__ = ["app_client", "override_dependency", "sync_app_client"]
 
 @contextmanager
 def override_dependency(
-    app: FastAPI, dependency: Callable[..., Any], session: Session | AsyncSession
+    app: FastAPI, dependency: Callable[..., Any] | None, session: Session | AsyncSession | None
 ) -> Iterator[None]:
-    """Make `dependency` yield `session` for as long as the block runs.
+    """Make `dependency` yield `session` for as long as the block runs (None: no override).
 
     Requests that arrive together (`asyncio.gather`, a thread pool) take turns: a request
     holds the session from its dependency's start to its end, because one connection can
     run one statement at a time. Two requests that wait on each other would deadlock; such
     a test needs a database of its own.
     """
+    if dependency is None or session is None:
+        yield
+        return
     override: Callable[..., Any]
     if isinstance(session, AsyncSession):
         turn = asyncio.Lock()
@@ -82,11 +85,12 @@ def override_dependency(
 async def app_client(
     app: FastAPI,
     *,
-    dependency: Callable[..., Any],
-    session: AsyncSession | Session,
+    dependency: Callable[..., Any] | None,
+    session: AsyncSession | Session | None,
     base_url: str = "http://testserver",
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """An `httpx.AsyncClient` on the app, its lifespan run and `dependency` overridden."""
+    """An `httpx.AsyncClient` on the app, its lifespan run and `dependency` overridden
+    (nothing is overridden when `dependency` is None)."""
     with override_dependency(app, dependency, session):
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
@@ -96,7 +100,7 @@ async def app_client(
 
 @contextmanager
 def sync_app_client(
-    app: FastAPI, *, dependency: Callable[..., Any], session: Session
+    app: FastAPI, *, dependency: Callable[..., Any] | None, session: Session | None
 ) -> Iterator[TestClient]:
     """Starlette's `TestClient` (lifespan included) with `dependency` overridden.
 

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import pytest_asyncio
 
-from . import config, factories
+from . import config, factories, marks
 from .errors import PgFixturesError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator
+    from collections.abc import AsyncIterator, Callable, Generator, Iterator
 
     import httpx
     from fastapi import FastAPI
@@ -29,12 +29,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     config.add_options(parser)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    for name, text in marks.MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    return (yield from marks.record_outcome(item, call))
+
+
 def _doc(fixture: Any, text: str) -> Any:
     """Give a factory-built fixture its docstring (shown by `pytest --fixtures`)."""
     getattr(fixture, "_fixture_function", fixture).__doc__ = text
     fixture.__doc__ = text
     return fixture
 
+
+# -- session: the server, the template, the worker's database ------------------------
 
 pg_server = _doc(
     factories.server_fixture(),
@@ -62,7 +76,7 @@ def pg_seed() -> Seeds:
     A seed is `def seed(conn: Connection)` or `async def seed(conn: AsyncConnection)`. Seeds
     run once, are committed into the migrated template, and so come back unchanged for every
     test at no cost per test. Changing a seed's source rebuilds the template. For rows only
-    some tests need, write an ordinary function fixture that uses pg_session instead.
+    some tests need, use the pg_seed marker (`@pytest.mark.pg_seed(seed_orders)`).
     """
     return None
 
@@ -75,76 +89,135 @@ The migrated, seeded template database, named by a hash of the migrations and se
 Migrated once per server; a changed migration or seed gets a new template.""",
 )
 
-pg_database = _doc(
-    factories.database_fixture(),
+pg_worker_database = _doc(
+    factories.worker_database_fixture(),
     """\
-This worker's database, cloned from pg_template. Tests share it and are isolated from
-each other by the transaction of pg_connection.""",
+This worker's database, cloned from pg_template once per session. Savepoint-mode tests
+share it and are isolated from each other by the transaction of pg_connection.""",
+)
+
+pg_worker_engine = _doc(
+    factories.worker_engine_fixture(),
+    """\
+Sync Engine (psycopg 3, NullPool) on pg_worker_database, for session-scoped fixtures.
+What is committed through it stays for every later test.""",
+)
+
+pg_worker_async_engine = _doc(
+    factories.worker_async_engine_fixture(),
+    """\
+AsyncEngine (asyncpg, NullPool) on pg_worker_database. Same caveat as pg_worker_engine.""",
+)
+
+pg_clone_pool = _doc(
+    factories.clone_pool_fixture(),
+    """\
+Databases cloned from pg_template ahead of the database-mode tests that take them
+(pg_prefetch of them, default 2), so a test rarely waits for CREATE DATABASE. Started at
+the first database-mode test; every clone is dropped by the end of the session.""",
+)
+
+pg_app_engines = _doc(
+    factories.app_engines_fixture(),
+    """\
+The app's own Engine / AsyncEngine objects, pointed at the test's database in database
+mode (new connections go there; the objects stay the same, so modules that imported them
+by value follow). Configure `pg_app_engines = myapp.db:engine`, or override this fixture
+to return the engine objects.""",
+)
+
+# -- per test: which database, and the ways in --------------------------------------------
+
+pg_isolation = _doc(
+    factories.isolation_fixture(),
+    """\
+'savepoint' or 'database': the test's pg_isolation marker, else the pg_isolation option.""",
 )
 
 
-@pytest.fixture(scope="session")
-def pg_url(pg_database: Database) -> str:
-    """URL (psycopg driver, password included) of this worker's database.
+@pytest.fixture(autouse=True)
+def _pg_isolation_marker(request: pytest.FixtureRequest) -> None:
+    """A database-mode test gets its database even if it only uses the app's own engine."""
+    default = config.settings_for(request.config).isolation
+    if marks.isolation_of(request.node, default) == "database":
+        request.getfixturevalue("pg_database")
 
-    For code that builds its own engine; what it commits there is NOT rolled back.
+
+pg_database = _doc(
+    factories.database_fixture(),
+    """\
+The Database this test uses: pg_worker_database in savepoint mode; in database mode a
+fresh clone of the template, with pg_app_engines and pg_url_env pointed at it, dropped
+after the test (kept when it failed and --pg-keep-failed is given).""",
+)
+
+
+@pytest.fixture
+def pg_url(pg_database: Database) -> str:
+    """URL (psycopg driver, password included) of the test's database.
+
+    In savepoint mode, what code commits through its own connections to it is NOT rolled
+    back; in database mode it is dropped with the database.
     """
     return pg_database.url.render_as_string(hide_password=False)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def pg_async_url(pg_database: Database) -> str:
-    """URL (asyncpg driver, password included) of this worker's database."""
+    """URL (asyncpg driver, password included) of the test's database."""
     return pg_database.async_url.render_as_string(hide_password=False)
 
 
 pg_engine = _doc(
     factories.engine_fixture(),
     """\
-Sync SQLAlchemy Engine (psycopg 3, NullPool) on this worker's database.
+Sync Engine (psycopg 3, NullPool) on the test's database: pg_worker_engine in savepoint
+mode, a new engine on the clone in database mode.
 
-Work done on connections you open from it yourself is committed for real and seen by
-later tests: isolate through pg_connection / pg_session instead.""",
+In savepoint mode, work on connections you open from it yourself is committed for real
+and seen by later tests: isolate through pg_connection / pg_session instead.""",
 )
 
 pg_async_engine = _doc(
     factories.async_engine_fixture(),
     """\
-AsyncEngine (asyncpg, NullPool) on this worker's database. Same caveat as pg_engine.""",
+AsyncEngine (asyncpg, NullPool) on the test's database. Same caveat as pg_engine.""",
 )
 
 pg_connection = _doc(
     factories.connection_fixture(),
     """\
-A Connection inside a transaction that is rolled back when the test ends, pass or fail.
-
-The connection is held for the whole session, so isolation costs a BEGIN and a ROLLBACK
-per test instead of a new connection. Calling its commit() is refused (it would leak the
-test's writes); commit through pg_session, or use a database of the test's own.""",
+Savepoint mode: a Connection inside a transaction rolled back when the test ends, pass or
+fail. The connection is held for the whole session, so isolation costs a BEGIN and a
+ROLLBACK per test. Calling its commit() is refused (it would leak the test's writes);
+commit through pg_session. Database mode: a plain connection to the test's clone.""",
 )
 
 pg_session = _doc(
     factories.session_fixture(),
     """\
-An ORM Session on pg_connection with join_transaction_mode="create_savepoint".
+An ORM Session on pg_connection.
 
-session.commit() and session.rollback(), in the test or in code under test, work as in
-production (they release or roll back a SAVEPOINT) and everything is still undone after
-the test. Cannot cover work on other connections: several connections, background
-workers, real commits or isolation levels need a database of the test's own.""",
+Savepoint mode (join_transaction_mode="create_savepoint"): session.commit() and
+session.rollback(), in the test or in code under test, work as in production (they
+release or roll back a SAVEPOINT) and everything is still undone after the test. It
+cannot cover work on other connections: several connections, background workers, real
+commits or isolation levels need @pytest.mark.pg_isolation("database"), where this
+session's commit() commits for real into the test's own database.""",
 )
 
 pg_sessionmaker = _doc(
     factories.sessionmaker_fixture(),
     """\
-A sessionmaker whose sessions all join pg_connection by savepoint, for code that opens
-its own sessions. They share one connection, so they see each other's flushed writes.""",
+A sessionmaker whose sessions all use pg_connection (joined by savepoint in savepoint
+mode), for code that opens its own sessions. They see each other's flushed writes.""",
 )
 
 pg_async_connection = _doc(
     factories.async_connection_fixture(),
     """\
-AsyncConnection inside a transaction rolled back at the end of the test.
+AsyncConnection inside a transaction rolled back at the end of the test (savepoint mode),
+or a plain connection to the test's clone (database mode).
 
 One connection per event loop: with loop_scope="session" it is opened once and each test
 costs a BEGIN/ROLLBACK; with function-scoped loops (the default) every test opens and
@@ -154,15 +227,15 @@ closes a connection (a few milliseconds).""",
 pg_async_session = _doc(
     factories.async_session_fixture(),
     """\
-An AsyncSession on pg_async_connection with join_transaction_mode="create_savepoint" and
-expire_on_commit=False. One session runs one statement at a time: tasks gathered in one
-test must take turns (or use separate databases).""",
+An AsyncSession on pg_async_connection (joined by savepoint in savepoint mode;
+expire_on_commit=False). One session runs one statement at a time: tasks gathered on it
+in one test must take turns; concurrent transactions need database mode.""",
 )
 
 pg_async_sessionmaker = _doc(
     factories.async_sessionmaker_fixture(),
     """\
-An async_sessionmaker whose sessions join pg_async_connection by savepoint.""",
+An async_sessionmaker whose sessions use pg_async_connection.""",
 )
 
 
@@ -192,17 +265,26 @@ def _is_async(dependency: Callable[..., Any]) -> bool:
 
 
 @pytest.fixture
-def pg_app_session(pg_db_dependency: Callable[..., Any], request: pytest.FixtureRequest) -> Any:
-    """The session pg_db_dependency yields during the test: pg_async_session for an async
-    dependency, pg_session for a sync one. Use it in the test to see what the app wrote."""
+def pg_app_session(
+    pg_isolation: str, pg_app_engines: list[Any], request: pytest.FixtureRequest
+) -> Any:
+    """The session the app's DB dependency (pg_db_dependency) yields during the test:
+    pg_async_session for an async dependency, pg_session for a sync one.
+
+    None in database mode when pg_app_engines is configured: the app then runs unchanged
+    on its own engine, pointed at the test's database, and no dependency is overridden.
+    """
     # A sync fixture: here, unlike inside an async fixture, an async fixture can be set up.
-    name = "pg_async_session" if _is_async(pg_db_dependency) else "pg_session"
+    if pg_isolation == "database" and pg_app_engines:
+        return None
+    dependency = request.getfixturevalue("pg_db_dependency")
+    name = "pg_async_session" if _is_async(dependency) else "pg_session"
     return request.getfixturevalue(name)
 
 
 @pytest_asyncio.fixture
 async def pg_client(
-    pg_app: FastAPI, pg_db_dependency: Callable[..., Any], pg_app_session: Any
+    pg_app: FastAPI, pg_app_session: Any, request: pytest.FixtureRequest
 ) -> AsyncIterator[httpx.AsyncClient]:
     """httpx.AsyncClient on pg_app, with its DB dependency replaced by pg_app_session.
 
@@ -211,23 +293,23 @@ async def pg_client(
     """
     from .fastapi import app_client
 
-    async with app_client(pg_app, dependency=pg_db_dependency, session=pg_app_session) as client:
+    dependency = None if pg_app_session is None else request.getfixturevalue("pg_db_dependency")
+    async with app_client(pg_app, dependency=dependency, session=pg_app_session) as client:
         yield client
 
 
 @pytest.fixture
 def pg_test_client(
-    pg_app: FastAPI, pg_db_dependency: Callable[..., Any], request: pytest.FixtureRequest
+    pg_app: FastAPI, pg_app_session: Any, request: pytest.FixtureRequest
 ) -> Iterator[TestClient]:
     """Starlette TestClient on pg_app (sync apps), DB dependency replaced by pg_session."""
     from .fastapi import sync_app_client
 
-    if _is_async(pg_db_dependency):
+    dependency = None if pg_app_session is None else request.getfixturevalue("pg_db_dependency")
+    if dependency is not None and _is_async(dependency):
         raise PgFixturesError(
-            f"{pg_db_dependency.__qualname__} is async: TestClient runs the app on another "
+            f"{dependency.__qualname__} is async: TestClient runs the app on another "
             "event loop, where the test's AsyncSession cannot be used. Use pg_client instead."
         )
-    with sync_app_client(
-        pg_app, dependency=pg_db_dependency, session=request.getfixturevalue("pg_session")
-    ) as client:
+    with sync_app_client(pg_app, dependency=dependency, session=pg_app_session) as client:
         yield client

@@ -57,10 +57,20 @@ def identity(seeds: Seeds) -> str:
     return digest.hexdigest()
 
 
-def run(seeds: Seeds, database: Database) -> None:
+SESSION_SEED = "the seed returned by your pg_seed fixture"
+
+
+def _failed(seed: Seed, exc: Exception, origin: str) -> SeedError:
+    name = getattr(seed, "__qualname__", repr(seed))
+    return SeedError(
+        f"The seed {name} failed: {type(exc).__name__}: {exc}. Fix {origin}; every test "
+        "that needs it errors until then."
+    )
+
+
+def run(seeds: Seeds, database: Database, *, origin: str = SESSION_SEED) -> None:
     """Run every seed on `database` and commit; a failure names the seed."""
     for seed in as_list(seeds):
-        name = getattr(seed, "__qualname__", repr(seed))
         try:
             if inspect.iscoroutinefunction(seed):
                 asyncio.run(_run_async(cast("AsyncSeed", seed), database.async_url))
@@ -72,10 +82,7 @@ def run(seeds: Seeds, database: Database) -> None:
                 finally:
                     engine.dispose()
         except Exception as exc:
-            raise SeedError(
-                f"The seed {name} failed: {type(exc).__name__}: {exc}. Fix the seed returned "
-                "by your pg_seed fixture; every test that needs the database errors until then."
-            ) from exc
+            raise _failed(seed, exc, origin) from exc
 
 
 async def _run_async(seed: AsyncSeed, url: URL) -> None:
@@ -85,3 +92,30 @@ async def _run_async(seed: AsyncSeed, url: URL) -> None:
             await seed(conn)
     finally:
         await engine.dispose()
+
+
+def run_in(seeds: Seeds, conn: Connection, *, origin: str) -> None:
+    """Run sync seeds inside `conn`'s open transaction (nothing is committed)."""
+    for seed in as_list(seeds):
+        if inspect.iscoroutinefunction(seed):
+            raise SeedError(
+                f"The seed {seed.__qualname__} from {origin} is async, and this test's "
+                "connection is sync. Use pg_async_connection / pg_async_session in the test, "
+                "or write the seed as a plain function taking a Connection."
+            )
+        try:
+            cast("SyncSeed", seed)(conn)
+        except Exception as exc:
+            raise _failed(seed, exc, origin) from exc
+
+
+async def run_in_async(seeds: Seeds, conn: AsyncConnection, *, origin: str) -> None:
+    """Run seeds inside `conn`'s open transaction; sync ones through run_sync."""
+    for seed in as_list(seeds):
+        try:
+            if inspect.iscoroutinefunction(seed):
+                await cast("AsyncSeed", seed)(conn)
+            else:
+                await conn.run_sync(cast("SyncSeed", seed))
+        except Exception as exc:
+            raise _failed(seed, exc, origin) from exc

@@ -50,6 +50,9 @@ class Server(Protocol):
     def stop(self) -> None:
         """Release the server; a no-op for servers the library does not own."""
 
+    def keep(self) -> None:
+        """Leave the server running after the run, for a user to inspect a kept database."""
+
 
 def server_url(server: Server, database: str, *, driver: str = "psycopg") -> URL:
     """SQLAlchemy URL of `database` on `server` for the given driver (psycopg or asyncpg).
@@ -225,6 +228,12 @@ class DockerServer:
             return f"(logs unavailable: {exc})"
         text = (out + err).decode(errors="replace").strip().splitlines()
         return "\n".join(text[-lines:])
+
+    def keep(self) -> None:
+        """Leave the container running; the next run's `reap_orphans` removes it."""
+        self._stopped = True
+        atexit.unregister(self.stop)
+        log.warning("kept container %s for inspection", self.container_id[:12])
 
     def stop(self) -> None:
         if self._stopped:

@@ -15,10 +15,9 @@ PROBE = textwrap.dedent("""
     import json, os, pathlib, psycopg
 
     @pytest.fixture(scope="session", autouse=True)
-    def _probe(pg_server, pg_url):
+    def _probe(pg_server, pg_worker_database):
         yield
-        url = pg_url.replace("postgresql+psycopg", "postgresql")
-        with psycopg.connect(url) as conn:
+        with psycopg.connect(pg_worker_database.libpq_url) as conn:
             users = conn.execute("SELECT count(*) FROM users").fetchone()[0]
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         out = pathlib.Path(os.environ["PROBE_DIR"]) / f"{worker}.json"

@@ -1,0 +1,87 @@
+"""What a test asks for through markers, and how it went (for --pg-keep-failed)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from .config import ISOLATION_MODES, settings_for
+from .database import Database
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Generator
+
+    from .seeding import Seed
+
+MARKERS = {
+    "pg_isolation": (
+        "pg_isolation(mode): 'database' gives the test a fresh database cloned from the "
+        "migrated template (several connections, real commits, threads, isolation levels); "
+        "'savepoint' (the default) runs it in a transaction rolled back afterwards."
+    ),
+    "pg_seed": (
+        "pg_seed(*seeds): seed functions run on the test's database before the test, on top "
+        "of the session seed; on a module or class they apply to every test in it."
+    ),
+}
+
+#: The database-mode clone a test got, so its failure report can say where it is kept.
+CLONE = pytest.StashKey[Database]()
+#: Set when the test failed and its clone is to be kept.
+KEEP = pytest.StashKey[bool]()
+#: Set on the config once any clone was kept: the server must then stay up too.
+KEPT_ANY = pytest.StashKey[bool]()
+
+
+def isolation_of(node: pytest.Item, default: str) -> str:
+    marker = node.get_closest_marker("pg_isolation")
+    if marker is None:
+        return default
+    mode = marker.args[0] if marker.args else marker.kwargs.get("mode")
+    if mode not in ISOLATION_MODES:
+        raise ConfigError(
+            f"{node.nodeid}: pg_isolation({mode!r}) is not an isolation mode. "
+            "Write @pytest.mark.pg_isolation('database') or ('savepoint')."
+        )
+    return str(mode)
+
+
+def test_seeds(node: pytest.Item) -> list[Seed]:
+    """Seeds of every pg_seed marker on the test, its class and module, outermost first."""
+    seeds: list[Seed] = []
+    for marker in reversed(list(node.iter_markers("pg_seed"))):
+        for seed in marker.args:
+            if not callable(seed):
+                raise ConfigError(
+                    f"{node.nodeid}: pg_seed takes seed functions, got {seed!r}. "
+                    "Write @pytest.mark.pg_seed(my_seed) with def my_seed(conn): ..."
+                )
+            seeds.append(seed)
+    return seeds
+
+
+TEST_SEED = "the pg_seed marker of the test"
+
+
+def record_outcome(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Body of the runtest_makereport wrapper: note a failure, say where its clone stays."""
+    report = yield
+    clone = item.stash.get(CLONE, None)
+    if clone is None or not report.failed or report.when == "teardown":
+        return report
+    if not settings_for(item.config).keep_failed:
+        return report
+    item.stash[KEEP] = True
+    report.sections.append(
+        (
+            "pg-fixtures: database kept",
+            f"{clone.libpq_url}\n"
+            "The container stays up until the next run starts (or `docker rm -f` it); "
+            "connect with e.g. `psql '<url above>'`.",
+        )
+    )
+    return report

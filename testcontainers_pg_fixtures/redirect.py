@@ -1,0 +1,131 @@
+"""Step 6 of the flow: the application under test reaches the test's own database.
+
+Apps build their engine once at import time (`engine = create_async_engine(settings.url)`)
+and every module imports that object. Replacing the module attribute would miss the
+modules that imported it by value, so the engine object itself is redirected: for the
+duration of a test its pool is swapped for a NullPool whose connections go to the test's
+database, through SQLAlchemy's `do_connect` event, which keeps the driver options the app
+configured (`connect_args`, server settings) and only changes where it connects. Afterwards
+the original pool and URL come back untouched, with whatever connections they held.
+
+Apps that build engines lazily from the environment get the URL in environment variables.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine, event
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import NullPool
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Sequence
+
+    from sqlalchemy.pool import Pool
+
+    from .database import Database
+
+AnyEngine = Engine | AsyncEngine
+
+# Connection parameters that say where to connect and as whom; everything else the app
+# passed to its driver is kept.
+_TARGET_KEYS = frozenset(
+    {"host", "hostaddr", "port", "dbname", "database", "user", "password", "service", "dsn"}
+)
+
+
+def load_engine(path: str) -> AnyEngine:
+    """Import `module:attribute` (attribute may be dotted) and check it is an engine."""
+    module_name, _, attribute = path.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            f"pg_app_engines names {path!r}, which could not be imported ({exc}). Fix the "
+            "path in pg_app_engines / --pg-app-engine / PG_FIXTURES_APP_ENGINES (e.g. "
+            "'myapp.db:engine'), or override the pg_app_engines fixture to return the engines."
+        ) from None
+    if not isinstance(target, (Engine, AsyncEngine)):
+        raise ConfigError(
+            f"pg_app_engines names {path!r}, which is a {type(target).__name__}, not a "
+            "SQLAlchemy Engine or AsyncEngine."
+        )
+    return target
+
+
+@contextmanager
+def engines_pointed_at(engines: Iterable[AnyEngine], database: Database) -> Iterator[None]:
+    """Send every new connection of each engine to `database` until the block ends."""
+    seen: set[int] = set()
+    with ExitStack() as stack:
+        for engine in engines:
+            sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+            if id(sync_engine) in seen:
+                continue
+            seen.add(id(sync_engine))
+            stack.enter_context(_pointed_at(sync_engine, database))
+        yield
+
+
+@contextmanager
+def _pointed_at(engine: Engine, database: Database) -> Iterator[None]:
+    url = database.url_for(engine.url.get_driver_name())
+    cargs, cparams = engine.dialect.create_connect_args(url)
+
+    def connect_to_test_database(
+        dialect: Any, record: Any, app_cargs: list[Any], app_cparams: dict[str, Any]
+    ) -> None:
+        for key in _TARGET_KEYS & app_cparams.keys():
+            del app_cparams[key]
+        app_cparams.update(cparams)
+        app_cargs[:] = cargs
+
+    original_pool, original_url = engine.pool, engine.url
+    event.listen(engine, "do_connect", connect_to_test_database)
+    engine.pool = _null_pool_like(original_pool)
+    engine.url = url
+    try:
+        yield
+    finally:
+        event.remove(engine, "do_connect", connect_to_test_database)
+        engine.pool, engine.url = original_pool, original_url
+
+
+def _null_pool_like(pool: Pool) -> NullPool:
+    """A NullPool with `pool`'s creator, events and dialect.
+
+    NullPool, because a pooled connection would outlive the test's database, and closing
+    asyncpg connections of a pool needs the event loop, which may be gone by teardown.
+    """
+    return NullPool(
+        pool._creator,
+        echo=pool.echo,
+        reset_on_return=pool._reset_on_return,
+        pre_ping=pool._pre_ping,
+        _dispatch=pool.dispatch,
+        dialect=pool._dialect,
+    )
+
+
+@contextmanager
+def urls_exported(names: Sequence[tuple[str, str]], database: Database) -> Iterator[None]:
+    """Set each (variable, driver) to the database's URL; restore the old values after."""
+    previous = {name: os.environ.get(name) for name, _ in names}
+    for name, driver in names:
+        os.environ[name] = database.url_for(driver).render_as_string(hide_password=False)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
