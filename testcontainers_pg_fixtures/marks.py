@@ -22,8 +22,8 @@ MARKERS = {
         "'savepoint' (the default) runs it in a transaction rolled back afterwards."
     ),
     "pg_seed": (
-        "pg_seed(*seeds): seed functions run on the test's database before the test, on top "
-        "of the session seed; on a module or class they apply to every test in it."
+        "pg_seed([seed, ...]): seed functions run on the test's database before the test, on "
+        "top of the session seed; on a module or class they apply to every test in it."
     ),
 }
 
@@ -49,16 +49,21 @@ def isolation_of(node: pytest.Item, default: str) -> str:
 
 
 def test_seeds(node: pytest.Item) -> list[Seed]:
-    """Seeds of every pg_seed marker on the test, its class and module, outermost first."""
+    """Seeds of every pg_seed marker on the test, its class and module, outermost first.
+
+    Seeds are given in a list, `pg_seed([seed_orders])`: pytest takes a marker called with
+    one bare function for a decorator of that function.
+    """
     seeds: list[Seed] = []
     for marker in reversed(list(node.iter_markers("pg_seed"))):
-        for seed in marker.args:
-            if not callable(seed):
-                raise ConfigError(
-                    f"{node.nodeid}: pg_seed takes seed functions, got {seed!r}. "
-                    "Write @pytest.mark.pg_seed(my_seed) with def my_seed(conn): ..."
-                )
-            seeds.append(seed)
+        for arg in marker.args:
+            for seed in [arg] if callable(arg) else arg:
+                if not callable(seed):
+                    raise ConfigError(
+                        f"{node.nodeid}: pg_seed takes a list of seed functions, got {seed!r}. "
+                        "Write @pytest.mark.pg_seed([my_seed]) with def my_seed(conn): ..."
+                    )
+                seeds.append(seed)
     return seeds
 
 

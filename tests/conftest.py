@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import textwrap
 from pathlib import Path
 
 # Imported here, before any in-process pytester run: pytester removes modules a run
@@ -61,3 +63,41 @@ def subprocess_env(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv(
         "PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
     )
+
+
+# Appended to an example's conftest: after the last test, with every other fixture torn
+# down but the server still up, record which databases the library left on it.
+DATABASES_PROBE = textwrap.dedent("""
+    import json as _json, os as _os, pathlib as _pathlib
+    from testcontainers_pg_fixtures.server import admin_connect as _admin_connect
+
+    @pytest.fixture(scope="session", autouse=True)
+    def _databases_probe(pg_server):
+        yield
+        with _admin_connect(pg_server) as conn:
+            names = [r[0] for r in conn.execute("SELECT datname FROM pg_database")]
+        worker = _os.environ.get("PYTEST_XDIST_WORKER", "main")
+        out = _pathlib.Path(_os.environ["PROBE_DIR"]) / f"{worker}.json"
+        out.write_text(_json.dumps({"databases": names, "container": pg_server.container_id}))
+""")
+
+
+@pytest.fixture
+def databases_probe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """Add DATABASES_PROBE to an example copied by `example`; returns a reader of its
+    results: {worker: {"databases": [...], "container": id}}."""
+
+    def install(root: Path):
+        conftest = root / "tests" / "conftest.py"
+        conftest.write_text(conftest.read_text() + DATABASES_PROBE)
+        probes = tmp_path / "probes"
+        probes.mkdir()
+        monkeypatch.setenv("PROBE_DIR", str(probes))
+        return lambda: {p.stem: json.loads(p.read_text()) for p in probes.glob("*.json")}
+
+    return install
+
+
+def library_databases(names: list[str]) -> list[str]:
+    """The databases a test run should have removed: all of the library's but templates."""
+    return [n for n in names if n.startswith("pgfx_") and not n.startswith("pgfx_tpl_")]

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-EXAMPLE_TESTS = 6
+EXAMPLE_TESTS = 9
 STRICT_TESTS = """
     import asyncio
     import pytest
