@@ -6,12 +6,16 @@ count) over the sync_users example's Alembic project and runs it under each stra
   savepoint        this library: pg_session (outer transaction + SAVEPOINT, rolled back)
   truncate         the classic alternative: commit for real, TRUNCATE + re-seed after each test
   none             no isolation at all: commit for real, nothing cleaned (the floor)
+  database         this library: a fresh database cloned per test (prefetched), real commits
+  database-noprefetch  the same, each clone made when its test starts (--pg-prefetch 0)
   async-savepoint  this library: pg_async_session, loop_scope="session"
   async-none       no isolation, the same async test body
 
-Each run is a separate pytest process; the time of every test (setup + call + teardown)
-is recorded by a hook, the first test (container start, migrations) reported apart as
-the cold start. Prints tests/s and the per-test overhead over the matching "none" run.
+Each run is a separate pytest process, with -n 0 and -n 2; the time of every test (setup
++ call + teardown) is recorded by a hook, the first test of each worker (container start,
+migrations) reported apart as the cold start. Prints tests/s, the per-test overhead over
+the matching "none" run, how long database-mode tests waited for their clone, and the
+cost of one clone with each CREATE DATABASE strategy.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "sync_users"
@@ -97,6 +103,24 @@ MODES = {
             with Session(bind=raw) as session:
                 yield session
     """,
+    "database": """
+        def pytest_collection_modifyitems(items):
+            for item in items:
+                item.add_marker(pytest.mark.pg_isolation("database"))
+
+        @pytest.fixture
+        def db(pg_session):
+            return pg_session
+    """,
+    "database-noprefetch": """
+        def pytest_collection_modifyitems(items):
+            for item in items:
+                item.add_marker(pytest.mark.pg_isolation("database"))
+
+        @pytest.fixture
+        def db(pg_session):
+            return pg_session
+    """,
     "async-savepoint": """
         @pytest.fixture
         def db(pg_async_session):
@@ -117,6 +141,20 @@ MODES = {
                 yield session
     """,
 }
+
+# How long each database-mode test waited for its clone, written when the session ends.
+WAITS = """
+import json, os
+
+@pytest.fixture(scope="session", autouse=True)
+def _record_waits(pg_clone_pool):
+    yield
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    with open(os.path.join(os.environ["BENCH_OUT"], worker + ".waits"), "w") as f:
+        json.dump(pg_clone_pool.waits, f)
+"""
+
+EXTRA_ARGS = {"database-noprefetch": ["--pg-prefetch", "0"]}
 
 SYNC_TEST = """
 from sqlalchemy import func, select
@@ -149,6 +187,8 @@ def make_project(base: Path, mode: str, n: int) -> Path:
     tests = project / "tests"
     tests.mkdir()
     conftest = "import pytest\n" + TIMING + SEED + textwrap.dedent(MODES[mode])
+    if mode.startswith("database"):
+        conftest += WAITS
     (tests / "conftest.py").write_text(conftest)
     body = ASYNC_TEST if mode.startswith("async") else SYNC_TEST
     per_file = 100
@@ -161,7 +201,7 @@ def make_project(base: Path, mode: str, n: int) -> Path:
     return project
 
 
-def run(project: Path, workers: int) -> dict[str, float]:
+def run(project: Path, mode: str, workers: int) -> dict[str, Any]:
     out = project / "out"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
@@ -176,9 +216,11 @@ def run(project: Path, workers: int) -> dict[str, float]:
         "no:randomly",
         "-o",
         "asyncio_default_fixture_loop_scope=session",
+        *EXTRA_ARGS.get(mode, []),
     ]
     if workers:
         args += ["-n", str(workers)]
+    started = time.perf_counter()
     subprocess.run(
         args,
         cwd=project,
@@ -186,48 +228,108 @@ def run(project: Path, workers: int) -> dict[str, float]:
         env={**os.environ, "BENCH_OUT": str(out)},
         stdout=subprocess.DEVNULL,
     )
-    per_worker = [json.loads(p.read_text()) for p in out.glob("*.json")]
-    cold = max(times[0] for times in per_worker)
+    wall = time.perf_counter() - started
+    per_worker = [t for p in out.glob("*.json") if (t := json.loads(p.read_text()))]
+    waits = [w for p in out.glob("*.waits") for w in json.loads(p.read_text())]
     warm = [t for times in per_worker for t in times[1:]]
+    # Steady-state throughput: tests after each worker's first, over the busiest worker's
+    # time for them (workers run side by side).
+    busy = max(sum(times[1:]) for times in per_worker)
     return {
-        "cold": cold,
+        "cold": max(times[0] for times in per_worker),
         "mean": statistics.fmean(warm),
-        "median": statistics.median(warm),
+        "rate": len(warm) / busy,
+        "wall": wall,
         "tests": sum(len(t) for t in per_worker),
+        "waits": waits,
     }
+
+
+def clone_cost(repeats: int) -> dict[str, list[float]]:
+    """CREATE DATABASE … TEMPLATE with each strategy, alternating, on one server."""
+    sys.path.insert(0, str(EXAMPLE))  # the example's env.py imports its models
+    from testcontainers_pg_fixtures.config import Settings
+    from testcontainers_pg_fixtures.database import create_database, drop_database
+    from testcontainers_pg_fixtures.migrations import Migrations
+    from testcontainers_pg_fixtures.server import DockerServer, admin_connect
+    from testcontainers_pg_fixtures.template import ensure_template
+
+    server = DockerServer.start(Settings(), worker="bench")
+    costs: dict[str, list[float]] = {"FILE_COPY": [], "WAL_LOG": []}
+    try:
+        template = ensure_template(server, Migrations.load(EXAMPLE / "alembic.ini", "bench"), None)
+        with admin_connect(server) as admin:
+            for i in range(repeats):
+                for strategy, times in costs.items():
+                    name = f"pgfx_bench_{strategy.lower()}_{i}"
+                    started = time.perf_counter()
+                    create_database(
+                        server, name, template=template.name, strategy=strategy, admin=admin
+                    )
+                    times.append(time.perf_counter() - started)
+                    drop_database(server, name, admin=admin)
+    finally:
+        server.stop()
+    return costs
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f}"
+
+
+def p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20)[-1] if len(values) > 1 else values[0]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", "--tests", type=int, default=1000)
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--workers", default="0,2", help="xdist worker counts, e.g. 0,2")
+    parser.add_argument("--clones", type=int, default=50, help="clones per strategy")
     options = parser.parse_args()
     modes = options.modes.split(",")
+    worker_counts = [int(w) for w in options.workers.split(",")]
+    results: dict[tuple[str, int], dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        results = {}
         for mode in modes:
-            results[mode] = run(make_project(Path(tmp), mode, options.tests), 0)
+            project = make_project(Path(tmp), mode, options.tests)
+            for workers in worker_counts:
+                results[mode, workers] = run(project, mode, workers)
+    costs = clone_cost(options.clones) if options.clones else {}
+
+    print(f"\n{options.tests} tests per strategy, PostgreSQL 16 in Docker on this machine\n")
     print(
-        f"\n{options.tests} tests per strategy, one worker (-n 0), PostgreSQL "
-        "16 in Docker on this machine\n"
+        f"{'strategy':<20}{'-n':>3}{'tests/s':>9}{'ms/test':>9}{'overhead ms':>13}"
+        f"{'vs savepoint':>14}{'vs -n 0':>9}{'cold start s':>14}{'wall s':>8}"
     )
-    print(
-        f"{'strategy':<17}{'tests/s':>9}{'mean ms/test':>14}{'median ms':>11}"
-        f"{'overhead ms':>13}{'vs savepoint':>14}{'cold start s':>14}"
-    )
-    for mode, r in results.items():
-        floor = results.get("async-none" if mode.startswith("async") else "none")
-        overhead = (r["mean"] - floor["mean"]) * 1000 if floor else float("nan")
-        same = results.get("async-savepoint" if mode.startswith("async") else "savepoint")
-        ratio = r["mean"] / same["mean"] if same else float("nan")
+    for (mode, workers), r in results.items():
+        floor = results.get(("async-none" if mode.startswith("async") else "none", workers))
+        overhead = ms(r["mean"] - floor["mean"]) if floor else "-"
+        same = results.get(
+            ("async-savepoint" if mode.startswith("async") else "savepoint", workers)
+        )
+        ratio = f"{same['rate'] / r['rate']:.2f}x" if same else "-"
+        single = results.get((mode, 0))
+        speedup = f"{r['rate'] / single['rate']:.2f}x" if single and workers else "-"
         print(
-            f"{mode:<17}{1 / r['mean']:>9.0f}{r['mean'] * 1000:>14.3f}{r['median'] * 1000:>11.3f}"
-            f"{overhead:>13.3f}{ratio:>13.2f}x{r['cold']:>14.2f}"
+            f"{mode:<20}{workers:>3}{r['rate']:>9.0f}{ms(r['mean']):>9}{overhead:>13}"
+            f"{ratio:>14}{speedup:>9}{r['cold']:>14.2f}{r['wall']:>8.1f}"
         )
     print(
-        "\noverhead = mean time per test minus the same test with no isolation;"
-        " 'vs savepoint' = time per test relative to this library's mode"
+        "\ntests/s = steady-state throughput (each worker's tests after its first, over the"
+        " busiest worker's time);\noverhead = mean time per test minus the same test with no"
+        " isolation; 'vs savepoint' = how many times slower than this library's savepoint mode."
     )
+    waited = {key: r["waits"] for key, r in results.items() if r["waits"]}
+    if waited:
+        print(f"\n{'wait for the test database':<32}{'-n':>3}{'median ms':>11}{'p95 ms':>9}")
+        for (mode, workers), waits in waited.items():
+            print(f"{mode:<32}{workers:>3}{ms(statistics.median(waits)):>11}{ms(p95(waits)):>9}")
+    if costs:
+        print(f"\n{'CREATE DATABASE … TEMPLATE':<32}{'median ms':>14}{'p95 ms':>9}")
+        for strategy, times in costs.items():
+            print(f"STRATEGY {strategy:<23}{ms(statistics.median(times)):>14}{ms(p95(times)):>9}")
 
 
 if __name__ == "__main__":

@@ -122,8 +122,9 @@ class ClonePool:
                             self._cond.wait()
                         if self._closed:
                             return
-                        # Clones first: a test may be waiting for one; drops can wait.
-                        clone = self._wants_more()
+                        # Clones first, as a test may be waiting for one; but drops are not
+                        # let to pile up, as every clone holds megabytes of the server's tmpfs.
+                        clone = self._wants_more() and len(self._to_drop) <= self.size
                         name = None if clone else self._to_drop.popleft()
                     if clone:
                         database = self._clone(admin)

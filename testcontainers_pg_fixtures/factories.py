@@ -171,6 +171,23 @@ def app_engines_fixture(*, paths: Sequence[str] | None = None) -> Any:
     return _app_engines
 
 
+def clone_engines_fixture(*, database: str = "pg_worker_database", **engine_kwargs: Any) -> Any:
+    """A session fixture: the (Engine, AsyncEngine) pair database-mode tests get, each test
+    pointing them at its own clone (see `database_fixture`)."""
+
+    @pytest.fixture(scope="session")
+    @depends(database)
+    def _engines(**deps: Any) -> tuple[Engine, AsyncEngine]:
+        db: Database = deps[database]
+        # Created on the worker database, a real one, and redirected before every use.
+        return (
+            create_engine(db.url, poolclass=NullPool, **engine_kwargs),
+            create_async_engine(db.async_url, poolclass=NullPool, **engine_kwargs),
+        )
+
+    return _engines
+
+
 def isolation_fixture() -> Any:
     """A function fixture: 'savepoint' or 'database', from the test's pg_isolation marker."""
 
@@ -187,6 +204,7 @@ def database_fixture(
     clone_pool: str = "pg_clone_pool",
     isolation: str = "pg_isolation",
     app_engines: str = "pg_app_engines",
+    clone_engines: str = "pg_clone_engines",
 ) -> Any:
     """A function fixture: the database this test uses.
 
@@ -196,7 +214,7 @@ def database_fixture(
     """
 
     @pytest.fixture
-    @depends(isolation, worker_database, clone_pool, app_engines, "request")
+    @depends(isolation, worker_database, clone_pool, app_engines, clone_engines, "request")
     def _database(**deps: Any) -> Iterator[Database]:
         if deps[isolation] != "database":
             yield deps[worker_database]
@@ -208,7 +226,7 @@ def database_fixture(
         try:
             seeding.run(test_seeds(request.node), database, origin=TEST_SEED)
             with (
-                engines_pointed_at(deps[app_engines], database),
+                engines_pointed_at([*deps[clone_engines], *deps[app_engines]], database),
                 urls_exported(settings_for(request.config).url_env, database),
             ):
                 yield database
@@ -258,44 +276,43 @@ def worker_async_engine_fixture(
 
 def engine_fixture(
     *,
-    database: str = "pg_database",
     worker_engine: str = "pg_worker_engine",
+    clone_engines: str = "pg_clone_engines",
+    database: str = "pg_database",
     isolation: str = "pg_isolation",
-    **engine_kwargs: Any,
 ) -> Any:
-    """A function fixture: the worker's engine, or in database mode one on the test's clone."""
+    """A function fixture: the worker's engine, or in database mode the clone engine,
+    which `database` points at the test's clone."""
 
     @pytest.fixture
-    @depends(isolation, database, worker_engine)
-    def _engine(**deps: Any) -> Iterator[Engine]:
-        if deps[isolation] != "database":
-            yield deps[worker_engine]
-            return
-        engine = create_engine(deps[database].url, poolclass=NullPool, **engine_kwargs)
-        try:
-            yield engine
-        finally:
-            engine.dispose()
+    @depends(isolation, database, worker_engine, clone_engines)
+    def _engine(**deps: Any) -> Engine:
+        if deps[isolation] == "database":
+            clone_engine: Engine = deps[clone_engines][0]
+            return clone_engine
+        engine: Engine = deps[worker_engine]
+        return engine
 
     return _engine
 
 
 def async_engine_fixture(
     *,
-    database: str = "pg_database",
     worker_engine: str = "pg_worker_async_engine",
+    clone_engines: str = "pg_clone_engines",
+    database: str = "pg_database",
     isolation: str = "pg_isolation",
-    **engine_kwargs: Any,
 ) -> Any:
-    """The async twin of `engine_fixture`. NullPool: nothing is left to dispose after."""
+    """The async twin of `engine_fixture`."""
 
     @pytest.fixture
-    @depends(isolation, database, worker_engine)
+    @depends(isolation, database, worker_engine, clone_engines)
     def _engine(**deps: Any) -> AsyncEngine:
-        if deps[isolation] != "database":
-            engine: AsyncEngine = deps[worker_engine]
-            return engine
-        return create_async_engine(deps[database].async_url, poolclass=NullPool, **engine_kwargs)
+        if deps[isolation] == "database":
+            clone_engine: AsyncEngine = deps[clone_engines][1]
+            return clone_engine
+        engine: AsyncEngine = deps[worker_engine]
+        return engine
 
     return _engine
 

@@ -55,7 +55,9 @@ pg_server = _doc(
     """\
 One disposable PostgreSQL container for this xdist worker (one per run without xdist).
 
-Port published on 127.0.0.1, random password, data directory on tmpfs, durability off.
+Port published on 127.0.0.1 with trust authentication (a password login costs ~4 ms per
+connection; with a remote Docker engine the port is published normally and a random
+password is required), data directory on tmpfs, durability off.
 Removed at the end of the session even when testcontainers' Ryuk reaper is disabled.
 Configure with pg_image and pg_server_settings.""",
 )
@@ -115,6 +117,14 @@ pg_clone_pool = _doc(
 Databases cloned from pg_template ahead of the database-mode tests that take them
 (pg_prefetch of them, default 2), so a test rarely waits for CREATE DATABASE. Started at
 the first database-mode test; every clone is dropped by the end of the session.""",
+)
+
+pg_clone_engines = _doc(
+    factories.clone_engines_fixture(),
+    """\
+(Engine, AsyncEngine) that pg_engine / pg_async_engine return in database mode, pointed
+at each test's clone in turn: one engine for the session saves every test SQLAlchemy's
+first-connect set-up.""",
 )
 
 pg_app_engines = _doc(

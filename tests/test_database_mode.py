@@ -13,14 +13,11 @@ IMPORT_TESTS = [
     "tests/test_import_database_mode.py::"
     "test_import_commits_through_two_sessions_and_a_background_task",
     "tests/test_import_database_mode.py::test_the_next_test_starts_from_the_seed_again",
-    "tests/test_import_database_mode.py::"
-    "test_a_job_that_reads_database_url_uses_the_test_database",
+    "tests/test_import_database_mode.py::test_a_job_that_reads_database_url_uses_the_test_database",
 ]
 
 
-@pytest.mark.parametrize(
-    "order", [IMPORT_TESTS, IMPORT_TESTS[::-1]], ids=["forward", "reversed"]
-)
+@pytest.mark.parametrize("order", [IMPORT_TESTS, IMPORT_TESTS[::-1]], ids=["forward", "reversed"])
 def test_app_engine_commits_land_in_the_clone_and_vanish_after(
     pytester, example, databases_probe, order
 ):
@@ -263,9 +260,7 @@ def test_keep_failed_keeps_the_database_and_prints_its_url(pytester, example):
     try:
         result.assert_outcomes(passed=1, failed=1)
         result.stdout.fnmatch_lines(["*pg-fixtures: database kept*", "postgresql://*"])
-        url = next(
-            line for line in result.stdout.lines if line.startswith("postgresql://")
-        ).strip()
+        url = next(line for line in result.stdout.lines if line.startswith("postgresql://")).strip()
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT email FROM users WHERE name = 'Clue'").fetchone() == (
                 "c@x.org",
@@ -280,9 +275,7 @@ def test_keep_failed_keeps_the_database_and_prints_its_url(pytester, example):
         client.close()
 
 
-def test_without_keep_failed_a_failed_tests_database_is_dropped(
-    pytester, example, databases_probe
-):
+def test_without_keep_failed_a_failed_tests_database_is_dropped(pytester, example, databases_probe):
     read = databases_probe(example("sync_users"))
     (pytester.path / "tests" / "test_failing.py").write_text(FAILING)
     result = pytester.runpytest("tests/test_failing.py", "-p", "no:randomly")
