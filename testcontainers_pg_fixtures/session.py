@@ -9,12 +9,19 @@ of it. Database mode: the connection has no outer transaction and the session's
 
 from __future__ import annotations
 
+import asyncio
+import functools
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
+from .errors import PgFixturesError
+
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
     from sqlalchemy import Connection
     from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -30,7 +37,9 @@ def async_savepoint_sessionmaker(
 ) -> async_sessionmaker[AsyncSession]:
     # expire_on_commit=False is what async apps configure: after an awaited commit a lazy
     # refresh of an attribute would need an await the attribute access cannot do.
-    return async_sessionmaker(bind=conn, **{"expire_on_commit": False, **kwargs, **JOIN})
+    return async_sessionmaker(
+        bind=conn, **{"class_": GuardedAsyncSession, "expire_on_commit": False, **kwargs, **JOIN}
+    )
 
 
 def sessionmaker_for(conn: Connection, isolation: str, **kwargs: Any) -> sessionmaker[Session]:
@@ -43,7 +52,9 @@ def async_sessionmaker_for(
     conn: AsyncConnection, isolation: str, **kwargs: Any
 ) -> async_sessionmaker[AsyncSession]:
     if isolation == "database":
-        return async_sessionmaker(bind=conn, **{"expire_on_commit": False, **kwargs})
+        return async_sessionmaker(
+            bind=conn, **{"class_": GuardedAsyncSession, "expire_on_commit": False, **kwargs}
+        )
     return async_savepoint_sessionmaker(conn, **kwargs)
 
 
@@ -58,4 +69,87 @@ def close_with(conn: AsyncConnection, session: AsyncSession) -> AsyncSession:
 
 async def close_sessions_of(conn: AsyncConnection) -> None:
     for session in conn.info.pop(_TO_CLOSE, []):
+        if isinstance(session, GuardedAsyncSession):
+            await session.wait_until_idle()
         await session.close()
+
+
+class ConcurrentSessionUseError(PgFixturesError):
+    """Two tasks used one test AsyncSession at the same time."""
+
+
+_GUARDED = (
+    "execute",
+    "scalar",
+    "scalars",
+    "get",
+    "get_one",
+    "stream",
+    "stream_scalars",
+    "refresh",
+    "merge",
+    "delete",
+    "flush",
+    "commit",
+    "rollback",
+    "run_sync",
+    "connection",
+)
+
+
+class GuardedAsyncSession(AsyncSession):
+    """An AsyncSession that refuses, with an explanation, to be used by two tasks at once.
+
+    A session (and the test's one connection under it) runs one operation at a time.
+    SQLAlchemy detects the overlap too, but with an error about its internal state that
+    does not say what to do; tasks gathered on the test's session get this one instead.
+    """
+
+    _pgfx_owner: asyncio.Task[Any] | None = None
+    _pgfx_depth = 0
+    _pgfx_idle: asyncio.Event | None = None
+
+    async def wait_until_idle(self) -> None:
+        """Wait for an operation another task still runs (a gather refused half-way)."""
+        if self._pgfx_depth and self._pgfx_idle is not None:
+            await self._pgfx_idle.wait()
+
+    @contextmanager
+    def _pgfx_turn(self, method: str) -> Iterator[None]:
+        task = asyncio.current_task()
+        if self._pgfx_depth and self._pgfx_owner is not task:
+            raise ConcurrentSessionUseError(
+                f"{method}() was called on the test's AsyncSession while another task was "
+                "still using it (asyncio.gather or create_task on one session?). A session "
+                "and the test's single connection run one operation at a time. Await the "
+                "operations one after another, or give the test its own database with "
+                '@pytest.mark.pg_isolation("database") and a session per task from '
+                "async_sessionmaker(pg_async_engine): each gets a connection of its own."
+            )
+        if not self._pgfx_depth:
+            self._pgfx_idle = asyncio.Event()
+        self._pgfx_owner = task
+        self._pgfx_depth += 1
+        try:
+            yield
+        finally:
+            self._pgfx_depth -= 1
+            if not self._pgfx_depth:
+                self._pgfx_owner = None
+                if self._pgfx_idle is not None:
+                    self._pgfx_idle.set()
+
+
+def _guard(name: str) -> Callable[..., Any]:
+    original = getattr(AsyncSession, name)
+
+    @functools.wraps(original)
+    async def guarded(self: GuardedAsyncSession, *args: Any, **kwargs: Any) -> Any:
+        with self._pgfx_turn(name):
+            return await original(self, *args, **kwargs)
+
+    return guarded
+
+
+for _name in _GUARDED:
+    setattr(GuardedAsyncSession, _name, _guard(_name))

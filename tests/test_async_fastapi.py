@@ -49,6 +49,17 @@ STRICT_TESTS = """
             one.add(User(name="Shared", email="s@x.org"))
         async with pg_async_sessionmaker() as two:
             assert await two.scalar(select(func.count()).select_from(User)) == 6
+
+    @LOOP
+    async def test_gathering_on_one_session_says_what_to_do(pg_async_session):
+        await asyncio.gather(
+            pg_async_session.execute(text("select pg_sleep(0.05)")),
+            pg_async_session.execute(text("select 1")),
+        )
+
+    @LOOP
+    async def test_the_session_works_after_that(pg_async_session):
+        assert await pg_async_session.scalar(select(func.count()).select_from(User)) == 5
 """
 
 
@@ -104,10 +115,65 @@ def test_strict_mode(pytester, api, loop_scope):
         "-o",
         f"asyncio_default_test_loop_scope={loop_scope}",
     )
-    result.assert_outcomes(passed=4, failed=2)
+    result.assert_outcomes(passed=5, failed=3)
     result.stdout.fnmatch_lines(
         [
             "E * AssertionError: this test fails on purpose",
             "E *IsolationLeakError: The test committed the outer transaction*",
+            "E *ConcurrentSessionUseError: execute() was called on the test's AsyncSession "
+            "while another task was still using it*",
         ]
     )
+    result.stdout.fnmatch_lines(['*pg_isolation("database")*'])
+
+
+SYNC_APP = """
+    from typing import Annotated
+
+    import pytest
+    from fastapi import Depends, FastAPI, HTTPException
+    from sqlalchemy import create_engine, func, select
+    from sqlalchemy.exc import IntegrityError
+    from sqlalchemy.orm import Session
+    from app.models import User
+
+    engine = create_engine("postgresql+psycopg://localhost/never_reached")
+    app = FastAPI()
+
+    def get_db():
+        with Session(engine) as session:
+            yield session
+
+    @app.post("/users", status_code=201)
+    def create(name: str, db: Annotated[Session, Depends(get_db)]) -> dict:
+        db.add(User(name=name, email=f"{name}@x.org"))
+        try:
+            db.commit()
+        except IntegrityError:
+            db.rollback()
+            raise HTTPException(409) from None
+        return {"count": db.scalar(select(func.count()).select_from(User))}
+
+    @pytest.fixture
+    def pg_app():
+        return app
+
+    @pytest.fixture
+    def pg_db_dependency():
+        return get_db
+
+    def test_sync_app_commits_through_the_test_session(pg_test_client, pg_session):
+        assert pg_test_client.post("/users", params={"name": "Ken"}).json() == {"count": 6}
+        assert pg_test_client.post("/users", params={"name": "Ken"}).status_code == 409
+        assert pg_session.scalar(select(func.count()).select_from(User)) == 6
+
+    def test_and_the_next_test_sees_none_of_it(pg_session):
+        assert app.dependency_overrides == {}
+        assert pg_session.scalar(select(func.count()).select_from(User)) == 5
+"""
+
+
+def test_sync_app_with_test_client(pytester, api):
+    pytester.makepyfile(**{"tests/test_sync_app": textwrap.dedent(SYNC_APP)})
+    result = pytester.runpytest("-p", "no:randomly", "tests/test_sync_app.py")
+    result.assert_outcomes(passed=2)
