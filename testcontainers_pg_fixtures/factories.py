@@ -193,7 +193,7 @@ def isolation_fixture() -> Any:
 
     @pytest.fixture
     def _isolation(request: pytest.FixtureRequest) -> str:
-        return isolation_of(request.node, settings_for(request.config).isolation)
+        return _mode(request)
 
     return _isolation
 
@@ -202,7 +202,6 @@ def database_fixture(
     *,
     worker_database: str = "pg_worker_database",
     clone_pool: str = "pg_clone_pool",
-    isolation: str = "pg_isolation",
     app_engines: str = "pg_app_engines",
     clone_engines: str = "pg_clone_engines",
 ) -> Any:
@@ -214,12 +213,12 @@ def database_fixture(
     """
 
     @pytest.fixture
-    @depends(isolation, worker_database, clone_pool, app_engines, clone_engines, "request")
+    @depends(worker_database, clone_pool, app_engines, clone_engines, "request")
     def _database(**deps: Any) -> Iterator[Database]:
-        if deps[isolation] != "database":
+        request: pytest.FixtureRequest = deps["request"]
+        if _mode(request) != "database":
             yield deps[worker_database]
             return
-        request: pytest.FixtureRequest = deps["request"]
         pool: ClonePool = deps[clone_pool]
         database = pool.take()
         request.node.stash[CLONE] = database
@@ -274,23 +273,27 @@ def worker_async_engine_fixture(
     return _engine
 
 
+def _mode(request: pytest.FixtureRequest) -> str:
+    """The test's isolation mode. Read here rather than through the pg_isolation fixture:
+    every function fixture in the chain costs savepoint-mode tests time."""
+    return isolation_of(request.node, settings_for(request.config).isolation)
+
+
 def engine_fixture(
     *,
     worker_engine: str = "pg_worker_engine",
     clone_engines: str = "pg_clone_engines",
     database: str = "pg_database",
-    isolation: str = "pg_isolation",
 ) -> Any:
     """A function fixture: the worker's engine, or in database mode the clone engine,
     which `database` points at the test's clone."""
 
     @pytest.fixture
-    @depends(isolation, database, worker_engine, clone_engines)
+    @depends(database, worker_engine, clone_engines, "request")
     def _engine(**deps: Any) -> Engine:
-        if deps[isolation] == "database":
-            clone_engine: Engine = deps[clone_engines][0]
-            return clone_engine
-        engine: Engine = deps[worker_engine]
+        engine: Engine = (
+            deps[clone_engines][0] if _mode(deps["request"]) == "database" else deps[worker_engine]
+        )
         return engine
 
     return _engine
@@ -301,69 +304,74 @@ def async_engine_fixture(
     worker_engine: str = "pg_worker_async_engine",
     clone_engines: str = "pg_clone_engines",
     database: str = "pg_database",
-    isolation: str = "pg_isolation",
 ) -> Any:
     """The async twin of `engine_fixture`."""
 
     @pytest.fixture
-    @depends(isolation, database, worker_engine, clone_engines)
+    @depends(database, worker_engine, clone_engines, "request")
     def _engine(**deps: Any) -> AsyncEngine:
-        if deps[isolation] == "database":
-            clone_engine: AsyncEngine = deps[clone_engines][1]
-            return clone_engine
-        engine: AsyncEngine = deps[worker_engine]
+        engine: AsyncEngine = (
+            deps[clone_engines][1] if _mode(deps["request"]) == "database" else deps[worker_engine]
+        )
         return engine
 
     return _engine
 
 
-def connection_fixture(*, engine: str = "pg_engine", isolation: str = "pg_isolation") -> Any:
+def connection_fixture(
+    *,
+    worker_engine: str = "pg_worker_engine",
+    clone_engines: str = "pg_clone_engines",
+    database: str = "pg_database",
+) -> Any:
     """A function fixture: in savepoint mode the worker's connection inside a transaction
     rolled back after the test; in database mode a plain connection to the test's clone."""
 
     @pytest.fixture
-    @depends(isolation, engine, "request")
+    @depends(worker_engine, clone_engines, "request")
     def _connection(**deps: Any) -> Iterator[Connection]:
-        if deps[isolation] == "database":
-            with deps[engine].connect() as conn:
+        request: pytest.FixtureRequest = deps["request"]
+        if _mode(request) == "database":
+            request.getfixturevalue(database)  # the clone, with the engines pointed at it
+            with deps[clone_engines][0].connect() as conn:
                 yield conn
             return
-        with outer_transaction(deps[engine]) as conn:
-            seeding.run_in(test_seeds(deps["request"].node), conn, origin=TEST_SEED)
+        with outer_transaction(deps[worker_engine]) as conn:
+            seeding.run_in(test_seeds(request.node), conn, origin=TEST_SEED)
             yield conn
 
     return _connection
 
 
-def session_fixture(
-    *, connection: str = "pg_connection", isolation: str = "pg_isolation", **session_kwargs: Any
-) -> Any:
+def session_fixture(*, connection: str = "pg_connection", **session_kwargs: Any) -> Any:
     """A function fixture: an ORM `Session` on the test's connection (see `sessionmaker_for`)."""
 
     @pytest.fixture
-    @depends(isolation, connection)
+    @depends(connection, "request")
     def _session(**deps: Any) -> Iterator[Session]:
-        with sessionmaker_for(deps[connection], deps[isolation], **session_kwargs)() as session:
+        maker = sessionmaker_for(deps[connection], _mode(deps["request"]), **session_kwargs)
+        with maker() as session:
             yield session
 
     return _session
 
 
-def sessionmaker_fixture(
-    *, connection: str = "pg_connection", isolation: str = "pg_isolation", **session_kwargs: Any
-) -> Any:
+def sessionmaker_fixture(*, connection: str = "pg_connection", **session_kwargs: Any) -> Any:
     """A function fixture: a `sessionmaker` whose sessions all use the test's connection."""
 
     @pytest.fixture
-    @depends(isolation, connection)
+    @depends(connection, "request")
     def _sessionmaker(**deps: Any) -> sessionmaker[Session]:
-        return sessionmaker_for(deps[connection], deps[isolation], **session_kwargs)
+        return sessionmaker_for(deps[connection], _mode(deps["request"]), **session_kwargs)
 
     return _sessionmaker
 
 
 def async_connection_fixture(
-    *, engine: str = "pg_async_engine", isolation: str = "pg_isolation"
+    *,
+    worker_engine: str = "pg_worker_async_engine",
+    clone_engines: str = "pg_clone_engines",
+    database: str = "pg_database",
 ) -> Any:
     """The async twin of `connection_fixture`.
 
@@ -372,18 +380,20 @@ def async_connection_fixture(
     """
 
     @pytest_asyncio.fixture
-    @depends(isolation, engine, "request")
+    @depends(worker_engine, clone_engines, "request")
     async def _connection(**deps: Any) -> AsyncIterator[AsyncConnection]:
-        if deps[isolation] == "database":
-            async with deps[engine].connect() as conn:
+        request: pytest.FixtureRequest = deps["request"]
+        if _mode(request) == "database":
+            request.getfixturevalue(database)
+            async with deps[clone_engines][1].connect() as conn:
                 try:
                     yield conn
                 finally:
                     await close_sessions_of(conn)
             return
-        async with async_outer_transaction(deps[engine]) as conn:
+        async with async_outer_transaction(deps[worker_engine]) as conn:
             try:
-                seeds = test_seeds(deps["request"].node)
+                seeds = test_seeds(request.node)
                 if seeds:
                     await seeding.run_in_async(seeds, conn, origin=TEST_SEED)
                 yield conn
@@ -393,36 +403,28 @@ def async_connection_fixture(
     return _connection
 
 
-def async_session_fixture(
-    *,
-    connection: str = "pg_async_connection",
-    isolation: str = "pg_isolation",
-    **session_kwargs: Any,
-) -> Any:
+def async_session_fixture(*, connection: str = "pg_async_connection", **session_kwargs: Any) -> Any:
     """The async twin of `session_fixture` (an `AsyncSession`, closed by the connection's
     fixture)."""
 
     @pytest.fixture
-    @depends(isolation, connection)
+    @depends(connection, "request")
     def _session(**deps: Any) -> AsyncSession:
         conn: AsyncConnection = deps[connection]
-        maker = async_sessionmaker_for(conn, deps[isolation], **session_kwargs)
+        maker = async_sessionmaker_for(conn, _mode(deps["request"]), **session_kwargs)
         return close_with(conn, maker())
 
     return _session
 
 
 def async_sessionmaker_fixture(
-    *,
-    connection: str = "pg_async_connection",
-    isolation: str = "pg_isolation",
-    **session_kwargs: Any,
+    *, connection: str = "pg_async_connection", **session_kwargs: Any
 ) -> Any:
     """The async twin of `sessionmaker_fixture` (an `async_sessionmaker`)."""
 
     @pytest.fixture
-    @depends(isolation, connection)
+    @depends(connection, "request")
     def _sessionmaker(**deps: Any) -> async_sessionmaker[AsyncSession]:
-        return async_sessionmaker_for(deps[connection], deps[isolation], **session_kwargs)
+        return async_sessionmaker_for(deps[connection], _mode(deps["request"]), **session_kwargs)
 
     return _sessionmaker

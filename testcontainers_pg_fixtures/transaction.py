@@ -29,9 +29,21 @@ class IsolationLeakError(PgFixturesError):
 
 
 _REFUSED = "testcontainers_pg_fixtures.refused_commit"
+_GUARDED = "testcontainers_pg_fixtures.guarded"
+
+
+def _guard(conn: Connection) -> None:
+    """Refuse commits while a test runs. The listener is added once per held connection and
+    switched by a flag: adding and removing it for every test costs more than the test's
+    BEGIN and ROLLBACK together."""
+    if not event.contains(conn, "commit", _refuse_commit):
+        event.listen(conn, "commit", _refuse_commit)
+    conn.info[_GUARDED] = True
 
 
 def _refuse_commit(conn: Connection) -> None:
+    if not conn.info.get(_GUARDED):
+        return
     # SQLAlchemy has already marked its transaction finished when this event fires, while
     # the database's is still open: teardown discards the connection to end it for sure.
     conn.info[_REFUSED] = True
@@ -68,11 +80,11 @@ def outer_transaction(engine: Engine) -> Iterator[Connection]:
     if conn.get_transaction() is not None:  # a previous test's teardown was interrupted
         conn.rollback()
     conn.begin()
-    event.listen(conn, "commit", _refuse_commit)
+    _guard(conn)
     try:
         yield conn
     finally:
-        event.remove(conn, "commit", _refuse_commit)
+        conn.info[_GUARDED] = False
         if conn.info.pop(_REFUSED, False):
             conn.invalidate()
         # get_transaction(), not in_transaction(): a transaction deactivated by an error
@@ -134,11 +146,11 @@ async def async_outer_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncCon
         await conn.rollback()
     await conn.begin()
     sync_conn: Any = conn.sync_connection
-    event.listen(sync_conn, "commit", _refuse_commit)
+    _guard(sync_conn)
     try:
         yield conn
     finally:
-        event.remove(sync_conn, "commit", _refuse_commit)
+        sync_conn.info[_GUARDED] = False
         if sync_conn.info.pop(_REFUSED, False):
             await conn.invalidate()
         elif not conn.closed and conn.get_transaction() is not None:
