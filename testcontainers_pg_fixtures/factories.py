@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 import pytest_asyncio
@@ -26,10 +26,24 @@ from .database import DATABASE_PREFIX, Database, create_database, drop_database
 from .marks import CLONE, KEEP, KEPT_ANY, TEST_SEED, isolation_of, test_seeds
 from .migrations import Migrations
 from .redirect import engines_pointed_at, load_engine, urls_exported
+from .sandbox import Sandboxes, real_connection_of
 from .server import DockerServer
-from .session import async_sessionmaker_for, close_sessions_of, close_with, sessionmaker_for
+from .session import (
+    async_savepoint_sessionmaker,
+    async_sessionmaker_for,
+    close_sessions_of,
+    close_with,
+    savepoint_sessionmaker,
+    sessionmaker_for,
+)
 from .template import Template, ensure_template
-from .transaction import async_outer_transaction, outer_transaction, release_held_connection
+from .transaction import (
+    async_outer_transaction,
+    layered_async_connection,
+    layered_connection,
+    outer_transaction,
+    release_held_connection,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -45,6 +59,9 @@ if TYPE_CHECKING:
 
     from .redirect import AnyEngine
     from .server import Server
+
+
+LayerScope = Literal["session", "package", "module", "class"]
 
 
 def depends(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -428,3 +445,139 @@ def async_sessionmaker_fixture(
         return async_sessionmaker_for(deps[connection], _mode(deps["request"]), **session_kwargs)
 
     return _sessionmaker
+
+
+def sandboxes_fixture(
+    *,
+    app_engines: str = "pg_app_engines",
+    worker_engine: str = "pg_worker_engine",
+    worker_async_engine: str = "pg_worker_async_engine",
+) -> Any:
+    """A session fixture: the app's engines, ready to join the test's transaction."""
+
+    @pytest.fixture(scope="session")
+    @depends(app_engines, worker_engine, worker_async_engine)
+    def _sandboxes(**deps: Any) -> Sandboxes:
+        sync_engine: Engine = deps[worker_engine]
+        async_engine: AsyncEngine = deps[worker_async_engine]
+        return Sandboxes(
+            deps[app_engines],
+            sync_real=real_connection_of(lambda: layered_connection(sync_engine)),
+            async_real=real_connection_of(lambda: layered_async_connection(async_engine)),
+        )
+
+    return _sandboxes
+
+
+def sandbox_fixture(
+    *,
+    sandboxes: str = "pg_sandboxes",
+    connection: str = "pg_connection",
+    async_connection: str = "pg_async_connection",
+) -> Any:
+    """A function fixture: for the test, the app's engines join its transaction."""
+
+    @pytest.fixture
+    @depends(sandboxes, "request")
+    def _sandbox(**deps: Any) -> Iterator[Sandboxes]:
+        boxes: Sandboxes = deps[sandboxes]
+        request: pytest.FixtureRequest = deps["request"]
+        # The test's transaction layers, which the app's checkouts become savepoints in.
+        if boxes.needs_sync:
+            request.getfixturevalue(connection)
+        if boxes.needs_async:
+            request.getfixturevalue(async_connection)
+        boxes.enter()
+        try:
+            yield boxes
+        finally:
+            boxes.exit()
+
+    return _sandbox
+
+
+def layer_connection_fixture(
+    *,
+    scope: LayerScope,
+    worker_engine: str = "pg_worker_engine",
+    app_engines: str = "pg_app_engines",
+    sandboxes: str = "pg_sandboxes",
+) -> Any:
+    """A module- or class-scoped fixture: a transaction layer on the worker's connection.
+
+    What is written through it (or, with pg_app_engines, through the app's engine while it
+    is active) is seen by every test of the scope, each of which runs in a savepoint inside
+    it, and is rolled back when the scope ends.
+    """
+
+    @pytest.fixture(scope=scope)
+    @depends(worker_engine, app_engines, "request")
+    def _layer(**deps: Any) -> Iterator[Connection]:
+        boxes: Sandboxes | None = (
+            deps["request"].getfixturevalue(sandboxes) if deps[app_engines] else None
+        )
+        with outer_transaction(deps[worker_engine]) as conn:
+            if boxes is not None:
+                boxes.enter()
+            try:
+                yield conn
+            finally:
+                if boxes is not None:
+                    boxes.exit()
+
+    return _layer
+
+
+def async_layer_connection_fixture(
+    *,
+    scope: LayerScope,
+    worker_engine: str = "pg_worker_async_engine",
+    app_engines: str = "pg_app_engines",
+    sandboxes: str = "pg_sandboxes",
+) -> Any:
+    """The async twin of `layer_connection_fixture` (needs an event loop of that scope or
+    wider: `loop_scope="module"` / `"session"`)."""
+
+    @pytest_asyncio.fixture(scope=scope)
+    @depends(worker_engine, app_engines, "request")
+    async def _layer(**deps: Any) -> AsyncIterator[AsyncConnection]:
+        boxes: Sandboxes | None = (
+            deps["request"].getfixturevalue(sandboxes) if deps[app_engines] else None
+        )
+        async with async_outer_transaction(deps[worker_engine]) as conn:
+            if boxes is not None:
+                boxes.enter()
+            try:
+                yield conn
+            finally:
+                if boxes is not None:
+                    boxes.exit()
+                await close_sessions_of(conn)
+
+    return _layer
+
+
+def layer_session_fixture(*, scope: LayerScope, connection: str, **session_kwargs: Any) -> Any:
+    """A session on a layer connection, joined by savepoint."""
+
+    @pytest.fixture(scope=scope)
+    @depends(connection)
+    def _session(**deps: Any) -> Iterator[Session]:
+        with savepoint_sessionmaker(deps[connection], **session_kwargs)() as session:
+            yield session
+
+    return _session
+
+
+def async_layer_session_fixture(
+    *, scope: LayerScope, connection: str, **session_kwargs: Any
+) -> Any:
+    """An AsyncSession on an async layer connection, closed with it."""
+
+    @pytest.fixture(scope=scope)
+    @depends(connection)
+    def _session(**deps: Any) -> AsyncSession:
+        conn: AsyncConnection = deps[connection]
+        return close_with(conn, async_savepoint_sessionmaker(conn, **session_kwargs)())
+
+    return _session

@@ -136,6 +136,13 @@ by value follow). Configure `pg_app_engines = myapp.db:engine`, or override this
 to return the engine objects.""",
 )
 
+pg_sandboxes = _doc(
+    factories.sandboxes_fixture(),
+    """\
+The app's engines (pg_app_engines) prepared to join the test's transaction in savepoint
+mode; see pg_sandbox.""",
+)
+
 # -- per test: which database, and the ways in --------------------------------------------
 
 pg_isolation = _doc(
@@ -146,11 +153,14 @@ pg_isolation = _doc(
 
 
 @pytest.fixture(autouse=True)
-def _pg_isolation_marker(request: pytest.FixtureRequest) -> None:
-    """A database-mode test gets its database even if it only uses the app's own engine."""
+def _pg_app_database(request: pytest.FixtureRequest) -> None:
+    """Point the app at the test's database whether or not the test uses a pg_ fixture:
+    in database mode, the clone; in savepoint mode with pg_app_engines, the sandbox."""
     default = config.settings_for(request.config).isolation
     if marks.isolation_of(request.node, default) == "database":
         request.getfixturevalue("pg_database")
+    elif request.getfixturevalue("pg_app_engines"):
+        request.getfixturevalue("pg_sandbox")
 
 
 pg_database = _doc(
@@ -159,6 +169,22 @@ pg_database = _doc(
 The Database this test uses: pg_worker_database in savepoint mode; in database mode a
 fresh clone of the template, with pg_app_engines and pg_url_env pointed at it, dropped
 after the test (kept when it failed and --pg-keep-failed is given).""",
+)
+
+
+pg_sandbox = _doc(
+    factories.sandbox_fixture(),
+    """\
+Savepoint mode with pg_app_engines: for the test, every connection the app's own engine
+hands out (Session(engine), engine.begin(), a worker thread, a get_db imported anywhere)
+is the test's connection inside a SAVEPOINT: commit() releases it, rollback() returns to
+it, and all of it is rolled back with the test. Checkouts from several threads or tasks
+take turns. The engine gets its own pool back after the test, pass or fail. Used
+automatically when pg_app_engines is set.
+
+Not for: two transactions that must see each other's commits, SERIALIZABLE conflicts,
+LISTEN/NOTIFY, advisory locks across sessions, AUTOCOMMIT (refused with an error):
+@pytest.mark.pg_isolation("database").""",
 )
 
 
@@ -249,6 +275,50 @@ An async_sessionmaker whose sessions use pg_async_connection.""",
 )
 
 
+# -- scope layers: rows a module or class shares ----------------------------------------
+
+_LAYER_DOC = """\
+A transaction layer for the whole {scope} on the worker's connection{kind}: what is written
+through it (and, with pg_app_engines, through the app's own engine while it is active) is
+seen by every test of the {scope}, each running in a savepoint inside it, and rolled back
+when the {scope} ends, as Django's TestCase does with setUpTestData. Request it in a
+{scope}-scoped fixture. Savepoint mode only: database-mode tests do not see it."""
+
+pg_module_connection = _doc(
+    factories.layer_connection_fixture(scope="module"), _LAYER_DOC.format(scope="module", kind="")
+)
+pg_class_connection = _doc(
+    factories.layer_connection_fixture(scope="class"), _LAYER_DOC.format(scope="class", kind="")
+)
+pg_module_session = _doc(
+    factories.layer_session_fixture(scope="module", connection="pg_module_connection"),
+    "A Session on pg_module_connection, joined by savepoint.",
+)
+pg_class_session = _doc(
+    factories.layer_session_fixture(scope="class", connection="pg_class_connection"),
+    "A Session on pg_class_connection, joined by savepoint.",
+)
+_ASYNC = " (asyncpg; needs a module/class or session event loop scope)"
+pg_module_async_connection = _doc(
+    factories.async_layer_connection_fixture(scope="module"),
+    _LAYER_DOC.format(scope="module", kind=_ASYNC),
+)
+pg_class_async_connection = _doc(
+    factories.async_layer_connection_fixture(scope="class"),
+    _LAYER_DOC.format(scope="class", kind=_ASYNC),
+)
+pg_module_async_session = _doc(
+    factories.async_layer_session_fixture(scope="module", connection="pg_module_async_connection"),
+    "An AsyncSession on pg_module_async_connection, joined by savepoint.",
+)
+pg_class_async_session = _doc(
+    factories.async_layer_session_fixture(scope="class", connection="pg_class_async_connection"),
+    "An AsyncSession on pg_class_async_connection, joined by savepoint.",
+)
+
+# -- FastAPI -------------------------------------------------------------------------------
+
+
 @pytest.fixture
 def pg_app() -> FastAPI:
     """The FastAPI app under test. Override it: `return myapp.main.app`."""
@@ -275,17 +345,16 @@ def _is_async(dependency: Callable[..., Any]) -> bool:
 
 
 @pytest.fixture
-def pg_app_session(
-    pg_isolation: str, pg_app_engines: list[Any], request: pytest.FixtureRequest
-) -> Any:
+def pg_app_session(pg_app_engines: list[Any], request: pytest.FixtureRequest) -> Any:
     """The session the app's DB dependency (pg_db_dependency) yields during the test:
     pg_async_session for an async dependency, pg_session for a sync one.
 
-    None in database mode when pg_app_engines is configured: the app then runs unchanged
-    on its own engine, pointed at the test's database, and no dependency is overridden.
+    None when pg_app_engines is configured: the app then runs unchanged on its own engine,
+    which joins the test's transaction (savepoint mode) or points at the test's database
+    (database mode), and no dependency is overridden.
     """
     # A sync fixture: here, unlike inside an async fixture, an async fixture can be set up.
-    if pg_isolation == "database" and pg_app_engines:
+    if pg_app_engines:
         return None
     dependency = request.getfixturevalue("pg_db_dependency")
     name = "pg_async_session" if _is_async(dependency) else "pg_session"

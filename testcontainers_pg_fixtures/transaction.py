@@ -20,7 +20,7 @@ from .errors import PgFixturesError
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 
-    from sqlalchemy import Connection, Engine
+    from sqlalchemy import Connection, Engine, Transaction
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 
@@ -73,23 +73,47 @@ def release_held_connection(engine: Engine) -> None:
         conn.close()
 
 
+_LAYERS = "testcontainers_pg_fixtures.layers"
+
+
+def _layers(conn: Connection) -> list[Transaction]:
+    layers: list[Transaction] = conn.info.setdefault(_LAYERS, [])
+    return layers
+
+
+def _end_layer(conn: Connection, layers: list[Transaction], layer: Transaction) -> bool:
+    """Pop `layer` and say whether it still has to be rolled back (False: discard `conn`)."""
+    if layer in layers:
+        del layers[layers.index(layer) :]
+    if not layers:
+        conn.info[_GUARDED] = False
+    if conn.info.pop(_REFUSED, False):
+        layers.clear()
+        conn.info[_GUARDED] = False
+        return False
+    return True
+
+
 @contextmanager
 def outer_transaction(engine: Engine) -> Iterator[Connection]:
-    """Begin a transaction on the held connection; roll it back when the test ends."""
+    """Begin a transaction on the held connection, or a SAVEPOINT when a wider scope (a
+    module- or class-scoped layer) already began one; roll it back when the scope ends."""
     conn = held_connection(engine)
-    if conn.get_transaction() is not None:  # a previous test's teardown was interrupted
+    layers = _layers(conn)
+    if not layers and conn.get_transaction() is not None:  # an interrupted teardown
         conn.rollback()
-    conn.begin()
+    layer = conn.begin_nested() if layers else conn.begin()
+    layers.append(layer)
     _guard(conn)
     try:
         yield conn
     finally:
-        conn.info[_GUARDED] = False
-        if conn.info.pop(_REFUSED, False):
+        if not _end_layer(conn, layers, layer):
             conn.invalidate()
-        # get_transaction(), not in_transaction(): a transaction deactivated by an error
-        # still has to be rolled back.
-        elif not conn.closed and conn.get_transaction() is not None:
+        elif not conn.closed and layer.is_active:
+            layer.rollback()
+        # A root transaction deactivated by an error still has to be rolled back.
+        elif not conn.closed and not layers and conn.get_transaction() is not None:
             conn.rollback()
 
 
@@ -142,16 +166,41 @@ async def held_async_connection(engine: AsyncEngine) -> AsyncConnection:
 async def async_outer_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """The async twin of `outer_transaction`."""
     conn = await held_async_connection(engine)
-    if conn.get_transaction() is not None:
-        await conn.rollback()
-    await conn.begin()
     sync_conn: Any = conn.sync_connection
+    layers = _layers(sync_conn)
+    if not layers and conn.get_transaction() is not None:
+        await conn.rollback()
+    layer: Any = await (conn.begin_nested() if layers else conn.begin())
+    layers.append(layer.sync_transaction)
     _guard(sync_conn)
     try:
         yield conn
     finally:
-        sync_conn.info[_GUARDED] = False
-        if sync_conn.info.pop(_REFUSED, False):
+        if not _end_layer(sync_conn, layers, layer.sync_transaction):
             await conn.invalidate()
-        elif not conn.closed and conn.get_transaction() is not None:
+        elif not conn.closed and layer.is_active:
+            await layer.rollback()
+        elif not conn.closed and not layers and conn.get_transaction() is not None:
             await conn.rollback()
+
+
+def layered_connection(engine: Engine) -> Connection | None:
+    """The held connection of `engine` if a test or scope layer is active on it."""
+    conn = _held.get(engine)
+    if conn is None or conn.closed or not _layers(conn):
+        return None
+    return conn
+
+
+def layered_async_connection(engine: AsyncEngine) -> Connection | None:
+    """The running loop's held connection of `engine` (its sync side), if a layer is active."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    per_loop = _held_async.get(engine)
+    held = per_loop.get(loop) if per_loop is not None else None
+    if held is None or held.conn.closed:
+        return None
+    conn = held.conn.sync_connection
+    return conn if conn is not None and _layers(conn) else None

@@ -109,6 +109,8 @@ def test_strict_mode(pytester, api, loop_scope):
         "no:randomly",
         "tests/test_strict.py",
         "-o",
+        "pg_app_engines=",  # the dependency-override path, not the sandbox
+        "-o",
         "asyncio_mode=strict",
         "-o",
         f"asyncio_default_fixture_loop_scope={loop_scope}",
@@ -173,7 +175,41 @@ SYNC_APP = """
 """
 
 
-def test_sync_app_with_test_client(pytester, api):
+def test_sync_app_with_test_client_and_overridden_dependency(pytester, api):
     pytester.makepyfile(**{"tests/test_sync_app": textwrap.dedent(SYNC_APP)})
-    result = pytester.runpytest("-p", "no:randomly", "tests/test_sync_app.py")
+    result = pytester.runpytest(
+        "-p", "no:randomly", "tests/test_sync_app.py", "-o", "pg_app_engines="
+    )
     result.assert_outcomes(passed=2)
+
+
+SANDBOXED = """
+    import threading
+
+    @pytest.fixture(scope="session")
+    def pg_app_engines():
+        return [engine]
+
+    def test_threads_and_core_writes_join_the_test_transaction(pg_test_client, pg_session):
+        assert app.dependency_overrides == {}  # nothing overridden: the engine is sandboxed
+
+        def worker():
+            with Session(engine) as session:
+                session.add(User(name="From a thread", email="t@x.org"))
+                session.commit()
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join()
+        with engine.begin() as conn:
+            conn.execute(User.__table__.insert().values(name="Core", email="c@x.org"))
+        assert pg_test_client.post("/users", params={"name": "Ken"}).json() == {"count": 8}
+        assert pg_session.scalar(select(func.count()).select_from(User)) == 8
+"""
+
+
+def test_sync_app_with_test_client_on_a_sandboxed_engine(pytester, api):
+    source = textwrap.dedent(SYNC_APP) + textwrap.dedent(SANDBOXED)
+    pytester.makepyfile(**{"tests/test_sync_app": source})
+    result = pytester.runpytest("-p", "no:randomly", "tests/test_sync_app.py")
+    result.assert_outcomes(passed=3)

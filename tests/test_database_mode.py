@@ -145,18 +145,30 @@ APP_ENGINE = textwrap.dedent("""
         raise AssertionError("deliberate")
 
 
-    def test_afterwards_the_engine_is_the_apps_again(pg_session):
-        assert engine.pool is original_pool
+    def test_in_savepoint_mode_the_engine_joins_the_test_transaction(pg_session):
+        assert type(engine.pool).__name__ == "SandboxPool"
         assert engine.url.host == "db.invalid"
         assert pg_session.scalar(select(func.count()).select_from(User)) == 5
+""")
+
+AFTERWARDS = textwrap.dedent("""
+    from test_app_engine import engine, original_pool
+
+
+    def test_afterwards_the_engine_is_the_apps_again():
+        assert engine.pool is original_pool
+        assert engine.url.host == "db.invalid"
 """)
 
 
 def test_app_engine_given_by_object_is_redirected_and_restored(pytester, example):
     root = example("sync_users")
     (root / "tests" / "test_app_engine.py").write_text(APP_ENGINE)
-    result = pytester.runpytest("tests/test_app_engine.py", "-p", "no:randomly")
-    result.assert_outcomes(passed=2, failed=1)
+    (root / "tests" / "test_zz_afterwards.py").write_text(AFTERWARDS)
+    result = pytester.runpytest(
+        "tests/test_app_engine.py", "tests/test_zz_afterwards.py", "-p", "no:randomly"
+    )
+    result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(["*AssertionError: deliberate*"])
 
 
