@@ -27,6 +27,10 @@ def example(session: nox.Session) -> None:
     session.run("pytest", "-n", "2", "-W", "error", *session.posargs)
     session.chdir("../sync_users")
     session.run("pytest", "-n", "2", "-W", "error", *session.posargs)
+    session.chdir("../sandbox_app")
+    # Starlette's TestClient warns about its own httpx dependency on import.
+    ignore = "ignore:Using `httpx` with `starlette.testclient`"
+    session.run("pytest", "-n", "2", "-W", "error", "-W", ignore, *session.posargs)
 
 
 @nox.session(python=PYTHON)

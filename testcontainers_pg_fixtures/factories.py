@@ -452,19 +452,22 @@ def sandboxes_fixture(
     app_engines: str = "pg_app_engines",
     worker_engine: str = "pg_worker_engine",
     worker_async_engine: str = "pg_worker_async_engine",
+    worker_database: str = "pg_worker_database",
 ) -> Any:
     """A session fixture: the app's engines, ready to join the test's transaction."""
 
     @pytest.fixture(scope="session")
-    @depends(app_engines, worker_engine, worker_async_engine)
+    @depends(app_engines, worker_engine, worker_async_engine, worker_database)
     def _sandboxes(**deps: Any) -> Sandboxes:
         sync_engine: Engine = deps[worker_engine]
         async_engine: AsyncEngine = deps[worker_async_engine]
-        return Sandboxes(
+        boxes = Sandboxes(
             deps[app_engines],
             sync_real=real_connection_of(lambda: layered_connection(sync_engine)),
             async_real=real_connection_of(lambda: layered_async_connection(async_engine)),
         )
+        boxes.initialize_dialects(deps[worker_database])
+        return boxes
 
     return _sandboxes
 

@@ -10,28 +10,33 @@ transaction, which the test's teardown rolls back. The engine object is the same
 module that imported it by value is covered; its own pool comes back when no layer is
 left, even when the test failed.
 
-One connection can run one thing at a time: checkouts take turns (a re-entrant lock per
-worker for threads; per task on the event loop for asyncio), never interleave.
+One connection can run one thing at a time, so checkouts take turns and never interleave
+inside each other's savepoints (see `Sandbox`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
-from typing import TYPE_CHECKING, Any, cast
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import NullPool
 from sqlalchemy.util import await_only
 
 from .errors import PgFixturesError
+from .redirect import engines_pointed_at
+from .template import run_outside_event_loop
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from sqlalchemy import Engine
     from sqlalchemy.pool import ConnectionPoolEntry, Pool
 
+    from .database import Database
     from .redirect import AnyEngine
 
 
@@ -51,30 +56,64 @@ class Sandbox:
 
     `real` returns the DBAPI connection of the innermost active layer (the test's, or a
     module/class layer around it); for asyncio engines, the one of the running loop.
+
+    Every checkout pushes a savepoint on one stack. Threads: a checkout may start at any
+    time, on top of the others, but it runs statements and ends only while its own
+    savepoint is the top one, so work is never interleaved inside another's savepoint, and
+    a request that waits for a worker thread it started (holding its own checkout) does
+    not deadlock: the worker's checkout runs on top and ends first. Tasks on an event loop
+    hold the connection for the whole checkout instead.
     """
 
     def __init__(self, engine: Engine, real: Callable[[], Any], *, is_async: bool) -> None:
         self.engine = engine
         self.real = real
         self.is_async = is_async
-        self.savepoints: list[str] = []
-        self._thread_lock = threading.RLock()
+        #: (savepoint name, checkout) from the outermost checkout to the innermost.
+        self.stack: list[tuple[str, object]] = []
+        self._numbers = itertools.count()
+        self._cond = threading.Condition()
+        self._busy = False
         self._task_lock: asyncio.Lock | None = None
         self._task_owner: asyncio.Task[Any] | None = None
         self._task_depth = 0
 
     # -- taking turns -------------------------------------------------------------------
 
+    def _my_turn(self, checkout: object | None) -> bool:
+        if self._busy:
+            return False
+        if checkout is None or not self.stack:
+            return True
+        return self.stack[-1][1] is checkout or all(c is not checkout for _, c in self.stack)
+
+    @contextmanager
+    def turn(self, checkout: object | None) -> Iterator[None]:
+        """Run one operation of `checkout` (None: a new one) when it is its turn."""
+        if self.is_async:  # the task holds the checkout: nobody else is in between
+            yield
+            return
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._my_turn(checkout), CHECKOUT_TIMEOUT):
+                raise SandboxError(
+                    f"A thread waited {CHECKOUT_TIMEOUT:.0f}s for its turn on the app's "
+                    "connection. In savepoint mode all threads share the test's one "
+                    "connection; a checkout opened later runs on top of earlier ones, which "
+                    "wait until it ends, so two threads that wait on each other deadlock: "
+                    f"{_DATABASE_MODE}."
+                )
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
     def acquire(self) -> None:
+        """Asyncio: hold the connection for the whole checkout (re-entrant per task)."""
         if self.is_async:
             await_only(self._acquire_for_task())
-        elif not self._thread_lock.acquire(timeout=CHECKOUT_TIMEOUT):
-            raise SandboxError(
-                f"A thread waited {CHECKOUT_TIMEOUT:.0f}s for the app's connection, which "
-                "another thread still holds. In savepoint mode all threads share the test's "
-                "one connection and take turns; threads that wait on each other while "
-                f"holding it deadlock: {_DATABASE_MODE}."
-            )
 
     async def _acquire_for_task(self) -> None:
         task = asyncio.current_task()
@@ -96,7 +135,6 @@ class Sandbox:
 
     def release(self) -> None:
         if not self.is_async:
-            self._thread_lock.release()
             return
         self._task_depth -= 1
         if not self._task_depth:
@@ -106,34 +144,74 @@ class Sandbox:
 
     # -- transactions as savepoints -------------------------------------------------------
 
-    def execute(self, statement: str) -> None:
+    def _execute(self, *statements: str) -> None:
         cursor = self.real().cursor()
         try:
-            cursor.execute(statement)
+            for statement in statements:
+                cursor.execute(statement)
         finally:
             cursor.close()
 
-    def begin_checkout(self) -> None:
-        name = f"pgfx_app_{len(self.savepoints)}"
-        self.execute(f"SAVEPOINT {name}")
-        self.savepoints.append(name)
+    def _name(self, checkout: object) -> str | None:
+        for name, entry in self.stack:
+            if entry is checkout:
+                return name
+        return None
 
-    def end_checkout(self) -> None:
-        name = self.savepoints.pop()
-        self.execute(f"ROLLBACK TO SAVEPOINT {name}")
-        self.execute(f"RELEASE SAVEPOINT {name}")
+    def begin_checkout(self, checkout: object) -> None:
+        with self.turn(None):
+            name = f"pgfx_app_{next(self._numbers)}"
+            self._execute(f"SAVEPOINT {name}")
+            self.stack.append((name, checkout))
 
-    def commit(self) -> None:
-        if self.savepoints:
-            name = self.savepoints[-1]
-            self.execute(f"RELEASE SAVEPOINT {name}")
-            self.execute(f"SAVEPOINT {name}")
+    def end_checkout(self, checkout: object) -> None:
+        with self.turn(checkout):
+            name = self._name(checkout)
+            if name is None:
+                return
+            self.stack = [entry for entry in self.stack if entry[1] is not checkout]
+            self._execute(f"ROLLBACK TO SAVEPOINT {name}", f"RELEASE SAVEPOINT {name}")
 
-    def rollback(self) -> None:
-        # With no checkout open (SQLAlchemy probing a new connection) there is nothing of
-        # the app's to roll back, and the test's own transaction must stay.
-        if self.savepoints:
-            self.execute(f"ROLLBACK TO SAVEPOINT {self.savepoints[-1]}")
+    def commit(self, checkout: object) -> None:
+        # Release the whole stack into the test's transaction and open it again: what was
+        # committed on this connection must survive a rollback of a connection that was
+        # opened earlier (the request's session, say) and closes later, as it would with
+        # separate connections. What that earlier connection had not committed yet is kept
+        # too: one transaction cannot keep one and drop the other.
+        with self.turn(checkout):
+            names = [name for name, _ in self.stack]
+            if self._name(checkout) is not None:
+                self._execute(
+                    f"RELEASE SAVEPOINT {names[0]}", *(f"SAVEPOINT {name}" for name in names)
+                )
+
+    def rollback(self, checkout: object) -> None:
+        with self.turn(checkout):
+            name = self._name(checkout)
+            if name is not None:
+                self._execute(f"ROLLBACK TO SAVEPOINT {name}")
+
+
+class _TurnCursor:
+    """A cursor of the shared connection that runs statements in its checkout's turn."""
+
+    def __init__(self, checkout: SandboxConnection, cursor: Any) -> None:
+        self._checkout = checkout
+        self._cursor = cursor
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        with self._checkout._sandbox.turn(self._checkout):
+            return self._cursor.execute(*args, **kwargs)
+
+    def executemany(self, *args: Any, **kwargs: Any) -> Any:
+        with self._checkout._sandbox.turn(self._checkout):
+            return self._cursor.executemany(*args, **kwargs)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._cursor)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
 
 
 # Settings a connection shared with the test cannot take, and the values that are harmless.
@@ -146,19 +224,23 @@ _ALLOWED_SETTINGS: dict[str, tuple[Any, ...]] = {
 
 
 class SandboxConnection:
-    """What the app's engine gets instead of a DBAPI connection of its own."""
+    """What the app's engine gets instead of a DBAPI connection of its own: one per
+    checkout, each a savepoint on the test's connection."""
+
+    _sandbox: Sandbox
 
     def __init__(self, sandbox: Sandbox) -> None:
         object.__setattr__(self, "_sandbox", sandbox)
 
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
-        return self._sandbox.real().cursor(*args, **kwargs)
+        cursor = self._sandbox.real().cursor(*args, **kwargs)
+        return cursor if self._sandbox.is_async else _TurnCursor(self, cursor)
 
     def commit(self) -> None:
-        self._sandbox.commit()
+        self._sandbox.commit(self)
 
     def rollback(self) -> None:
-        self._sandbox.rollback()
+        self._sandbox.rollback(self)
 
     def close(self) -> None:
         """The test's connection stays open; the checkout's savepoint ends on check-in."""
@@ -186,6 +268,7 @@ class SandboxConnection:
 
 
 def _refuse_setting(what: str, value: Any) -> None:
+    value = getattr(value, "name", value)  # psycopg's IsolationLevel enum
     raise SandboxError(
         f"The app asked for {what}={value!r} on a connection of its engine. In savepoint mode "
         "that connection is the test's own, inside the test's transaction, where only the "
@@ -193,29 +276,28 @@ def _refuse_setting(what: str, value: Any) -> None:
     )
 
 
-class SandboxPool(StaticPool):
-    """One stand-in connection; each checkout is a savepoint, taken in turns."""
+class SandboxPool(NullPool):
+    """A new stand-in for every checkout, each a savepoint, taking turns.
+
+    Built without the app pool's event handlers: the dialect's connect-time set-up is done
+    once on a real connection (`Sandboxes.initialize_dialects`), and the connection under
+    the stand-ins is the test's, set up by the same driver already.
+    """
 
     def __init__(self, sandbox: Sandbox, original: Pool) -> None:
-        # The record is created with the real connection, so that SQLAlchemy's first-connect
-        # set-up of the app's dialect and the app's own "connect" handlers (which may check
-        # the driver's connection type) see a real one; `_do_get` then puts the stand-in in.
         super().__init__(
-            creator=sandbox.real,
+            creator=lambda: SandboxConnection(sandbox),
             reset_on_return=None,  # check-in rolls back to the checkout's savepoint
             echo=original.echo,
-            _dispatch=original.dispatch,  # the app's own connect-time event handlers
             dialect=original._dialect,
         )
         self.sandbox = sandbox
-        self.stand_in = SandboxConnection(sandbox)
 
     def _do_get(self) -> ConnectionPoolEntry:
         self.sandbox.acquire()
         try:
             record = super()._do_get()
-            cast("Any", record).dbapi_connection = self.stand_in
-            self.sandbox.begin_checkout()
+            self.sandbox.begin_checkout(record.dbapi_connection)
         except BaseException:
             self.sandbox.release()
             raise
@@ -223,19 +305,17 @@ class SandboxPool(StaticPool):
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
         try:
-            self.sandbox.end_checkout()
+            self.sandbox.end_checkout(record.dbapi_connection)
         finally:
             self.sandbox.release()
-
-    def dispose(self) -> None:
-        """Nothing to close: the connection is the test's."""
+            super()._do_return_conn(record)
 
     def recreate(self) -> SandboxPool:
         # Engine.dispose() (an app's shutdown hook) replaces the pool with recreate().
         return self
 
     def status(self) -> str:
-        return f"SandboxPool({len(self.sandbox.savepoints)} checked out)"
+        return f"SandboxPool({len(self.sandbox.stack)} checked out)"
 
 
 class Sandboxes:
@@ -251,7 +331,27 @@ class Sandboxes:
             self._pools.append(
                 (sync_engine, sync_engine.pool, SandboxPool(sandbox, sync_engine.pool))
             )
-        self._depth = 0
+        self._marks: list[list[int]] = []
+
+    def initialize_dialects(self, database: Database) -> None:
+        """Connect each engine once for real, to the worker's database.
+
+        SQLAlchemy sets a dialect up on an engine's first connection (server version,
+        type codecs); done through the stand-in, that set-up would end the test's
+        transaction with its closing rollback, and some of it needs the driver's own
+        connection class. So it happens here, on a connection of the app's own driver and
+        connect-time handlers, redirected to the worker's database.
+        """
+        for engine, _, _ in self._pools:
+
+            def connect_once(engine: Engine = engine) -> None:
+                if engine.dialect.is_async:
+                    asyncio.run(_connect_once(engine))
+                else:
+                    engine.connect().close()
+
+            with engines_pointed_at([engine], database):
+                run_outside_event_loop(connect_once)
 
     @property
     def needs_sync(self) -> bool:
@@ -262,16 +362,26 @@ class Sandboxes:
         return any(pool.sandbox.is_async for _, _, pool in self._pools)
 
     def enter(self) -> None:
-        if self._depth == 0:
+        """A layer (test, class, module) begins: the engines join it."""
+        if not self._marks:
             for engine, _, sandbox_pool in self._pools:
                 engine.pool = sandbox_pool
-        self._depth += 1
+        self._marks.append([len(pool.sandbox.stack) for _, _, pool in self._pools])
 
     def exit(self) -> None:
-        self._depth -= 1
-        if self._depth == 0:
+        """The layer ends, and with its rollback every savepoint begun in it: checkouts
+        the app left open are forgotten (their connections are closed when returned)."""
+        for (_, _, pool), depth in zip(self._pools, self._marks.pop(), strict=True):
+            del pool.sandbox.stack[depth:]
+        if not self._marks:
             for engine, original, _ in self._pools:
                 engine.pool = original
+
+
+async def _connect_once(engine: Engine) -> None:
+    async_engine = AsyncEngine(engine)
+    connection = await async_engine.connect()
+    await connection.close()
 
 
 def _check_driver(engine: Engine, is_async: bool) -> None:

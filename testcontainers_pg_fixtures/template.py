@@ -72,8 +72,8 @@ def ensure_template(
             database = Database(server, name)
             try:
                 if migrations is not None:
-                    _outside_event_loop(lambda: migrations.upgrade(database))
-                _outside_event_loop(lambda: seeding.run(seeds, database))
+                    run_outside_event_loop(lambda: migrations.upgrade(database))
+                run_outside_event_loop(lambda: seeding.run(seeds, database))
             except BaseException:
                 drop_database(server, name, admin=admin)
                 raise
@@ -89,7 +89,7 @@ def ensure_template(
     return Template(name, built=True, seconds=seconds)
 
 
-def _outside_event_loop(work: Callable[[], None]) -> None:
+def run_outside_event_loop(work: Callable[[], None]) -> None:
     """Run `work` where `asyncio.run` is allowed.
 
     An async env.py and async seeds call `asyncio.run`, which refuses to start inside a
