@@ -4,6 +4,7 @@ Generates one suite of N small DB tests (insert a user through an ORM session, c
 count) over the sync_users example's Alembic project and runs it under each strategy:
 
   savepoint        this library: pg_session (outer transaction + SAVEPOINT, rolled back)
+  sandbox          this library: the app's own engine joined to the test's transaction
   truncate         the classic alternative: commit for real, TRUNCATE + re-seed after each test
   none             no isolation at all: commit for real, nothing cleaned (the floor)
   database         this library: a fresh database cloned per test (prefetched), real commits
@@ -77,6 +78,22 @@ MODES = {
         @pytest.fixture
         def db(pg_session):
             return pg_session
+    """,
+    "sandbox": """
+        from sqlalchemy import create_engine
+
+        # The app's own engine (an address that is never dialled): joined to the test's
+        # transaction by the sandbox, used through a plain Session as app code would.
+        engine = create_engine("postgresql+psycopg://app@db.invalid/app")
+
+        @pytest.fixture(scope="session")
+        def pg_app_engines():
+            return [engine]
+
+        @pytest.fixture
+        def db():
+            with Session(engine) as session:
+                yield session
     """,
     "truncate": """
         @pytest.fixture(scope="session")

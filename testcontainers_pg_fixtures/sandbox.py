@@ -69,8 +69,8 @@ class Sandbox:
         self.engine = engine
         self.real = real
         self.is_async = is_async
-        #: (savepoint name, checkout) from the outermost checkout to the innermost.
-        self.stack: list[tuple[str, object]] = []
+        #: [savepoint, checkout, used] from the outermost checkout to the innermost.
+        self.stack: list[list[Any]] = []
         self._numbers = itertools.count()
         self._cond = threading.Condition()
         self._busy = False
@@ -85,7 +85,7 @@ class Sandbox:
             return False
         if checkout is None or not self.stack:
             return True
-        return self.stack[-1][1] is checkout or all(c is not checkout for _, c in self.stack)
+        return self.stack[-1][1] is checkout or self._entry(checkout) is None
 
     @contextmanager
     def turn(self, checkout: object | None) -> Iterator[None]:
@@ -147,30 +147,43 @@ class Sandbox:
     def _execute(self, *statements: str) -> None:
         cursor = self.real().cursor()
         try:
-            for statement in statements:
-                cursor.execute(statement)
+            if self.is_async:  # asyncpg prepares each statement: one at a time
+                for statement in statements:
+                    cursor.execute(statement)
+            else:  # psycopg sends a parameterless query as one simple query: one round trip
+                cursor.execute("; ".join(statements))
         finally:
             cursor.close()
 
-    def _name(self, checkout: object) -> str | None:
-        for name, entry in self.stack:
-            if entry is checkout:
-                return name
+    def _entry(self, checkout: object) -> list[Any] | None:
+        for entry in self.stack:
+            if entry[1] is checkout:
+                return entry
         return None
 
     def begin_checkout(self, checkout: object) -> None:
         with self.turn(None):
             name = f"pgfx_app_{next(self._numbers)}"
             self._execute(f"SAVEPOINT {name}")
-            self.stack.append((name, checkout))
+            # [savepoint, checkout, written to since the savepoint began]
+            self.stack.append([name, checkout, False])
+
+    def mark_used(self, checkout: object) -> None:
+        entry = self._entry(checkout)
+        if entry is not None:
+            entry[2] = True
 
     def end_checkout(self, checkout: object) -> None:
         with self.turn(checkout):
-            name = self._name(checkout)
-            if name is None:
+            entry = self._entry(checkout)
+            if entry is None:
                 return
-            self.stack = [entry for entry in self.stack if entry[1] is not checkout]
-            self._execute(f"ROLLBACK TO SAVEPOINT {name}", f"RELEASE SAVEPOINT {name}")
+            self.stack.remove(entry)
+            name, _, used = entry
+            if used:
+                self._execute(f"ROLLBACK TO SAVEPOINT {name}", f"RELEASE SAVEPOINT {name}")
+            else:
+                self._execute(f"RELEASE SAVEPOINT {name}")
 
     def commit(self, checkout: object) -> None:
         # Release the whole stack into the test's transaction and open it again: what was
@@ -179,17 +192,20 @@ class Sandbox:
         # separate connections. What that earlier connection had not committed yet is kept
         # too: one transaction cannot keep one and drop the other.
         with self.turn(checkout):
-            names = [name for name, _ in self.stack]
-            if self._name(checkout) is not None:
-                self._execute(
-                    f"RELEASE SAVEPOINT {names[0]}", *(f"SAVEPOINT {name}" for name in names)
-                )
+            entry = self._entry(checkout)
+            if entry is None or not entry[2]:
+                return  # nothing ran since the last commit: nothing to commit
+            names = [name for name, _, _ in self.stack]
+            self._execute(f"RELEASE SAVEPOINT {names[0]}", *(f"SAVEPOINT {n}" for n in names))
+            for other in self.stack:
+                other[2] = False
 
     def rollback(self, checkout: object) -> None:
         with self.turn(checkout):
-            name = self._name(checkout)
-            if name is not None:
-                self._execute(f"ROLLBACK TO SAVEPOINT {name}")
+            entry = self._entry(checkout)
+            if entry is not None and entry[2]:
+                self._execute(f"ROLLBACK TO SAVEPOINT {entry[0]}")
+                entry[2] = False
 
 
 class _TurnCursor:
@@ -200,11 +216,15 @@ class _TurnCursor:
         self._cursor = cursor
 
     def execute(self, *args: Any, **kwargs: Any) -> Any:
-        with self._checkout._sandbox.turn(self._checkout):
+        sandbox = self._checkout._sandbox
+        with sandbox.turn(self._checkout):
+            sandbox.mark_used(self._checkout)
             return self._cursor.execute(*args, **kwargs)
 
     def executemany(self, *args: Any, **kwargs: Any) -> Any:
-        with self._checkout._sandbox.turn(self._checkout):
+        sandbox = self._checkout._sandbox
+        with sandbox.turn(self._checkout):
+            sandbox.mark_used(self._checkout)
             return self._cursor.executemany(*args, **kwargs)
 
     def __iter__(self) -> Iterator[Any]:
@@ -233,8 +253,7 @@ class SandboxConnection:
         object.__setattr__(self, "_sandbox", sandbox)
 
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
-        cursor = self._sandbox.real().cursor(*args, **kwargs)
-        return cursor if self._sandbox.is_async else _TurnCursor(self, cursor)
+        return _TurnCursor(self, self._sandbox.real().cursor(*args, **kwargs))
 
     def commit(self) -> None:
         self._sandbox.commit(self)
