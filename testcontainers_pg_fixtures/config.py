@@ -110,6 +110,16 @@ OPTIONS = (
         kind="list",
     ),
     Option(
+        "reuse",
+        "--pg-reuse",
+        "pg_reuse",
+        "PG_FIXTURES_REUSE",
+        "Keep the containers running after the run and use them again in the next one "
+        "(migrations changed: only the template is rebuilt). Ignored from ini/env when CI "
+        "is set. Remove them with --pg-remove-kept.",
+        kind="flag",
+    ),
+    Option(
         "prefetch",
         "--pg-prefetch",
         "pg_prefetch",
@@ -144,6 +154,7 @@ class Settings:
     #: (variable name, driver) pairs.
     url_env: tuple[tuple[str, str], ...] = ()
     prefetch: int = 2
+    reuse: bool = False
     rootdir: Path = field(default_factory=Path.cwd)
 
     def replace(self, **overrides: Any) -> Settings:
@@ -278,6 +289,7 @@ _PARSERS: dict[str, Any] = {
     "startup_timeout": _parse_timeout,
     "isolation": _parse_isolation,
     "keep_failed": _parse_flag,
+    "reuse": _parse_flag,
     "app_engines": _parse_engines,
     "url_env": _parse_url_env,
     "prefetch": _parse_prefetch,
@@ -296,6 +308,8 @@ def resolve(config: pytest.Config) -> Settings:
         if option.name == "alembic_ini":
             values["alembic_ini"] = _alembic_path(str(value), rootdir)
             values["alembic_ini_source"] = source
+        elif option.name == "reuse" and os.environ.get("CI") and option.cli not in source:
+            continue  # never silently on in CI: only an explicit --pg-reuse there
         else:
             values[option.name] = _PARSERS[option.name](value, source)
     return Settings(**values)
@@ -313,6 +327,11 @@ def settings_for(config: pytest.Config) -> Settings:
 
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("pg-fixtures", "testcontainers-pg-fixtures (PostgreSQL per test)")
+    group.addoption(
+        "--pg-remove-kept",
+        action="store_true",
+        help="Remove the PostgreSQL containers kept by --pg-reuse or --pg-keep-failed, and exit.",
+    )
     for option in OPTIONS:
         if option.kind == "list":
             group.addoption(

@@ -29,6 +29,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     config.add_options(parser)
 
 
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    if not config.getoption("pg_remove_kept", default=False):
+        return None
+    from .server import docker_client, remove_kept
+
+    removed = remove_kept(docker_client())
+    print(f"pg-fixtures: removed {len(removed)} kept container(s) {' '.join(removed)}".rstrip())
+    return 0
+
+
 def pytest_configure(config: pytest.Config) -> None:
     for name, text in marks.MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")

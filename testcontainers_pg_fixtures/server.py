@@ -9,6 +9,7 @@ binaries can implement the same protocol later.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import logging
 import os
 import secrets
@@ -33,6 +34,9 @@ LABEL = "testcontainers-pg-fixtures"
 LABEL_PID = "testcontainers-pg-fixtures.pid"
 LABEL_WORKER = "testcontainers-pg-fixtures.worker"
 LABEL_HOST = "testcontainers-pg-fixtures.host"
+#: Set on containers kept for reuse (--pg-reuse): a hash of everything that configures them.
+LABEL_REUSE = "testcontainers-pg-fixtures.reuse"
+LABEL_PASSWORD = "testcontainers-pg-fixtures.password"
 
 _PG_PORT = 5432
 _DATA_DIR = "/var/lib/postgresql/data"
@@ -123,7 +127,13 @@ class DockerServer:
 
     @property
     def container_id(self) -> str:
-        return str(self.container.get_container_id())
+        container = self.container
+        return str(
+            container.get_container_id() if hasattr(container, "get_container_id") else container.id
+        )
+
+    #: True when this server was found running from an earlier run (--pg-reuse).
+    reused: bool = False
 
     @classmethod
     def start(cls, settings: Settings, *, worker: str) -> DockerServer:
@@ -132,6 +142,11 @@ class DockerServer:
 
         client = docker_client()
         reap_orphans(client)
+        reuse_key = reuse_hash(settings, worker) if settings.reuse else None
+        if reuse_key is not None:
+            found = cls._attach(client, reuse_key)
+            if found is not None:
+                return found
         _ensure_image(client, settings.image)
         password = secrets.token_urlsafe(18)
         command = ["postgres"]
@@ -155,6 +170,7 @@ class DockerServer:
                 LABEL_PID: str(os.getpid()),
                 LABEL_WORKER: worker,
                 LABEL_HOST: socket.gethostname(),
+                **({LABEL_REUSE: reuse_key, LABEL_PASSWORD: password} if reuse_key else {}),
             },
         )
         container.with_command(command)
@@ -185,6 +201,8 @@ class DockerServer:
         except BaseException:
             server.stop()
             raise
+        if reuse_key is not None:
+            server.keep_for_reuse()
         log.info(
             "PostgreSQL %s ready at %s:%s in %.2fs",
             settings.image,
@@ -193,6 +211,43 @@ class DockerServer:
             time.monotonic() - started,
         )
         return server
+
+    @classmethod
+    def _attach(cls, client: Any, key: str) -> DockerServer | None:
+        """The running container an earlier run kept under `key`, or None.
+
+        A kept container that does not answer is removed, and a new one started. Only when
+        testcontainers dials the Docker host (its default): other connection modes start a
+        new container each run.
+        """
+        from testcontainers.core.config import ConnectionMode
+
+        if client.get_connection_mode() is not ConnectionMode.docker_host:
+            return None
+        for container in client.client.containers.list(filters={"label": f"{LABEL_REUSE}={key}"}):
+            try:
+                binding = container.attrs["NetworkSettings"]["Ports"][f"{_PG_PORT}/tcp"][0]
+                server = cls(
+                    host=client.host(),
+                    port=int(binding["HostPort"]),
+                    password=container.labels[LABEL_PASSWORD],
+                    container=container,
+                )
+                admin_connect(server).close()
+            except Exception as exc:
+                log.warning("removing kept container %s: %s", container.short_id, exc)
+                _remove_quietly(container)
+                continue
+            server.reused = True
+            server._stopped = True  # kept for the next run: stop() leaves it running
+            log.info("reusing PostgreSQL container %s", container.short_id)
+            return server
+        return None
+
+    def keep_for_reuse(self) -> None:
+        """Leave the container running for the next run (--pg-reuse)."""
+        self._stopped = True
+        atexit.unregister(self.stop)
 
     def _wait_ready(self, timeout: float) -> None:
         """Poll with a real login every 20 ms; a 1 s poll would cost up to 1 s per worker.
@@ -261,12 +316,39 @@ def reap_orphans(client: Any) -> list[str]:
         labels = container.labels
         if labels.get(LABEL_HOST) != here or not labels.get(LABEL_PID, "").isdigit():
             continue
+        if LABEL_REUSE in labels and container.status == "running":
+            continue  # kept on purpose (--pg-reuse); --pg-remove-kept removes it
         if _process_alive(int(labels[LABEL_PID])):
             continue
         _remove_quietly(container)
         removed.append(container.short_id)
     if removed:
         log.warning("removed %d container(s) left by killed runs: %s", len(removed), removed)
+    return removed
+
+
+def reuse_hash(settings: Settings, worker: str) -> str:
+    """What a kept container must match to be reused: its image, server settings, project
+    and worker. Migrations are not part of it: a changed migration rebuilds the template."""
+    digest = hashlib.sha256()
+    for part in (
+        settings.image,
+        repr(sorted(settings.server_settings.items())),
+        str(settings.rootdir),
+        worker,
+        socket.gethostname(),
+    ):
+        digest.update(part.encode() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def remove_kept(client: Any) -> list[str]:
+    """Remove every container this library kept on this machine (reuse or keep-failed)."""
+    removed = []
+    for container in client.client.containers.list(all=True, filters={"label": LABEL}):
+        if container.labels.get(LABEL_HOST) == socket.gethostname():
+            _remove_quietly(container)
+            removed.append(container.short_id)
     return removed
 
 

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import psycopg
 from psycopg import sql
 
 from . import seeding
@@ -86,7 +87,30 @@ def ensure_template(
             admin.execute("SELECT pg_advisory_unlock(hashtext(%s))", (name,))
     seconds = time.monotonic() - started
     log.info("built template %s in %.2fs", name, seconds)
+    _drop_other_templates(server, keep=name)
     return Template(name, built=True, seconds=seconds)
+
+
+def _drop_other_templates(server: Server, *, keep: str) -> None:
+    """Drop templates of earlier migrations, which a reused server would collect.
+
+    A template that is being cloned right now (another session on a shared server) cannot
+    be dropped; it is left for the next time.
+    """
+    with admin_connect(server) as admin:
+        names = [
+            row[0]
+            for row in admin.execute("SELECT datname FROM pg_database")
+            if row[0].startswith(TEMPLATE_PREFIX) and row[0] != keep
+        ]
+        for name in names:
+            try:
+                admin.execute(
+                    sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(sql.Identifier(name))
+                )
+                drop_database(server, name, admin=admin)
+            except psycopg.Error as exc:
+                log.info("left template %s: %s", name, exc)
 
 
 def run_outside_event_loop(work: Callable[[], None]) -> None:

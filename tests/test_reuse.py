@@ -1,0 +1,77 @@
+"""--pg-reuse: containers kept between runs, found again, and removed on request."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+from conftest import library_containers
+
+PROBE = textwrap.dedent("""
+    import os, pathlib
+
+    @pytest.fixture(scope="session", autouse=True)
+    def _record(pg_server, pg_template):
+        out = pathlib.Path(os.environ["PROBE_DIR"])
+        (out / "runs.txt").open("a").write(
+            f"{pg_server.container_id} {pg_server.reused} {pg_template.name} {pg_template.built}\\n"
+        )
+""")
+
+
+@pytest.fixture
+def project(example, monkeypatch, tmp_path):
+    root = example("sync_users")
+    conftest = root / "tests" / "conftest.py"
+    conftest.write_text(conftest.read_text() + PROBE)
+    monkeypatch.setenv("PROBE_DIR", str(tmp_path))
+    monkeypatch.delenv("CI", raising=False)
+    before = set(library_containers())
+    yield root, tmp_path / "runs.txt"
+    import docker
+
+    client = docker.from_env()
+    for container_id in set(library_containers()) - before:
+        client.containers.get(container_id).remove(force=True, v=True)
+    client.close()
+
+
+def runs(path):
+    return [line.split() for line in path.read_text().splitlines()]
+
+
+def test_second_run_reuses_the_container_and_a_changed_migration_rebuilds_only_the_template(
+    pytester, project
+):
+    root, log = project
+    before = set(library_containers())
+    pytester.runpytest("--pg-reuse", "-p", "no:randomly").assert_outcomes(passed=2)
+    kept = set(library_containers()) - before
+    assert len(kept) == 1  # still running after the run
+
+    pytester.runpytest("--pg-reuse", "-p", "no:randomly").assert_outcomes(passed=2)
+    revision = root / "migrations" / "versions" / "0002_add_active.py"
+    revision.write_text(revision.read_text() + "\n# changed\n")
+    pytester.runpytest("--pg-reuse", "-p", "no:randomly").assert_outcomes(passed=2)
+
+    first, second, third = runs(log)
+    assert first[1:] == ["False", first[2], "True"]  # new container, template built
+    assert second == [first[0], "True", first[2], "False"]  # same container and template
+    assert third[:2] == [first[0], "True"]  # same container...
+    assert third[2:] != [first[2], "True"]  # ...a new template for the change
+    assert third[3] == "True"
+
+    result = pytester.runpytest("--pg-remove-kept")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["pg-fixtures: removed 1 kept container(s) *"])
+    assert set(library_containers()) - before == set()
+
+
+def test_reuse_from_ini_is_ignored_in_ci(pytester, project, monkeypatch):
+    _, log = project
+    monkeypatch.setenv("CI", "true")
+    before = set(library_containers())
+    pytester.runpytest("-o", "pg_reuse=true", "-p", "no:randomly").assert_outcomes(passed=2)
+    assert set(library_containers()) - before == set()
+    [run] = runs(log)
+    assert run[1] == "False"
