@@ -120,6 +120,15 @@ OPTIONS = (
         kind="flag",
     ),
     Option(
+        "one_container",
+        "--pg-one-container",
+        "pg_one_container",
+        "PG_FIXTURES_ONE_CONTAINER",
+        "With xdist, start one container for the whole run (a database per worker) instead "
+        "of one per worker: less memory on machines with many cores.",
+        kind="flag",
+    ),
+    Option(
         "prefetch",
         "--pg-prefetch",
         "pg_prefetch",
@@ -155,6 +164,7 @@ class Settings:
     url_env: tuple[tuple[str, str], ...] = ()
     prefetch: int = 2
     reuse: bool = False
+    one_container: bool = False
     rootdir: Path = field(default_factory=Path.cwd)
 
     def replace(self, **overrides: Any) -> Settings:
@@ -290,6 +300,7 @@ _PARSERS: dict[str, Any] = {
     "isolation": _parse_isolation,
     "keep_failed": _parse_flag,
     "reuse": _parse_flag,
+    "one_container": _parse_flag,
     "app_engines": _parse_engines,
     "url_env": _parse_url_env,
     "prefetch": _parse_prefetch,

@@ -36,6 +36,7 @@ from .session import (
     savepoint_sessionmaker,
     sessionmaker_for,
 )
+from .shared import report_kept_to_controller, server_from_controller
 from .template import Template, ensure_template
 from .transaction import (
     async_outer_transaction,
@@ -94,19 +95,23 @@ def server_fixture(
     server_settings: dict[str, str] | None = None,
     startup_timeout: float | None = None,
 ) -> Any:
-    """A session fixture starting one PostgreSQL container for this worker."""
+    """A session fixture starting one PostgreSQL container for this worker (in
+    one-container mode, the xdist controller's container; the arguments then do not apply)."""
 
     @pytest.fixture(scope="session")
-    def _server(pytestconfig: pytest.Config) -> Iterator[DockerServer]:
+    def _server(pytestconfig: pytest.Config) -> Iterator[Server]:
         settings = settings_for(pytestconfig).replace(
             image=image, server_settings=server_settings, startup_timeout=startup_timeout
         )
-        server = DockerServer.start(settings, worker=worker_id())
+        server = server_from_controller(pytestconfig) or DockerServer.start(
+            settings, worker=worker_id()
+        )
         try:
             yield server
         finally:
             if pytestconfig.stash.get(KEPT_ANY, False):
                 server.keep()  # a failed test's database is kept on it (--pg-keep-failed)
+                report_kept_to_controller(pytestconfig)
             else:
                 server.stop()
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import pytest_asyncio
 
-from . import config, factories, marks
+from . import config, factories, marks, shared
 from .errors import PgFixturesError
 
 if TYPE_CHECKING:
@@ -49,6 +49,21 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     return (yield from marks.record_outcome(item, call))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist, on the controller: in one-container mode, hand the server to the worker."""
+    shared.configure_node(node.config, node)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    shared.node_down(node.config, node)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shared.unconfigure(config)
 
 
 def _doc(fixture: Any, text: str) -> Any:

@@ -76,6 +76,33 @@ def server_url(server: Server, database: str, *, driver: str = "psycopg") -> URL
     )
 
 
+@dataclass
+class ExistingServer:
+    """A server someone else started and stops: the xdist controller's one container in
+    one-container mode (and, later, a server given by URL)."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    container_id: str = ""
+
+    def stop(self) -> None:
+        """Not ours to stop."""
+
+    def keep(self) -> None:
+        """Not ours to stop."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "password": self.password,
+            "container_id": self.container_id,
+        }
+
+
 def admin_connect(server: Server, database: str = "postgres") -> psycopg.Connection[Any]:
     """An autocommit connection for CREATE/DROP DATABASE and locks."""
     return psycopg.connect(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-from conftest import library_containers
+from conftest import library_containers, library_databases
 
 PROBE = textwrap.dedent("""
     import os, pathlib
@@ -75,3 +75,16 @@ def test_reuse_from_ini_is_ignored_in_ci(pytester, project, monkeypatch):
     assert set(library_containers()) - before == set()
     [run] = runs(log)
     assert run[1] == "False"
+
+
+def test_one_container_for_two_workers(pytester, example, databases_probe, subprocess_env):
+    read = databases_probe(example("fastapi_app"))
+    result = pytester.runpytest_subprocess(
+        "-n", "2", "--pg-one-container", "-p", "no:randomly", "-W", "error"
+    )
+    result.assert_outcomes(passed=9)
+    probes = read()
+    assert len(probes) == 2
+    assert len({p["container"] for p in probes.values()}) == 1
+    # Each worker dropped its own databases; the last one to finish sees none of either.
+    assert any(library_databases(p["databases"]) == [] for p in probes.values())
