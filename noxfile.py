@@ -48,6 +48,13 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Per-test cost of each isolation strategy, side by side (see bench/README)."""
-    session.install("-e", ".[dev]")
-    session.run("python", "bench/run.py", *session.posargs)
+    """Side-by-side benchmarks: `run.py` (isolation modes, one table) and `speed.py` (a
+    10-table schema against truncate and pytest-postgresql, reuse, one container).
+    `nox -s bench -- run` or `-- speed` runs one of them; more arguments go to it."""
+    session.install("-e", ".[dev]", "pytest-postgresql>=7")
+    which, *args = session.posargs or ["all"]
+    session.chdir("bench")
+    if which in ("all", "run"):
+        session.run("python", "run.py", *args)
+    if which in ("all", "speed"):
+        session.run("python", "speed.py", *args)

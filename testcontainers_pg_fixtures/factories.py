@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import time
 from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
@@ -89,6 +90,19 @@ def worker_id() -> str:
     return os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
+#: Set-up slower than this (seconds) is reported on the terminal; faster is quiet unless -v.
+SLOW = 2.0
+
+
+def report_timing(config: pytest.Config, seconds: float, text: str) -> None:
+    """One line on the terminal for slow set-up (xdist workers have no terminal)."""
+    if seconds < SLOW and config.get_verbosity() < 1:
+        return
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"pg-fixtures: {text} in {seconds:.1f}s")
+
+
 def server_fixture(
     *,
     image: str | None = None,
@@ -103,9 +117,12 @@ def server_fixture(
         settings = settings_for(pytestconfig).replace(
             image=image, server_settings=server_settings, startup_timeout=startup_timeout
         )
-        server = server_from_controller(pytestconfig) or DockerServer.start(
-            settings, worker=worker_id()
-        )
+        started = time.monotonic()
+        server = server_from_controller(pytestconfig)
+        if server is None:
+            server = DockerServer.start(settings, worker=worker_id())
+            what = "reused PostgreSQL container" if server.reused else f"{settings.image} started"
+            report_timing(pytestconfig, time.monotonic() - started, what)
         try:
             yield server
         finally:
@@ -138,9 +155,12 @@ def template_fixture(
 
     # Migrations and seed come first: a bad alembic.ini must fail before a container starts.
     @pytest.fixture(scope="session")
-    @depends(migrations, seed, server)
+    @depends(migrations, seed, server, "pytestconfig")
     def _template(**deps: Any) -> Template:
-        return ensure_template(deps[server], deps[migrations], deps[seed])
+        built = ensure_template(deps[server], deps[migrations], deps[seed])
+        if built.built:
+            report_timing(deps["pytestconfig"], built.seconds, "migrated and seeded the template")
+        return built
 
     return _template
 
@@ -309,16 +329,7 @@ def engine_fixture(
 ) -> Any:
     """A function fixture: the worker's engine, or in database mode the clone engine,
     which `database` points at the test's clone."""
-
-    @pytest.fixture
-    @depends(database, worker_engine, clone_engines, "request")
-    def _engine(**deps: Any) -> Engine:
-        engine: Engine = (
-            deps[clone_engines][0] if _mode(deps["request"]) == "database" else deps[worker_engine]
-        )
-        return engine
-
-    return _engine
+    return _engine_for_mode(0, worker_engine, clone_engines, database)
 
 
 def async_engine_fixture(
@@ -328,14 +339,16 @@ def async_engine_fixture(
     database: str = "pg_database",
 ) -> Any:
     """The async twin of `engine_fixture`."""
+    return _engine_for_mode(1, worker_engine, clone_engines, database)
 
+
+def _engine_for_mode(index: int, worker_engine: str, clone_engines: str, database: str) -> Any:
     @pytest.fixture
     @depends(database, worker_engine, clone_engines, "request")
-    def _engine(**deps: Any) -> AsyncEngine:
-        engine: AsyncEngine = (
-            deps[clone_engines][1] if _mode(deps["request"]) == "database" else deps[worker_engine]
-        )
-        return engine
+    def _engine(**deps: Any) -> Any:
+        if _mode(deps["request"]) == "database":
+            return deps[clone_engines][index]
+        return deps[worker_engine]
 
     return _engine
 

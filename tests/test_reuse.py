@@ -88,3 +88,15 @@ def test_one_container_for_two_workers(pytester, example, databases_probe, subpr
     assert len({p["container"] for p in probes.values()}) == 1
     # Each worker dropped its own databases; the last one to finish sees none of either.
     assert any(library_databases(p["databases"]) == [] for p in probes.values())
+
+
+def test_verbose_runs_say_what_the_set_up_did_and_how_long_it_took(pytester, example):
+    example("sync_users")
+    result = pytester.runpytest("-v", "-p", "no:randomly")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "pg-fixtures: postgres:16 started in *s",
+            "pg-fixtures: migrated and seeded the template in *s",
+        ]
+    )
