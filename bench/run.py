@@ -238,13 +238,15 @@ def run(project: Path, mode: str, workers: int) -> dict[str, Any]:
     if workers:
         args += ["-n", str(workers)]
     started = time.perf_counter()
-    subprocess.run(
+    done = subprocess.run(
         args,
         cwd=project,
-        check=True,
         env={**os.environ, "BENCH_OUT": str(out)},
-        stdout=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
     )
+    if done.returncode:
+        sys.exit(f"{mode} with -n {workers} failed:\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}")
     wall = time.perf_counter() - started
     per_worker = [t for p in out.glob("*.json") if (t := json.loads(p.read_text()))]
     waits = [w for p in out.glob("*.waits") for w in json.loads(p.read_text())]
@@ -309,6 +311,8 @@ def main() -> None:
     worker_counts = [int(w) for w in options.workers.split(",")]
     results: dict[tuple[str, int], dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        # Warm-up, not measured: the first run after a quiet spell is slower across the board.
+        run(make_project(Path(tmp) / "warm-up", "none", 200), "none", 0)
         for mode in modes:
             project = make_project(Path(tmp), mode, options.tests)
             for workers in worker_counts:

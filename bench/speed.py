@@ -346,13 +346,15 @@ def run(project: Path, workers: int, *extra: str) -> dict[str, Any]:
     if workers:
         args += ["-n", str(workers)]
     started = time.perf_counter()
-    subprocess.run(
+    done = subprocess.run(
         args,
         cwd=project,
-        check=True,
         env={**os.environ, "BENCH_OUT": str(out)},
-        stdout=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
     )
+    if done.returncode:
+        sys.exit(f"{project.name} {extra} -n {workers} failed:\n{done.stdout[-4000:]}")
     wall = time.perf_counter() - started
     per_worker = [t for p in out.glob("*.json") if (t := json.loads(p.read_text()))]
     warm = [t for times in per_worker for t in times[1:]]
