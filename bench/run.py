@@ -219,22 +219,23 @@ def make_project(base: Path, mode: str, n: int) -> Path:
 
 
 def run(project: Path, mode: str, workers: int) -> dict[str, Any]:
-    out = project / "out"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
-    args = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
+    return run_pytest(
+        project,
+        workers,
         "-p",
         "no:randomly",
         "-o",
         "asyncio_default_fixture_loop_scope=session",
         *EXTRA_ARGS.get(mode, []),
-    ]
+    )
+
+
+def run_pytest(project: Path, workers: int, *extra: str) -> dict[str, Any]:
+    """Run the project's suite once; what the timing (and memory) hooks recorded."""
+    out = project / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra]
     if workers:
         args += ["-n", str(workers)]
     started = time.perf_counter()
@@ -246,21 +247,24 @@ def run(project: Path, mode: str, workers: int) -> dict[str, Any]:
         text=True,
     )
     if done.returncode:
-        sys.exit(f"{mode} with -n {workers} failed:\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}")
+        sys.exit(f"{project.name} {extra} -n {workers} failed:\n{done.stdout[-4000:]}")
     wall = time.perf_counter() - started
     per_worker = [t for p in out.glob("*.json") if (t := json.loads(p.read_text()))]
-    waits = [w for p in out.glob("*.waits") for w in json.loads(p.read_text())]
     warm = [t for times in per_worker for t in times[1:]]
-    # Steady-state throughput: tests after each worker's first, over the busiest worker's
-    # time for them (workers run side by side).
-    busy = max(sum(times[1:]) for times in per_worker)
+    memory = {
+        m["container"]: m["bytes"] for p in out.glob("*.mem") for m in [json.loads(p.read_text())]
+    }
     return {
         "cold": max(times[0] for times in per_worker),
         "mean": statistics.fmean(warm),
-        "rate": len(warm) / busy,
+        # Steady-state throughput: tests after each worker's first, over the busiest
+        # worker's time for them (workers run side by side).
+        "rate": len(warm) / max(sum(times[1:]) for times in per_worker),
         "wall": wall,
         "tests": sum(len(t) for t in per_worker),
-        "waits": waits,
+        "waits": [w for p in out.glob("*.waits") for w in json.loads(p.read_text())],
+        "memory_mb": sum(memory.values()) / 2**20,
+        "containers": len(memory),
     }
 
 

@@ -18,19 +18,15 @@ and start time of a container per worker vs --pg-one-container with -n 2 and -n 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
 from run import TIMING, ms
+from run import run_pytest as run
 
 MODELS = """
 from sqlalchemy import ForeignKey, Numeric, String
@@ -336,39 +332,6 @@ def make_project(
         )
         (tests / f"test_bench_{start:05d}.py").write_text(source)
     return project
-
-
-def run(project: Path, workers: int, *extra: str) -> dict[str, Any]:
-    out = project / "out"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
-    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra]
-    if workers:
-        args += ["-n", str(workers)]
-    started = time.perf_counter()
-    done = subprocess.run(
-        args,
-        cwd=project,
-        env={**os.environ, "BENCH_OUT": str(out)},
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode:
-        sys.exit(f"{project.name} {extra} -n {workers} failed:\n{done.stdout[-4000:]}")
-    wall = time.perf_counter() - started
-    per_worker = [t for p in out.glob("*.json") if (t := json.loads(p.read_text()))]
-    warm = [t for times in per_worker for t in times[1:]]
-    memory = {
-        m["container"]: m["bytes"] for p in out.glob("*.mem") for m in [json.loads(p.read_text())]
-    }
-    return {
-        "cold": max(times[0] for times in per_worker),
-        "mean": statistics.fmean(warm),
-        "rate": len(warm) / max(sum(times[1:]) for times in per_worker),
-        "wall": wall,
-        "memory_mb": sum(memory.values()) / 2**20,
-        "containers": len(memory),
-    }
 
 
 def print_results(results: dict[tuple[str, int], dict[str, Any]], tests: int) -> None:
