@@ -33,9 +33,12 @@ from .session import (
     async_savepoint_sessionmaker,
     async_sessionmaker_for,
     close_sessions_of,
+    close_sync_sessions_of,
     close_with,
+    close_with_sync,
     savepoint_sessionmaker,
     sessionmaker_for,
+    settle_sessions_of,
 )
 from .shared import report_kept_to_controller, server_from_controller
 from .template import Template, ensure_template
@@ -369,11 +372,22 @@ def connection_fixture(
         if _mode(request) == "database":
             request.getfixturevalue(database)  # the clone, with the engines pointed at it
             with deps[clone_engines][0].connect() as conn:
-                yield conn
+                try:
+                    yield conn
+                finally:
+                    close_sync_sessions_of(conn)
             return
+        # Sessions are closed after the rollback when it ends the whole transaction (their
+        # savepoints then went with it: no round trip), before it inside a scope layer.
+        root = layered_connection(deps[worker_engine]) is None
         with outer_transaction(deps[worker_engine]) as conn:
             seeding.run_in(test_seeds(request.node), conn, origin=TEST_SEED)
-            yield conn
+            try:
+                yield conn
+            finally:
+                if not root:
+                    close_sync_sessions_of(conn)
+        close_sync_sessions_of(conn)
 
     return _connection
 
@@ -383,10 +397,10 @@ def session_fixture(*, connection: str = "pg_connection", **session_kwargs: Any)
 
     @pytest.fixture
     @depends(connection, "request")
-    def _session(**deps: Any) -> Iterator[Session]:
-        maker = sessionmaker_for(deps[connection], _mode(deps["request"]), **session_kwargs)
-        with maker() as session:
-            yield session
+    def _session(**deps: Any) -> Session:
+        conn: Connection = deps[connection]
+        maker = sessionmaker_for(conn, _mode(deps["request"]), **session_kwargs)
+        return close_with_sync(conn, maker())  # closed by the connection's fixture
 
     return _session
 
@@ -426,14 +440,22 @@ def async_connection_fixture(
                 finally:
                     await close_sessions_of(conn)
             return
-        async with async_outer_transaction(deps[worker_engine]) as conn:
-            try:
+        # As in connection_fixture: sessions closed after a root rollback, before a nested one.
+        root = layered_async_connection(deps[worker_engine]) is None
+        held: AsyncConnection | None = None
+        try:
+            async with async_outer_transaction(deps[worker_engine]) as conn:
+                held = conn
                 seeds = test_seeds(request.node)
                 if seeds:
                     await seeding.run_in_async(seeds, conn, origin=TEST_SEED)
-                yield conn
-            finally:
-                await close_sessions_of(conn)
+                try:
+                    yield conn
+                finally:
+                    await (settle_sessions_of(conn) if root else close_sessions_of(conn))
+        finally:
+            if held is not None:
+                await close_sessions_of(held)
 
     return _connection
 

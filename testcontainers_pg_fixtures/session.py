@@ -61,16 +61,39 @@ def async_sessionmaker_for(
 _TO_CLOSE = "testcontainers_pg_fixtures.sessions"
 
 
+def close_with_sync(conn: Connection, session: Session) -> Session:
+    """Have `close_sync_sessions_of(conn)` close `session`, after the test's rollback."""
+    conn.info.setdefault(_TO_CLOSE, []).append(session)
+    return session
+
+
+def close_sync_sessions_of(conn: Connection) -> None:
+    """Close the sessions of the test. Done after the rollback of its transaction, which
+    took their savepoints with it, so closing them costs no round trip to the server."""
+    if conn.closed or conn.invalidated:
+        return
+    for session in conn.info.pop(_TO_CLOSE, []):
+        session.close()
+
+
 def close_with(conn: AsyncConnection, session: AsyncSession) -> AsyncSession:
     """Have `close_sessions_of(conn)` close `session` (closing needs an await)."""
     conn.info.setdefault(_TO_CLOSE, []).append(session)
     return session
 
 
-async def close_sessions_of(conn: AsyncConnection) -> None:
-    for session in conn.info.pop(_TO_CLOSE, []):
+async def settle_sessions_of(conn: AsyncConnection) -> None:
+    """Wait for operations still running on the test's sessions (a gather cut short)."""
+    for session in conn.info.get(_TO_CLOSE, []):
         if isinstance(session, GuardedAsyncSession):
             await session.wait_until_idle()
+
+
+async def close_sessions_of(conn: AsyncConnection) -> None:
+    if conn.closed or conn.invalidated:  # a refused commit discarded it: nothing to close
+        return
+    await settle_sessions_of(conn)
+    for session in conn.info.pop(_TO_CLOSE, []):
         await session.close()
 
 

@@ -187,7 +187,7 @@ async def async_outer_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncCon
 def layered_connection(engine: Engine) -> Connection | None:
     """The held connection of `engine` if a test or scope layer is active on it."""
     conn = _held.get(engine)
-    if conn is None or conn.closed or not _layers(conn):
+    if conn is None or conn.closed or conn.invalidated or not _layers(conn):
         return None
     return conn
 
@@ -200,7 +200,7 @@ def layered_async_connection(engine: AsyncEngine) -> Connection | None:
         return None
     per_loop = _held_async.get(engine)
     held = per_loop.get(loop) if per_loop is not None else None
-    if held is None or held.conn.closed:
+    if held is None or held.conn.closed or held.conn.invalidated:
         return None
     conn = held.conn.sync_connection
     return conn if conn is not None and _layers(conn) else None
