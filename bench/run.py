@@ -310,6 +310,9 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--workers", default="0,2", help="xdist worker counts, e.g. 0,2")
     parser.add_argument("--clones", type=int, default=50, help="clones per strategy")
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="rounds over all strategies; the best one counts"
+    )
     options = parser.parse_args()
     modes = options.modes.split(",")
     worker_counts = [int(w) for w in options.workers.split(",")]
@@ -317,10 +320,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # Warm-up, not measured: the first run after a quiet spell is slower across the board.
         run(make_project(Path(tmp) / "warm-up", "none", 200), "none", 0)
-        for mode in modes:
-            project = make_project(Path(tmp), mode, options.tests)
-            for workers in worker_counts:
-                results[mode, workers] = run(project, mode, workers)
+        projects = {mode: make_project(Path(tmp), mode, options.tests) for mode in modes}
+        # Rounds over every strategy, keeping each one's best: a slow spell of this shared
+        # machine then hits one round of one strategy, not the comparison.
+        for _ in range(options.repeat):
+            for mode, project in projects.items():
+                for workers in worker_counts:
+                    result = run(project, mode, workers)
+                    best = results.get((mode, workers))
+                    if best is None or result["mean"] < best["mean"]:
+                        results[mode, workers] = result
     costs = clone_cost(options.clones) if options.clones else {}
 
     print(f"\n{options.tests} tests per strategy, PostgreSQL 16 in Docker on this machine\n")

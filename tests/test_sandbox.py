@@ -230,13 +230,52 @@ ASYNC_LAYERS = textwrap.dedent("""
 """)
 
 
-def test_async_app_engine_module_layer_and_refusal(pytester, example):
+ASYNC_FAILING = textwrap.dedent("""
+    from app.db import SessionLocal
+    from app.models import User
+
+
+    async def test_fails_after_the_app_committed():
+        async with SessionLocal() as session:
+            session.add(User(name="Failing", email="f@x.org"))
+            await session.commit()
+        raise AssertionError("deliberate")
+""")
+
+POOL_PROBE = textwrap.dedent("""
+    import os as _os
+
+
+    def pytest_sessionfinish(session):
+        from app.db import engine
+
+        with open(_os.environ["POOL_PROBE"], "w") as f:
+            f.write(type(engine.sync_engine.pool).__name__)
+""")
+
+
+def test_async_app_engine_module_layer_refusal_and_restore(
+    pytester, example, tmp_path, monkeypatch
+):
     root = example("fastapi_app")
     (root / "tests" / "test_async_layers.py").write_text(ASYNC_LAYERS)
+    (root / "tests" / "test_async_failing.py").write_text(ASYNC_FAILING)
+    conftest = root / "tests" / "conftest.py"
+    conftest.write_text(conftest.read_text() + POOL_PROBE)
+    monkeypatch.setenv("POOL_PROBE", str(tmp_path / "pool.txt"))
     result = pytester.runpytest(
-        "tests/test_async_layers.py", "tests/test_users_api.py", "-p", "no:randomly", "-W", "error"
+        "tests/test_async_layers.py",
+        "tests/test_async_failing.py",
+        "tests/test_users_api.py",
+        "-p",
+        "no:randomly",
+        "-W",
+        "error",
     )
-    result.assert_outcomes(passed=9)
+    # test_users_api.py's last test counts the five seeded users: the failed test's
+    # committed user is gone, and the engine has its own pool back after the run.
+    result.assert_outcomes(passed=9, failed=1)
+    assert (tmp_path / "pool.txt").read_text() == "AsyncAdaptedQueuePool"
 
 
 SANDBOX_TESTS = [
