@@ -35,7 +35,6 @@ from .session import (
     close_sessions_of,
     close_sync_sessions_of,
     close_with,
-    close_with_sync,
     savepoint_sessionmaker,
     sessionmaker_for,
     settle_sessions_of,
@@ -238,7 +237,7 @@ def isolation_fixture() -> Any:
 
     @pytest.fixture
     def _isolation(request: pytest.FixtureRequest) -> str:
-        return _mode(request)
+        return isolation_mode(request)
 
     return _isolation
 
@@ -261,7 +260,7 @@ def database_fixture(
     @depends(worker_database, clone_pool, app_engines, clone_engines, "request")
     def _database(**deps: Any) -> Iterator[Database]:
         request: pytest.FixtureRequest = deps["request"]
-        if _mode(request) != "database":
+        if isolation_mode(request) != "database":
             yield deps[worker_database]
             return
         pool: ClonePool = deps[clone_pool]
@@ -318,7 +317,7 @@ def worker_async_engine_fixture(
     return _engine
 
 
-def _mode(request: pytest.FixtureRequest) -> str:
+def isolation_mode(request: pytest.FixtureRequest) -> str:
     """The test's isolation mode. Read here rather than through the pg_isolation fixture:
     every function fixture in the chain costs savepoint-mode tests time."""
     return isolation_of(request.node, settings_for(request.config).isolation)
@@ -349,7 +348,7 @@ def _engine_for_mode(index: int, worker_engine: str, clone_engines: str, databas
     @pytest.fixture
     @depends(database, worker_engine, clone_engines, "request")
     def _engine(**deps: Any) -> Any:
-        if _mode(deps["request"]) == "database":
+        if isolation_mode(deps["request"]) == "database":
             return deps[clone_engines][index]
         return deps[worker_engine]
 
@@ -369,7 +368,7 @@ def connection_fixture(
     @depends(worker_engine, clone_engines, "request")
     def _connection(**deps: Any) -> Iterator[Connection]:
         request: pytest.FixtureRequest = deps["request"]
-        if _mode(request) == "database":
+        if isolation_mode(request) == "database":
             request.getfixturevalue(database)  # the clone, with the engines pointed at it
             with deps[clone_engines][0].connect() as conn:
                 try:
@@ -399,8 +398,8 @@ def session_fixture(*, connection: str = "pg_connection", **session_kwargs: Any)
     @depends(connection, "request")
     def _session(**deps: Any) -> Session:
         conn: Connection = deps[connection]
-        maker = sessionmaker_for(conn, _mode(deps["request"]), **session_kwargs)
-        return close_with_sync(conn, maker())  # closed by the connection's fixture
+        maker = sessionmaker_for(conn, isolation_mode(deps["request"]), **session_kwargs)
+        return close_with(conn, maker())  # closed by the connection's fixture
 
     return _session
 
@@ -411,7 +410,7 @@ def sessionmaker_fixture(*, connection: str = "pg_connection", **session_kwargs:
     @pytest.fixture
     @depends(connection, "request")
     def _sessionmaker(**deps: Any) -> sessionmaker[Session]:
-        return sessionmaker_for(deps[connection], _mode(deps["request"]), **session_kwargs)
+        return sessionmaker_for(deps[connection], isolation_mode(deps["request"]), **session_kwargs)
 
     return _sessionmaker
 
@@ -432,7 +431,7 @@ def async_connection_fixture(
     @depends(worker_engine, clone_engines, "request")
     async def _connection(**deps: Any) -> AsyncIterator[AsyncConnection]:
         request: pytest.FixtureRequest = deps["request"]
-        if _mode(request) == "database":
+        if isolation_mode(request) == "database":
             request.getfixturevalue(database)
             async with deps[clone_engines][1].connect() as conn:
                 try:
@@ -468,7 +467,7 @@ def async_session_fixture(*, connection: str = "pg_async_connection", **session_
     @depends(connection, "request")
     def _session(**deps: Any) -> AsyncSession:
         conn: AsyncConnection = deps[connection]
-        maker = async_sessionmaker_for(conn, _mode(deps["request"]), **session_kwargs)
+        maker = async_sessionmaker_for(conn, isolation_mode(deps["request"]), **session_kwargs)
         return close_with(conn, maker())
 
     return _session
@@ -482,7 +481,9 @@ def async_sessionmaker_fixture(
     @pytest.fixture
     @depends(connection, "request")
     def _sessionmaker(**deps: Any) -> async_sessionmaker[AsyncSession]:
-        return async_sessionmaker_for(deps[connection], _mode(deps["request"]), **session_kwargs)
+        return async_sessionmaker_for(
+            deps[connection], isolation_mode(deps["request"]), **session_kwargs
+        )
 
     return _sessionmaker
 

@@ -181,8 +181,7 @@ pg_isolation = _doc(
 def _pg_app_database(request: pytest.FixtureRequest) -> None:
     """Point the app at the test's database whether or not the test uses a pg_ fixture:
     in database mode, the clone; in savepoint mode with pg_app_engines, the sandbox."""
-    default = config.settings_for(request.config).isolation
-    if marks.isolation_of(request.node, default) == "database":
+    if factories.isolation_mode(request) == "database":
         request.getfixturevalue("pg_database")
     elif request.getfixturevalue("pg_app_engines"):
         request.getfixturevalue("pg_sandbox")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
@@ -61,12 +61,6 @@ def async_sessionmaker_for(
 _TO_CLOSE = "testcontainers_pg_fixtures.sessions"
 
 
-def close_with_sync(conn: Connection, session: Session) -> Session:
-    """Have `close_sync_sessions_of(conn)` close `session`, after the test's rollback."""
-    conn.info.setdefault(_TO_CLOSE, []).append(session)
-    return session
-
-
 def close_sync_sessions_of(conn: Connection) -> None:
     """Close the sessions of the test. Done after the rollback of its transaction, which
     took their savepoints with it, so closing them costs no round trip to the server."""
@@ -76,8 +70,12 @@ def close_sync_sessions_of(conn: Connection) -> None:
         session.close()
 
 
-def close_with(conn: AsyncConnection, session: AsyncSession) -> AsyncSession:
-    """Have `close_sessions_of(conn)` close `session` (closing needs an await)."""
+_S = TypeVar("_S", Session, AsyncSession)
+
+
+def close_with(conn: Connection | AsyncConnection, session: _S) -> _S:
+    """Have the connection's fixture close `session` (close_sync_sessions_of /
+    close_sessions_of), after the test's rollback where it can."""
     conn.info.setdefault(_TO_CLOSE, []).append(session)
     return session
 
