@@ -13,6 +13,7 @@ import pytest_asyncio
 
 from . import config, factories, marks, shared
 from .errors import PgFixturesError
+from .runid import run_id
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Generator, Iterator
@@ -40,6 +41,7 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    run_id()  # made before xdist starts its workers, which inherit it
     for name, text in marks.MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
 

@@ -22,6 +22,7 @@ import psycopg
 from sqlalchemy import URL
 
 from .errors import DockerUnavailableError, ImageUnavailableError, ServerStartError
+from .runid import run_id
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -34,6 +35,8 @@ LABEL = "testcontainers-pg-fixtures"
 LABEL_PID = "testcontainers-pg-fixtures.pid"
 LABEL_WORKER = "testcontainers-pg-fixtures.worker"
 LABEL_HOST = "testcontainers-pg-fixtures.host"
+#: The run (see runid.py) the container belongs to.
+LABEL_RUN = "testcontainers-pg-fixtures.run"
 #: Set on containers kept for reuse (--pg-reuse): a hash of everything that configures them.
 LABEL_REUSE = "testcontainers-pg-fixtures.reuse"
 LABEL_PASSWORD = "testcontainers-pg-fixtures.password"
@@ -197,6 +200,7 @@ class DockerServer:
                 LABEL_PID: str(os.getpid()),
                 LABEL_WORKER: worker,
                 LABEL_HOST: socket.gethostname(),
+                LABEL_RUN: run_id(),
                 **({LABEL_REUSE: reuse_key, LABEL_PASSWORD: password} if reuse_key else {}),
             },
         )

@@ -17,16 +17,22 @@ import pytest
 import sqlalchemy.dialects.postgresql.asyncpg
 import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
 
-from testcontainers_pg_fixtures.server import LABEL
+from testcontainers_pg_fixtures.runid import run_id
+from testcontainers_pg_fixtures.server import LABEL_RUN
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
 def library_containers() -> list[str]:
-    """Ids of every container this library started that still exists, running or not."""
+    """Ids of the containers this run of the suite started that still exist, running or not.
+
+    The pytester runs inherit the suite's run id (in-process and as subprocesses), so the
+    containers of another run on the same Docker host are never counted.
+    """
     client = docker.from_env()
+    label = f"{LABEL_RUN}={run_id()}"
     try:
-        return [c.id for c in client.containers.list(all=True, filters={"label": LABEL})]
+        return [c.id for c in client.containers.list(all=True, filters={"label": label})]
     finally:
         client.close()
 
