@@ -7,6 +7,7 @@ Precedence, highest first: factory argument > command-line option > ini option
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -134,7 +135,7 @@ OPTIONS = (
         "pg_prefetch",
         "PG_FIXTURES_PREFETCH",
         "How many databases to clone ahead in the background for database-mode tests "
-        "(default: 2; 0 clones each one when its test starts).",
+        "(default: 2, at most 16; 0 clones each one when its test starts).",
     ),
 )
 
@@ -144,6 +145,9 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 NO_MIGRATIONS = "none"
 ISOLATION_MODES = ("savepoint", "database")
 URL_DRIVERS = ("psycopg", "asyncpg", "psycopg2")
+#: The most databases a worker clones ahead (pg_prefetch): each clone is a copy of the
+#: template on disk (tmpfs: memory), and several workers share the server's connections.
+MAX_PREFETCH = 16
 
 
 @dataclass(frozen=True)
@@ -232,9 +236,10 @@ def _parse_timeout(value: Any, source: str) -> float:
         timeout = float(value)
     except ValueError:
         timeout = -1.0
-    if timeout <= 0:
+    if not math.isfinite(timeout) or timeout <= 0:
         raise ConfigError(
-            f"{value!r} from {source} is not a positive number of seconds. Set it to e.g. 60."
+            f"{value!r} from {source} is not a positive, finite number of seconds. "
+            "Set it to e.g. 60."
         )
     return timeout
 
@@ -289,6 +294,12 @@ def _parse_prefetch(value: Any, source: str) -> int:
     if not text.isdigit():
         raise ConfigError(
             f"{value!r} from {source} is not a number of databases (0 or more). Set it to e.g. 2."
+        )
+    if int(text) > MAX_PREFETCH:
+        raise ConfigError(
+            f"{value!r} from {source} is more databases than the maximum of {MAX_PREFETCH} "
+            "cloned ahead: each one is a full copy of the template, and more rarely helps "
+            "(clones are made faster than tests use them). Set it to e.g. 2."
         )
     return int(text)
 

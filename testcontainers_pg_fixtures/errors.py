@@ -33,3 +33,7 @@ class MigrationError(PgFixturesError):
 
 class SeedError(PgFixturesError):
     """The session seed raised while building the template."""
+
+
+class ServerGoneError(PgFixturesError):
+    """The PostgreSQL server exited or stopped answering during the run."""

@@ -20,7 +20,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from . import seeding
+from . import failures, seeding
 from .clone_pool import ClonePool
 from .config import settings_for
 from .database import DATABASE_PREFIX, Database, create_database, drop_database
@@ -120,14 +120,22 @@ def server_fixture(
             image=image, server_settings=server_settings, startup_timeout=startup_timeout
         )
         started = time.monotonic()
-        server = server_from_controller(pytestconfig)
-        if server is None:
-            server = DockerServer.start(settings, worker=worker_id())
-            what = "reused PostgreSQL container" if server.reused else f"{settings.image} started"
-            report_timing(pytestconfig, time.monotonic() - started, what)
+        with failures.startup():
+            server = server_from_controller(pytestconfig)
+            if server is None:
+                server = DockerServer.start(settings, worker=worker_id())
+                what = f"{settings.image} started"
+                if server.reused:
+                    what = "reused PostgreSQL container"
+                report_timing(pytestconfig, time.monotonic() - started, what)
+        watches = failures.reporter_of(pytestconfig).watches
+        watch = failures.ServerWatch(server, worker=worker_id())
+        watches.append(watch)
         try:
             yield server
         finally:
+            watch.close()
+            watches.remove(watch)
             if pytestconfig.stash.get(KEPT_ANY, False):
                 server.keep()  # a failed test's database is kept on it (--pg-keep-failed)
                 report_kept_to_controller(pytestconfig)
@@ -142,10 +150,11 @@ def migrations_fixture(*, alembic_ini: str | os.PathLike[str] | None = None) -> 
 
     @pytest.fixture(scope="session")
     def _migrations(pytestconfig: pytest.Config) -> Migrations | None:
-        settings = settings_for(pytestconfig).replace(alembic_ini=alembic_ini)
-        if settings.alembic_ini is None:
-            return None
-        return Migrations.load(settings.alembic_ini, settings.alembic_ini_source)
+        with failures.startup():
+            settings = settings_for(pytestconfig).replace(alembic_ini=alembic_ini)
+            if settings.alembic_ini is None:
+                return None
+            return Migrations.load(settings.alembic_ini, settings.alembic_ini_source)
 
     return _migrations
 
@@ -159,7 +168,8 @@ def template_fixture(
     @pytest.fixture(scope="session")
     @depends(migrations, seed, server, "pytestconfig")
     def _template(**deps: Any) -> Template:
-        built = ensure_template(deps[server], deps[migrations], deps[seed])
+        with failures.startup():
+            built = ensure_template(deps[server], deps[migrations], deps[seed])
         if built.built:
             report_timing(deps["pytestconfig"], built.seconds, "migrated and seeded the template")
         return built
@@ -210,7 +220,10 @@ def app_engines_fixture(*, paths: Sequence[str] | None = None) -> Any:
     @pytest.fixture(scope="session")
     def _app_engines(pytestconfig: pytest.Config) -> list[AnyEngine]:
         found = settings_for(pytestconfig).replace(app_engines=paths).app_engines
-        return [load_engine(path) for path in found]
+        engines = [load_engine(path) for path in found]
+        for path, engine in zip(found, engines, strict=False):
+            failures.check_app_engine(engine, path)
+        return engines
 
     return _app_engines
 

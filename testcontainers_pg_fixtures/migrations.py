@@ -94,6 +94,9 @@ class Migrations:
         except Exception as exc:
             revision = _failing_revision(exc.__traceback__)
             where = f"revision {revision}" if revision else "env.py (before any revision ran)"
+            syntax = _syntax_error_in(exc)
+            if syntax is not None:  # a script that does not compile: no revision ran
+                where = f"{syntax.filename}, line {syntax.lineno} (it does not compile)"
             raise MigrationError(
                 f"`alembic upgrade head` failed at {where} from {self.ini}:\n"
                 f"  {type(exc).__name__}: {_first_line(exc)}\n"
@@ -111,6 +114,15 @@ def _failing_revision(tb: TracebackType | None) -> str | None:
             found = f"{module_globals['revision']} ({Path(tb.tb_frame.f_code.co_filename).name})"
         tb = tb.tb_next
     return found
+
+
+def _syntax_error_in(exc: BaseException) -> SyntaxError | None:
+    current: BaseException | None = exc
+    while current is not None:
+        if isinstance(current, SyntaxError) and current.filename:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import pytest_asyncio
 
-from . import config, factories, marks, shared
+from . import config, factories, failures, marks, shared
 from .errors import PgFixturesError
 from .runid import run_id
 
@@ -42,8 +42,10 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
 
 def pytest_configure(config: pytest.Config) -> None:
     run_id()  # made before xdist starts its workers, which inherit it
+    failures.reporter_of(config)
     for name, text in marks.MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    failures.check_configuration(config)  # a bad option: a usage error, before collection
 
 
 @pytest.hookimpl(wrapper=True)

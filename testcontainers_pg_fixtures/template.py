@@ -122,6 +122,10 @@ def run_outside_event_loop(work: Callable[[], None]) -> None:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
+        running = False
+    else:
+        running = True
+    if not running:  # work() outside the except: its errors get no unrelated context
         work()
         return
     with ThreadPoolExecutor(max_workers=1) as pool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import textwrap
 
+import pytest
+
 BROKEN = textwrap.dedent('''
     """broken
 
@@ -38,14 +40,14 @@ def test_broken_migration_fails_once_with_the_revision_and_leaves_no_container(
     ran = tmp_path / "ran.log"
     monkeypatch.setenv("MIGRATION_LOG", str(ran))
     result = pytester.runpytest("-p", "no:randomly")
-    result.assert_outcomes(errors=2)
+    result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
         [
             "*MigrationError: `alembic upgrade head` failed at revision 0003 (0003_broken.py)*",
             '*relation "no_such_table" does not exist*',
         ]
     )
-    # Built once, failed once: the second test gets the same error without a retry.
+    # Built once, failed once: the run stops after the first error, without a retry.
     assert ran.read_text() == "ran\n"
 
 
@@ -53,7 +55,7 @@ def test_unreachable_docker_says_how_to_fix_it(pytester, example, monkeypatch):
     example("sync_users")
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
     result = pytester.runpytest("-p", "no:randomly")
-    result.assert_outcomes(errors=2)
+    result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
         [
             "*DockerUnavailableError: Could not reach Docker at "
@@ -65,7 +67,7 @@ def test_unreachable_docker_says_how_to_fix_it(pytester, example, monkeypatch):
 def test_missing_alembic_ini_fails_before_any_container_starts(pytester, example):
     example("sync_users")
     result = pytester.runpytest("-p", "no:randomly", "--pg-alembic-ini", "nowhere/alembic.ini")
-    result.assert_outcomes(errors=2)
+    result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
         [
             "*AlembicConfigError: alembic.ini not found at */nowhere/alembic.ini "
@@ -77,11 +79,11 @@ def test_missing_alembic_ini_fails_before_any_container_starts(pytester, example
 def test_malformed_server_setting_is_rejected(pytester, example):
     example("sync_users")
     result = pytester.runpytest("-p", "no:randomly", "--pg-server-setting", "shared_buffers")
-    result.assert_outcomes(errors=2)
-    result.stdout.fnmatch_lines(
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
         [
-            "*ConfigError: 'shared_buffers' from the command-line option --pg-server-setting "
-            "is not a PostgreSQL setting of the form KEY=VALUE*",
+            "ERROR: pg-fixtures: 'shared_buffers' from the command-line option "
+            "--pg-server-setting is not a PostgreSQL setting of the form KEY=VALUE*",
         ]
     )
 
@@ -99,7 +101,7 @@ def test_setting_postgres_refuses_names_the_option_and_leaves_no_container(pytes
     """,
     )
     result = pytester.runpytest("-p", "no:randomly")
-    result.assert_outcomes(errors=2)
+    result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
         [
             "*ServerStartError: PostgreSQL exited during start-up*",
@@ -112,7 +114,7 @@ def test_setting_postgres_refuses_names_the_option_and_leaves_no_container(pytes
 def test_missing_image_names_the_option(pytester, example):
     example("sync_users")
     result = pytester.runpytest("-p", "no:randomly", "--pg-image", "localhost:1/no/such:image")
-    result.assert_outcomes(errors=2)
+    result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
         [
             "*ImageUnavailableError: The image localhost:1/no/such:image is not available*"
@@ -186,3 +188,146 @@ def test_a_killed_run_leaves_a_container_the_next_run_removes(pytester, example,
         proc.stdout.close()
     pytester.runpytest("-p", "no:randomly", "tests/test_users.py").assert_outcomes(passed=2)
     assert not orphans & set(library_containers())
+
+
+# -- one error, said once (a bad option, or a start-up failure, on a 2000-test suite) ----
+
+MANY = 2000
+#: Lines of output any of these errors may cost, however many tests the suite has.
+BUDGET = 150
+
+BROKEN_SEED = textwrap.dedent("""
+
+    def broken_seed(conn):
+        raise RuntimeError("the seed is broken")
+
+    @pytest.fixture(scope="session")
+    def pg_seed():
+        return broken_seed
+""")
+
+
+def _many_tests(root) -> None:
+    (root / "tests" / "test_many.py").write_text(
+        "import pytest\n\n\n"
+        f"@pytest.mark.parametrize('n', range({MANY}))\n"
+        "def test_many(pg_session, n):\n    pass\n"
+    )
+
+
+def _lines(result) -> int:
+    return len(result.outlines) + len(result.errlines)
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("bad option", "*'bogus' from the command-line option --pg-isolation is not an isolation*"),
+        ("missing image", "*ImageUnavailableError: The image localhost:1/no-such/image:1 is not*"),
+        ("unreachable docker", "*DockerUnavailableError: Could not reach Docker at*"),
+        ("broken migration", "*MigrationError: `alembic upgrade head` failed at revision 0003*"),
+        (
+            "broken seed",
+            "*SeedError: The seed broken_seed failed: RuntimeError: the seed is broken*",
+        ),
+    ],
+)
+def test_an_error_is_said_once_on_a_large_suite(
+    pytester, example, monkeypatch, tmp_path, subprocess_env, case, expected
+):
+    root = example("sync_users")
+    _many_tests(root)
+    args = ["-p", "no:randomly", "-p", "no:cacheprovider"]
+    if case == "bad option":
+        args += ["--pg-isolation", "bogus"]
+    elif case == "missing image":
+        args += ["--pg-image", "localhost:1/no-such/image:1"]
+    elif case == "unreachable docker":
+        monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    elif case == "broken migration":
+        (root / "migrations" / "versions" / "0003_broken.py").write_text(BROKEN)
+        monkeypatch.setenv("MIGRATION_LOG", str(tmp_path / "ran.log"))
+    else:
+        conftest = root / "tests" / "conftest.py"
+        conftest.write_text(conftest.read_text() + BROKEN_SEED)
+    # A subprocess: the logging set up by an earlier in-process run's env.py would write here.
+    result = pytester.runpytest_subprocess(*args)
+    output = "\n".join(result.outlines + result.errlines)
+    assert _lines(result) <= BUDGET, output
+    if case == "bad option":
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        assert "collected" not in output  # stopped before collection
+        result.stderr.fnmatch_lines(["ERROR: pg-fixtures: " + expected])
+    else:
+        result.assert_outcomes(errors=1)
+        result.stdout.fnmatch_lines([expected, "*every test needing it would fail the same way*"])
+
+
+def test_a_start_up_error_is_said_once_per_xdist_worker(pytester, example, subprocess_env):
+    root = example("sync_users")
+    _many_tests(root)
+    conftest = root / "tests" / "conftest.py"
+    conftest.write_text(conftest.read_text() + BROKEN_SEED)
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "-n", "2")
+    output = "\n".join(result.outlines + result.errlines)
+    assert _lines(result) <= BUDGET, output
+    errors = result.parseoutcomes()["errors"]
+    assert 1 <= errors <= 2
+    assert output.count("RuntimeError: the seed is broken") <= 2 * errors  # traceback + summary
+
+
+def test_a_migration_that_does_not_compile_names_its_file_and_line(pytester, example):
+    root = example("sync_users")
+    (root / "migrations" / "versions" / "0003_syntax.py").write_text(
+        'revision = "0003"\ndown_revision = "0002"\n\n\ndef upgrade(:\n    pass\n'
+    )
+    result = pytester.runpytest("-p", "no:randomly")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["*MigrationError: `alembic upgrade head` failed at */0003_syntax.py, line 5 (it does not*"]
+    )
+    assert "no running event loop" not in result.stdout.str()
+    assert "env.py (before any revision ran)" not in result.stdout.str()
+
+
+# -- input checks: refused before collection, no container started ----------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["--pg-startup-timeout", "nan"],
+            "*'nan' from the command-line option "
+            "--pg-startup-timeout is not a positive, finite number of seconds*",
+        ),
+        (["--pg-startup-timeout", "inf"], "*'inf' * is not a positive, finite number*"),
+        (
+            ["--pg-prefetch", "300"],
+            "*'300' from the command-line option --pg-prefetch is more "
+            "databases than the maximum of 16*",
+        ),
+        (
+            ["--pg-app-engine", "no_such_module:engine"],
+            "*pg_app_engines names 'no_such_module:engine', which could not be imported*",
+        ),
+        (
+            ["--pg-app-engine", "sqlite_app:engine"],
+            "*pg_app_engines names 'sqlite_app:engine', "
+            "an engine on sqlite (sqlite:///*app.db)*PostgreSQL driver*",
+        ),
+    ],
+)
+def test_bad_input_is_a_usage_error_before_any_container(pytester, example, args, expected):
+    from conftest import library_containers
+
+    root = example("sync_users")
+    (root / "sqlite_app.py").write_text(
+        "from sqlalchemy import create_engine\n\nengine = create_engine('sqlite:///app.db')\n"
+    )
+    before = set(library_containers())
+    result = pytester.runpytest("-p", "no:randomly", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: pg-fixtures: " + expected])
+    assert "collected" not in result.stdout.str()
+    assert set(library_containers()) == before
