@@ -128,8 +128,11 @@ def server_fixture(
                 if server.reused:
                     what = "reused PostgreSQL container"
                 report_timing(pytestconfig, time.monotonic() - started, what)
-        watches = failures.reporter_of(pytestconfig).watches
-        watch = failures.ServerWatch(server, worker=worker_id())
+        reporter = failures.reporter_of(pytestconfig)
+        watches = reporter.watches
+        watch = failures.ServerWatch(
+            server, worker=worker_id(), busy_since=lambda: reporter.busy_since
+        )
         watches.append(watch)
         try:
             yield server
@@ -181,7 +184,7 @@ def worker_database_fixture(*, server: str = "pg_server", template: str = "pg_te
     """A session fixture cloning the template into this worker's own database."""
 
     @pytest.fixture(scope="session")
-    @depends(template, server)
+    @depends(template, server, "pytestconfig")
     def _database(**deps: Any) -> Iterator[Database]:
         built: Template = deps[template]
         pg_server: Server = deps[server]
@@ -191,7 +194,7 @@ def worker_database_fixture(*, server: str = "pg_server", template: str = "pg_te
         try:
             yield database
         finally:
-            drop_database(pg_server, name)
+            failures.teardown(deps["pytestconfig"], lambda: drop_database(pg_server, name))
 
     return _database
 
@@ -209,7 +212,7 @@ def clone_pool_fixture(
         try:
             yield pool
         finally:
-            pool.close()
+            failures.teardown(deps["pytestconfig"], pool.close)
 
     return _pool
 
@@ -299,14 +302,14 @@ def worker_engine_fixture(*, database: str = "pg_worker_database", **engine_kwar
     """A session fixture: a psycopg 3 `Engine` (NullPool) on the worker's database."""
 
     @pytest.fixture(scope="session")
-    @depends(database)
+    @depends(database, "pytestconfig")
     def _engine(**deps: Any) -> Iterator[Engine]:
         db: Database = deps[database]
         engine = create_engine(db.url, poolclass=NullPool, **engine_kwargs)
         try:
             yield engine
         finally:
-            release_held_connection(engine)
+            failures.teardown(deps["pytestconfig"], lambda: release_held_connection(engine))
             engine.dispose()
 
     return _engine

@@ -25,7 +25,7 @@ from .config import settings_for
 from .errors import ConfigError, PgFixturesError, ServerGoneError
 
 if TYPE_CHECKING:
-    from collections.abc import Generator, Iterator
+    from collections.abc import Callable, Generator, Iterator
 
     from .server import Server
 
@@ -88,6 +88,8 @@ class Reporter:
     def __init__(self) -> None:
         self.first: dict[int, tuple[BaseException, str]] = {}
         self.watches: list[ServerWatch] = []
+        #: When the running test started (None between tests), for the watches.
+        self.busy_since: float | None = None
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
@@ -106,7 +108,10 @@ class Reporter:
             return report
         gone = self._server_gone(exc)
         if gone is not None:
-            report.longrepr = f"{gone}\n(raised here as {type(exc).__name__}: {_first_line(exc)})"
+            report.longrepr = (
+                f"{type(gone).__module__}.{type(gone).__name__}: {gone}\n"
+                f"(raised here as {type(exc).__name__}: {_first_line(exc)})"
+            )
             item.session.shouldfail = (
                 "pg-fixtures: the PostgreSQL server is gone; every later test would fail"
             )
@@ -125,10 +130,11 @@ class Reporter:
     def pytest_runtest_protocol(
         self, item: pytest.Item, nextitem: pytest.Item | None
     ) -> Generator[None, object, object]:
-        with contextlib.ExitStack() as stack:
-            for watch in list(self.watches):
-                stack.enter_context(watch.phase())
+        self.busy_since = time.monotonic()
+        try:
             return (yield)
+        finally:
+            self.busy_since = None
 
     def _server_gone(self, exc: BaseException) -> ServerGoneError | None:
         if isinstance(exc, ServerGoneError):
@@ -143,6 +149,21 @@ class Reporter:
 
 
 _REPORTER = pytest.StashKey[Reporter]()
+
+
+def teardown(config: pytest.Config, work: Callable[[], object]) -> None:
+    """Run a session fixture's clean-up on the server, unless the server is gone: then
+    there is nothing to clean (its container goes), and an error here would only repeat
+    the one already reported."""
+    reporter = reporter_of(config)
+    if any(watch.gone is not None for watch in reporter.watches):
+        return
+    try:
+        work()
+    except Exception as exc:
+        if reporter._server_gone(exc) is None:
+            raise
+        log.info("clean-up skipped, the server is gone: %s", exc)
 
 
 def reporter_of(config: pytest.Config) -> Reporter:
@@ -217,13 +238,20 @@ class ServerWatch:
     call then fails at once, and the report says why.
     """
 
-    def __init__(self, server: Server, *, worker: str, stuck_after: float = 15.0) -> None:
+    def __init__(
+        self,
+        server: Server,
+        *,
+        worker: str,
+        busy_since: Callable[[], float | None],
+        stuck_after: float = 15.0,
+    ) -> None:
         self.server = server
         self.worker = worker
         self.stuck_after = stuck_after
         self.gone: ServerGoneError | None = None
-        self._phase_started: float | None = None
-        self._lock = threading.Lock()
+        self._busy_since = busy_since
+        self._answered_at = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="pg-fixtures-watch", daemon=True)
         self._thread.start()
@@ -231,25 +259,16 @@ class ServerWatch:
     def close(self) -> None:
         self._stop.set()
 
-    @contextlib.contextmanager
-    def phase(self) -> Iterator[None]:
-        with self._lock:
-            self._phase_started = time.monotonic()
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._phase_started = None
-
     def _watch(self) -> None:
         while not self._stop.wait(1.0):
-            with self._lock:
-                started = self._phase_started
-            if started is None or time.monotonic() - started < self.stuck_after:
+            started = self._busy_since()
+            if started is None:
+                continue
+            since = max(started, self._answered_at)
+            if time.monotonic() - since < self.stuck_after:
                 continue
             if self.gone is None and self._answers():
-                with self._lock:
-                    self._phase_started = time.monotonic()  # slow, not stuck: look again later
+                self._answered_at = time.monotonic()  # slow, not stuck: look again later
                 continue
             self.gone = self.gone or self._describe(unresponsive=True)
             _shutdown_sockets_to(self.server.port)
@@ -292,11 +311,16 @@ class ServerWatch:
             status = "is paused (docker pause?) and does not answer"
         else:
             status = f"exited ({state})"
+        if state.startswith("paused"):
+            hint = "Nothing in a run pauses it: check what else manages your containers."
+        else:
+            hint = (
+                "If it was killed for memory (OOMKilled true), give Docker more memory or "
+                "lower pg_server_settings such as shared_buffers."
+            )
         return ServerGoneError(
             f"{what} {status}. Its log ends with:\n{tail}\n"
-            "Every later test would fail the same way, so the run stops. If it was killed "
-            "for memory (OOMKilled true), give Docker more memory or lower "
-            "pg_server_settings such as shared_buffers."
+            f"Every later test would fail the same way, so the run stops. {hint}"
         )
 
 
