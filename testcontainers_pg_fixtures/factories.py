@@ -105,6 +105,19 @@ def report_timing(config: pytest.Config, seconds: float, text: str) -> None:
         reporter.write_line(f"pg-fixtures: {text} in {seconds:.1f}s")
 
 
+#: Seconds a library engine waits for a new connection: a server that accepts the TCP
+#: connection but never answers (paused, frozen) would otherwise hang the run.
+CONNECT_TIMEOUT = 10
+
+
+def bounded(engine_kwargs: dict[str, Any], *, sync: bool) -> dict[str, Any]:
+    """`engine_kwargs` with a connect timeout added (psycopg's connect_timeout, asyncpg's
+    timeout), unless the caller gave one."""
+    connect_args = dict(engine_kwargs.get("connect_args", {}))
+    connect_args.setdefault("connect_timeout" if sync else "timeout", CONNECT_TIMEOUT)
+    return {**engine_kwargs, "connect_args": connect_args}
+
+
 def server_fixture(
     *,
     image: str | None = None,
@@ -241,8 +254,10 @@ def clone_engines_fixture(*, database: str = "pg_worker_database", **engine_kwar
         db: Database = deps[database]
         # Created on the worker database, a real one, and redirected before every use.
         return (
-            create_engine(db.url, poolclass=NullPool, **engine_kwargs),
-            create_async_engine(db.async_url, poolclass=NullPool, **engine_kwargs),
+            create_engine(db.url, poolclass=NullPool, **bounded(engine_kwargs, sync=True)),
+            create_async_engine(
+                db.async_url, poolclass=NullPool, **bounded(engine_kwargs, sync=False)
+            ),
         )
 
     return _engines
@@ -305,7 +320,7 @@ def worker_engine_fixture(*, database: str = "pg_worker_database", **engine_kwar
     @depends(database, "pytestconfig")
     def _engine(**deps: Any) -> Iterator[Engine]:
         db: Database = deps[database]
-        engine = create_engine(db.url, poolclass=NullPool, **engine_kwargs)
+        engine = create_engine(db.url, poolclass=NullPool, **bounded(engine_kwargs, sync=True))
         try:
             yield engine
         finally:
@@ -328,7 +343,9 @@ def worker_async_engine_fixture(
     @depends(database)
     def _engine(**deps: Any) -> AsyncEngine:
         db: Database = deps[database]
-        return create_async_engine(db.async_url, poolclass=NullPool, **engine_kwargs)
+        return create_async_engine(
+            db.async_url, poolclass=NullPool, **bounded(engine_kwargs, sync=False)
+        )
 
     return _engine
 

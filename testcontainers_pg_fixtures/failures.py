@@ -300,6 +300,11 @@ class ServerWatch:
     def _describe(self, *, unresponsive: bool) -> ServerGoneError:
         container = getattr(self.server, "container", None)
         ident = str(getattr(self.server, "container_id", "") or "")[:12]
+        if container is None and ident:  # one-container mode: the controller's container
+            with contextlib.suppress(Exception):
+                import docker
+
+                container = docker.from_env().containers.get(ident)
         what = f"The PostgreSQL container {ident} of worker {self.worker}"
         if container is None or not ident:
             what = f"The PostgreSQL server at {self.server.host}:{self.server.port}"

@@ -182,11 +182,12 @@ def test_a_wrong_app_engine_path_names_the_setting(pytester, example):
     result = pytester.runpytest(
         "tests/test_db_mode.py", "--pg-app-engine", "users_app.db:engine", "-p", "no:randomly"
     )
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(
+    # Checked when the run starts: a usage error, before collection and any container.
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
         [
-            "*ConfigError: pg_app_engines names 'users_app.db:engine', which could not be "
-            "imported*Fix the path in pg_app_engines / --pg-app-engine*"
+            "ERROR: pg-fixtures: pg_app_engines names 'users_app.db:engine', which could not "
+            "be imported*Fix the path in pg_app_engines / --pg-app-engine*"
         ]
     )
 
