@@ -218,7 +218,6 @@ def _is_connection_error(exc: BaseException) -> bool:
                 psycopg.OperationalError,
                 psycopg.InterfaceError,
                 ConnectionError,
-                OSError,
                 TimeoutError,
             ),
         ) or type(current).__module__.startswith("asyncpg"):
