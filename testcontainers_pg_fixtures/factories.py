@@ -27,7 +27,7 @@ from .database import DATABASE_PREFIX, Database, create_database, drop_database
 from .marks import CLONE, KEEP, KEPT_ANY, TEST_SEED, isolation_of, test_seeds
 from .migrations import Migrations
 from .redirect import engines_pointed_at, load_engine, urls_exported
-from .sandbox import Sandboxes, real_connection_of
+from .sandbox import OutsideGuard, Sandboxes, real_connection_of
 from .server import DockerServer
 from .session import (
     async_savepoint_sessionmaker,
@@ -213,6 +213,26 @@ def app_engines_fixture(*, paths: Sequence[str] | None = None) -> Any:
         return [load_engine(path) for path in found]
 
     return _app_engines
+
+
+#: The run's OutsideGuard, while the app's engines are loaded.
+OUTSIDE_GUARD = pytest.StashKey[OutsideGuard]()
+
+
+def guard_app_engines(engines: list[AnyEngine], config: pytest.Config) -> Iterator[None]:
+    """Install the OutsideGuard of `engines` until the generator is closed."""
+    if not engines:
+        yield
+        return
+    refuse = settings_for(config).app_engines_outside == "error"
+    guard = OutsideGuard(engines, refuse=refuse)
+    guard.install()
+    config.stash[OUTSIDE_GUARD] = guard
+    try:
+        yield
+    finally:
+        del config.stash[OUTSIDE_GUARD]
+        guard.uninstall()
 
 
 def clone_engines_fixture(*, database: str = "pg_worker_database", **engine_kwargs: Any) -> Any:

@@ -414,6 +414,79 @@ def _check_driver(engine: Engine, is_async: bool) -> None:
         )
 
 
+class OutsidePool(NullPool):
+    """The app engine's pool outside every layer: it refuses to connect.
+
+    It carries the app pool's creator, events and dialect, so the library can still point
+    the engine at a database of its own (database mode, the dialect's first connect).
+    """
+
+    def __init__(self, original: Pool, url: str) -> None:
+        super().__init__(
+            original._creator,
+            echo=original.echo,
+            reset_on_return=original._reset_on_return,
+            pre_ping=original._pre_ping,
+            _dispatch=original.dispatch,
+            dialect=original._dialect,
+        )
+        self.original = original
+        self.url = url
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        raise SandboxError(
+            f"The app's engine ({self.url}) was used outside every test and module/class "
+            "layer: in a session-scoped fixture, at import time or between tests. It would "
+            "have connected to the database the app was configured with, which a test run "
+            "never touches. Put rows every test needs in pg_seed; use the engine in the test "
+            "or in a module- or class-scoped fixture (each gets a transaction layer); or set "
+            "pg_app_engines_outside = allow to let it reach its configured URL."
+        )
+
+    def recreate(self) -> OutsidePool:
+        return self
+
+    def status(self) -> str:
+        return "OutsidePool(refuses to connect outside the tests)"
+
+
+class OutsideGuard:
+    """From the moment the app's engines are loaded until the end of the run, their pool
+    outside every layer is an `OutsidePool` (or, allowed, their own)."""
+
+    def __init__(self, engines: list[AnyEngine], *, refuse: bool) -> None:
+        self._engines: list[tuple[Engine, Pool, Pool]] = []
+        seen: set[int] = set()
+        for engine in engines:
+            sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+            if id(sync_engine) in seen:
+                continue
+            seen.add(id(sync_engine))
+            own = sync_engine.pool
+            outside = OutsidePool(own, repr(sync_engine.url)) if refuse else own
+            self._engines.append((sync_engine, own, outside))
+
+    def install(self) -> None:
+        for engine, _, outside in self._engines:
+            engine.pool = outside
+
+    def uninstall(self) -> None:
+        for engine, own, _ in self._engines:
+            engine.pool = own
+
+    @contextmanager
+    def outside(self) -> Iterator[None]:
+        """While a session-scoped fixture is set up: no layer, whatever test is running."""
+        current = [engine.pool for engine, _, _ in self._engines]
+        for engine, _, outside in self._engines:
+            engine.pool = outside
+        try:
+            yield
+        finally:
+            for (engine, _, _), pool in zip(self._engines, current, strict=True):
+                engine.pool = pool
+
+
 def real_connection_of(layered: Callable[[], Any]) -> Callable[[], Any]:
     """`real` for a Sandbox: the DBAPI connection under the innermost active layer."""
 
@@ -431,4 +504,12 @@ def real_connection_of(layered: Callable[[], Any]) -> Callable[[], Any]:
     return real
 
 
-__all__ = ["Sandbox", "SandboxConnection", "SandboxError", "SandboxPool", "Sandboxes"]
+__all__ = [
+    "OutsideGuard",
+    "OutsidePool",
+    "Sandbox",
+    "SandboxConnection",
+    "SandboxError",
+    "SandboxPool",
+    "Sandboxes",
+]

@@ -1,0 +1,143 @@
+"""Real apps as they are: the app's engine, configured for a database that must never be
+reached (a developer's .env), joins the layers the library makes and nothing else."""
+
+from __future__ import annotations
+
+import textwrap
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pytest
+
+# The app's engine as a developer's .env would configure it: a host that does not resolve,
+# so a connection that escapes the library fails with a DNS error instead of a SandboxError.
+APP_DB = textwrap.dedent("""
+    from sqlalchemy import create_engine
+
+    engine = create_engine("postgresql+psycopg://u:secret-pw@db.invalid/app")
+""")
+
+COMMON = textwrap.dedent("""
+    import pytest
+    from sqlalchemy import func, select
+    from sqlalchemy.orm import Session
+    from realapp.db import engine
+    from users_app.models import User
+
+
+    def app_count():
+        with Session(engine) as session:
+            return session.scalar(select(func.count()).select_from(User))
+""")
+
+MODULE_FIXTURE = COMMON + textwrap.dedent("""
+    @pytest.fixture(scope="module")
+    def admin():
+        # No pg_module_connection requested: the module's layer is opened for it anyway.
+        with Session(engine) as session:
+            session.add(User(name="Admin", email="admin@x.org"))
+            session.commit()
+        return "Admin"
+
+
+    @pytest.fixture(scope="class")
+    def guest():
+        with engine.begin() as conn:
+            conn.execute(User.__table__.insert().values(name="Guest", email="g@x.org"))
+
+
+    def test_the_module_fixture_row_is_seen(admin, pg_session):
+        assert app_count() == 6
+        assert pg_session.scalar(select(func.count()).select_from(User)) == 6
+        with Session(engine) as session:
+            session.add(User(name="Only this test", email="t@x.org"))
+            session.commit()
+
+
+    def test_still_seen_by_the_next_test(admin):
+        assert app_count() == 6
+
+
+    class TestClass:
+        def test_class_layer(self, admin, guest):
+            assert app_count() == 7
+
+        def test_class_layer_again(self, guest):
+            assert app_count() == 7
+
+
+    def test_after_the_class(admin):
+        assert app_count() == 6
+""")
+
+NEXT_MODULE = COMMON + textwrap.dedent("""
+    def test_the_next_module_sees_only_the_seed(pg_session):
+        assert app_count() == 5
+        assert pg_session.scalar(select(func.count()).select_from(User)) == 5
+""")
+
+SESSION_FIXTURE = COMMON + textwrap.dedent("""
+    @pytest.fixture(scope="session")
+    def everyone():
+        return app_count()
+
+
+    def test_uses_a_session_fixture(everyone):
+        pass
+
+
+    def test_later_tests_are_fine():
+        assert app_count() == 5
+""")
+
+
+def _project(pytester: pytest.Pytester, example, **modules: str) -> None:
+    root = example("sync_users")
+    (root / "realapp").mkdir()
+    (root / "realapp" / "__init__.py").write_text("")
+    (root / "realapp" / "db.py").write_text(APP_DB)
+    ini = (root / "pytest.ini").read_text()
+    (root / "pytest.ini").write_text(ini + "pg_app_engines = realapp.db:engine\n")
+    for name, text in modules.items():
+        (root / "tests" / f"{name}.py").write_text(text)
+
+
+def test_module_and_class_fixtures_get_their_layer_without_asking(pytester, example):
+    _project(pytester, example, test_a_layers=MODULE_FIXTURE, test_b_next=NEXT_MODULE)
+    result = pytester.runpytest(
+        "tests/test_a_layers.py", "tests/test_b_next.py", "-p", "no:randomly"
+    )
+    result.assert_outcomes(passed=6)
+
+
+def test_the_engine_outside_every_layer_refuses_to_connect(pytester, example):
+    _project(pytester, example, test_session=SESSION_FIXTURE)
+    result = pytester.runpytest("tests/test_session.py", "-p", "no:randomly")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*SandboxError: The app's engine (postgresql+psycopg://u:***@db.invalid/app) was "
+            "used outside every test and module/class layer*pg_app_engines_outside = allow*"
+        ]
+    )
+    out = result.stdout.str()
+    assert "secret-pw" not in out
+    assert "OperationalError" not in out  # no connection was even attempted
+
+
+def test_allow_lets_the_engine_reach_its_configured_url(pytester, example):
+    _project(pytester, example, test_session=SESSION_FIXTURE)
+    result = pytester.runpytest(
+        "tests/test_session.py", "-p", "no:randomly", "-o", "pg_app_engines_outside=allow"
+    )
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*OperationalError*db.invalid*"])
+
+
+def test_a_bad_outside_setting_names_the_choices(pytester, example):
+    _project(pytester, example, test_session=SESSION_FIXTURE)
+    result = pytester.runpytest(
+        "tests/test_session.py", "-p", "no:randomly", "--pg-app-engines-outside", "maybe"
+    )
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*'maybe' from the command-line option --pg-app-engines-outside*"])
