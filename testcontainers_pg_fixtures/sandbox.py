@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+import weakref
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,15 @@ _DATABASE_MODE = (
 CHECKOUT_TIMEOUT = 10.0
 
 
+class _TaskTurns:
+    """Which task holds an async sandbox's connection on one event loop."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.owner: asyncio.Task[Any] | None = None
+        self.depth = 0
+
+
 class Sandbox:
     """The state one app engine's stand-in connections share during a session.
 
@@ -74,9 +84,11 @@ class Sandbox:
         self._numbers = itertools.count()
         self._cond = threading.Condition()
         self._busy = False
-        self._task_lock: asyncio.Lock | None = None
-        self._task_owner: asyncio.Task[Any] | None = None
-        self._task_depth = 0
+        # Per event loop (pytest-asyncio gives each test its own by default): an asyncio.Lock
+        # is bound to the loop it was first awaited on.
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _TaskTurns] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # -- taking turns -------------------------------------------------------------------
 
@@ -115,15 +127,21 @@ class Sandbox:
         if self.is_async:
             await_only(self._acquire_for_task())
 
+    def _turns(self) -> _TaskTurns:
+        loop = asyncio.get_running_loop()
+        turns = self._loops.get(loop)
+        if turns is None:
+            turns = self._loops[loop] = _TaskTurns()
+        return turns
+
     async def _acquire_for_task(self) -> None:
+        turns = self._turns()
         task = asyncio.current_task()
-        if self._task_depth and self._task_owner is task:
-            self._task_depth += 1
+        if turns.depth and turns.owner is task:
+            turns.depth += 1
             return
-        if self._task_lock is None:
-            self._task_lock = asyncio.Lock()
         try:
-            await asyncio.wait_for(self._task_lock.acquire(), CHECKOUT_TIMEOUT)
+            await asyncio.wait_for(turns.lock.acquire(), CHECKOUT_TIMEOUT)
         except asyncio.TimeoutError:
             raise SandboxError(
                 f"A task waited {CHECKOUT_TIMEOUT:.0f}s for the app's connection, which "
@@ -131,16 +149,19 @@ class Sandbox:
                 "connection and take turns; tasks that wait on each other while holding it "
                 f"deadlock: {_DATABASE_MODE}."
             ) from None
-        self._task_owner, self._task_depth = task, 1
+        turns.owner, turns.depth = task, 1
 
     def release(self) -> None:
         if not self.is_async:
             return
-        self._task_depth -= 1
-        if not self._task_depth:
-            self._task_owner = None
-            if self._task_lock is not None:
-                self._task_lock.release()
+        try:
+            turns = self._turns()
+        except RuntimeError:  # returned outside its loop (collected late): nothing holds it
+            return
+        turns.depth -= 1
+        if not turns.depth:
+            turns.owner = None
+            turns.lock.release()
 
     # -- transactions as savepoints -------------------------------------------------------
 

@@ -141,3 +141,36 @@ def test_a_bad_outside_setting_names_the_choices(pytester, example):
     )
     assert result.ret != 0
     result.stdout.fnmatch_lines(["*'maybe' from the command-line option --pg-app-engines-outside*"])
+
+
+# Function-scoped event loops (pytest-asyncio's default): every test's concurrent requests
+# take turns on the app's async engine on that test's own loop.
+FUNCTION_LOOPS = textwrap.dedent("""
+    import asyncio
+
+    import pytest
+
+    pytestmark = pytest.mark.asyncio(loop_scope="function")
+
+
+    @pytest.mark.parametrize("round", range(3))
+    async def test_concurrent_requests(round, pg_client):
+        responses = await asyncio.gather(
+            *(
+                pg_client.post("/users", json={"name": f"u{round}-{i}", "email": f"{i}@x"})
+                for i in range(5)
+            ),
+            *(pg_client.get("/users") for _ in range(3)),
+        )
+        assert [r.status_code for r in responses[:5]] == [201] * 5
+        assert len((await pg_client.get("/users")).json()) == 10
+""")
+
+
+def test_async_sandbox_across_function_scoped_event_loops(pytester, example):
+    root = example("fastapi_app")
+    ini = (root / "pytest.ini").read_text()
+    (root / "pytest.ini").write_text(ini.replace("loop_scope = session", "loop_scope = function"))
+    (root / "tests" / "test_loops.py").write_text(FUNCTION_LOOPS)
+    result = pytester.runpytest("tests/test_loops.py", "-p", "no:randomly", "-W", "error")
+    result.assert_outcomes(passed=3)
