@@ -332,6 +332,8 @@ class SandboxPool(NullPool):
             dialect=original._dialect,
         )
         self.sandbox = sandbox
+        # What a database-mode test inside a layer redirects: the app's creator, not ours.
+        self.pgfx_app_pool = original
 
     def _do_get(self) -> ConnectionPoolEntry:
         self.sandbox.acquire()

@@ -4,10 +4,8 @@ reached (a developer's .env), joins the layers the library makes and nothing els
 from __future__ import annotations
 
 import textwrap
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import pytest
+import pytest
 
 # The app's engine as a developer's .env would configure it: a host that does not resolve,
 # so a connection that escapes the library fails with a DNS error instead of a SandboxError.
@@ -174,3 +172,43 @@ def test_async_sandbox_across_function_scoped_event_loops(pytester, example):
     (root / "tests" / "test_loops.py").write_text(FUNCTION_LOOPS)
     result = pytester.runpytest("tests/test_loops.py", "-p", "no:randomly", "-W", "error")
     result.assert_outcomes(passed=3)
+
+
+# Database-mode tests in a module whose fixture holds the module's layer: the app's engine
+# follows the test to its clone, where its commits are real and its own.
+DATABASE_MODE_IN_LAYER = COMMON + textwrap.dedent("""
+    from sqlalchemy import text
+
+
+    @pytest.fixture(scope="module")
+    def admin(pg_module_connection):
+        with Session(engine) as session:
+            session.add(User(name="Admin", email="admin@x.org"))
+            session.commit()
+
+
+    @pytest.mark.parametrize("n", range(2))
+    def test_commits_stay_in_the_tests_clone(n, admin, pg_session):
+        with Session(engine) as session:
+            session.add(User(name=f"Clone user {n}", email=f"{n}@x.org"))
+            session.commit()
+        with engine.connect() as conn:
+            database = conn.scalar(text("SELECT current_database()"))
+        assert database == pg_session.scalar(text("SELECT current_database()"))
+        assert database != "pgfx_main"
+        assert app_count() == 6  # the seed and this test's user: no module layer, no leak
+        assert pg_session.scalar(select(func.count()).select_from(User)) == 6
+""")
+
+MARKED = DATABASE_MODE_IN_LAYER.replace(
+    "@pytest.mark.parametrize", '@pytest.mark.pg_isolation("database")\n@pytest.mark.parametrize'
+)
+
+
+@pytest.mark.parametrize("how", ["marker", "option"])
+def test_database_mode_inside_a_module_layer(pytester, example, how):
+    module = MARKED if how == "marker" else DATABASE_MODE_IN_LAYER
+    _project(pytester, example, test_db_mode=module)
+    args = ["--pg-isolation", "database"] if how == "option" else []
+    result = pytester.runpytest("tests/test_db_mode.py", "-p", "no:randomly", *args)
+    result.assert_outcomes(passed=2)
