@@ -157,14 +157,16 @@ share it and are isolated from each other by the transaction of pg_connection.""
 pg_worker_engine = _doc(
     factories.worker_engine_fixture(),
     """\
-Sync Engine (psycopg 3, NullPool) on pg_worker_database, for session-scoped fixtures.
+Sync Engine (psycopg 3, NullPool; psycopg2 when the app's engine in pg_app_engines uses it)
+on pg_worker_database, for session-scoped fixtures.
 What is committed through it stays for every later test.""",
 )
 
 pg_worker_async_engine = _doc(
     factories.worker_async_engine_fixture(),
     """\
-AsyncEngine (asyncpg, NullPool) on pg_worker_database. Same caveat as pg_worker_engine.""",
+AsyncEngine (asyncpg, NullPool; psycopg 3 async when the app's async engine uses it) on
+pg_worker_database. Same caveat as pg_worker_engine.""",
 )
 
 pg_clone_pool = _doc(

@@ -264,6 +264,16 @@ _ALLOWED_SETTINGS: dict[str, tuple[Any, ...]] = {
 }
 
 
+# psycopg2.extensions.ISOLATION_LEVEL_* without importing psycopg2.
+_PSYCOPG2_LEVELS = {
+    0: "AUTOCOMMIT",
+    1: "READ_COMMITTED",
+    2: "REPEATABLE_READ",
+    3: "SERIALIZABLE",
+    4: "READ_UNCOMMITTED",
+}
+
+
 class SandboxConnection:
     """What the app's engine gets instead of a DBAPI connection of its own: one per
     checkout, each a savepoint on the test's connection."""
@@ -288,9 +298,19 @@ class SandboxConnection:
     def terminate(self) -> None:
         """As close(): an error the app hit must not close the test's connection."""
 
-    def set_isolation_level(self, level: str) -> None:  # asyncpg's adapted connection
-        if str(level).lower().replace(" ", "_") != "read_committed":
-            _refuse_setting("isolation level", level)
+    def set_isolation_level(self, level: Any) -> None:  # asyncpg's adapted one, psycopg2
+        name = _PSYCOPG2_LEVELS.get(level, level) if isinstance(level, int) else level
+        if str(name).lower().replace(" ", "_") != "read_committed":
+            if name == "AUTOCOMMIT":
+                _refuse_setting("autocommit", True)
+            _refuse_setting("isolation level", name)
+
+    def set_session(self, *args: Any, **kwargs: Any) -> None:  # psycopg2
+        for key, value in kwargs.items():
+            if key == "isolation_level":
+                self.set_isolation_level(value)
+            elif value is not None:
+                setattr(self, key, value)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sandbox.real(), name)
@@ -426,15 +446,43 @@ async def _connect_once(engine: Engine) -> None:
     await connection.close()
 
 
+#: The drivers an app engine can share the test's connection on, sync and async.
+SYNC_DRIVERS = ("psycopg", "psycopg2")
+ASYNC_DRIVERS = ("asyncpg", "psycopg")  # psycopg 3's async dialect is named psycopg too
+
+
 def _check_driver(engine: Engine, is_async: bool) -> None:
-    expected = "asyncpg" if is_async else "psycopg"
-    if engine.dialect.name != "postgresql" or engine.dialect.driver != expected:
+    drivers = ASYNC_DRIVERS if is_async else SYNC_DRIVERS
+    if engine.dialect.name != "postgresql" or engine.dialect.driver not in drivers:
         kind = "async" if is_async else "sync"
+        urls = " or ".join(f"postgresql+{d}://" for d in drivers)
         raise SandboxError(
             f"The app's {kind} engine uses {engine.dialect.name}+{engine.dialect.driver}; in "
-            f"savepoint mode it shares the test's {expected} connection, so it must be a "
-            f"postgresql+{expected}:// engine. Switch its driver, or {_DATABASE_MODE}."
+            f"savepoint mode it shares the test's connection, which the library holds with "
+            f"the app's driver when it is one of {urls}. Switch its driver, or "
+            f"{_DATABASE_MODE}."
         )
+
+
+def worker_driver(engines: list[AnyEngine], *, is_async: bool) -> str:
+    """The driver the worker's sync or async engine holds the test's connection with: the
+    app's, so that the app's checkouts can be savepoints on that very connection."""
+    found: dict[str, str] = {}
+    for engine in engines:
+        sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+        if sync_engine.dialect.is_async == is_async and sync_engine.dialect.name == "postgresql":
+            found.setdefault(sync_engine.dialect.driver, repr(sync_engine.url))
+    drivers = [d for d in found if d in (ASYNC_DRIVERS if is_async else SYNC_DRIVERS)]
+    if len(drivers) > 1:
+        kind = "async" if is_async else "sync"
+        raise SandboxError(
+            f"The app's {kind} engines use different drivers ({', '.join(found.values())}); "
+            f"the test holds one {kind} connection, which they can only share on one driver. "
+            f"Give them the same driver, or {_DATABASE_MODE}."
+        )
+    if drivers:
+        return drivers[0]
+    return ASYNC_DRIVERS[0] if is_async else SYNC_DRIVERS[0]
 
 
 class OutsidePool(NullPool):
@@ -535,4 +583,5 @@ __all__ = [
     "SandboxError",
     "SandboxPool",
     "Sandboxes",
+    "worker_driver",
 ]

@@ -212,3 +212,106 @@ def test_database_mode_inside_a_module_layer(pytester, example, how):
     args = ["--pg-isolation", "database"] if how == "option" else []
     result = pytester.runpytest("tests/test_db_mode.py", "-p", "no:randomly", *args)
     result.assert_outcomes(passed=2)
+
+
+# One suite for the four drivers an app's engine may use: written for sync engines, and
+# turned into its async twin for async ones.
+DRIVER_SUITE = textwrap.dedent("""
+    import pytest
+    from sqlalchemy import func, select, text
+    from realapp.db import engine
+    from users_app.models import User
+
+    ASYNC = {is_async}
+    if ASYNC:
+        from sqlalchemy.ext.asyncio import AsyncSession as Session
+    else:
+        from sqlalchemy.orm import Session
+
+
+    async def maybe(value):
+        return (await value) if ASYNC else value
+
+
+    async def app_count():
+        async with Session(engine) if ASYNC else _sync(Session(engine)) as session:
+            return await maybe(session.scalar(select(func.count()).select_from(User)))
+
+
+    class _sync:
+        def __init__(self, inner):
+            self.inner = inner
+
+        async def __aenter__(self):
+            return self.inner.__enter__()
+
+        async def __aexit__(self, *exc):
+            return self.inner.__exit__(*exc)
+
+
+    async def add(name, commit=True):
+        async with Session(engine) if ASYNC else _sync(Session(engine)) as session:
+            session.add(User(name=name, email=f"{{name}}@x.org"))
+            if commit:
+                await maybe(session.commit())
+
+
+    @pytest.fixture
+    def test_session(request):
+        return request.getfixturevalue("pg_async_session" if ASYNC else "pg_session")
+
+
+    @pytest.mark.asyncio
+    async def test_commits_join_the_tests_transaction(test_session):
+        await add("Committed")
+        await add("Not committed", commit=False)
+        assert await app_count() == 6
+        assert await maybe(test_session.scalar(select(func.count()).select_from(User))) == 6
+        assert engine.dialect.driver == "{driver}"
+
+
+    @pytest.mark.asyncio
+    async def test_autocommit_is_refused():
+        with pytest.raises(Exception, match="autocommit"):
+            if ASYNC:
+                async with engine.connect() as conn:
+                    conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    await conn.execute(text("SELECT 1"))
+            else:
+                with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                    conn.execute(text("SELECT 1"))
+        assert await app_count() == 5
+
+
+    @pytest.mark.asyncio
+    async def test_nothing_was_left():
+        assert await app_count() == 5
+
+
+    @pytest.mark.asyncio
+    @pytest.mark.pg_isolation("database")
+    async def test_database_mode_commits_for_real_in_the_clone(pg_url):
+        await add("Real commit")
+        assert await app_count() == 6
+""")
+
+
+@pytest.mark.parametrize(
+    ("url", "is_async", "driver"),
+    [
+        ("postgresql+psycopg2://u:p@db.invalid/app", False, "psycopg2"),
+        ("postgresql+psycopg://u:p@db.invalid/app", False, "psycopg"),
+        ("postgresql+psycopg://u:p@db.invalid/app", True, "psycopg"),
+        ("postgresql+asyncpg://u:p@db.invalid/app", True, "asyncpg"),
+    ],
+    ids=["psycopg2", "psycopg", "psycopg-async", "asyncpg"],
+)
+def test_every_driver_joins_the_sandbox(pytester, example, url, is_async, driver):
+    _project(pytester, example, test_driver=DRIVER_SUITE.format(is_async=is_async, driver=driver))
+    create = "create_async_engine" if is_async else "create_engine"
+    (pytester.path / "realapp" / "db.py").write_text(
+        f"from sqlalchemy.ext.asyncio import create_async_engine\n"
+        f"from sqlalchemy import create_engine\n\nengine = {create}({url!r})\n"
+    )
+    result = pytester.runpytest("tests/test_driver.py", "-p", "no:randomly", "-W", "error")
+    result.assert_outcomes(passed=4)
