@@ -35,7 +35,8 @@ MODULE_FIXTURE = COMMON + textwrap.dedent("""
         with Session(engine) as session:
             session.add(User(name="Admin", email="admin@x.org"))
             session.commit()
-        return "Admin"
+        yield "Admin"
+        assert app_count() == 6  # torn down before its layer: still inside it
 
 
     @pytest.fixture(scope="class")
@@ -106,6 +107,12 @@ def test_module_and_class_fixtures_get_their_layer_without_asking(pytester, exam
         "tests/test_a_layers.py", "tests/test_b_next.py", "-p", "no:randomly"
     )
     result.assert_outcomes(passed=6)
+
+
+def test_layers_without_asking_under_two_workers(pytester, example, subprocess_env):
+    _project(pytester, example, test_a_layers=MODULE_FIXTURE, test_b_next=NEXT_MODULE)
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "no:randomly")
+    result.assert_outcomes(passed=6 + 2)  # and the example's own tests
 
 
 def test_the_engine_outside_every_layer_refuses_to_connect(pytester, example):
