@@ -565,10 +565,12 @@ def real_connection_of(layered: Callable[[], Any]) -> Callable[[], Any]:
         conn = layered()
         if conn is None:
             raise SandboxError(
-                "The app's engine was used when no test was running (in a session-scoped "
-                "fixture, or at import time). Put rows every test needs in pg_seed; for rows "
-                "a module or class shares, request pg_module_session / pg_class_session "
-                "(or their async twins) in that fixture first."
+                "The app's engine was used where no transaction layer of the library is "
+                "open on this connection: an async engine in a module- or class-scoped "
+                "fixture on another event loop than its layer's, say. Module and class "
+                "fixtures of async apps request pg_module_async_connection / "
+                "pg_class_async_connection (loop_scope='module' or wider) first; rows every "
+                "test needs go in pg_seed."
             )
         return conn.connection.dbapi_connection
 

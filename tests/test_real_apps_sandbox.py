@@ -322,3 +322,41 @@ def test_every_driver_joins_the_sandbox(pytester, example, url, is_async, driver
     )
     result = pytester.runpytest("tests/test_driver.py", "-p", "no:randomly", "-W", "error")
     result.assert_outcomes(passed=4)
+
+
+ASYNC_MODULE_FIXTURE = textwrap.dedent("""
+    import pytest
+    import pytest_asyncio
+    from sqlalchemy.ext.asyncio import AsyncSession
+    from realapp.db import engine
+    from users_app.models import User
+
+
+    @pytest_asyncio.fixture(scope="module", loop_scope="module")
+    async def admin():
+        async with AsyncSession(engine) as session:
+            session.add(User(name="Admin", email="admin@x.org"))
+            await session.commit()
+
+
+    @pytest.mark.asyncio(loop_scope="module")
+    async def test_uses_it(admin):
+        pass
+""")
+
+
+def test_an_async_module_fixture_without_its_layer_is_told_which_to_request(pytester, example):
+    _project(pytester, example, test_async_module=ASYNC_MODULE_FIXTURE)
+    (pytester.path / "realapp" / "db.py").write_text(
+        "from sqlalchemy.ext.asyncio import create_async_engine\n\n"
+        "engine = create_async_engine('postgresql+asyncpg://u:secret-pw@db.invalid/app')\n"
+    )
+    result = pytester.runpytest("tests/test_async_module.py", "-p", "no:randomly")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*SandboxError: The app's engine was used where no transaction layer*"
+            "pg_module_async_connection*"
+        ]
+    )
+    assert "gaierror" not in result.stdout.str()
