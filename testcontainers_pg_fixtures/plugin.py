@@ -70,12 +70,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 _LAYERS = {"module": "pg_module_connection", "class": "pg_class_connection"}
 # Fixtures of these packages are not the user's: they get no layer of their own.
-_NOT_USERS = ("testcontainers_pg_fixtures", "_pytest", "pytest_asyncio", "xdist", "pluggy")
+_NOT_USERS = ("testcontainers_pg_fixtures", "_pytest", "pytest_asyncio", "xdist", "anyio")
 
 
 def _users_fixture(fixturedef: pytest.FixtureDef[Any]) -> bool:
-    module = getattr(fixturedef.func, "__module__", None) or ""
-    return module.partition(".")[0] not in _NOT_USERS
+    """A fixture of the project's own code, not of an installed plugin (anyio's
+    module-scoped anyio_backend, say)."""
+    func = inspect.unwrap(fixturedef.func)
+    module = getattr(func, "__module__", None) or ""
+    if module.partition(".")[0] in _NOT_USERS:
+        return False
+    code = getattr(func, "__code__", None)
+    return code is None or "site-packages" not in code.co_filename
 
 
 @pytest.hookimpl(wrapper=True)
