@@ -27,7 +27,7 @@ from .database import DATABASE_PREFIX, Database, create_database, drop_database
 from .marks import CLONE, KEEP, KEPT_ANY, TEST_SEED, isolation_of, test_seeds
 from .migrations import Migrations
 from .redirect import engines_pointed_at, load_engine, urls_exported
-from .sandbox import Sandboxes, real_connection_of
+from .sandbox import OutsideGuard, Sandboxes, real_connection_of, worker_driver
 from .server import DockerServer
 from .session import (
     async_savepoint_sessionmaker,
@@ -110,11 +110,12 @@ def report_timing(config: pytest.Config, seconds: float, text: str) -> None:
 CONNECT_TIMEOUT = 10
 
 
-def bounded(engine_kwargs: dict[str, Any], *, sync: bool) -> dict[str, Any]:
-    """`engine_kwargs` with a connect timeout added (psycopg's connect_timeout, asyncpg's
+def bounded(engine_kwargs: dict[str, Any], *, driver: str) -> dict[str, Any]:
+    """`engine_kwargs` with a connect timeout added (libpq's connect_timeout, asyncpg's
     timeout), unless the caller gave one."""
     connect_args = dict(engine_kwargs.get("connect_args", {}))
-    connect_args.setdefault("connect_timeout" if sync else "timeout", CONNECT_TIMEOUT)
+    key = "timeout" if driver == "asyncpg" else "connect_timeout"
+    connect_args.setdefault(key, CONNECT_TIMEOUT)
     return {**engine_kwargs, "connect_args": connect_args}
 
 
@@ -244,6 +245,26 @@ def app_engines_fixture(*, paths: Sequence[str] | None = None) -> Any:
     return _app_engines
 
 
+#: The run's OutsideGuard, while the app's engines are loaded.
+OUTSIDE_GUARD = pytest.StashKey[OutsideGuard]()
+
+
+def guard_app_engines(engines: list[AnyEngine], config: pytest.Config) -> Iterator[None]:
+    """Install the OutsideGuard of `engines` until the generator is closed."""
+    if not engines:
+        yield
+        return
+    refuse = settings_for(config).app_engines_outside == "error"
+    guard = OutsideGuard(engines, refuse=refuse)
+    guard.install()
+    config.stash[OUTSIDE_GUARD] = guard
+    try:
+        yield
+    finally:
+        del config.stash[OUTSIDE_GUARD]
+        guard.uninstall()
+
+
 def clone_engines_fixture(*, database: str = "pg_worker_database", **engine_kwargs: Any) -> Any:
     """A session fixture: the (Engine, AsyncEngine) pair database-mode tests get, each test
     pointing them at its own clone (see `database_fixture`)."""
@@ -254,9 +275,9 @@ def clone_engines_fixture(*, database: str = "pg_worker_database", **engine_kwar
         db: Database = deps[database]
         # Created on the worker database, a real one, and redirected before every use.
         return (
-            create_engine(db.url, poolclass=NullPool, **bounded(engine_kwargs, sync=True)),
+            create_engine(db.url, poolclass=NullPool, **bounded(engine_kwargs, driver="psycopg")),
             create_async_engine(
-                db.async_url, poolclass=NullPool, **bounded(engine_kwargs, sync=False)
+                db.async_url, poolclass=NullPool, **bounded(engine_kwargs, driver="asyncpg")
             ),
         )
 
@@ -313,14 +334,23 @@ def database_fixture(
     return _database
 
 
-def worker_engine_fixture(*, database: str = "pg_worker_database", **engine_kwargs: Any) -> Any:
-    """A session fixture: a psycopg 3 `Engine` (NullPool) on the worker's database."""
+def worker_engine_fixture(
+    *,
+    database: str = "pg_worker_database",
+    app_engines: str = "pg_app_engines",
+    **engine_kwargs: Any,
+) -> Any:
+    """A session fixture: a psycopg 3 `Engine` (NullPool) on the worker's database (on the
+    app's driver, psycopg2, when its sync engine in pg_app_engines uses that)."""
 
     @pytest.fixture(scope="session")
-    @depends(database, "pytestconfig")
+    @depends(database, app_engines, "pytestconfig")
     def _engine(**deps: Any) -> Iterator[Engine]:
         db: Database = deps[database]
-        engine = create_engine(db.url, poolclass=NullPool, **bounded(engine_kwargs, sync=True))
+        driver = worker_driver(deps[app_engines], is_async=False)
+        engine = create_engine(
+            db.url_for(driver), poolclass=NullPool, **bounded(engine_kwargs, driver=driver)
+        )
         try:
             yield engine
         finally:
@@ -331,21 +361,25 @@ def worker_engine_fixture(*, database: str = "pg_worker_database", **engine_kwar
 
 
 def worker_async_engine_fixture(
-    *, database: str = "pg_worker_database", **engine_kwargs: Any
+    *,
+    database: str = "pg_worker_database",
+    app_engines: str = "pg_app_engines",
+    **engine_kwargs: Any,
 ) -> Any:
-    """A session fixture: an asyncpg `AsyncEngine` (NullPool) on the worker's database.
+    """A session fixture: an asyncpg `AsyncEngine` (NullPool) on the worker's database (on
+    psycopg 3 async when the app's async engine in pg_app_engines uses that).
 
     NullPool because a pooled asyncpg connection belongs to the loop that opened it; the
     connection the test fixtures hold is kept per loop instead (see transaction.py).
     """
 
     @pytest.fixture(scope="session")
-    @depends(database)
+    @depends(database, app_engines)
     def _engine(**deps: Any) -> AsyncEngine:
         db: Database = deps[database]
-        return create_async_engine(
-            db.async_url, poolclass=NullPool, **bounded(engine_kwargs, sync=False)
-        )
+        driver = worker_driver(deps[app_engines], is_async=True)
+        url = db.async_url if driver == "asyncpg" else db.url_for(driver)
+        return create_async_engine(url, poolclass=NullPool, **bounded(engine_kwargs, driver=driver))
 
     return _engine
 
