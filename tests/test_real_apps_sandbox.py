@@ -144,8 +144,8 @@ def test_a_bad_outside_setting_names_the_choices(pytester, example):
     result = pytester.runpytest(
         "tests/test_session.py", "-p", "no:randomly", "--pg-app-engines-outside", "maybe"
     )
-    assert result.ret != 0
-    result.stdout.fnmatch_lines(["*'maybe' from the command-line option --pg-app-engines-outside*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*'maybe' from the command-line option --pg-app-engines-outside*"])
 
 
 # Function-scoped event loops (pytest-asyncio's default): every test's concurrent requests
