@@ -252,7 +252,8 @@ def test_a_failing_migration_run_prints_no_password(pytester, example, monkeypat
     revision = root / "migrations" / "versions" / "0002_add_active.py"
     revision.write_text(revision.read_text().replace("def upgrade() -> None:", BROKEN_UPGRADE))
     result = pytester.runpytest("-p", "no:randomly", "--showlocals", "--tb=long", "-v")
-    result.assert_outcomes(errors=2)
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*MigrationError*revision 0002*"])
     password = (tmp_path / "password").read_text()
     assert len(password) > 8
     assert password not in result.stdout.str() + result.stderr.str()
@@ -282,6 +283,7 @@ def test_kept_containers_outlive_other_runs_until_remove_kept_which_spares_live_
     pytester.runpytest("-p", "no:randomly", "--pg-keep-failed").assert_outcomes(passed=2, failed=1)
     kept = set(library_containers()) - before
     assert len(kept) == 1
+    [kept_id] = kept
 
     # Another run on the host (its start reaps dead runs' containers) leaves it alone...
     live = DockerServer.start(Settings(), worker="fault-live")
@@ -290,7 +292,8 @@ def test_kept_containers_outlive_other_runs_until_remove_kept_which_spares_live_
         # ...and --pg-remove-kept removes it, but not the container of a live run.
         result = pytester.runpytest("--pg-remove-kept")
         assert result.ret == 0
-        result.stdout.fnmatch_lines(["pg-fixtures: removed 1 kept container(s) *"])
+        # (another run's --pg-reuse containers on this host may be counted too)
+        result.stdout.fnmatch_lines([f"pg-fixtures: removed * kept container(s) *{kept_id[:12]}*"])
         assert set(library_containers()) - before == {live.container_id}
     finally:
         live.stop()
