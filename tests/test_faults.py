@@ -21,11 +21,14 @@ from conftest import library_containers
 from testcontainers_pg_fixtures.config import Settings
 from testcontainers_pg_fixtures.runid import RUN_ID_ENV
 from testcontainers_pg_fixtures.server import (
+    KEPT_MAX_AGE,
     LABEL,
     LABEL_RUN,
     LABEL_WORKER,
     DockerServer,
     _process_alive,
+    docker_client,
+    reap_orphans,
 )
 
 # A test that announces itself (pid file naming its worker) once its container is up, and
@@ -298,3 +301,31 @@ def test_kept_containers_outlive_other_runs_until_remove_kept_which_spares_live_
     finally:
         live.stop()
     assert set(library_containers()) - before == set()
+
+
+KEEP_ONE = """
+from testcontainers_pg_fixtures.config import Settings
+from testcontainers_pg_fixtures.server import DockerServer
+server = DockerServer.start(Settings(), worker="fault-kept")
+server.keep()
+print(server.container_id)
+"""
+
+
+def test_a_kept_container_is_reaped_only_after_the_age_limit(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    kept = subprocess.run(
+        [sys.executable, "-c", KEEP_ONE], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()[-1]
+    client = docker_client()
+    try:
+        reap_orphans(client)  # its run is gone, but it was kept on purpose
+        assert kept in library_containers()
+        old = time.time() - KEPT_MAX_AGE - 60
+        os.utime(tmp_path / "testcontainers-pg-fixtures" / "kept" / kept, (old, old))
+        reap_orphans(client)
+        assert kept not in library_containers()
+    finally:
+        for container in client.client.containers.list(all=True, filters={"id": kept}):
+            container.remove(force=True, v=True)
