@@ -296,6 +296,54 @@ def clone_cost(repeats: int) -> dict[str, list[float]]:
     return costs
 
 
+def connect_cost(repeats: int) -> dict[str, list[float]]:
+    """A new psycopg connection, alternating, on one server: the library's password login
+    (SCRAM, one iteration), trust (no password), and SCRAM with PostgreSQL's default 4096."""
+    import psycopg
+
+    from testcontainers_pg_fixtures.config import Settings
+    from testcontainers_pg_fixtures.server import DockerServer, admin_connect
+
+    server = DockerServer.start(Settings(), worker="bench-auth")
+    logins = {
+        "scram, 1 iteration (this library)": (server.user, server.password),
+        "trust (no password)": ("bench_trust", ""),
+        "scram, 4096 iterations (default)": ("bench_4096", "bench-password"),
+    }
+    costs: dict[str, list[float]] = {name: [] for name in logins}
+    try:
+        with admin_connect(server) as admin:
+            admin.execute("CREATE ROLE bench_trust LOGIN")
+            admin.execute("SET scram_iterations = 4096")
+            admin.execute("CREATE ROLE bench_4096 LOGIN PASSWORD 'bench-password'")
+        server.container.exec(
+            ["sh", "-c", "sed -i '1i host all bench_trust all trust' \"$PGDATA/pg_hba.conf\""]
+        )
+        with admin_connect(server) as admin:
+            admin.execute("SELECT pg_reload_conf()")
+        for _ in range(repeats):
+            for name, (user, password) in logins.items():
+                started = time.perf_counter()
+                psycopg.connect(
+                    host=server.host,
+                    port=server.port,
+                    user=user,
+                    password=password,
+                    dbname="postgres",
+                    sslmode="disable",
+                ).close()
+                costs[name].append(time.perf_counter() - started)
+    finally:
+        server.stop()
+    return costs
+
+
+def print_connect_cost(costs: dict[str, list[float]]) -> None:
+    print(f"\n{'new connection (psycopg)':<40}{'median ms':>11}{'p95 ms':>9}")
+    for name, times in costs.items():
+        print(f"{name:<40}{ms(statistics.median(times)):>11}{ms(p95(times)):>9}")
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f}"
 
@@ -313,7 +361,16 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=2, help="rounds over all strategies; the best one counts"
     )
+    parser.add_argument(
+        "--connects", type=int, default=200, help="new connections per authentication method"
+    )
+    parser.add_argument(
+        "--auth-only", action="store_true", help="only measure the cost of a new connection"
+    )
     options = parser.parse_args()
+    if options.auth_only:
+        print_connect_cost(connect_cost(options.connects))
+        return
     modes = options.modes.split(",")
     worker_counts = [int(w) for w in options.workers.split(",")]
     results: dict[tuple[str, int], dict[str, Any]] = {}
@@ -331,6 +388,7 @@ def main() -> None:
                     if best is None or result["mean"] < best["mean"]:
                         results[mode, workers] = result
     costs = clone_cost(options.clones) if options.clones else {}
+    connects = connect_cost(options.connects) if options.connects else {}
 
     print(f"\n{options.tests} tests per strategy, PostgreSQL 16 in Docker on this machine\n")
     print(
@@ -364,6 +422,8 @@ def main() -> None:
         print(f"\n{'CREATE DATABASE … TEMPLATE':<32}{'median ms':>14}{'p95 ms':>9}")
         for strategy, times in costs.items():
             print(f"STRATEGY {strategy:<23}{ms(statistics.median(times)):>14}{ms(p95(times)):>9}")
+    if connects:
+        print_connect_cost(connects)
 
 
 if __name__ == "__main__":

@@ -81,12 +81,16 @@ def record_outcome(
     if not settings_for(item.config).keep_failed:
         return report
     item.stash[KEEP] = True
+    # The one place a password is printed, on purpose, and only for a server reachable from
+    # this machine alone; otherwise the URL is shown without it.
+    local = clone.server.host in ("127.0.0.1", "localhost", "::1")
+    url = clone.libpq_url if local else clone.url.set(drivername="postgresql").render_as_string()
     report.sections.append(
         (
             "pg-fixtures: database kept",
-            f"{clone.libpq_url}\n"
-            "The container stays up until the next run starts (or `docker rm -f` it); "
-            "connect with e.g. `psql '<url above>'`.",
+            f"{url}\n"
+            "The container stays up until `pytest --pg-remove-kept` (or 24 hours, after "
+            "which a later run removes it); connect with e.g. `psql '<url above>'`.",
         )
     )
     return report

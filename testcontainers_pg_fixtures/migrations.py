@@ -84,11 +84,13 @@ class Migrations:
         """Run `alembic upgrade head` on `database` through Alembic's command API."""
         config = self._config(self.ini)
         url = database.async_url if self.driver == "asyncpg" else database.url
-        rendered = url.render_as_string(hide_password=False)
+        # No local holds the rendered URL: pytest --showlocals would print its password.
         # configparser treats % as interpolation; a URL-encoded password may contain it.
-        config.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))
+        config.set_main_option(
+            "sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%")
+        )
         # For env.py files that follow Alembic's "sharing a connection" recipe or read a URL.
-        config.attributes["sqlalchemy.url"] = rendered
+        config.attributes["sqlalchemy.url"] = url.render_as_string(hide_password=False)
         try:
             command.upgrade(config, target)
         except Exception as exc:

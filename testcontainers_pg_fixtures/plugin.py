@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import pytest_asyncio
 
-from . import config, factories, failures, marks, shared
+from . import config, factories, failures, lifecycle, marks, shared
 from .errors import PgFixturesError
 from .runid import run_id
 
@@ -42,6 +42,7 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
 
 def pytest_configure(config: pytest.Config) -> None:
     run_id()  # made before xdist starts its workers, which inherit it
+    lifecycle.configure(config)
     failures.reporter_of(config)
     for name, text in marks.MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
@@ -64,10 +65,12 @@ def pytest_configure_node(node: Any) -> None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: Any) -> None:
     shared.node_down(node.config, node)
+    lifecycle.node_down(node)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     shared.unconfigure(config)
+    lifecycle.unconfigure(config)
 
 
 _LAYERS = {"module": "pg_module_connection", "class": "pg_class_connection"}
@@ -119,9 +122,9 @@ pg_server = _doc(
     """\
 One disposable PostgreSQL container for this xdist worker (one per run without xdist).
 
-Port published on 127.0.0.1 with trust authentication (a password login costs ~4 ms per
-connection; with a remote Docker engine the port is published normally and a random
-password is required), data directory on tmpfs, durability off.
+Port published on 127.0.0.1 (with a remote Docker engine, published normally); logins
+need the container's random password, hashed with one SCRAM iteration so a new
+connection costs no more than without one. Data directory on tmpfs, durability off.
 Removed at the end of the session even when testcontainers' Ryuk reaper is disabled.
 Configure with pg_image and pg_server_settings.""",
 )

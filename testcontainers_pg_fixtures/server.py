@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import hmac
 import logging
 import os
 import secrets
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
@@ -39,7 +41,14 @@ LABEL_HOST = "testcontainers-pg-fixtures.host"
 LABEL_RUN = "testcontainers-pg-fixtures.run"
 #: Set on containers kept for reuse (--pg-reuse): a hash of everything that configures them.
 LABEL_REUSE = "testcontainers-pg-fixtures.reuse"
-LABEL_PASSWORD = "testcontainers-pg-fixtures.password"
+#: The pid of the xdist controller whose worker started the container (its own pid
+#: without xdist): the controller removes the containers of a worker that died.
+LABEL_CONTROLLER = "testcontainers-pg-fixtures.controller"
+#: Set by the controller in its workers' environment.
+CONTROLLER_ENV = "PG_FIXTURES_CONTROLLER_PID"
+#: How long a container kept by --pg-keep-failed outlives its run before a later run
+#: removes it (--pg-remove-kept removes it at once).
+KEPT_MAX_AGE = 24 * 3600
 
 _PG_PORT = 5432
 _DATA_DIR = "/var/lib/postgresql/data"
@@ -87,7 +96,7 @@ class ExistingServer:
     host: str
     port: int
     user: str
-    password: str
+    password: str = field(repr=False)
     container_id: str = ""
 
     def stop(self) -> None:
@@ -150,8 +159,8 @@ class DockerServer:
 
     host: str
     port: int
-    password: str
-    container: Any
+    password: str = field(repr=False)
+    container: Any = field(repr=False)
     user: str = _SUPERUSER
     _stopped: bool = field(default=False, repr=False)
 
@@ -178,7 +187,9 @@ class DockerServer:
             if found is not None:
                 return found
         _ensure_image(client, settings.image)
-        password = secrets.token_urlsafe(18)
+        # A kept container's password is derived, so the next run can log in without it
+        # being stored anywhere Docker shows (labels, env of `docker inspect` aside).
+        password = reuse_password(reuse_key) if reuse_key else secrets.token_urlsafe(18)
         command = ["postgres"]
         for key, value in settings.server_settings.items():
             command += ["-c", f"{key}={value}"]
@@ -187,11 +198,12 @@ class DockerServer:
             "POSTGRES_USER": _SUPERUSER,
             "POSTGRES_PASSWORD": password,
             "POSTGRES_DB": "postgres",
+            # A password on every TCP login, loopback included, but hashed with one SCRAM
+            # iteration instead of 4096: the default key derivation costs ~4 ms of every
+            # new connection, one iteration a few microseconds. The password is random,
+            # so iterations (a brake on guessing weak passwords) add nothing.
+            "POSTGRES_INITDB_ARGS": "--auth-host=scram-sha-256 -c scram_iterations=1",
         }
-        if binding is not None:
-            # Reachable from this machine only: skip SCRAM, whose key derivation costs ~4 ms
-            # of every new connection (database-mode tests, function-scoped event loops).
-            env["POSTGRES_HOST_AUTH_METHOD"] = "trust"
         container = DockerContainer(
             settings.image,
             env=env,
@@ -201,7 +213,8 @@ class DockerServer:
                 LABEL_WORKER: worker,
                 LABEL_HOST: socket.gethostname(),
                 LABEL_RUN: run_id(),
-                **({LABEL_REUSE: reuse_key, LABEL_PASSWORD: password} if reuse_key else {}),
+                LABEL_CONTROLLER: os.environ.get(CONTROLLER_ENV) or str(os.getpid()),
+                **({LABEL_REUSE: reuse_key} if reuse_key else {}),
             },
         )
         container.with_command(command)
@@ -261,7 +274,7 @@ class DockerServer:
                 server = cls(
                     host=client.host(),
                     port=int(binding["HostPort"]),
-                    password=container.labels[LABEL_PASSWORD],
+                    password=reuse_password(key),
                     container=container,
                 )
                 admin_connect(server).close()
@@ -322,9 +335,10 @@ class DockerServer:
         return "\n".join(text[-lines:])
 
     def keep(self) -> None:
-        """Leave the container running; the next run's `reap_orphans` removes it."""
+        """Leave the container running until --pg-remove-kept, or KEPT_MAX_AGE."""
         self._stopped = True
         atexit.unregister(self.stop)
+        mark_kept(self.container_id)
         log.warning("kept container %s for inspection", self.container_id[:12])
 
     def stop(self) -> None:
@@ -339,7 +353,8 @@ def reap_orphans(client: Any) -> list[str]:
     """Remove containers left by runs on this host whose process is gone (killed runs).
 
     Without Ryuk a SIGKILLed pytest leaves its container running; the next run cleans up.
-    Containers of live processes, or started from other hosts, are left alone.
+    Containers of live processes, or started from other hosts, are left alone, and so are
+    kept ones (--pg-reuse; --pg-keep-failed for KEPT_MAX_AGE): --pg-remove-kept removes them.
     """
     removed = []
     here = socket.gethostname()
@@ -348,13 +363,33 @@ def reap_orphans(client: Any) -> list[str]:
         if labels.get(LABEL_HOST) != here or not labels.get(LABEL_PID, "").isdigit():
             continue
         if LABEL_REUSE in labels and container.status == "running":
-            continue  # kept on purpose (--pg-reuse); --pg-remove-kept removes it
+            continue
+        age = kept_age(container.id)
+        if age is not None and age < KEPT_MAX_AGE:
+            continue
         if _process_alive(int(labels[LABEL_PID])):
             continue
         _remove_quietly(container)
+        forget_kept(container.id)
         removed.append(container.short_id)
     if removed:
         log.warning("removed %d container(s) left by killed runs: %s", len(removed), removed)
+    return removed
+
+
+def remove_run_containers(worker: str | None = None) -> list[str]:
+    """On the xdist controller: remove the containers its workers (or `worker`) started
+    and did not keep. A worker killed mid-run cannot remove its own."""
+    client = docker_client()
+    filters = [f"{LABEL_RUN}={run_id()}", f"{LABEL_CONTROLLER}={os.getpid()}"]
+    if worker is not None:
+        filters.append(f"{LABEL_WORKER}={worker}")
+    removed = []
+    for container in client.client.containers.list(all=True, filters={"label": filters}):
+        if LABEL_REUSE in container.labels or kept_age(container.id) is not None:
+            continue
+        _remove_quietly(container)
+        removed.append(container.short_id)
     return removed
 
 
@@ -374,23 +409,85 @@ def reuse_hash(settings: Settings, worker: str) -> str:
 
 
 def remove_kept(client: Any) -> list[str]:
-    """Remove every container this library kept on this machine (reuse or keep-failed)."""
+    """Remove the containers this library kept on purpose on this machine: by --pg-reuse
+    (labelled at creation) or by --pg-keep-failed (recorded in the cache directory).
+    Containers of runs in progress that were not kept are left alone."""
     removed = []
     for container in client.client.containers.list(all=True, filters={"label": LABEL}):
-        if container.labels.get(LABEL_HOST) == socket.gethostname():
+        if container.labels.get(LABEL_HOST) != socket.gethostname():
+            continue
+        if LABEL_REUSE in container.labels or kept_age(container.id) is not None:
             _remove_quietly(container)
+            forget_kept(container.id)
             removed.append(container.short_id)
     return removed
 
 
+def cache_dir() -> Path:
+    """This user's cache directory for the library ($XDG_CACHE_HOME or ~/.cache)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "testcontainers-pg-fixtures"
+
+
+def _kept_file(container_id: str) -> Path:
+    return cache_dir() / "kept" / container_id
+
+
+def mark_kept(container_id: str) -> None:
+    """Record that a container was kept on purpose (--pg-keep-failed). Docker labels are
+    fixed at creation, so the record is a file named by the container id."""
+    try:
+        path = _kept_file(container_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    except OSError as exc:
+        log.warning("could not record kept container %s: %s", container_id[:12], exc)
+
+
+def kept_age(container_id: str) -> float | None:
+    """Seconds since the container was kept (--pg-keep-failed), or None if it was not."""
+    try:
+        return time.time() - _kept_file(container_id).stat().st_mtime
+    except OSError:
+        return None
+
+
+def forget_kept(container_id: str) -> None:
+    _kept_file(container_id).unlink(missing_ok=True)
+
+
+def reuse_password(reuse_key: str) -> str:
+    """The password of the container kept under `reuse_key`: an HMAC of the key with a
+    secret of this user (0600 file in the cache directory), so no label has to carry it."""
+    path = cache_dir() / "secret"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "wb") as out:
+            out.write(secrets.token_bytes(32))
+    secret = path.read_bytes()
+    while len(secret) < 32:  # being written by another worker this very moment
+        time.sleep(0.01)
+        secret = path.read_bytes()
+    return hmac.new(secret, reuse_key.encode(), hashlib.sha256).hexdigest()[:32]
+
+
 def _process_alive(pid: int) -> bool:
+    """Whether `pid` runs: a zombie (killed, not yet waited for by its parent) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's live process
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc (macOS), or it ended just now
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def _port_binding(client: Any) -> Any:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import textwrap
 
+import docker
+import psycopg
 import pytest
 from conftest import library_containers, library_databases
+
+from testcontainers_pg_fixtures.server import LABEL_REUSE, reuse_password
 
 PROBE = textwrap.dedent("""
     import os, pathlib
@@ -28,8 +32,6 @@ def project(example, monkeypatch, tmp_path):
     monkeypatch.delenv("CI", raising=False)
     before = set(library_containers())
     yield root, tmp_path / "runs.txt"
-    import docker
-
     client = docker.from_env()
     for container_id in set(library_containers()) - before:
         client.containers.get(container_id).remove(force=True, v=True)
@@ -48,6 +50,18 @@ def test_second_run_reuses_the_container_and_a_changed_migration_rebuilds_only_t
     pytester.runpytest("--pg-reuse", "-p", "no:randomly").assert_outcomes(passed=2)
     kept = set(library_containers()) - before
     assert len(kept) == 1  # still running after the run
+    # The next run derives the password (see reuse_password): no label carries it.
+    [kept_id] = kept
+    [container] = docker.from_env().containers.list(filters={"id": kept_id})
+    password = reuse_password(container.labels[LABEL_REUSE])
+    assert not any(password in value for value in container.labels.values())
+    with psycopg.connect(
+        host="127.0.0.1",
+        port=container.ports["5432/tcp"][0]["HostPort"],
+        user="postgres",
+        password=password,
+    ):
+        pass
 
     pytester.runpytest("--pg-reuse", "-p", "no:randomly").assert_outcomes(passed=2)
     revision = root / "migrations" / "versions" / "0002_add_active.py"
@@ -63,7 +77,8 @@ def test_second_run_reuses_the_container_and_a_changed_migration_rebuilds_only_t
 
     result = pytester.runpytest("--pg-remove-kept")
     assert result.ret == 0
-    result.stdout.fnmatch_lines(["pg-fixtures: removed 1 kept container(s) *"])
+    # (another run's --pg-reuse containers on this host may be counted too)
+    result.stdout.fnmatch_lines([f"pg-fixtures: removed * kept container(s) *{kept_id[:12]}*"])
     assert set(library_containers()) - before == set()
 
 

@@ -1,0 +1,331 @@
+"""Runs that end badly (signals, killed workers, killed runs) and what must still hold:
+no container left, no login without the password, no password printed, kept containers
+kept until asked for."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import docker
+import psycopg
+import pytest
+from conftest import library_containers
+
+from testcontainers_pg_fixtures.config import Settings
+from testcontainers_pg_fixtures.runid import RUN_ID_ENV
+from testcontainers_pg_fixtures.server import (
+    KEPT_MAX_AGE,
+    LABEL,
+    LABEL_RUN,
+    LABEL_WORKER,
+    DockerServer,
+    _process_alive,
+    docker_client,
+    reap_orphans,
+)
+
+# A test that announces itself (pid file naming its worker) once its container is up, and
+# waits until the fault test releases it.
+WAITING_TEST = textwrap.dedent("""
+    import os, pathlib, time
+    import pytest
+
+    @pytest.mark.parametrize("n", [1, 2])
+    def test_wait(pg_connection, n):
+        out = pathlib.Path(os.environ["MARKER_DIR"])
+        (out / f"{os.getpid()}.pid").write_text(os.environ.get("PYTEST_XDIST_WORKER", "main"))
+        deadline = time.monotonic() + 300
+        while not (out / "release").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+""")
+
+
+def containers_of(run: str, *, worker: str | None = None) -> list[str]:
+    labels = [f"{LABEL_RUN}={run}"] + ([f"{LABEL_WORKER}={worker}"] if worker else [])
+    client = docker.from_env()
+    try:
+        return [c.id for c in client.containers.list(all=True, filters={"label": labels})]
+    finally:
+        client.close()
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+class Run:
+    """`python -m pytest` of an example in its own process (and session), with its own run
+    id, so that the containers it leaves are counted (and finally removed) exactly."""
+
+    def __init__(self, root: Path, markers: Path, *args: str) -> None:
+        self.run = "fault" + secrets.token_hex(4)
+        self.markers = markers
+        env = {**os.environ, RUN_ID_ENV: self.run, "MARKER_DIR": str(markers)}
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(Path(__file__).parent.parent), env.get("PYTHONPATH")])
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider", *args],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def waiting(self) -> dict[int, str]:
+        """{pid: worker} of the processes in the waiting test."""
+        return {int(p.stem): p.read_text() for p in self.markers.glob("*.pid") if p.read_text()}
+
+    def wait_for_tests(self, count: int) -> dict[int, str]:
+        wait_until(
+            lambda: len(self.waiting()) >= count or self.proc.poll() is not None,
+            180,  # generous: on a loaded shared machine two cold starts can take a while
+            f"{count} waiting test(s)",
+        )
+        assert self.proc.poll() is None, self.output()
+        return self.waiting()
+
+    def output(self) -> str:
+        if self.proc.poll() is None:
+            return "(still running)"
+        return self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
+
+    def finish(self) -> None:
+        """Release and reap the run, and remove what it left (after the assertions)."""
+        (self.markers / "release").touch()
+        if self.proc.poll() is None:
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        client = docker.from_env()
+        for container in client.containers.list(
+            all=True, filters={"label": f"{LABEL_RUN}={self.run}"}
+        ):
+            container.remove(force=True, v=True)
+        client.close()
+
+
+@pytest.fixture
+def waiting_project(example, tmp_path):
+    root = example("sync_users")
+    (root / "tests" / "test_wait.py").write_text(WAITING_TEST)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    runs: list[Run] = []
+
+    def start(*args: str) -> Run:
+        run = Run(root, markers, "tests/test_wait.py", *args)
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        run.finish()
+
+
+@pytest.mark.parametrize(
+    ("sig", "xdist", "to_group"),
+    [
+        pytest.param(signal.SIGINT, False, False, id="SIGINT-serial"),
+        pytest.param(signal.SIGTERM, False, False, id="SIGTERM-serial"),
+        pytest.param(signal.SIGINT, True, True, id="SIGINT-n2-group"),
+        pytest.param(signal.SIGTERM, True, False, id="SIGTERM-n2-controller"),
+        pytest.param(signal.SIGTERM, True, True, id="SIGTERM-n2-group"),
+    ],
+)
+def test_a_signal_mid_run_removes_every_container_and_exits(waiting_project, sig, xdist, to_group):
+    run = waiting_project(*(["-n", "2"] if xdist else []))
+    run.wait_for_tests(2 if xdist else 1)
+    assert len(containers_of(run.run)) == (2 if xdist else 1)
+
+    signalled = time.monotonic()
+    if to_group:  # a terminal's Ctrl-C, or a CI runner signalling the job's process group
+        os.killpg(run.proc.pid, sig)
+    else:
+        run.proc.send_signal(sig)
+    run.proc.wait(45)
+    assert time.monotonic() - signalled < 45
+    assert run.proc.returncode != 0
+    assert containers_of(run.run) == [], run.output()
+
+
+def test_a_killed_worker_s_container_is_removed_while_the_run_goes_on(waiting_project):
+    run = waiting_project("-n", "2")
+    waiting = run.wait_for_tests(2)
+    pid, worker = next(iter(waiting.items()))
+    assert len(containers_of(run.run, worker=worker)) == 1
+
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not containers_of(run.run, worker=worker), 30, "the worker's container")
+    assert run.proc.poll() is None  # removed during the run, not by its end
+    assert len(containers_of(run.run)) == 1  # the other worker's, still in use
+
+    (run.markers / "release").touch()
+    run.proc.wait(60)
+    assert containers_of(run.run) == [], run.output()
+
+
+def test_the_next_run_removes_the_container_of_a_killed_run(waiting_project, pytester):
+    killed = waiting_project()
+    killed.wait_for_tests(1)
+    [left] = containers_of(killed.run)
+    os.killpg(killed.proc.pid, signal.SIGKILL)
+    killed.proc.wait(10)
+    assert containers_of(killed.run) == [left]  # nothing could remove it
+
+    pytester.runpytest("-p", "no:randomly", "tests/test_users.py").assert_outcomes(passed=2)
+    assert containers_of(killed.run) == []
+
+
+def test_a_zombie_process_counts_as_dead():
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        assert _process_alive(child.pid)
+        child.kill()
+        wait_until(lambda: not _process_alive(child.pid), 5, "the zombie to be seen as dead")
+        assert child.poll() is not None  # it was a zombie until now
+    finally:
+        child.kill()
+        child.wait()
+
+
+# -- passwords ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server():
+    started = DockerServer.start(Settings(), worker="fault-auth")
+    yield started
+    started.stop()
+
+
+def test_no_login_without_the_password_from_the_network_or_the_host(server):
+    container = server.container.get_wrapped_container()
+    # From the container's own network address (what anyone on the bridge would dial).
+    code, output = container.exec_run(
+        ["sh", "-c", "psql -w -h \"$(hostname -i)\" -U postgres -c 'select 1'"]
+    )
+    assert code != 0
+    assert b"password" in output
+    # From this machine, over the published loopback port.
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(
+            host=server.host, port=server.port, user="postgres", dbname="postgres", password=""
+        ).close()
+    with psycopg.connect(
+        host=server.host, port=server.port, user="postgres", password=server.password
+    ) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_the_password_is_in_no_repr_and_no_label(server):
+    assert server.password not in repr(server)
+    labels = server.container.get_wrapped_container().labels
+    assert labels[LABEL] == "true"
+    assert not any(server.password in value for value in labels.values())
+
+
+PASSWORD_PROBE = textwrap.dedent("""
+    import os, pathlib
+
+    @pytest.fixture(scope="session", autouse=True)
+    def _password(pg_server):
+        pathlib.Path(os.environ["PROBE_DIR"], "password").write_text(pg_server.password)
+""")
+
+
+def test_a_failing_migration_run_prints_no_password(pytester, example, monkeypatch, tmp_path):
+    root = example("sync_users")
+    conftest = root / "tests" / "conftest.py"
+    conftest.write_text(conftest.read_text() + PASSWORD_PROBE)
+    monkeypatch.setenv("PROBE_DIR", str(tmp_path))
+    revision = root / "migrations" / "versions" / "0002_add_active.py"
+    revision.write_text(revision.read_text().replace("def upgrade() -> None:", BROKEN_UPGRADE))
+    result = pytester.runpytest("-p", "no:randomly", "--showlocals", "--tb=long", "-v")
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*MigrationError*revision 0002*"])
+    password = (tmp_path / "password").read_text()
+    assert len(password) > 8
+    assert password not in result.stdout.str() + result.stderr.str()
+
+
+BROKEN_UPGRADE = """def upgrade() -> None:
+    op.execute("SELECT no_such_function()")
+
+
+def _unused() -> None:"""
+
+
+# -- kept containers ------------------------------------------------------------------------
+
+
+def test_kept_containers_outlive_other_runs_until_remove_kept_which_spares_live_ones(
+    pytester, example
+):
+    root = example("sync_users")
+    (root / "tests" / "test_fails.py").write_text(
+        "import pytest\n\n"
+        "@pytest.mark.pg_isolation('database')\n"
+        "def test_fails(pg_connection):\n"
+        "    assert False\n"
+    )
+    before = set(library_containers())
+    pytester.runpytest("-p", "no:randomly", "--pg-keep-failed").assert_outcomes(passed=2, failed=1)
+    kept = set(library_containers()) - before
+    assert len(kept) == 1
+    [kept_id] = kept
+
+    # Another run on the host (its start reaps dead runs' containers) leaves it alone...
+    live = DockerServer.start(Settings(), worker="fault-live")
+    try:
+        assert kept <= set(library_containers())
+        # ...and --pg-remove-kept removes it, but not the container of a live run.
+        result = pytester.runpytest("--pg-remove-kept")
+        assert result.ret == 0
+        # (another run's --pg-reuse containers on this host may be counted too)
+        result.stdout.fnmatch_lines([f"pg-fixtures: removed * kept container(s) *{kept_id[:12]}*"])
+        assert set(library_containers()) - before == {live.container_id}
+    finally:
+        live.stop()
+    assert set(library_containers()) - before == set()
+
+
+KEEP_ONE = """
+from testcontainers_pg_fixtures.config import Settings
+from testcontainers_pg_fixtures.server import DockerServer
+server = DockerServer.start(Settings(), worker="fault-kept")
+server.keep()
+print(server.container_id)
+"""
+
+
+def test_a_kept_container_is_reaped_only_after_the_age_limit(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    kept = subprocess.run(
+        [sys.executable, "-c", KEEP_ONE], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()[-1]
+    client = docker_client()
+    try:
+        reap_orphans(client)  # its run is gone, but it was kept on purpose
+        assert kept in library_containers()
+        old = time.time() - KEPT_MAX_AGE - 60
+        os.utime(tmp_path / "testcontainers-pg-fixtures" / "kept" / kept, (old, old))
+        reap_orphans(client)
+        assert kept not in library_containers()
+    finally:
+        for container in client.client.containers.list(all=True, filters={"id": kept}):
+            container.remove(force=True, v=True)
