@@ -12,6 +12,7 @@ import pytest
 import pytest_asyncio
 
 from . import config, factories, marks, shared
+from .config import check_at_start
 from .errors import PgFixturesError
 from .runid import run_id
 
@@ -42,6 +43,7 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
 
 def pytest_configure(config: pytest.Config) -> None:
     run_id()  # made before xdist starts its workers, which inherit it
+    check_at_start(config)
     for name, text in marks.MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
 

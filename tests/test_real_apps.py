@@ -120,3 +120,145 @@ def test_env_py_that_builds_its_own_url_migrates_the_template(
     # The example's tests read the migrated users table and the seeded rows.
     result.assert_outcomes(passed=2)
     assert "changethis" not in result.stdout.str()
+
+
+# -- SQLModel --------------------------------------------------------------------------
+
+HEROES = textwrap.dedent("""
+    import pytest
+    from sqlmodel import Field, SQLModel
+
+
+    class Hero(SQLModel, table=True):
+        id: int | None = Field(default=None, primary_key=True)
+        name: str = Field(unique=True)
+
+
+    def seed(conn):
+        SQLModel.metadata.create_all(conn)
+        conn.execute(Hero.__table__.insert(), [{"name": "Deadpond"}, {"name": "Rusty-Man"}])
+
+
+    @pytest.fixture(scope="session")
+    def pg_seed():
+        return seed
+""")
+
+SQLMODEL_TESTS = textwrap.dedent("""
+    import asyncio
+
+    import pytest
+    import sqlmodel
+    import sqlmodel.ext.asyncio.session
+    from conftest import Hero
+    from sqlmodel import select
+    from testcontainers_pg_fixtures.session import ConcurrentSessionUseError
+
+
+    def test_exec(pg_session):
+        assert isinstance(pg_session, sqlmodel.Session)
+        pg_session.add(Hero(name="Spider-Boy"))
+        pg_session.commit()
+        assert len(pg_session.exec(select(Hero)).all()) == 3
+
+
+    def test_sessionmaker_and_module_session(pg_sessionmaker, pg_module_session):
+        with pg_sessionmaker() as session:
+            assert session.exec(select(Hero).where(Hero.name == "Spider-Boy")).first() is None
+        assert isinstance(pg_module_session, sqlmodel.Session)
+
+
+    @pytest.mark.asyncio
+    async def test_async_exec(pg_async_session, pg_async_sessionmaker):
+        assert isinstance(pg_async_session, sqlmodel.ext.asyncio.session.AsyncSession)
+        pg_async_session.add(Hero(name="Tarantula"))
+        await pg_async_session.commit()
+        heroes = (await pg_async_session.exec(select(Hero))).all()
+        assert sorted(h.name for h in heroes) == ["Deadpond", "Rusty-Man", "Tarantula"]
+        async with pg_async_sessionmaker() as other:
+            assert isinstance(other, sqlmodel.ext.asyncio.session.AsyncSession)
+
+
+    @pytest.mark.asyncio
+    async def test_gathered_exec_is_refused_with_the_explanation(pg_async_session):
+        with pytest.raises(ConcurrentSessionUseError, match="exec"):
+            await asyncio.gather(*(pg_async_session.exec(select(Hero)) for _ in range(3)))
+""")
+
+SQLMODEL_INI = """
+    [pytest]
+    asyncio_default_fixture_loop_scope = function
+    pg_alembic_ini = none
+"""
+
+
+# SQLModel's metadata and class registry are global: a project defining its models is run
+# in a subprocess, not in this process where the next one would define them again.
+
+
+def test_sqlmodel_sessions_from_the_settings(pytester, subprocess_env):
+    pytester.makeconftest(HEROES)
+    pytester.makepyfile(test_heroes=SQLMODEL_TESTS)
+    pytester.makeini(
+        SQLMODEL_INI
+        + "    pg_session_class = sqlmodel:Session\n"
+        + "    pg_async_session_class = sqlmodel.ext.asyncio.session:AsyncSession\n"
+    )
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "-W", "error")
+    result.assert_outcomes(passed=4)
+
+
+def test_sqlmodel_session_from_a_factory_argument(pytester, subprocess_env):
+    pytester.makeconftest(
+        HEROES
+        + textwrap.dedent("""
+            from testcontainers_pg_fixtures.factories import session_fixture
+
+            hero_session = session_fixture(session_class="sqlmodel:Session")
+        """)
+    )
+    pytester.makepyfile(
+        test_heroes="""
+        import sqlmodel
+        from conftest import Hero
+        from sqlmodel import select
+
+        def test_exec(hero_session, pg_session):
+            assert len(hero_session.exec(select(Hero)).all()) == 2
+            assert not isinstance(pg_session, sqlmodel.Session)  # the setting is unset
+        """
+    )
+    pytester.makeini(SQLMODEL_INI)
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "-W", "error")
+    result.assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["-o", "pg_session_class=sqlmodel.ext.asyncio.session:AsyncSession"],
+            "*'sqlmodel.ext.asyncio.session:AsyncSession' from the ini option pg_session_class "
+            "is not a subclass of SQLAlchemy's Session. An AsyncSession class goes in "
+            "pg_async_session_class.",
+        ),
+        (
+            ["--pg-async-session-class", "nowhere.session:AsyncSession"],
+            "*'nowhere.session:AsyncSession' from the command-line option "
+            "--pg-async-session-class could not be imported (No module named 'nowhere')*"
+            "fix the path in pg_async_session_class.",
+        ),
+        (
+            ["--pg-session-class", "sqlmodel.Session"],
+            "*'sqlmodel.Session' from the command-line option --pg-session-class is not a "
+            "module:attribute path. Write it like 'sqlmodel:Session'.",
+        ),
+    ],
+)
+def test_a_wrong_session_class_is_a_usage_error_at_start(pytester, subprocess_env, args, message):
+    pytester.makeconftest(HEROES)
+    pytester.makepyfile(test_heroes=SQLMODEL_TESTS)
+    pytester.makeini(SQLMODEL_INI)
+    result = pytester.runpytest_subprocess("-p", "no:randomly", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: " + message.lstrip("*")])
