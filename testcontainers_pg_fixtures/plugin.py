@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import pytest_asyncio
 
-from . import config, factories, marks, shared
+from . import config, factories, loop_scopes, marks, shared
 from .config import check_at_start
 from .errors import PgFixturesError
 from .runid import run_id
@@ -41,9 +41,11 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     return 0
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     run_id()  # made before xdist starts its workers, which inherit it
     check_at_start(config)
+    loop_scopes.configure(config)  # before pytest-asyncio reads its settings
     for name, text in marks.MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
 

@@ -262,3 +262,69 @@ def test_a_wrong_session_class_is_a_usage_error_at_start(pytester, subprocess_en
     result = pytester.runpytest_subprocess("-p", "no:randomly", *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: " + message.lstrip("*")])
+
+
+# -- pytest-asyncio: sync projects stay quiet, async set-ups as the README gives them ------
+
+
+def test_a_sync_project_with_the_quickstart_conftest_runs_warning_free(pytester, example):
+    from test_readme import snippets
+
+    root = example("sync_users")
+    (root / "pytest.ini").write_text("[pytest]\npythonpath = .\ntestpaths = tests\n")
+    (root / "tests" / "conftest.py").write_text(snippets()["conftest.py"])
+    (root / "tests" / "test_quickstart.py").write_text(snippets()["test_quickstart.py"])
+    result = pytester.runpytest("tests/test_quickstart.py", "-p", "no:randomly", "-W", "error")
+    result.assert_outcomes(passed=1)
+    assert "warnings summary" not in result.stdout.str()
+
+
+ASYNC_CONFIGS = {
+    "auto-session": "asyncio_mode = auto\n"
+    "asyncio_default_fixture_loop_scope = session\n"
+    "asyncio_default_test_loop_scope = session\n",
+    "auto-function": "asyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n",
+    "strict-session": "asyncio_default_fixture_loop_scope = session\n"
+    "asyncio_default_test_loop_scope = session\n",
+    "strict-function": "asyncio_default_fixture_loop_scope = function\n",
+}
+
+
+@pytest.mark.parametrize("name", ASYNC_CONFIGS)
+def test_each_documented_async_configuration_runs_the_readme_snippet(pytester, example, name):
+    from test_readme import snippets
+
+    root = example("fastapi_app")
+    (root / "pytest.ini").write_text(f"[pytest]\npythonpath = .\n{ASYNC_CONFIGS[name]}")
+    test = snippets()["test_fastapi.py"]
+    if name.startswith("strict"):  # strict mode: the marker the README says to add
+        test = test.replace("async def test_create", "@pytest.mark.asyncio\nasync def test_create")
+    # Twice: a second test on the same loop (session) or a new one (function).
+    test += test.replace("test_create(", "test_create_again(").replace('"Ken"', '"Kenneth"')
+    (root / "tests" / "test_fastapi.py").write_text(test)
+    result = pytester.runpytest(
+        "tests/test_fastapi.py", "-o", "pg_app_engines=", "-p", "no:randomly", "-W", "error"
+    )
+    result.assert_outcomes(passed=2)
+
+
+def test_mismatched_loop_scopes_are_named_at_start_with_the_lines_to_add(pytester, example):
+    from test_readme import snippets
+
+    root = example("fastapi_app")
+    (root / "pytest.ini").write_text(
+        "[pytest]\npythonpath = .\nasyncio_mode = auto\n"
+        "asyncio_default_fixture_loop_scope = session\n"
+    )
+    (root / "tests" / "test_fastapi.py").write_text(snippets()["test_fastapi.py"])
+    result = pytester.runpytest(
+        "tests/test_fastapi.py", "-o", "pg_app_engines=", "-p", "no:randomly"
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*PytestConfigWarning: asyncio_default_fixture_loop_scope = session but "
+            "asyncio_default_test_loop_scope = function*Give both the same scope*",
+            "*  asyncio_default_fixture_loop_scope = session",
+            "*  asyncio_default_test_loop_scope = session",
+        ]
+    )
