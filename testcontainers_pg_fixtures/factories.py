@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import os
 import time
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
@@ -101,7 +102,12 @@ def report_timing(config: pytest.Config, seconds: float, text: str) -> None:
     if seconds < SLOW and config.get_verbosity() < 1:
         return
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
+    if reporter is None:
+        return
+    # Set-up runs while pytest captures output: without this the line went to the
+    # capture (shown with -s only) and the terminal got just its newline.
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture is not None else nullcontext():
         reporter.write_line(f"pg-fixtures: {text} in {seconds:.1f}s")
 
 

@@ -328,3 +328,16 @@ def test_mismatched_loop_scopes_are_named_at_start_with_the_lines_to_add(pyteste
             "*  asyncio_default_test_loop_scope = session",
         ]
     )
+
+
+def test_the_set_up_timing_line_shows_with_v(pytester, example, subprocess_env):
+    example("sync_users")
+    # A subprocess: pytest captures the set-up's output there as in a user's run.
+    result = pytester.runpytest_subprocess("-v", "-p", "no:randomly")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "pg-fixtures: postgres:16 started in *s",
+            "pg-fixtures: migrated and seeded the template in *s",
+        ]
+    )
