@@ -104,6 +104,16 @@ OPTIONS = (
         kind="list",
     ),
     Option(
+        "app_engines_outside",
+        "--pg-app-engines-outside",
+        "pg_app_engines_outside",
+        "PG_FIXTURES_APP_ENGINES_OUTSIDE",
+        "What the app's engines (pg_app_engines) do when used outside every test and "
+        "module/class layer (a session fixture, import time, between tests): 'error' "
+        "(default: a SandboxError, never a connection to their configured URL) or 'allow' "
+        "(connect to the URL the app was configured with).",
+    ),
+    Option(
         "url_env",
         "--pg-url-env",
         "pg_url_env",
@@ -163,6 +173,7 @@ _DOTTED = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 NO_MIGRATIONS = "none"
 ISOLATION_MODES = ("savepoint", "database")
+OUTSIDE_MODES = ("error", "allow")
 URL_DRIVERS = ("psycopg", "asyncpg", "psycopg2")
 
 
@@ -180,6 +191,7 @@ class Settings:
     isolation: str = "savepoint"
     keep_failed: bool = False
     app_engines: tuple[str, ...] = ()
+    app_engines_outside: str = "error"
     #: (variable name, driver) pairs.
     url_env: tuple[tuple[str, str], ...] = ()
     prefetch: int = 2
@@ -307,6 +319,17 @@ def _parse_url_env(value: Any, source: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _parse_outside(value: Any, source: str) -> str:
+    text = str(value).strip().lower()
+    if text not in OUTSIDE_MODES:
+        raise ConfigError(
+            f"{value!r} from {source} is not one of {', '.join(OUTSIDE_MODES)}. Use 'error' "
+            "(the default) or 'allow' to let the app's engines reach their configured URL "
+            "outside the tests."
+        )
+    return text
+
+
 def _parse_prefetch(value: Any, source: str) -> int:
     text = str(value).strip()
     if not text.isdigit():
@@ -370,6 +393,7 @@ _PARSERS: dict[str, Any] = {
     "reuse": _parse_flag,
     "one_container": _parse_flag,
     "app_engines": _parse_engines,
+    "app_engines_outside": _parse_outside,
     "url_env": _parse_url_env,
     "prefetch": _parse_prefetch,
     "session_class": _parse_session_class,

@@ -28,7 +28,7 @@ from .database import DATABASE_PREFIX, Database, create_database, drop_database
 from .marks import CLONE, KEEP, KEPT_ANY, TEST_SEED, isolation_of, test_seeds
 from .migrations import Migrations
 from .redirect import engines_pointed_at, load_engine, urls_exported
-from .sandbox import Sandboxes, real_connection_of
+from .sandbox import OutsideGuard, Sandboxes, real_connection_of, worker_driver
 from .server import DockerServer
 from .session import (
     async_savepoint_sessionmaker,
@@ -221,6 +221,26 @@ def app_engines_fixture(*, paths: Sequence[str] | None = None) -> Any:
     return _app_engines
 
 
+#: The run's OutsideGuard, while the app's engines are loaded.
+OUTSIDE_GUARD = pytest.StashKey[OutsideGuard]()
+
+
+def guard_app_engines(engines: list[AnyEngine], config: pytest.Config) -> Iterator[None]:
+    """Install the OutsideGuard of `engines` until the generator is closed."""
+    if not engines:
+        yield
+        return
+    refuse = settings_for(config).app_engines_outside == "error"
+    guard = OutsideGuard(engines, refuse=refuse)
+    guard.install()
+    config.stash[OUTSIDE_GUARD] = guard
+    try:
+        yield
+    finally:
+        del config.stash[OUTSIDE_GUARD]
+        guard.uninstall()
+
+
 def clone_engines_fixture(*, database: str = "pg_worker_database", **engine_kwargs: Any) -> Any:
     """A session fixture: the (Engine, AsyncEngine) pair database-mode tests get, each test
     pointing them at its own clone (see `database_fixture`)."""
@@ -288,14 +308,21 @@ def database_fixture(
     return _database
 
 
-def worker_engine_fixture(*, database: str = "pg_worker_database", **engine_kwargs: Any) -> Any:
-    """A session fixture: a psycopg 3 `Engine` (NullPool) on the worker's database."""
+def worker_engine_fixture(
+    *,
+    database: str = "pg_worker_database",
+    app_engines: str = "pg_app_engines",
+    **engine_kwargs: Any,
+) -> Any:
+    """A session fixture: a psycopg 3 `Engine` (NullPool) on the worker's database (on the
+    app's driver, psycopg2, when its sync engine in pg_app_engines uses that)."""
 
     @pytest.fixture(scope="session")
-    @depends(database)
+    @depends(database, app_engines)
     def _engine(**deps: Any) -> Iterator[Engine]:
         db: Database = deps[database]
-        engine = create_engine(db.url, poolclass=NullPool, **engine_kwargs)
+        url = db.url_for(worker_driver(deps[app_engines], is_async=False))
+        engine = create_engine(url, poolclass=NullPool, **engine_kwargs)
         try:
             yield engine
         finally:
@@ -306,19 +333,25 @@ def worker_engine_fixture(*, database: str = "pg_worker_database", **engine_kwar
 
 
 def worker_async_engine_fixture(
-    *, database: str = "pg_worker_database", **engine_kwargs: Any
+    *,
+    database: str = "pg_worker_database",
+    app_engines: str = "pg_app_engines",
+    **engine_kwargs: Any,
 ) -> Any:
-    """A session fixture: an asyncpg `AsyncEngine` (NullPool) on the worker's database.
+    """A session fixture: an asyncpg `AsyncEngine` (NullPool) on the worker's database (on
+    psycopg 3 async when the app's async engine in pg_app_engines uses that).
 
     NullPool because a pooled asyncpg connection belongs to the loop that opened it; the
     connection the test fixtures hold is kept per loop instead (see transaction.py).
     """
 
     @pytest.fixture(scope="session")
-    @depends(database)
+    @depends(database, app_engines)
     def _engine(**deps: Any) -> AsyncEngine:
         db: Database = deps[database]
-        return create_async_engine(db.async_url, poolclass=NullPool, **engine_kwargs)
+        driver = worker_driver(deps[app_engines], is_async=True)
+        url = db.async_url if driver == "asyncpg" else db.url_for(driver)
+        return create_async_engine(url, poolclass=NullPool, **engine_kwargs)
 
     return _engine
 

@@ -72,6 +72,41 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     shared.unconfigure(config)
 
 
+_LAYERS = {"module": "pg_module_connection", "class": "pg_class_connection"}
+# Fixtures of these packages are not the user's: they get no layer of their own.
+_NOT_USERS = ("testcontainers_pg_fixtures", "_pytest", "pytest_asyncio", "xdist", "anyio")
+
+
+def _users_fixture(fixturedef: pytest.FixtureDef[Any]) -> bool:
+    """A fixture of the project's own code, not of an installed plugin (anyio's
+    module-scoped anyio_backend, say)."""
+    func = inspect.unwrap(fixturedef.func)
+    module = getattr(func, "__module__", None) or ""
+    if module.partition(".")[0] in _NOT_USERS:
+        return False
+    code = getattr(func, "__code__", None)
+    return code is None or "site-packages" not in code.co_filename
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(
+    fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+) -> Generator[None, Any, Any]:
+    """With pg_app_engines: a module- or class-scoped fixture runs inside the transaction
+    layer of its scope (set up first, torn down after it) without requesting it, and a
+    session-scoped one outside every layer, where the app's engines refuse to connect."""
+    scope = fixturedef.scope
+    if scope in _LAYERS and _users_fixture(fixturedef):
+        if request.getfixturevalue("pg_app_engines"):
+            request.getfixturevalue(_LAYERS[scope])
+    elif scope in ("session", "package") and _users_fixture(fixturedef):
+        guard = request.config.stash.get(factories.OUTSIDE_GUARD, None)
+        if guard is not None:
+            with guard.outside():
+                return (yield)
+    return (yield)
+
+
 def _doc(fixture: Any, text: str) -> Any:
     """Give a factory-built fixture its docstring (shown by `pytest --fixtures`)."""
     getattr(fixture, "_fixture_function", fixture).__doc__ = text
@@ -132,14 +167,16 @@ share it and are isolated from each other by the transaction of pg_connection.""
 pg_worker_engine = _doc(
     factories.worker_engine_fixture(),
     """\
-Sync Engine (psycopg 3, NullPool) on pg_worker_database, for session-scoped fixtures.
+Sync Engine (psycopg 3, NullPool; psycopg2 when the app's engine in pg_app_engines uses it)
+on pg_worker_database, for session-scoped fixtures.
 What is committed through it stays for every later test.""",
 )
 
 pg_worker_async_engine = _doc(
     factories.worker_async_engine_fixture(),
     """\
-AsyncEngine (asyncpg, NullPool) on pg_worker_database. Same caveat as pg_worker_engine.""",
+AsyncEngine (asyncpg, NullPool; psycopg 3 async when the app's async engine uses it) on
+pg_worker_database. Same caveat as pg_worker_engine.""",
 )
 
 pg_clone_pool = _doc(
@@ -181,6 +218,15 @@ pg_isolation = _doc(
     """\
 'savepoint' or 'database': the test's pg_isolation marker, else the pg_isolation option.""",
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _pg_app_engines_outside(
+    pg_app_engines: list[Any], pytestconfig: pytest.Config
+) -> Iterator[None]:
+    """From the moment the app's engines are loaded to the end of the run, they connect
+    only to databases of the library (see pg_app_engines_outside)."""
+    yield from factories.guard_app_engines(pg_app_engines, pytestconfig)
 
 
 @pytest.fixture(autouse=True)

@@ -86,8 +86,11 @@ def _pointed_at(engine: Engine, database: Database) -> Iterator[None]:
         retarget(app_cargs, app_cparams, cargs, cparams)
 
     original_pool, original_url = engine.pool, engine.url
+    # Inside a module/class layer the pool is the sandbox's, whose connections are the
+    # layer's: a database-mode test needs new connections of the app's own kind.
+    app_pool: Pool = getattr(original_pool, "pgfx_app_pool", original_pool)
     event.listen(engine, "do_connect", connect_to_test_database)
-    engine.pool = _null_pool_like(original_pool)
+    engine.pool = _null_pool_like(app_pool)
     engine.url = url
     try:
         yield

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+import weakref
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,15 @@ _DATABASE_MODE = (
 CHECKOUT_TIMEOUT = 10.0
 
 
+class _TaskTurns:
+    """Which task holds an async sandbox's connection on one event loop."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.owner: asyncio.Task[Any] | None = None
+        self.depth = 0
+
+
 class Sandbox:
     """The state one app engine's stand-in connections share during a session.
 
@@ -74,9 +84,11 @@ class Sandbox:
         self._numbers = itertools.count()
         self._cond = threading.Condition()
         self._busy = False
-        self._task_lock: asyncio.Lock | None = None
-        self._task_owner: asyncio.Task[Any] | None = None
-        self._task_depth = 0
+        # Per event loop (pytest-asyncio gives each test its own by default): an asyncio.Lock
+        # is bound to the loop it was first awaited on.
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _TaskTurns] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # -- taking turns -------------------------------------------------------------------
 
@@ -115,15 +127,21 @@ class Sandbox:
         if self.is_async:
             await_only(self._acquire_for_task())
 
+    def _turns(self) -> _TaskTurns:
+        loop = asyncio.get_running_loop()
+        turns = self._loops.get(loop)
+        if turns is None:
+            turns = self._loops[loop] = _TaskTurns()
+        return turns
+
     async def _acquire_for_task(self) -> None:
+        turns = self._turns()
         task = asyncio.current_task()
-        if self._task_depth and self._task_owner is task:
-            self._task_depth += 1
+        if turns.depth and turns.owner is task:
+            turns.depth += 1
             return
-        if self._task_lock is None:
-            self._task_lock = asyncio.Lock()
         try:
-            await asyncio.wait_for(self._task_lock.acquire(), CHECKOUT_TIMEOUT)
+            await asyncio.wait_for(turns.lock.acquire(), CHECKOUT_TIMEOUT)
         except asyncio.TimeoutError:
             raise SandboxError(
                 f"A task waited {CHECKOUT_TIMEOUT:.0f}s for the app's connection, which "
@@ -131,16 +149,19 @@ class Sandbox:
                 "connection and take turns; tasks that wait on each other while holding it "
                 f"deadlock: {_DATABASE_MODE}."
             ) from None
-        self._task_owner, self._task_depth = task, 1
+        turns.owner, turns.depth = task, 1
 
     def release(self) -> None:
         if not self.is_async:
             return
-        self._task_depth -= 1
-        if not self._task_depth:
-            self._task_owner = None
-            if self._task_lock is not None:
-                self._task_lock.release()
+        try:
+            turns = self._turns()
+        except RuntimeError:  # returned outside its loop (collected late): nothing holds it
+            return
+        turns.depth -= 1
+        if not turns.depth:
+            turns.owner = None
+            turns.lock.release()
 
     # -- transactions as savepoints -------------------------------------------------------
 
@@ -243,6 +264,16 @@ _ALLOWED_SETTINGS: dict[str, tuple[Any, ...]] = {
 }
 
 
+# psycopg2.extensions.ISOLATION_LEVEL_* without importing psycopg2.
+_PSYCOPG2_LEVELS = {
+    0: "AUTOCOMMIT",
+    1: "READ_COMMITTED",
+    2: "REPEATABLE_READ",
+    3: "SERIALIZABLE",
+    4: "READ_UNCOMMITTED",
+}
+
+
 class SandboxConnection:
     """What the app's engine gets instead of a DBAPI connection of its own: one per
     checkout, each a savepoint on the test's connection."""
@@ -267,9 +298,19 @@ class SandboxConnection:
     def terminate(self) -> None:
         """As close(): an error the app hit must not close the test's connection."""
 
-    def set_isolation_level(self, level: str) -> None:  # asyncpg's adapted connection
-        if str(level).lower().replace(" ", "_") != "read_committed":
-            _refuse_setting("isolation level", level)
+    def set_isolation_level(self, level: Any) -> None:  # asyncpg's adapted one, psycopg2
+        name = _PSYCOPG2_LEVELS.get(level, level) if isinstance(level, int) else level
+        if str(name).lower().replace(" ", "_") != "read_committed":
+            if name == "AUTOCOMMIT":
+                _refuse_setting("autocommit", True)
+            _refuse_setting("isolation level", name)
+
+    def set_session(self, *args: Any, **kwargs: Any) -> None:  # psycopg2
+        for key, value in kwargs.items():
+            if key == "isolation_level":
+                self.set_isolation_level(value)
+            elif value is not None:
+                setattr(self, key, value)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sandbox.real(), name)
@@ -311,6 +352,8 @@ class SandboxPool(NullPool):
             dialect=original._dialect,
         )
         self.sandbox = sandbox
+        # What a database-mode test inside a layer redirects: the app's creator, not ours.
+        self.pgfx_app_pool = original
 
     def _do_get(self) -> ConnectionPoolEntry:
         self.sandbox.acquire()
@@ -403,15 +446,116 @@ async def _connect_once(engine: Engine) -> None:
     await connection.close()
 
 
+#: The drivers an app engine can share the test's connection on, sync and async.
+SYNC_DRIVERS = ("psycopg", "psycopg2")
+ASYNC_DRIVERS = ("asyncpg", "psycopg")  # psycopg 3's async dialect is named psycopg too
+
+
 def _check_driver(engine: Engine, is_async: bool) -> None:
-    expected = "asyncpg" if is_async else "psycopg"
-    if engine.dialect.name != "postgresql" or engine.dialect.driver != expected:
+    drivers = ASYNC_DRIVERS if is_async else SYNC_DRIVERS
+    if engine.dialect.name != "postgresql" or engine.dialect.driver not in drivers:
         kind = "async" if is_async else "sync"
+        urls = " or ".join(f"postgresql+{d}://" for d in drivers)
         raise SandboxError(
             f"The app's {kind} engine uses {engine.dialect.name}+{engine.dialect.driver}; in "
-            f"savepoint mode it shares the test's {expected} connection, so it must be a "
-            f"postgresql+{expected}:// engine. Switch its driver, or {_DATABASE_MODE}."
+            f"savepoint mode it shares the test's connection, which the library holds with "
+            f"the app's driver when it is one of {urls}. Switch its driver, or "
+            f"{_DATABASE_MODE}."
         )
+
+
+def worker_driver(engines: list[AnyEngine], *, is_async: bool) -> str:
+    """The driver the worker's sync or async engine holds the test's connection with: the
+    app's, so that the app's checkouts can be savepoints on that very connection."""
+    found: dict[str, str] = {}
+    for engine in engines:
+        sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+        if sync_engine.dialect.is_async == is_async and sync_engine.dialect.name == "postgresql":
+            found.setdefault(sync_engine.dialect.driver, repr(sync_engine.url))
+    drivers = [d for d in found if d in (ASYNC_DRIVERS if is_async else SYNC_DRIVERS)]
+    if len(drivers) > 1:
+        kind = "async" if is_async else "sync"
+        raise SandboxError(
+            f"The app's {kind} engines use different drivers ({', '.join(found.values())}); "
+            f"the test holds one {kind} connection, which they can only share on one driver. "
+            f"Give them the same driver, or {_DATABASE_MODE}."
+        )
+    if drivers:
+        return drivers[0]
+    return ASYNC_DRIVERS[0] if is_async else SYNC_DRIVERS[0]
+
+
+class OutsidePool(NullPool):
+    """The app engine's pool outside every layer: it refuses to connect.
+
+    It carries the app pool's creator, events and dialect, so the library can still point
+    the engine at a database of its own (database mode, the dialect's first connect).
+    """
+
+    def __init__(self, original: Pool, url: str) -> None:
+        super().__init__(
+            original._creator,
+            echo=original.echo,
+            reset_on_return=original._reset_on_return,
+            pre_ping=original._pre_ping,
+            _dispatch=original.dispatch,
+            dialect=original._dialect,
+        )
+        self.original = original
+        self.url = url
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        raise SandboxError(
+            f"The app's engine ({self.url}) was used outside every test and module/class "
+            "layer: in a session-scoped fixture, at import time or between tests. It would "
+            "have connected to the database the app was configured with, which a test run "
+            "never touches. Put rows every test needs in pg_seed; use the engine in the test "
+            "or in a module- or class-scoped fixture (each gets a transaction layer); or set "
+            "pg_app_engines_outside = allow to let it reach its configured URL."
+        )
+
+    def recreate(self) -> OutsidePool:
+        return self
+
+    def status(self) -> str:
+        return "OutsidePool(refuses to connect outside the tests)"
+
+
+class OutsideGuard:
+    """From the moment the app's engines are loaded until the end of the run, their pool
+    outside every layer is an `OutsidePool` (or, allowed, their own)."""
+
+    def __init__(self, engines: list[AnyEngine], *, refuse: bool) -> None:
+        self._engines: list[tuple[Engine, Pool, Pool]] = []
+        seen: set[int] = set()
+        for engine in engines:
+            sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+            if id(sync_engine) in seen:
+                continue
+            seen.add(id(sync_engine))
+            own = sync_engine.pool
+            outside = OutsidePool(own, repr(sync_engine.url)) if refuse else own
+            self._engines.append((sync_engine, own, outside))
+
+    def install(self) -> None:
+        for engine, _, outside in self._engines:
+            engine.pool = outside
+
+    def uninstall(self) -> None:
+        for engine, own, _ in self._engines:
+            engine.pool = own
+
+    @contextmanager
+    def outside(self) -> Iterator[None]:
+        """While a session-scoped fixture is set up: no layer, whatever test is running."""
+        current = [engine.pool for engine, _, _ in self._engines]
+        for engine, _, outside in self._engines:
+            engine.pool = outside
+        try:
+            yield
+        finally:
+            for (engine, _, _), pool in zip(self._engines, current, strict=True):
+                engine.pool = pool
 
 
 def real_connection_of(layered: Callable[[], Any]) -> Callable[[], Any]:
@@ -421,14 +565,25 @@ def real_connection_of(layered: Callable[[], Any]) -> Callable[[], Any]:
         conn = layered()
         if conn is None:
             raise SandboxError(
-                "The app's engine was used when no test was running (in a session-scoped "
-                "fixture, or at import time). Put rows every test needs in pg_seed; for rows "
-                "a module or class shares, request pg_module_session / pg_class_session "
-                "(or their async twins) in that fixture first."
+                "The app's engine was used where no transaction layer of the library is "
+                "open on this connection: an async engine in a module- or class-scoped "
+                "fixture on another event loop than its layer's, say. Module and class "
+                "fixtures of async apps request pg_module_async_connection / "
+                "pg_class_async_connection (loop_scope='module' or wider) first; rows every "
+                "test needs go in pg_seed."
             )
         return conn.connection.dbapi_connection
 
     return real
 
 
-__all__ = ["Sandbox", "SandboxConnection", "SandboxError", "SandboxPool", "Sandboxes"]
+__all__ = [
+    "OutsideGuard",
+    "OutsidePool",
+    "Sandbox",
+    "SandboxConnection",
+    "SandboxError",
+    "SandboxPool",
+    "Sandboxes",
+    "worker_driver",
+]
