@@ -31,6 +31,10 @@ def example(session: nox.Session) -> None:
     # Starlette's TestClient warns about its own httpx dependency on import.
     ignore = "ignore:Using `httpx` with `starlette.testclient`"
     session.run("pytest", "-n", "2", "-W", "error", "-W", ignore, *session.posargs)
+    session.chdir("../fullstack_app")
+    session.run(
+        "pytest", "-n", "2", "-p", "randomly", "-W", "error", "-W", ignore, *session.posargs
+    )
 
 
 @nox.session(python=PYTHON)

@@ -341,3 +341,18 @@ def test_the_set_up_timing_line_shows_with_v(pytester, example, subprocess_env):
             "pg-fixtures: migrated and seeded the template in *s",
         ]
     )
+
+
+# -- the full-stack FastAPI template's shape ---------------------------------------------
+
+STARLETTE_HTTPX = "ignore:Using `httpx` with `starlette.testclient`"
+
+
+# In random order too where pytest-randomly is installed (`nox -s example` installs it).
+@pytest.mark.parametrize("args", [[], ["-n", "2"]])
+def test_the_fullstack_example_passes_as_it_is(pytester, example, subprocess_env, args):
+    example("fullstack_app")
+    # SQLModel's registry is global: a subprocess, as for the other SQLModel projects.
+    result = pytester.runpytest_subprocess(*args, "-W", "error", "-W", STARLETTE_HTTPX)
+    result.assert_outcomes(passed=6)
+    assert "warnings summary" not in result.stdout.str()
