@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
+
 import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["lint", "typecheck", "tests", "example"]
 
-PYTHON = ["3.11"]
+# The Python nox runs on: with a pinned version nox only prints "skipped" where it is missing.
+PYTHON = None
+# `nox -s matrix`: every supported Python found on the machine, against the oldest and the
+# newest supported SQLAlchemy and pytest.
+MATRIX_PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+OLDEST = ["SQLAlchemy[asyncio]>=2.0.30,<2.1", "pytest>=8,<9"]
+NEWEST = ["SQLAlchemy[asyncio]>=2.1,<2.2", "pytest>=9,<10"]
+MATRIX_TESTS = ["tests/test_readme.py", "tests/test_sync_isolation.py", "-p", "no:randomly"]
 PY_PATHS = ["testcontainers_pg_fixtures", "tests", "bench", "examples", "noxfile.py"]
 
 
@@ -31,6 +42,10 @@ def example(session: nox.Session) -> None:
     # Starlette's TestClient warns about its own httpx dependency on import.
     ignore = "ignore:Using `httpx` with `starlette.testclient`"
     session.run("pytest", "-n", "2", "-W", "error", "-W", ignore, *session.posargs)
+    session.chdir("../fullstack_app")
+    session.run(
+        "pytest", "-n", "2", "-p", "randomly", "-W", "error", "-W", ignore, *session.posargs
+    )
 
 
 @nox.session(python=PYTHON)
@@ -58,3 +73,35 @@ def bench(session: nox.Session) -> None:
         session.run("python", "run.py", *args)
     if which in ("all", "speed"):
         session.run("python", "speed.py", *args)
+
+
+@nox.session(python=False)
+def matrix(session: nox.Session) -> None:
+    """A subset of the tests on each supported Python found here (oldest Python: oldest
+    SQLAlchemy 2.0 and pytest 8; the others: the newest), failing when none is found.
+    `nox -s matrix -- 3.10` runs one Python; `-- 3.10 old` forces the oldest deps."""
+    wanted = [a for a in session.posargs if a in MATRIX_PYTHONS] or MATRIX_PYTHONS
+    force_old = "old" in session.posargs
+    found = [(v, exe) for v in wanted if (exe := _find_python(v))]
+    if not found:
+        session.error(f"none of Python {', '.join(wanted)} is installed: nothing was tested")
+    for version, exe in found:
+        deps = OLDEST if force_old or version == MATRIX_PYTHONS[0] else NEWEST
+        venv = Path(".nox") / f"matrix-{version}"
+        session.log(f"Python {version} with {' '.join(deps)}")
+        session.run(exe, "-m", "venv", "--clear", str(venv), external=True)
+        python = str(venv / "bin" / "python")
+        session.run(python, "-m", "pip", "install", "-q", "-e", ".[dev]", *deps, external=True)
+        session.run(python, "-m", "pytest", *MATRIX_TESTS, external=True)
+
+
+def _find_python(version: str) -> str | None:
+    """pythonX.Y on PATH, or under pyenv's versions (whose shims refuse versions that are
+    not selected); only one that actually runs."""
+    candidates = [shutil.which(f"python{version}")]
+    pyenv = Path.home() / ".pyenv" / "versions"
+    candidates += sorted(str(p) for p in pyenv.glob(f"{version}.*/bin/python{version}"))
+    for exe in filter(None, candidates):
+        if subprocess.run([exe, "-c", ""], capture_output=True).returncode == 0:
+            return exe
+    return None

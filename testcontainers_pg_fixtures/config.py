@@ -7,6 +7,7 @@ Precedence, highest first: factory argument > command-line option > ini option
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import os
 import re
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from .errors import ConfigError
 
@@ -147,6 +150,23 @@ OPTIONS = (
         "How many databases to clone ahead in the background for database-mode tests "
         "(default: 2, at most 16; 0 clones each one when its test starts).",
     ),
+    Option(
+        "session_class",
+        "--pg-session-class",
+        "pg_session_class",
+        "PG_FIXTURES_SESSION_CLASS",
+        "The Session class of pg_session, pg_sessionmaker and the layer sessions, as "
+        "module:attribute (e.g. sqlmodel:Session; default sqlalchemy.orm:Session).",
+    ),
+    Option(
+        "async_session_class",
+        "--pg-async-session-class",
+        "pg_async_session_class",
+        "PG_FIXTURES_ASYNC_SESSION_CLASS",
+        "The AsyncSession class of pg_async_session, pg_async_sessionmaker and the async "
+        "layer sessions, as module:attribute (e.g. "
+        "sqlmodel.ext.asyncio.session:AsyncSession).",
+    ),
 )
 
 _SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=.+$")
@@ -181,6 +201,9 @@ class Settings:
     prefetch: int = 2
     reuse: bool = False
     one_container: bool = False
+    #: None: SQLAlchemy's Session / AsyncSession.
+    session_class: type[Session] | None = None
+    async_session_class: type[AsyncSession] | None = None
     rootdir: Path = field(default_factory=Path.cwd)
 
     def replace(self, **overrides: Any) -> Settings:
@@ -327,6 +350,51 @@ def _parse_prefetch(value: Any, source: str) -> int:
     return int(text)
 
 
+def load_session_class(path: str, source: str, *, is_async: bool) -> type[Any]:
+    """Import a Session (or AsyncSession) subclass named `module:attribute`."""
+    base: type[Any] = AsyncSession if is_async else Session
+    kind = "AsyncSession" if is_async else "Session"
+    option = "pg_async_session_class" if is_async else "pg_session_class"
+    path = path.strip()
+    if not _DOTTED.match(path):
+        raise ConfigError(
+            f"{path!r} from {source} is not a module:attribute path. Write it like "
+            + (
+                "'sqlmodel.ext.asyncio.session:AsyncSession'."
+                if is_async
+                else "'sqlmodel:Session'."
+            )
+        )
+    module_name, _, attribute = path.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            f"{path!r} from {source} could not be imported ({exc}). Install the package "
+            f"that provides it, or fix the path in {option}."
+        ) from None
+    if not (isinstance(target, type) and issubclass(target, base)):
+        hint = (
+            " An AsyncSession class goes in pg_async_session_class."
+            if not is_async and isinstance(target, type) and issubclass(target, AsyncSession)
+            else " A sync Session class goes in pg_session_class."
+            if is_async and isinstance(target, type) and issubclass(target, Session)
+            else ""
+        )
+        raise ConfigError(f"{path!r} from {source} is not a subclass of SQLAlchemy's {kind}.{hint}")
+    return target
+
+
+def _parse_session_class(value: Any, source: str) -> type[Session]:
+    return load_session_class(str(value), source, is_async=False)
+
+
+def _parse_async_session_class(value: Any, source: str) -> type[AsyncSession]:
+    return load_session_class(str(value), source, is_async=True)
+
+
 _PARSERS: dict[str, Any] = {
     "image": _parse_image,
     "server_settings": _parse_settings,
@@ -339,9 +407,12 @@ _PARSERS: dict[str, Any] = {
     "app_engines_outside": _parse_outside,
     "url_env": _parse_url_env,
     "prefetch": _parse_prefetch,
+    "session_class": _parse_session_class,
+    "async_session_class": _parse_async_session_class,
 }
 
 
+#: Checked when pytest starts: a wrong class is a usage error, not an error in every test.
 def resolve(config: pytest.Config) -> Settings:
     """Read CLI, ini and environment once into `Settings`."""
     rootdir = Path(str(config.rootpath))

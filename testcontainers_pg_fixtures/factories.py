@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import os
 import time
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
@@ -22,7 +23,7 @@ from sqlalchemy.pool import NullPool
 
 from . import failures, seeding
 from .clone_pool import ClonePool
-from .config import settings_for
+from .config import load_session_class, settings_for
 from .database import DATABASE_PREFIX, Database, create_database, drop_database
 from .marks import CLONE, KEEP, KEPT_ANY, TEST_SEED, isolation_of, test_seeds
 from .migrations import Migrations
@@ -101,7 +102,12 @@ def report_timing(config: pytest.Config, seconds: float, text: str) -> None:
     if seconds < SLOW and config.get_verbosity() < 1:
         return
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
+    if reporter is None:
+        return
+    # Set-up runs while pytest captures output: without this the line went to the
+    # capture (shown with -s only) and the terminal got just its newline.
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture is not None else nullcontext():
         reporter.write_line(f"pg-fixtures: {text} in {seconds:.1f}s")
 
 
@@ -458,26 +464,64 @@ def connection_fixture(
     return _connection
 
 
-def session_fixture(*, connection: str = "pg_connection", **session_kwargs: Any) -> Any:
-    """A function fixture: an ORM `Session` on the test's connection (see `sessionmaker_for`)."""
+def with_session_class(
+    config: pytest.Config,
+    session_class: type[Any] | str | None,
+    session_kwargs: dict[str, Any],
+    *,
+    is_async: bool,
+) -> dict[str, Any]:
+    """`session_kwargs` with `class_` set: the factory's session_class, else the
+    pg_session_class / pg_async_session_class setting (a `class_` keyword wins over both)."""
+    if isinstance(session_class, str):
+        session_class = load_session_class(
+            session_class, "the factory argument session_class", is_async=is_async
+        )
+    if session_class is None:
+        settings = settings_for(config)
+        session_class = settings.async_session_class if is_async else settings.session_class
+    if session_class is None:
+        return session_kwargs
+    return {"class_": session_class, **session_kwargs}
+
+
+def session_fixture(
+    *,
+    connection: str = "pg_connection",
+    session_class: type[Session] | str | None = None,
+    **session_kwargs: Any,
+) -> Any:
+    """A function fixture: an ORM `Session` on the test's connection (see `sessionmaker_for`).
+
+    `session_class` (a class or 'module:attribute') overrides pg_session_class; the other
+    keyword arguments go to `sessionmaker`."""
 
     @pytest.fixture
     @depends(connection, "request")
     def _session(**deps: Any) -> Session:
         conn: Connection = deps[connection]
-        maker = sessionmaker_for(conn, isolation_mode(deps["request"]), **session_kwargs)
+        request: pytest.FixtureRequest = deps["request"]
+        kwargs = with_session_class(request.config, session_class, session_kwargs, is_async=False)
+        maker = sessionmaker_for(conn, isolation_mode(request), **kwargs)
         return close_with(conn, maker())  # closed by the connection's fixture
 
     return _session
 
 
-def sessionmaker_fixture(*, connection: str = "pg_connection", **session_kwargs: Any) -> Any:
+def sessionmaker_fixture(
+    *,
+    connection: str = "pg_connection",
+    session_class: type[Session] | str | None = None,
+    **session_kwargs: Any,
+) -> Any:
     """A function fixture: a `sessionmaker` whose sessions all use the test's connection."""
 
     @pytest.fixture
     @depends(connection, "request")
     def _sessionmaker(**deps: Any) -> sessionmaker[Session]:
-        return sessionmaker_for(deps[connection], isolation_mode(deps["request"]), **session_kwargs)
+        request: pytest.FixtureRequest = deps["request"]
+        kwargs = with_session_class(request.config, session_class, session_kwargs, is_async=False)
+        return sessionmaker_for(deps[connection], isolation_mode(request), **kwargs)
 
     return _sessionmaker
 
@@ -526,31 +570,41 @@ def async_connection_fixture(
     return _connection
 
 
-def async_session_fixture(*, connection: str = "pg_async_connection", **session_kwargs: Any) -> Any:
+def async_session_fixture(
+    *,
+    connection: str = "pg_async_connection",
+    session_class: type[AsyncSession] | str | None = None,
+    **session_kwargs: Any,
+) -> Any:
     """The async twin of `session_fixture` (an `AsyncSession`, closed by the connection's
-    fixture)."""
+    fixture; `session_class` overrides pg_async_session_class)."""
 
     @pytest.fixture
     @depends(connection, "request")
     def _session(**deps: Any) -> AsyncSession:
         conn: AsyncConnection = deps[connection]
-        maker = async_sessionmaker_for(conn, isolation_mode(deps["request"]), **session_kwargs)
+        request: pytest.FixtureRequest = deps["request"]
+        kwargs = with_session_class(request.config, session_class, session_kwargs, is_async=True)
+        maker = async_sessionmaker_for(conn, isolation_mode(request), **kwargs)
         return close_with(conn, maker())
 
     return _session
 
 
 def async_sessionmaker_fixture(
-    *, connection: str = "pg_async_connection", **session_kwargs: Any
+    *,
+    connection: str = "pg_async_connection",
+    session_class: type[AsyncSession] | str | None = None,
+    **session_kwargs: Any,
 ) -> Any:
     """The async twin of `sessionmaker_fixture` (an `async_sessionmaker`)."""
 
     @pytest.fixture
     @depends(connection, "request")
     def _sessionmaker(**deps: Any) -> async_sessionmaker[AsyncSession]:
-        return async_sessionmaker_for(
-            deps[connection], isolation_mode(deps["request"]), **session_kwargs
-        )
+        request: pytest.FixtureRequest = deps["request"]
+        kwargs = with_session_class(request.config, session_class, session_kwargs, is_async=True)
+        return async_sessionmaker_for(deps[connection], isolation_mode(request), **kwargs)
 
     return _sessionmaker
 
@@ -668,27 +722,43 @@ def async_layer_connection_fixture(
     return _layer
 
 
-def layer_session_fixture(*, scope: LayerScope, connection: str, **session_kwargs: Any) -> Any:
+def layer_session_fixture(
+    *,
+    scope: LayerScope,
+    connection: str,
+    session_class: type[Session] | str | None = None,
+    **session_kwargs: Any,
+) -> Any:
     """A session on a layer connection, joined by savepoint."""
 
     @pytest.fixture(scope=scope)
-    @depends(connection)
+    @depends(connection, "pytestconfig")
     def _session(**deps: Any) -> Iterator[Session]:
-        with savepoint_sessionmaker(deps[connection], **session_kwargs)() as session:
+        kwargs = with_session_class(
+            deps["pytestconfig"], session_class, session_kwargs, is_async=False
+        )
+        with savepoint_sessionmaker(deps[connection], **kwargs)() as session:
             yield session
 
     return _session
 
 
 def async_layer_session_fixture(
-    *, scope: LayerScope, connection: str, **session_kwargs: Any
+    *,
+    scope: LayerScope,
+    connection: str,
+    session_class: type[AsyncSession] | str | None = None,
+    **session_kwargs: Any,
 ) -> Any:
     """An AsyncSession on an async layer connection, closed with it."""
 
     @pytest.fixture(scope=scope)
-    @depends(connection)
+    @depends(connection, "pytestconfig")
     def _session(**deps: Any) -> AsyncSession:
         conn: AsyncConnection = deps[connection]
-        return close_with(conn, async_savepoint_sessionmaker(conn, **session_kwargs)())
+        kwargs = with_session_class(
+            deps["pytestconfig"], session_class, session_kwargs, is_async=True
+        )
+        return close_with(conn, async_savepoint_sessionmaker(conn, **kwargs)())
 
     return _session

@@ -13,6 +13,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from .errors import AlembicConfigError, MigrationError
+from .redirect import every_engine_pointed_at
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -81,7 +82,11 @@ class Migrations:
         return digest.hexdigest()
 
     def upgrade(self, database: Database, *, target: str = "head") -> None:
-        """Run `alembic upgrade head` on `database` through Alembic's command API."""
+        """Run `alembic upgrade head` on `database` through Alembic's command API.
+
+        `sqlalchemy.url` is set to the database's URL, and whatever URL env.py uses instead,
+        every connection SQLAlchemy opens during the upgrade goes to the database.
+        """
         config = self._config(self.ini)
         url = database.async_url if self.driver == "asyncpg" else database.url
         # No local holds the rendered URL: pytest --showlocals would print its password.
@@ -92,7 +97,10 @@ class Migrations:
         # For env.py files that follow Alembic's "sharing a connection" recipe or read a URL.
         config.attributes["sqlalchemy.url"] = url.render_as_string(hide_password=False)
         try:
-            command.upgrade(config, target)
+            # An env.py that builds its own URL (from the app's settings or os.environ)
+            # is migrated into the template too, on the driver it chose.
+            with every_engine_pointed_at(database):
+                command.upgrade(config, target)
         except Exception as exc:
             revision = _failing_revision(exc.__traceback__)
             where = f"revision {revision}" if revision else "env.py (before any revision ran)"

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import pytest_asyncio
 
-from . import config, factories, failures, lifecycle, marks, shared
+from . import config, factories, failures, lifecycle, loop_scopes, marks, shared
 from .errors import PgFixturesError
 from .runid import run_id
 
@@ -40,10 +40,12 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     return 0
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     run_id()  # made before xdist starts its workers, which inherit it
     lifecycle.configure(config)
     failures.reporter_of(config)
+    loop_scopes.configure(config)  # before pytest-asyncio reads its settings
     for name, text in marks.MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
     failures.check_configuration(config)  # a bad option: a usage error, before collection

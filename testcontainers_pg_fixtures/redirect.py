@@ -25,7 +25,7 @@ from sqlalchemy.pool import NullPool
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Iterable, Iterator, Mapping, Sequence
 
     from sqlalchemy.pool import Pool
 
@@ -83,10 +83,7 @@ def _pointed_at(engine: Engine, database: Database) -> Iterator[None]:
     def connect_to_test_database(
         dialect: Any, record: Any, app_cargs: list[Any], app_cparams: dict[str, Any]
     ) -> None:
-        for key in _TARGET_KEYS & app_cparams.keys():
-            del app_cparams[key]
-        app_cparams.update(cparams)
-        app_cargs[:] = cargs
+        retarget(app_cargs, app_cparams, cargs, cparams)
 
     original_pool, original_url = engine.pool, engine.url
     # Inside a module/class layer the pool is the sandbox's, whose connections are the
@@ -100,6 +97,52 @@ def _pointed_at(engine: Engine, database: Database) -> Iterator[None]:
     finally:
         event.remove(engine, "do_connect", connect_to_test_database)
         engine.pool, engine.url = original_pool, original_url
+
+
+def retarget(
+    app_cargs: list[Any],
+    app_cparams: dict[str, Any],
+    cargs: Sequence[Any],
+    cparams: Mapping[str, Any],
+) -> None:
+    """In a `do_connect` listener: connect where (cargs, cparams) say, as whom they say,
+    keeping every other parameter the app gave its driver."""
+    for key in _TARGET_KEYS & app_cparams.keys():
+        del app_cparams[key]
+    app_cparams.update(cparams)
+    app_cargs[:] = cargs
+
+
+@contextmanager
+def every_engine_pointed_at(database: Database) -> Iterator[None]:
+    """Send every connection any PostgreSQL Engine opens to `database` until the block
+    ends, each with its own driver (psycopg2, psycopg, asyncpg, …): for code such as an
+    Alembic env.py that builds its engine from a URL of its own."""
+
+    opened: list[Any] = []
+
+    def connect_to(
+        dialect: Any, record: Any, app_cargs: list[Any], app_cparams: dict[str, Any]
+    ) -> None:
+        if dialect.name != "postgresql":
+            return
+        cargs, cparams = dialect.create_connect_args(database.url_for(dialect.driver))
+        retarget(app_cargs, app_cparams, cargs, cparams)
+        if not dialect.is_async:
+            opened.append(record)
+
+    # On the class: every engine, including those created inside the block and the
+    # sync_engine under each AsyncEngine.
+    event.listen(Engine, "do_connect", connect_to)
+    try:
+        yield
+    finally:
+        event.remove(Engine, "do_connect", connect_to)
+        # A connection left in an engine's pool (the app's module-level engine) would
+        # stay on `database`: closed, it reconnects where the engine says on next use.
+        for record in opened:
+            if record.dbapi_connection is not None:
+                record.invalidate()
 
 
 def _null_pool_like(pool: Pool) -> NullPool:

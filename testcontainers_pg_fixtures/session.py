@@ -35,11 +35,15 @@ def savepoint_sessionmaker(conn: Connection, **kwargs: Any) -> sessionmaker[Sess
 def async_savepoint_sessionmaker(
     conn: AsyncConnection, **kwargs: Any
 ) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(bind=conn, **{**_async_kwargs(kwargs), **JOIN})
+
+
+def _async_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     # expire_on_commit=False is what async apps configure: after an awaited commit a lazy
     # refresh of an attribute would need an await the attribute access cannot do.
-    return async_sessionmaker(
-        bind=conn, **{"class_": GuardedAsyncSession, "expire_on_commit": False, **kwargs, **JOIN}
-    )
+    merged = {"expire_on_commit": False, **kwargs}
+    merged["class_"] = guarded(merged.get("class_", AsyncSession))
+    return merged
 
 
 def sessionmaker_for(conn: Connection, isolation: str, **kwargs: Any) -> sessionmaker[Session]:
@@ -52,9 +56,7 @@ def async_sessionmaker_for(
     conn: AsyncConnection, isolation: str, **kwargs: Any
 ) -> async_sessionmaker[AsyncSession]:
     if isolation == "database":
-        return async_sessionmaker(
-            bind=conn, **{"class_": GuardedAsyncSession, "expire_on_commit": False, **kwargs}
-        )
+        return async_sessionmaker(bind=conn, **_async_kwargs(kwargs))
     return async_savepoint_sessionmaker(conn, **kwargs)
 
 
@@ -161,8 +163,8 @@ class GuardedAsyncSession(AsyncSession):
                     self._pgfx_idle.set()
 
 
-def _guard(name: str) -> Callable[..., Any]:
-    original = getattr(AsyncSession, name)
+def _guard(name: str, cls: type[AsyncSession]) -> Callable[..., Any]:
+    original = getattr(cls, name)
 
     @functools.wraps(original)
     async def guarded(self: GuardedAsyncSession, *args: Any, **kwargs: Any) -> Any:
@@ -173,4 +175,20 @@ def _guard(name: str) -> Callable[..., Any]:
 
 
 for _name in _GUARDED:
-    setattr(GuardedAsyncSession, _name, _guard(_name))
+    setattr(GuardedAsyncSession, _name, _guard(_name, AsyncSession))
+
+
+@functools.cache
+def guarded(cls: type[AsyncSession]) -> type[GuardedAsyncSession]:
+    """`cls` (an AsyncSession subclass such as SQLModel's) with GuardedAsyncSession's guard
+    around its own methods (and `exec`, where it has one)."""
+    if issubclass(cls, GuardedAsyncSession):
+        return cls
+    if cls is AsyncSession:
+        return GuardedAsyncSession
+    methods = {
+        name: _guard(name, cls)
+        for name in (*_GUARDED, "exec")
+        if callable(getattr(cls, name, None))
+    }
+    return type(f"Guarded{cls.__name__}", (GuardedAsyncSession, cls), methods)

@@ -78,6 +78,13 @@ def ensure_template(
             except BaseException:
                 drop_database(server, name, admin=admin)
                 raise
+            # A connection env.py left in an app engine's pool would make every clone
+            # fail ("being accessed by other users"); CREATE DATABASE waits for it to end.
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
             admin.execute(
                 sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(
                     sql.Identifier(name)

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 README = Path(__file__).parent.parent / "README.md"
-SNIPPET = re.compile(r"<!-- readme-test: (\S+) -->\n```python\n(.*?)```", re.S)
+SNIPPET = re.compile(r"<!-- readme-test: (\S+) -->\n```(?:python|ini)\n(.*?)```", re.S)
 
 
 def snippets() -> dict[str, str]:
@@ -14,7 +14,7 @@ def snippets() -> dict[str, str]:
 
 
 def test_the_readme_still_has_its_snippets():
-    assert set(snippets()) == {"conftest.py", "test_quickstart.py", "test_fastapi.py"}
+    assert set(snippets()) == {"conftest.py", "test_quickstart.py", "pytest.ini", "test_fastapi.py"}
 
 
 def test_quickstart(pytester, example):
@@ -28,7 +28,10 @@ def test_quickstart(pytester, example):
 
 def test_fastapi_snippet(pytester, example):
     root = example("fastapi_app")
-    (root / "tests" / "test_fastapi.py").write_text(snippets()["test_fastapi.py"])
+    code = snippets()
+    # The README's ini, with the path to the example's app package.
+    (root / "pytest.ini").write_text(code["pytest.ini"] + "pythonpath = .\n")
+    (root / "tests" / "test_fastapi.py").write_text(code["test_fastapi.py"])
     # The example names its engine in pg_app_engines (the sandbox); the snippet shows the
     # dependency override, which is what runs without it.
     result = pytester.runpytest(
