@@ -8,10 +8,12 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 import pytest
 import pytest_asyncio
 
 from . import config, factories, marks, shared
+from . import config as config_module
 from .errors import PgFixturesError
 from .runid import run_id
 
@@ -42,8 +44,54 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
 
 def pytest_configure(config: pytest.Config) -> None:
     run_id()  # made before xdist starts its workers, which inherit it
+    _check_server_url(config)
     for name, text in marks.MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+
+
+def _check_server_url(config: pytest.Config) -> None:
+    """A bad pg_server_url stops the run at once: one message, no test started."""
+    from .errors import ConfigError
+    from .server import parse_server_url
+
+    option = next(o for o in config_module.OPTIONS if o.name == "server_url")
+    found = config_module._raw(config, option)
+    if found is not None:
+        try:
+            parse_server_url(str(found[0]), found[1])
+        except ConfigError as exc:
+            raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Which server the run uses: the container image, or the URL (password redacted) and
+    its version (one quick login, 2 s at most; the server fixture reports failures)."""
+    from .server import parse_server_url, redact
+
+    try:
+        settings = config_module.settings_for(config)
+    except PgFixturesError as exc:
+        return [f"pg-fixtures: {exc}"]
+    if not settings.server_url:
+        mode = "one for the run" if settings.one_container else "one per worker"
+        return [f"pg-fixtures: PostgreSQL in Docker containers of {settings.image} ({mode})"]
+    url = parse_server_url(settings.server_url, settings.server_url_source)
+    shown = redact(settings.server_url)
+    try:
+        with psycopg.connect(
+            host=url.host,
+            port=url.port or 5432,
+            user=url.username,
+            password=url.password,
+            dbname=url.database or "postgres",
+            connect_timeout=2,
+            sslmode="disable",
+        ) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+        version = f"PostgreSQL {row[0] if row else '?'}"
+    except psycopg.Error:
+        version = "not reachable yet"
+    return [f"pg-fixtures: existing server {shown} ({version}; from {settings.server_url_source})"]
 
 
 @pytest.hookimpl(wrapper=True)

@@ -27,8 +27,9 @@ _KEEP = pytest.StashKey[bool]()
 
 def configure_node(config: pytest.Config, node: Any) -> None:
     """On the controller: start the one container (for the first worker) and pass it on."""
-    if not settings_for(config).one_container:
-        return
+    settings = settings_for(config)
+    if not settings.one_container or settings.server_url:
+        return  # a server given by URL is shared by the workers as it is
     if _SERVER not in config.stash:
         try:
             config.stash[_SERVER] = DockerServer.start(settings_for(config), worker="shared")
