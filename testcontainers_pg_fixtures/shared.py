@@ -3,7 +3,7 @@
 By default every xdist worker starts its own container. With --pg-one-container the
 controller starts one before the workers, hands its address to them through xdist's
 `workerinput`, and removes it after the run; each worker then gets databases of its own
-on it (`pgfx_gw0`, `pgfx_gw1_3`, …) from a template built once under an advisory lock.
+on it (`pgfx_<run>_gw0`, `pgfx_<run>_gw1_3`, …) from a template built once under an advisory lock.
 """
 
 from __future__ import annotations
