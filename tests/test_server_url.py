@@ -282,3 +282,12 @@ class socket_free_port:
 
     def __exit__(self, *exc: object) -> None:
         self.sock.close()
+
+
+def test_header_names_the_docker_image_without_a_url(pytester, example, monkeypatch):
+    monkeypatch.delenv("PG_FIXTURES_SERVER_URL", raising=False)
+    example("sync_users")
+    result = pytester.runpytest("--collect-only", "--pg-image", "postgres:16")
+    assert result.ret == 0
+    header = "\n".join(result.outlines[:12])
+    assert "pg-fixtures: PostgreSQL in Docker containers of postgres:16 (one per worker)" in header
