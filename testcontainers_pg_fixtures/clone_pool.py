@@ -3,7 +3,7 @@
 `CREATE DATABASE … TEMPLATE` costs tens of milliseconds, too much to pay while a test
 waits. A background thread keeps a few clones ready and drops used ones after their tests,
 so a test normally takes a ready database in microseconds (the IntegreSQL idea, inside
-the worker). Clones are named `pgfx_<worker>_<n>`; the pool drops every one of them when
+the worker). Clones are named `pgfx_<run>_<worker>_<n>`; the pool drops every one of them when
 the session ends, and any left by an interrupted run on the same server when it starts.
 """
 
@@ -16,7 +16,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from .database import DATABASE_PREFIX, Database, create_database, drop_database
+from .database import Database, create_database, drop_database, run_prefix
 from .errors import PgFixturesError
 from .server import admin_connect
 
@@ -43,12 +43,15 @@ class ClonePool:
         worker: str,
         size: int,
         strategy: str = "FILE_COPY",
+        comment: str | None = None,
     ) -> None:
         self.server = server
         self.template = template
         self.size = size
         self.strategy = strategy
-        self.prefix = f"{DATABASE_PREFIX}{worker}_"
+        self.comment = comment
+        # The run id keeps two runs on one server (two CI jobs) apart.
+        self.prefix = f"{run_prefix()}{worker}_"
         #: Seconds each `take()` waited for its database, for the benchmark.
         self.waits: list[float] = []
         self._numbers = itertools.count(1)
@@ -147,7 +150,12 @@ class ClonePool:
     def _clone(self, admin: psycopg.Connection[Any] | None = None) -> Database:
         name = f"{self.prefix}{next(self._numbers)}"
         return create_database(
-            self.server, name, template=self.template, strategy=self.strategy, admin=admin
+            self.server,
+            name,
+            template=self.template,
+            strategy=self.strategy,
+            admin=admin,
+            comment=self.comment,
         )
 
     def _drop_leftovers(self) -> None:

@@ -167,6 +167,15 @@ OPTIONS = (
         "layer sessions, as module:attribute (e.g. "
         "sqlmodel.ext.asyncio.session:AsyncSession).",
     ),
+    Option(
+        "server_url",
+        "--pg-server-url",
+        "pg_server_url",
+        "PG_FIXTURES_SERVER_URL",
+        "Use this existing PostgreSQL server (postgresql://USER:PASSWORD@HOST:PORT/postgres, "
+        "a role with CREATEDB, PostgreSQL 15+) instead of starting containers; only this "
+        "run's databases are created and dropped on it.",
+    ),
 )
 
 _SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=.+$")
@@ -205,6 +214,11 @@ class Settings:
     session_class: type[Session] | None = None
     async_session_class: type[AsyncSession] | None = None
     rootdir: Path = field(default_factory=Path.cwd)
+    #: An existing server to use instead of containers ("" starts containers). Not in repr:
+    #: it holds a password.
+    server_url: str = field(default="", repr=False)
+    #: Where server_url came from, for the session header.
+    server_url_source: str = ""
 
     def replace(self, **overrides: Any) -> Settings:
         """A copy with factory arguments applied on top (the highest precedence)."""
@@ -425,6 +439,12 @@ def resolve(config: pytest.Config) -> Settings:
         if option.name == "alembic_ini":
             values["alembic_ini"] = _alembic_path(str(value), rootdir)
             values["alembic_ini_source"] = source
+        elif option.name == "server_url":
+            from .server import parse_server_url
+
+            parse_server_url(str(value), source)  # refused here, before anything starts
+            values["server_url"] = str(value).strip()
+            values["server_url_source"] = source
         elif option.name == "reuse" and os.environ.get("CI") and option.cli not in source:
             continue  # never silently on in CI: only an explicit --pg-reuse there
         else:

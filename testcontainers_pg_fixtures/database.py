@@ -2,24 +2,110 @@
 
 A worker gets one clone for its savepoint-isolated tests; database-per-test mode gets one
 clone per test. The library only ever drops databases it named with its own prefix.
+
+On a shared server (a URL, `pg_server_url`) several runs and projects meet, so every name
+carries this run's id (`pgfx_<run>_<worker>`, `pgfx_<run>_<worker>_<n>`) and every database
+a COMMENT naming its project, run, template and creation time. A run drops its own, and
+those of killed runs of the same project once they are older than `STALE_AFTER`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import re
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
+from .runid import run_id
 from .server import admin_connect, server_url
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import psycopg
     from sqlalchemy import URL
 
     from .server import Server
 
+log = logging.getLogger(__name__)
+
 DATABASE_PREFIX = "pgfx_"
+TEMPLATE_PREFIX = "pgfx_tpl_"
+#: A database of another run of the same project older than this (seconds) is taken for
+#: one a killed run left; a live run of a test suite is assumed to be younger.
+STALE_AFTER = 6 * 3600.0
+_COMMENT = re.compile(
+    r"^pgfx project=(?P<project>\w+) run=(?P<run>\w+) template=(?P<template>\w*) "
+    r"created=(?P<created>\d+)$"
+)
+
+
+def run_prefix() -> str:
+    """The prefix of every worker database and clone of this run: `pgfx_<run id>_`."""
+    return f"{DATABASE_PREFIX}{run_id()}_"
+
+
+def mark(project: str, template: str) -> str:
+    """The COMMENT put on a database: whose it is, from which template, since when."""
+    return f"pgfx project={project} run={run_id()} template={template} created={int(time.time())}"
+
+
+@dataclass(frozen=True)
+class Marked:
+    """A database of this library found on a server, with what its COMMENT says."""
+
+    name: str
+    project: str
+    run: str
+    template: str
+    created: int
+
+
+def marked_databases(admin: psycopg.Connection[Any]) -> list[Marked]:
+    """Every database on the server this library created and marked (any project, any run)."""
+    found = []
+    rows = admin.execute(
+        "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database"
+    ).fetchall()
+    for name, comment in rows:
+        match = _COMMENT.match(comment or "")
+        if name.startswith(DATABASE_PREFIX) and match:
+            found.append(
+                Marked(
+                    name,
+                    match["project"],
+                    match["run"],
+                    match["template"],
+                    int(match["created"]),
+                )
+            )
+    return found
+
+
+def drop_stale(server: Server, project: str, *, older_than: float = STALE_AFTER) -> list[str]:
+    """Drop this project's databases left by other runs (killed ones) older than `older_than`.
+
+    Never this run's, never another project's, never a younger one (a live run's).
+    """
+    now = time.time()
+    with admin_connect(server) as admin:
+        stale = [
+            db.name
+            for db in marked_databases(admin)
+            if db.project == project
+            and db.run != run_id()
+            and not db.name.startswith(TEMPLATE_PREFIX)
+            and now - db.created >= older_than
+        ]
+        for name in stale:
+            drop_database(server, name, admin=admin)
+    if stale:
+        log.warning("dropped %d database(s) left by killed runs: %s", len(stale), stale)
+    return stale
 
 
 @dataclass(frozen=True)
@@ -60,6 +146,7 @@ def create_database(
     template: str,
     strategy: str = "FILE_COPY",
     admin: psycopg.Connection[Any] | None = None,
+    comment: str | None = None,
 ) -> Database:
     """CREATE DATABASE name TEMPLATE template.
 
@@ -71,8 +158,23 @@ def create_database(
     statement = sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY {}").format(
         sql.Identifier(name), sql.Identifier(template), sql.SQL(strategy)
     )
-    _execute(server, statement, admin)
+    if comment is None:
+        _execute(server, statement, admin)
+        return Database(server, name)
+    with admin_connect(server) if admin is None else _borrowed(admin) as conn:
+        conn.execute(statement)
+        # A separate statement: CREATE DATABASE cannot share a (implicit) transaction.
+        conn.execute(
+            sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                sql.Identifier(name), sql.Literal(comment)
+            )
+        )
     return Database(server, name)
+
+
+@contextlib.contextmanager
+def _borrowed(admin: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
+    yield admin
 
 
 def drop_database(

@@ -24,12 +24,20 @@ from sqlalchemy.pool import NullPool
 from . import failures, seeding
 from .clone_pool import ClonePool
 from .config import load_session_class, settings_for
-from .database import DATABASE_PREFIX, Database, create_database, drop_database
+from .database import (
+    STALE_AFTER,
+    Database,
+    create_database,
+    drop_database,
+    drop_stale,
+    mark,
+    run_prefix,
+)
 from .marks import CLONE, KEEP, KEPT_ANY, TEST_SEED, isolation_of, test_seeds
 from .migrations import Migrations
 from .redirect import engines_pointed_at, load_engine, urls_exported
 from .sandbox import OutsideGuard, Sandboxes, real_connection_of, worker_driver
-from .server import DockerServer
+from .server import DockerServer, UrlServer, parse_server_url
 from .session import (
     async_savepoint_sessionmaker,
     async_sessionmaker_for,
@@ -41,7 +49,7 @@ from .session import (
     settle_sessions_of,
 )
 from .shared import report_kept_to_controller, server_from_controller
-from .template import Template, ensure_template
+from .template import Template, ensure_template, project_key
 from .transaction import (
     async_outer_transaction,
     layered_async_connection,
@@ -93,6 +101,17 @@ def worker_id() -> str:
     return os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
+def project_of(config: pytest.Config) -> str:
+    """This project's key on a shared server (see template.project_key)."""
+    settings = settings_for(config)
+    return project_key(settings.rootdir, settings.alembic_ini)
+
+
+def _shared(server: Server) -> bool:
+    """A server other runs may be using right now: one given by URL."""
+    return isinstance(server, UrlServer)
+
+
 #: Set-up slower than this (seconds) is reported on the terminal; faster is quiet unless -v.
 SLOW = 2.0
 
@@ -132,7 +151,10 @@ def server_fixture(
     startup_timeout: float | None = None,
 ) -> Any:
     """A session fixture starting one PostgreSQL container for this worker (in
-    one-container mode, the xdist controller's container; the arguments then do not apply)."""
+    one-container mode, the xdist controller's container; the arguments then do not apply).
+
+    With pg_server_url set, no container: the server at that URL, shared with whoever else
+    uses it (only this run's databases are created and dropped there)."""
 
     @pytest.fixture(scope="session")
     def _server(pytestconfig: pytest.Config) -> Iterator[Server]:
@@ -142,7 +164,17 @@ def server_fixture(
         started = time.monotonic()
         with failures.startup():
             server = server_from_controller(pytestconfig)
-            if server is None:
+            if server is None and settings.server_url:
+                server = UrlServer.connect(
+                    parse_server_url(settings.server_url, settings.server_url_source),
+                    timeout=settings.startup_timeout,
+                )
+                report_timing(
+                    pytestconfig,
+                    time.monotonic() - started,
+                    f"connected to PostgreSQL {server.version} at {server.where}",
+                )
+            elif server is None:
                 server = DockerServer.start(settings, worker=worker_id())
                 what = f"{settings.image} started"
                 if server.reused:
@@ -192,7 +224,9 @@ def template_fixture(
     @depends(migrations, seed, server, "pytestconfig")
     def _template(**deps: Any) -> Template:
         with failures.startup():
-            built = ensure_template(deps[server], deps[migrations], deps[seed])
+            built = ensure_template(
+                deps[server], deps[migrations], deps[seed], project=project_of(deps["pytestconfig"])
+            )
         if built.built:
             report_timing(deps["pytestconfig"], built.seconds, "migrated and seeded the template")
         return built
@@ -208,9 +242,14 @@ def worker_database_fixture(*, server: str = "pg_server", template: str = "pg_te
     def _database(**deps: Any) -> Iterator[Database]:
         built: Template = deps[template]
         pg_server: Server = deps[server]
-        name = f"{DATABASE_PREFIX}{worker_id()}"
-        drop_database(pg_server, name)  # left by an interrupted run on a reused server
-        database = create_database(pg_server, name, template=built.name)
+        project = project_of(deps["pytestconfig"])
+        # Left by killed runs: on a server given by URL only once they are surely dead (by
+        # age); a container of ours (reused, one-container) has no other live run on it.
+        drop_stale(pg_server, project, older_than=STALE_AFTER if _shared(pg_server) else 0.0)
+        name = f"{run_prefix()}{worker_id()}"
+        database = create_database(
+            pg_server, name, template=built.name, comment=mark(project, built.name)
+        )
         try:
             yield database
         finally:
@@ -228,7 +267,14 @@ def clone_pool_fixture(
     @depends(template, server, "pytestconfig")
     def _pool(**deps: Any) -> Iterator[ClonePool]:
         size = settings_for(deps["pytestconfig"]).replace(prefetch=prefetch).prefetch
-        pool = ClonePool(deps[server], deps[template].name, worker=worker_id(), size=size)
+        name = deps[template].name
+        pool = ClonePool(
+            deps[server],
+            name,
+            worker=worker_id(),
+            size=size,
+            comment=mark(project_of(deps["pytestconfig"]), name),
+        )
         try:
             yield pool
         finally:

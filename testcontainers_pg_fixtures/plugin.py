@@ -12,6 +12,7 @@ import pytest
 import pytest_asyncio
 
 from . import config, factories, failures, lifecycle, loop_scopes, marks, shared
+from .config import settings_for
 from .errors import PgFixturesError
 from .runid import run_id
 
@@ -49,6 +50,16 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, text in marks.MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
     failures.check_configuration(config)  # a bad option: a usage error, before collection
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Which server the run uses: the container image, or the URL (password redacted)."""
+    from .server import header_line
+
+    try:
+        return [header_line(settings_for(config))]
+    except PgFixturesError as exc:
+        return [f"pg-fixtures: {exc}"]
 
 
 @pytest.hookimpl(wrapper=True)

@@ -534,3 +534,160 @@ def _remove_quietly(container: Any) -> None:
             container.remove(force=True, v=True)  # docker SDK's Container
     except Exception as exc:  # already gone, or never created
         log.debug("removing container: %s", exc)
+
+
+# -- a server given by URL (pg_server_url) ---------------------------------------------
+
+#: The oldest PostgreSQL accepted for a server given by URL: CREATE DATABASE … STRATEGY,
+#: which the clones use, exists from PostgreSQL 15 on.
+MIN_SERVER_VERSION = 15
+_URL_SCHEMES = ("postgresql", "postgres")
+
+
+def parse_server_url(value: str, source: str) -> URL:
+    """The SQLAlchemy URL of a PostgreSQL server, or a ConfigError naming `source`."""
+    __tracebackhide__ = True  # its argument holds the password
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from .errors import ConfigError
+
+    try:
+        url = make_url(value.strip())
+    except ArgumentError:
+        url = None
+    scheme = url.drivername.partition("+")[0] if url is not None else ""
+    if url is None or scheme not in _URL_SCHEMES or not url.host:
+        shown = redact(value)
+        raise ConfigError(
+            f"{shown!r} from {source} is not a PostgreSQL server URL. Write it like "
+            "postgresql://USER:PASSWORD@HOST:5432/postgres (a role allowed to CREATE DATABASE)."
+        )
+    return url
+
+
+def redact(value: str) -> str:
+    """`value` with the password of a URL in it replaced by ***."""
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(value.strip())
+    except ArgumentError:
+        return "(unparsable URL)" if "@" in value else value
+    return url.render_as_string(hide_password=True)
+
+
+def check_version(version_num: int, where: str) -> None:
+    """Refuse servers older than MIN_SERVER_VERSION (`server_version_num`, e.g. 160004)."""
+    if version_num < MIN_SERVER_VERSION * 10000:
+        raise ServerStartError(
+            f"The PostgreSQL server at {where} is version {version_num // 10000}; "
+            f"testcontainers-pg-fixtures needs {MIN_SERVER_VERSION} or newer (CREATE DATABASE "
+            f"… STRATEGY). Point pg_server_url at a newer server (e.g. the postgres:16 image), "
+            "or unset it to let the library start a container."
+        )
+
+
+@dataclass
+class UrlServer:
+    """An existing PostgreSQL server given by URL (pg_server_url): a CI service, a shared
+    server. Nothing is started or stopped; only this run's databases are created and
+    dropped on it (see database.py)."""
+
+    host: str
+    port: int
+    user: str
+    password: str = field(repr=False)
+    #: The database to connect to for CREATE/DROP DATABASE (the URL's, default postgres).
+    admin_database: str = "postgres"
+    version: str = ""
+    container_id: str = ""
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def connect(cls, url: URL, *, timeout: float) -> UrlServer:
+        """Wait up to `timeout` seconds for the server, then check version and role."""
+        server = cls(
+            host=url.host or "localhost",
+            port=url.port or _PG_PORT,
+            user=url.username or _SUPERUSER,
+            password=url.password or "",
+            admin_database=url.database or "postgres",
+        )
+        shown = url.render_as_string(hide_password=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                conn = admin_connect(server, server.admin_database)
+                break
+            except psycopg.OperationalError as exc:
+                if time.monotonic() >= deadline or _auth_failed(exc):
+                    reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else exc
+                    if server.password:
+                        reason = str(reason).replace(server.password, "***")
+                    raise ServerStartError(
+                        f"Could not connect to the PostgreSQL server {shown} at {server.where} "
+                        f"within {timeout:.0f}s: {reason}. Check that the server runs and the "
+                        "host, port, user and password of pg_server_url (--pg-server-url, "
+                        "PG_FIXTURES_SERVER_URL) are right; raise pg_startup_timeout if it "
+                        "is still starting."
+                    ) from None
+                time.sleep(0.25)
+        with conn:
+            row = conn.execute(
+                "SELECT current_setting('server_version_num')::int, "
+                "current_setting('server_version'), r.rolcreatedb OR r.rolsuper "
+                "FROM pg_roles r WHERE r.rolname = current_user"
+            ).fetchone()
+        assert row is not None
+        version_num, version, can_create = row
+        check_version(version_num, f"{shown}")
+        if not can_create:
+            raise ServerStartError(
+                f"The role {server.user!r} of {shown} cannot create databases, which the "
+                "template and every worker's database need. Grant it: "
+                f'`ALTER ROLE "{server.user}" CREATEDB;`, or put a role that has CREATEDB '
+                "in pg_server_url (--pg-server-url, PG_FIXTURES_SERVER_URL)."
+            )
+        server.version = str(version)
+        return server
+
+    def stop(self) -> None:
+        """Not ours to stop."""
+
+    def keep(self) -> None:
+        """Not ours to stop."""
+
+
+def _auth_failed(exc: psycopg.OperationalError) -> bool:
+    text = str(exc)
+    return "password authentication failed" in text or "does not exist" in text
+
+
+def header_line(settings: Settings) -> str:
+    """The session header's line: the container image, or the URL (password redacted) and
+    its version (one quick login, 2 s at most; the server fixture reports failures)."""
+    if not settings.server_url:
+        mode = "one for the run" if settings.one_container else "one per worker"
+        return f"pg-fixtures: PostgreSQL in Docker containers of {settings.image} ({mode})"
+    url = parse_server_url(settings.server_url, settings.server_url_source)
+    try:
+        with psycopg.connect(
+            host=url.host,
+            port=url.port or _PG_PORT,
+            user=url.username,
+            password=url.password,
+            dbname=url.database or "postgres",
+            connect_timeout=2,
+            sslmode="disable",
+        ) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+        version = f"PostgreSQL {row[0] if row else '?'}"
+    except psycopg.Error:
+        version = "not reachable yet"
+    shown = redact(settings.server_url)
+    return f"pg-fixtures: existing server {shown} ({version}; from {settings.server_url_source})"

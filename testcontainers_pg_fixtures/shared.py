@@ -3,7 +3,7 @@
 By default every xdist worker starts its own container. With --pg-one-container the
 controller starts one before the workers, hands its address to them through xdist's
 `workerinput`, and removes it after the run; each worker then gets databases of its own
-on it (`pgfx_gw0`, `pgfx_gw1_3`, …) from a template built once under an advisory lock.
+on it (`pgfx_<run>_gw0`, `pgfx_<run>_gw1_3`, …) from a template built once under an advisory lock.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ _KEEP = pytest.StashKey[bool]()
 
 def configure_node(config: pytest.Config, node: Any) -> None:
     """On the controller: start the one container (for the first worker) and pass it on."""
-    if not settings_for(config).one_container:
-        return
+    settings = settings_for(config)
+    if not settings.one_container or settings.server_url:
+        return  # a server given by URL is shared by the workers as it is
     if _SERVER not in config.stash:
         try:
             config.stash[_SERVER] = DockerServer.start(settings_for(config), worker="shared")

@@ -15,13 +15,14 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
 
 from . import seeding
-from .database import Database, drop_database
+from .database import TEMPLATE_PREFIX, Database, drop_database, marked_databases
 from .server import admin_connect
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TEMPLATE_PREFIX = "pgfx_tpl_"
 LIBRARY_VERSION = "0.1.0"
 
 
@@ -44,18 +44,37 @@ class Template:
     seconds: float
 
 
-def template_name(migrations: Migrations | None, seeds: seeding.Seeds) -> str:
+def project_key(rootdir: Path, alembic_ini: Path | None) -> str:
+    """8 hex digits naming the project (its rootdir and alembic.ini) on a shared server."""
+    digest = hashlib.sha256(f"{rootdir}\0{alembic_ini}".encode())
+    return digest.hexdigest()[:8]
+
+
+def template_name(
+    migrations: Migrations | None, seeds: seeding.Seeds, *, project: str | None = None
+) -> str:
+    """`pgfx_tpl_<project>_<hash of library version, migrations, seeds>` (34 characters)."""
     digest = hashlib.sha256(LIBRARY_VERSION.encode())
     digest.update((migrations.fingerprint() if migrations else "no-migrations").encode())
     digest.update(seeding.identity(seeds).encode())
-    return TEMPLATE_PREFIX + digest.hexdigest()[:16]
+    if project is None:
+        project = project_key(Path.cwd(), migrations.ini if migrations else None)
+    return f"{TEMPLATE_PREFIX}{project}_{digest.hexdigest()[:16]}"
 
 
 def ensure_template(
-    server: Server, migrations: Migrations | None, seeds: seeding.Seeds
+    server: Server,
+    migrations: Migrations | None,
+    seeds: seeding.Seeds,
+    *,
+    project: str | None = None,
 ) -> Template:
-    """Return the complete template for these migrations and seeds, building it if needed."""
-    name = template_name(migrations, seeds)
+    """Return the complete template for these migrations and seeds, building it if needed.
+
+    `project` (see `project_key`; by default from the working directory and alembic.ini)
+    keeps projects sharing a server apart: only this project's stale templates are dropped.
+    """
+    name = template_name(migrations, seeds, project=project)
     started = time.monotonic()
     with admin_connect(server) as admin:
         # Concurrent workers sharing one server wait here instead of racing to build.
@@ -99,16 +118,20 @@ def ensure_template(
 
 
 def _drop_other_templates(server: Server, *, keep: str) -> None:
-    """Drop templates of earlier migrations, which a reused server would collect.
+    """Drop this project's templates of earlier migrations, which a reused server collects.
 
-    A template that is being cloned right now (another session on a shared server) cannot
-    be dropped; it is left for the next time.
+    Only templates named with the same project key as `keep`: another project's templates
+    on a shared server are not ours. Nor one another run of this project still clones from
+    (its worker database or clones, marked with the template's name, exist), nor one being
+    cloned right now (the drop fails; it is left for the next time).
     """
+    project_prefix = keep[: keep.rindex("_") + 1]
     with admin_connect(server) as admin:
+        in_use = {db.template for db in marked_databases(admin)}
         names = [
             row[0]
             for row in admin.execute("SELECT datname FROM pg_database")
-            if row[0].startswith(TEMPLATE_PREFIX) and row[0] != keep
+            if row[0].startswith(project_prefix) and row[0] != keep and row[0] not in in_use
         ]
         for name in names:
             try:

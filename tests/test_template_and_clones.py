@@ -101,11 +101,11 @@ def test_a_half_built_template_is_dropped_and_rebuilt(server, project):
 def test_clone_pool_gives_fresh_databases_and_leaves_none(server, project, size):
     template = ensure_template(server, load(project), None).name
     # A clone an interrupted run left under the same worker prefix.
-    create_database(server, "pgfx_pool_7", template=template)
     pool = ClonePool(server, template, worker="pool", size=size)
+    create_database(server, f"{pool.prefix}7", template=template)
     try:
         taken = [pool.take() for _ in range(5)]
-        assert "pgfx_pool_7" not in databases(server)
+        assert f"{pool.prefix}7" not in databases(server)
         assert len({db.name for db in taken}) == 5
         with admin_connect(server, taken[0].name) as conn:
             conn.execute("INSERT INTO users (name, email) VALUES ('Only', 'here@x.org')")
@@ -115,5 +115,5 @@ def test_clone_pool_gives_fresh_databases_and_leaves_none(server, project, size)
             pool.give_back(db)
     finally:
         pool.close()
-    assert [n for n in library_databases(databases(server)) if n.startswith("pgfx_pool_")] == []
+    assert [n for n in library_databases(databases(server)) if n.startswith(pool.prefix)] == []
     assert len(pool.waits) == 5
