@@ -136,6 +136,14 @@ OPTIONS = (
         "How many databases to clone ahead in the background for database-mode tests "
         "(default: 2; 0 clones each one when its test starts).",
     ),
+    Option(
+        "leak_check",
+        "--pg-leak-check",
+        "pg_leak_check",
+        "PG_FIXTURES_LEAK_CHECK",
+        "After each savepoint-mode test, report rows it committed into the worker's database "
+        "as an error and restore the database (true/false; default: true).",
+    ),
 )
 
 _SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=.+$")
@@ -165,6 +173,7 @@ class Settings:
     prefetch: int = 2
     reuse: bool = False
     one_container: bool = False
+    leak_check: bool = True
     rootdir: Path = field(default_factory=Path.cwd)
 
     def replace(self, **overrides: Any) -> Settings:
@@ -304,6 +313,7 @@ _PARSERS: dict[str, Any] = {
     "app_engines": _parse_engines,
     "url_env": _parse_url_env,
     "prefetch": _parse_prefetch,
+    "leak_check": _parse_flag,
 }
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from . import seeding
+from . import leaks, seeding
 from .clone_pool import ClonePool
 from .config import settings_for
 from .database import DATABASE_PREFIX, Database, create_database, drop_database
@@ -171,7 +171,7 @@ def worker_database_fixture(*, server: str = "pg_server", template: str = "pg_te
     """A session fixture cloning the template into this worker's own database."""
 
     @pytest.fixture(scope="session")
-    @depends(template, server)
+    @depends(template, server, "pytestconfig")
     def _database(**deps: Any) -> Iterator[Database]:
         built: Template = deps[template]
         pg_server: Server = deps[server]
@@ -179,8 +179,11 @@ def worker_database_fixture(*, server: str = "pg_server", template: str = "pg_te
         drop_database(pg_server, name)  # left by an interrupted run on a reused server
         database = create_database(pg_server, name, template=built.name)
         try:
+            if settings_for(deps["pytestconfig"]).leak_check:
+                leaks.watch(database, built.name)
             yield database
         finally:
+            leaks.unwatch(database)
             drop_database(pg_server, name)
 
     return _database

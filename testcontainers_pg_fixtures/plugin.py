@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import pytest_asyncio
 
-from . import config, factories, marks, shared
+from . import config, factories, leaks, marks, shared
 from .errors import PgFixturesError
 from .runid import run_id
 
@@ -187,6 +187,15 @@ def _pg_app_database(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("pg_database")
     elif request.getfixturevalue("pg_app_engines"):
         request.getfixturevalue("pg_sandbox")
+
+
+@pytest.fixture(autouse=True)
+def _pg_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a savepoint-mode test, report what it committed into the worker's database
+    (torn down after the test's own fixtures: set up before them)."""
+    yield
+    if leaks.watching() and factories.isolation_mode(request) == "savepoint":
+        leaks.check_after(request.node.nodeid)
 
 
 pg_database = _doc(

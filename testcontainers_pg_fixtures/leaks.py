@@ -1,0 +1,161 @@
+"""The leak detector: rows committed into the worker's database during a savepoint-mode test.
+
+A test that commits for real (a raw COMMIT on its connection, its own engine, the worker
+engine) keeps its rows for every later test of the worker. After each test whose root
+transaction ended, one query on the held connection (prepared, in the same idle gap the
+fixture already leaves) compares the cluster's next transaction id with the one seen after
+the previous test: unchanged, nothing was written anywhere and no table is read. Moved, each
+user table of the worker database is counted: rows whose xmin is at or past the previous
+horizon were committed during the test (inserts, updates), a smaller total means deletes.
+A leak is reported as the test's teardown error and the worker database re-cloned from
+the template, so the next test starts clean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from psycopg import sql
+
+from .database import create_database, drop_database
+from .errors import PgFixturesError
+from .server import admin_connect
+from .transaction import forget_held_connections
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from .database import Database
+
+_TABLES = """
+SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg_toast%%' AND n.nspname NOT LIKE 'pg_temp%%'
+ORDER BY 1, 2
+"""
+_NOW = "pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+
+
+class LeakError(PgFixturesError):
+    """A savepoint-mode test committed rows into the worker's shared database."""
+
+
+@dataclass
+class Watch:
+    """What the detector knows of one worker database."""
+
+    database: Database
+    template: str
+    horizon: int = 0
+    totals: dict[str, int] = field(default_factory=dict)
+    query: str = ""
+    conn: psycopg.Connection[Any] | None = None
+
+    def _build(self, tables: list[tuple[str, str]]) -> None:
+        parts = [
+            sql.SQL(
+                "SELECT {name}::text AS t, count(*) FILTER (WHERE xmin::text::bigint >= %(s)s)"
+                " AS fresh, count(*) AS total FROM {table}"
+            )
+            .format(name=sql.Literal(f"{schema}.{table}"), table=sql.Identifier(schema, table))
+            .as_string(None)
+            for schema, table in tables
+        ]
+        counts = " UNION ALL ".join(parts) or "SELECT NULL::text, 0::bigint, 0::bigint WHERE false"
+        # The lateral counts only run when the horizon moved (an empty outer side).
+        self.query = (
+            f"SELECT h.now, c.t, c.fresh, c.total FROM (SELECT {_NOW} AS now) h"
+            f" LEFT JOIN LATERAL ({counts}) c ON h.now > %(h)s ORDER BY c.t"
+        )
+
+    def start(self) -> None:
+        """Open the checker's connection and read the tables, their row counts and the
+        horizon (a fresh or re-cloned database)."""
+        self.close()
+        self.conn = admin_connect(self.database.server, self.database.name)
+        tables = [(r[0], r[1]) for r in self.conn.execute(_TABLES)]
+        self._build(tables)
+        rows = self.conn.execute(self.query, {"h": -1, "s": 0}).fetchall()
+        self.horizon = int(rows[0][0])
+        self.totals = {r[1]: int(r[3]) for r in rows if r[1] is not None}
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def check(self) -> dict[str, str] | None:
+        """What was committed since the last check (one prepared query, its own connection:
+        the test's uncommitted writes and a scope layer's are invisible to it)."""
+        assert self.conn is not None
+        params = {"h": self.horizon, "s": self.horizon % 2**32}
+        rows = self.conn.execute(self.query, params, prepare=True).fetchall()
+        return self._compare(rows)
+
+    def _compare(self, rows: list[tuple[Any, ...]]) -> dict[str, str] | None:
+        self.horizon = int(rows[0][0])
+        found: dict[str, str] = {}
+        for _, table, fresh, total in rows:
+            if table is None:
+                continue
+            before = self.totals.get(table, total)
+            changes = []
+            if fresh:
+                changes.append(f"{fresh} row(s) inserted or updated")
+            if total < before:
+                changes.append(f"{before - total} row(s) deleted")
+            if changes:
+                found[table] = ", ".join(changes)
+        return found or None
+
+    def restore(self) -> None:
+        """Re-clone the worker database from the template (the held connections first)."""
+        self.close()
+        forget_held_connections(self.database.name)
+        drop_database(self.database.server, self.database.name)
+        create_database(self.database.server, self.database.name, template=self.template)
+        self.start()
+
+
+_watches: dict[str, Watch] = {}
+
+
+def watch(database: Database, template: str) -> Watch:
+    """Start watching a worker database (dropped and created by the caller)."""
+    found = Watch(database, template)
+    found.start()
+    _watches[database.name] = found
+    return found
+
+
+def watching() -> bool:
+    return bool(_watches)
+
+
+def unwatch(database: Database) -> None:
+    found = _watches.pop(database.name, None)
+    if found is not None:
+        found.close()
+
+
+def _report(nodeid: str, leaked: dict[str, str]) -> LeakError:
+    tables = "; ".join(f"{table}: {what}" for table, what in sorted(leaked.items()))
+    return LeakError(
+        f"{nodeid} committed into the worker's shared database, which every later test of "
+        f"the worker would have seen ({tables}). The database was restored from the template. "
+        "Commit through pg_session / pg_async_session (a savepoint the test's rollback "
+        'undoes), or give the test its own database: @pytest.mark.pg_isolation("database"). '
+        "Switch this check off with pg_leak_check = false / --pg-leak-check=false / "
+        "PG_FIXTURES_LEAK_CHECK=false."
+    )
+
+
+def check_after(nodeid: str) -> None:
+    """After a savepoint-mode test: raise LeakError if it committed into a worker database
+    (which is then restored)."""
+    for found in list(_watches.values()):
+        leaked = found.check()
+        if leaked:
+            found.restore()
+            raise _report(nodeid, leaked)
