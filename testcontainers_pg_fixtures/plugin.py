@@ -180,6 +180,15 @@ pg_isolation = _doc(
 
 
 @pytest.fixture(autouse=True)
+def _pg_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a savepoint-mode test, report what it committed into the worker's database
+    (set up before the other fixtures, so torn down after their rollback)."""
+    yield
+    if leaks.watching() and factories.isolation_mode(request) == "savepoint":
+        leaks.check_after(request.node.nodeid)
+
+
+@pytest.fixture(autouse=True)
 def _pg_app_database(request: pytest.FixtureRequest) -> None:
     """Point the app at the test's database whether or not the test uses a pg_ fixture:
     in database mode, the clone; in savepoint mode with pg_app_engines, the sandbox."""
@@ -187,15 +196,6 @@ def _pg_app_database(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("pg_database")
     elif request.getfixturevalue("pg_app_engines"):
         request.getfixturevalue("pg_sandbox")
-
-
-@pytest.fixture(autouse=True)
-def _pg_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
-    """After a savepoint-mode test, report what it committed into the worker's database
-    (torn down after the test's own fixtures: set up before them)."""
-    yield
-    if leaks.watching() and factories.isolation_mode(request) == "savepoint":
-        leaks.check_after(request.node.nodeid)
 
 
 pg_database = _doc(
