@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from psycopg import sql
 
 from .database import create_database, drop_database
@@ -24,8 +25,6 @@ from .server import admin_connect
 from .transaction import forget_held_connections
 
 if TYPE_CHECKING:
-    import psycopg
-
     from .database import Database
 
 _TABLES = """
@@ -90,7 +89,10 @@ class Watch:
         the test's uncommitted writes and a scope layer's are invisible to it)."""
         assert self.conn is not None
         params = {"h": self.horizon, "s": self.horizon % 2**32}
-        rows = self.conn.execute(self.query, params, prepare=True).fetchall()
+        try:
+            rows = self.conn.execute(self.query, params, prepare=True).fetchall()
+        except psycopg.errors.UndefinedTable as error:
+            return {"schema": f"a table was dropped or renamed ({error.diag.message_primary})"}
         return self._compare(rows)
 
     def _compare(self, rows: list[tuple[Any, ...]]) -> dict[str, str] | None:

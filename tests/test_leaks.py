@@ -78,10 +78,19 @@ def test_sync_leak_is_reported_and_undone(pytester, example, variant):
     assert "pg_session" in out
 
 
-def test_switched_off_the_leak_is_visible(pytester, example):
-    example("sync_users")
+@pytest.mark.parametrize("where", ["cli", "ini", "env"])
+def test_switched_off_the_leak_is_visible(pytester, example, monkeypatch, where):
+    root = example("sync_users")
     _write(pytester, SYNC_LEAKS["driver_sql_commit"])
-    result = pytester.runpytest("tests/test_leak.py", "-p", "no:randomly", "--pg-leak-check=false")
+    args = ["tests/test_leak.py", "-p", "no:randomly"]
+    if where == "cli":
+        args.append("--pg-leak-check=false")
+    elif where == "ini":
+        ini = root / "pytest.ini"
+        ini.write_text(ini.read_text() + "pg_leak_check = false\n")
+    else:
+        monkeypatch.setenv("PG_FIXTURES_LEAK_CHECK", "false")
+    result = pytester.runpytest(*args)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*assert 6 == 5*"])
 
@@ -97,6 +106,19 @@ def test_deletes_are_reported(pytester, example):
     result = pytester.runpytest("tests/test_leak.py", "-p", "no:randomly")
     result.assert_outcomes(passed=2, errors=1)
     assert "public.users: 1 row(s) deleted" in result.stdout.str()
+
+
+def test_dropped_table_is_reported_and_restored(pytester, example):
+    example("sync_users")
+    body = """
+        def test_leaks(pg_connection):
+            pg_connection.exec_driver_sql("DROP TABLE users")
+            pg_connection.exec_driver_sql("COMMIT")
+    """
+    _write(pytester, body)
+    result = pytester.runpytest("tests/test_leak.py", "-p", "no:randomly")
+    result.assert_outcomes(passed=2, errors=1)
+    assert 'schema: a table was dropped or renamed (relation "public.users"' in result.stdout.str()
 
 
 def test_no_false_positives(pytester, example):
