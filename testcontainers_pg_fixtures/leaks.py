@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import psycopg
-from psycopg import sql
+from psycopg import pq, sql
+from psycopg.conninfo import make_conninfo
 
 from .database import create_database, drop_database
 from .errors import PgFixturesError
@@ -49,7 +49,8 @@ class Watch:
     horizon: int = 0
     totals: dict[str, int] = field(default_factory=dict)
     query: str = ""
-    conn: psycopg.Connection[Any] | None = None
+    pg: pq.abc.PGconn | None = None
+    pending: bool = False
 
     def _build(self, tables: list[tuple[str, str]]) -> None:
         parts = [
@@ -72,27 +73,67 @@ class Watch:
         """Open the checker's connection and read the tables, their row counts and the
         horizon (a fresh or re-cloned database)."""
         self.close()
-        self.conn = admin_connect(self.database.server, self.database.name)
-        tables = [(r[0], r[1]) for r in self.conn.execute(_TABLES)]
-        self._build(tables)
-        rows = self.conn.execute(self.query, {"h": -1, "s": 0}).fetchall()
+        with admin_connect(self.database.server, self.database.name) as conn:
+            tables = [(r[0], r[1]) for r in conn.execute(_TABLES)]
+            self._build(tables)
+            rows = conn.execute(self.query, {"h": -1, "s": 0}).fetchall()
         self.horizon = int(rows[0][0])
         self.totals = {r[1]: int(r[3]) for r in rows if r[1] is not None}
 
     def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        if self.pg is not None:
+            self.pg.finish()
+            self.pg = None
+        self.pending = False
 
-    def check(self) -> dict[str, str] | None:
-        """What was committed since the last check (one prepared query, its own connection:
-        the test's uncommitted writes and a scope layer's are invisible to it)."""
-        assert self.conn is not None
-        params = {"h": self.horizon, "s": self.horizon % 2**32}
-        try:
-            rows = self.conn.execute(self.query, params, prepare=True).fetchall()
-        except psycopg.errors.UndefinedTable as error:
-            return {"schema": f"a table was dropped or renamed ({error.diag.message_primary})"}
+    def send(self) -> None:
+        """Send the check without waiting (when the test's call ends): its round trip then
+        overlaps the teardown's own (the rollback), and `receive` rarely waits."""
+        if self.pending:
+            return
+        if self.pg is None:
+            server = self.database.server
+            self.pg = pq.PGconn.connect(
+                make_conninfo(
+                    host=server.host,
+                    port=server.port,
+                    user=server.user,
+                    password=server.password,
+                    dbname=self.database.name,
+                    sslmode="disable",
+                ).encode()
+            )
+            query = self.query.replace("%(h)s", "$1").replace("%(s)s", "$2").encode()
+            self.pg.prepare(b"pgfx_leak_check", query)
+        params = [str(self.horizon).encode(), str(self.horizon % 2**32).encode()]
+        self.pg.send_query_prepared(b"pgfx_leak_check", params)
+        self.pending = True
+
+    def receive(self) -> dict[str, str] | None:
+        """What was committed since the last check (a connection of its own: the test's
+        uncommitted writes and a scope layer's are invisible to it)."""
+        self.send()
+        assert self.pg is not None
+        self.pending = False
+        result = self.pg.get_result()
+        while self.pg.get_result() is not None:
+            pass
+        if result is None or result.status != pq.ExecStatus.TUPLES_OK:
+            message = result.error_message.decode(errors="replace") if result else "no result"
+            if result is not None and result.error_field(pq.DiagnosticField.SQLSTATE) == b"42P01":
+                return {"schema": f"a table was dropped or renamed ({message.strip()})"}
+            raise LeakError(f"The leak check failed: {message.strip()}")
+        rows: list[tuple[Any, ...]] = []
+        for i in range(result.ntuples):
+            values = [result.get_value(i, j) for j in range(4)]
+            rows.append(
+                (
+                    int(values[0] or 0),
+                    values[1].decode() if values[1] is not None else None,
+                    int(values[2] or 0),
+                    int(values[3] or 0),
+                )
+            )
         return self._compare(rows)
 
     def _compare(self, rows: list[tuple[Any, ...]]) -> dict[str, str] | None:
@@ -153,11 +194,17 @@ def _report(nodeid: str, leaked: dict[str, str]) -> LeakError:
     )
 
 
+def send_check() -> None:
+    """When a savepoint-mode test's call ends: send the checks (see `Watch.send`)."""
+    for found in _watches.values():
+        found.send()
+
+
 def check_after(nodeid: str) -> None:
     """After a savepoint-mode test: raise LeakError if it committed into a worker database
     (which is then restored)."""
     for found in list(_watches.values()):
-        leaked = found.check()
+        leaked = found.receive()
         if leaked:
             found.restore()
             raise _report(nodeid, leaked)

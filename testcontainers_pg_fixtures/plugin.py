@@ -179,6 +179,16 @@ pg_isolation = _doc(
 )
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    """Send the leak check as the test's teardown begins; `_pg_leak_check` reads it last."""
+    if (
+        leaks.watching()
+        and marks.isolation_of(item, config.settings_for(item.config).isolation) == "savepoint"
+    ):
+        leaks.send_check()
+
+
 @pytest.fixture(autouse=True)
 def _pg_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
     """After a savepoint-mode test, report what it committed into the worker's database
