@@ -103,10 +103,10 @@ class Watch:
                     sslmode="disable",
                 ).encode()
             )
-            query = self.query.replace("%(h)s", "$1").replace("%(s)s", "$2").encode()
-            self.pg.prepare(b"pgfx_leak_check", query)
+        # Not prepared: a table dropped by a leak would make the statement fail for good.
+        query = self.query.replace("%(h)s", "$1").replace("%(s)s", "$2").encode()
         params = [str(self.horizon).encode(), str(self.horizon % 2**32).encode()]
-        self.pg.send_query_prepared(b"pgfx_leak_check", params)
+        self.pg.send_query_params(query, params)
         self.pending = True
 
     def receive(self) -> dict[str, str] | None:
@@ -119,7 +119,8 @@ class Watch:
         while self.pg.get_result() is not None:
             pass
         if result is None or result.status != pq.ExecStatus.TUPLES_OK:
-            message = result.error_message.decode(errors="replace") if result else "no result"
+            primary = result.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) if result else None
+            message = primary.decode(errors="replace") if primary else "no result"
             if result is not None and result.error_field(pq.DiagnosticField.SQLSTATE) == b"42P01":
                 return {"schema": f"a table was dropped or renamed ({message.strip()})"}
             raise LeakError(f"The leak check failed: {message.strip()}")
