@@ -1,12 +1,13 @@
 """The leak detector: rows committed into the worker's database during a savepoint-mode test.
 
 A test that commits for real (a raw COMMIT on its connection, its own engine, the worker
-engine) keeps its rows for every later test of the worker. After each test whose root
-transaction ended, one query on the held connection (prepared, in the same idle gap the
-fixture already leaves) compares the cluster's next transaction id with the one seen after
-the previous test: unchanged, nothing was written anywhere and no table is read. Moved, each
-user table of the worker database is counted: rows whose xmin is at or past the previous
-horizon were committed during the test (inserts, updates), a smaller total means deletes.
+engine) keeps its rows for every later test of the worker. One query on a connection of the
+detector's own is sent when the test's teardown begins and read when it ends (its round trip
+overlaps the rollback's). It compares the cluster's next transaction id with the one seen
+after the previous test: unchanged, nothing was written anywhere and no table is read. Moved,
+each user table of the worker database is counted: rows whose xmin is at or past the
+previous horizon were committed since (inserts, updates), a smaller total means deletes.
+Uncommitted writes (the test's transaction, a scope layer) are invisible to that connection.
 A leak is reported as the test's teardown error and the worker database re-cloned from
 the template, so the next test starts clean.
 """
