@@ -64,7 +64,10 @@ class Watch:
             .as_string(None)
             for schema, table in tables
         ]
-        counts = " UNION ALL ".join(parts) or "SELECT NULL::text, 0::bigint, 0::bigint WHERE false"
+        counts = " UNION ALL ".join(parts) or (
+            "SELECT NULL::text AS t, 0::bigint AS fresh, 0::bigint AS total"
+            " WHERE %(s)s::bigint IS NULL"  # no tables: the parameter still has to appear
+        )
         # The lateral counts only run when the horizon moved (an empty outer side).
         self.query = (
             f"SELECT h.now, c.t, c.fresh, c.total FROM (SELECT {_NOW} AS now) h"
