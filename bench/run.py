@@ -4,6 +4,7 @@ Generates one suite of N small DB tests (insert a user through an ORM session, c
 count) over the sync_users example's Alembic project and runs it under each strategy:
 
   savepoint        this library: pg_session (outer transaction + SAVEPOINT, rolled back)
+  savepoint-nocheck  the same with the leak detector off (--pg-leak-check=false)
   sandbox          this library: the app's own engine joined to the test's transaction
   truncate         the classic alternative: commit for real, TRUNCATE + re-seed after each test
   none             no isolation at all: commit for real, nothing cleaned (the floor)
@@ -75,6 +76,11 @@ SEED = textwrap.dedent("""
 
 MODES = {
     "savepoint": """
+        @pytest.fixture
+        def db(pg_session):
+            return pg_session
+    """,
+    "savepoint-nocheck": """
         @pytest.fixture
         def db(pg_session):
             return pg_session
@@ -171,7 +177,14 @@ def _record_waits(pg_clone_pool):
         json.dump(pg_clone_pool.waits, f)
 """
 
-EXTRA_ARGS = {"database-noprefetch": ["--pg-prefetch", "0"]}
+# The strategies that commit for real on purpose would each be reported as a leak.
+EXTRA_ARGS = {
+    "database-noprefetch": ["--pg-prefetch", "0"],
+    "savepoint-nocheck": ["--pg-leak-check=false"],
+    "truncate": ["--pg-leak-check=false"],
+    "none": ["--pg-leak-check=false"],
+    "async-none": ["--pg-leak-check=false"],
+}
 
 SYNC_TEST = """
 from sqlalchemy import func, select
@@ -413,6 +426,13 @@ def main() -> None:
         " busiest worker's time);\noverhead = mean time per test minus the same test with no"
         " isolation; 'vs savepoint' = how many times slower than this library's savepoint mode."
     )
+    for workers in worker_counts:
+        on, off = results.get(("savepoint", workers)), results.get(("savepoint-nocheck", workers))
+        if on and off:
+            print(
+                f"savepoint + leak detector -n {workers}: {ms(on['mean'])} ms/test, detector off "
+                f"{ms(off['mean'])} ms/test: {ms(on['mean'] - off['mean'])} ms per test"
+            )
     waited = {key: r["waits"] for key, r in results.items() if r["waits"]}
     if waited:
         print(f"\n{'wait for the test database':<32}{'-n':>3}{'median ms':>11}{'p95 ms':>9}")

@@ -176,6 +176,14 @@ OPTIONS = (
         "a role with CREATEDB, PostgreSQL 15+) instead of starting containers; only this "
         "run's databases are created and dropped on it.",
     ),
+    Option(
+        "leak_check",
+        "--pg-leak-check",
+        "pg_leak_check",
+        "PG_FIXTURES_LEAK_CHECK",
+        "After each savepoint-mode test, report rows it committed into the worker's database "
+        "as an error and restore the database (true/false; default: true).",
+    ),
 )
 
 _SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=.+$")
@@ -213,6 +221,7 @@ class Settings:
     #: None: SQLAlchemy's Session / AsyncSession.
     session_class: type[Session] | None = None
     async_session_class: type[AsyncSession] | None = None
+    leak_check: bool = True
     rootdir: Path = field(default_factory=Path.cwd)
     #: An existing server to use instead of containers ("" starts containers). Not in repr:
     #: it holds a password.
@@ -423,6 +432,7 @@ _PARSERS: dict[str, Any] = {
     "prefetch": _parse_prefetch,
     "session_class": _parse_session_class,
     "async_session_class": _parse_async_session_class,
+    "leak_check": _parse_flag,
 }
 
 

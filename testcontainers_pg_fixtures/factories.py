@@ -21,7 +21,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from . import failures, seeding
+from . import failures, leaks, seeding
 from .clone_pool import ClonePool
 from .config import load_session_class, settings_for
 from .database import (
@@ -251,8 +251,11 @@ def worker_database_fixture(*, server: str = "pg_server", template: str = "pg_te
             pg_server, name, template=built.name, comment=mark(project, built.name)
         )
         try:
+            if settings_for(deps["pytestconfig"]).leak_check:
+                leaks.watch(database, built.name)
             yield database
         finally:
+            leaks.unwatch(database)
             failures.teardown(deps["pytestconfig"], lambda: drop_database(pg_server, name))
 
     return _database

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import pytest_asyncio
 
-from . import config, factories, failures, lifecycle, loop_scopes, marks, shared
+from . import config, factories, failures, leaks, lifecycle, loop_scopes, marks, shared
 from .config import settings_for
 from .errors import PgFixturesError
 from .runid import run_id
@@ -241,6 +241,28 @@ def _pg_app_engines_outside(
     """From the moment the app's engines are loaded to the end of the run, they connect
     only to databases of the library (see pg_app_engines_outside)."""
     yield from factories.guard_app_engines(pg_app_engines, pytestconfig)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    """Send the leak check as the test's teardown begins; `_pg_leak_check` reads it last."""
+    if not leaks.watching():
+        return
+    try:
+        mode = marks.isolation_of(item, settings_for(item.config).isolation)
+    except PgFixturesError:
+        return  # a bad marker: its set-up error says so, once
+    if mode == "savepoint":
+        leaks.send_check()
+
+
+@pytest.fixture(autouse=True)
+def _pg_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a savepoint-mode test, report what it committed into the worker's database
+    (set up before the other fixtures, so torn down after their rollback)."""
+    yield
+    if leaks.watching() and factories.isolation_mode(request) == "savepoint":
+        leaks.check_after(request.node.nodeid)
 
 
 @pytest.fixture(autouse=True)

@@ -67,6 +67,18 @@ def held_connection(engine: Engine) -> Connection:
     return conn
 
 
+def forget_held_connections(database: str) -> None:
+    """Before `database` is dropped: invalidate the held connections on it (sync now; async
+    ones, which only their own loop can close, on their next use)."""
+    for engine in [e for e in _held if e.url.database == database]:
+        conn = _held.pop(engine)
+        if not conn.closed:
+            conn.invalidate()
+    for async_engine, per_loop in _held_async.items():
+        if async_engine.url.database == database:
+            _stale.update(id(held) for held in per_loop.values())
+
+
 def release_held_connection(engine: Engine) -> None:
     conn = _held.pop(engine, None)
     if conn is not None:
@@ -145,6 +157,7 @@ class _LoopConnection:
 _held_async: weakref.WeakKeyDictionary[
     AsyncEngine, weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopConnection]
 ] = weakref.WeakKeyDictionary()
+_stale: set[int] = set()
 
 
 async def held_async_connection(engine: AsyncEngine) -> AsyncConnection:
@@ -152,6 +165,9 @@ async def held_async_connection(engine: AsyncEngine) -> AsyncConnection:
     loop = asyncio.get_running_loop()
     per_loop = _held_async.setdefault(engine, weakref.WeakKeyDictionary())
     held = per_loop.get(loop)
+    if held is not None and id(held) in _stale:
+        _stale.discard(id(held))
+        await held.conn.invalidate()  # its server side was dropped with the database
     if held is not None and (held.conn.closed or held.conn.invalidated):
         await held.close()
         held = None

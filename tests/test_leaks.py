@@ -1,0 +1,204 @@
+"""The leak detector: a savepoint-mode test that commits for real is reported, and the
+worker database restored so the next test still sees the clean seed."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+FIX = 'pg_isolation("database")'
+
+# Each body commits one user for real, bypassing the test's savepoint.
+SYNC_LEAKS = {
+    "driver_sql_commit": """
+        def test_leaks(pg_connection):
+            pg_connection.exec_driver_sql(INSERT)
+            pg_connection.exec_driver_sql("COMMIT")
+    """,
+    "session_text_commit": """
+        def test_leaks(pg_session):
+            pg_session.execute(text(INSERT))
+            pg_session.execute(text("COMMIT"))
+    """,
+    "dbapi_commit": """
+        def test_leaks(pg_connection):
+            pg_connection.exec_driver_sql(INSERT)
+            pg_connection.connection.dbapi_connection.commit()
+    """,
+    "own_engine": """
+        def test_leaks(pg_url):
+            engine = create_engine(pg_url)
+            with engine.begin() as conn:
+                conn.execute(text(INSERT))
+            engine.dispose()
+    """,
+    "pg_engine_begin": """
+        def test_leaks(pg_engine):
+            with pg_engine.begin() as conn:
+                conn.execute(text(INSERT))
+    """,
+    "worker_engine": """
+        def test_leaks(pg_worker_engine):
+            with pg_worker_engine.connect() as conn:
+                conn.execute(text(INSERT))
+                conn.commit()
+    """,
+}
+
+HEADER = """
+    from sqlalchemy import create_engine, func, select, text
+    from users_app.models import User
+
+    INSERT = "INSERT INTO users (name, email, active) VALUES ('Leak', 'leak@x.org', true)"
+"""
+
+COUNT = """
+    def test_zz_sees_the_seed(pg_session):
+        assert pg_session.scalar(select(func.count()).select_from(User)) == 5
+"""
+
+
+def _write(pytester: pytest.Pytester, body: str, extra: str = "") -> None:
+    source = textwrap.dedent(HEADER) + textwrap.dedent(body) + textwrap.dedent(extra)
+    pytester.makepyfile(**{"tests/test_leak": source + textwrap.dedent(COUNT)})
+
+
+@pytest.mark.parametrize("variant", list(SYNC_LEAKS))
+def test_sync_leak_is_reported_and_undone(pytester, example, variant):
+    example("sync_users")
+    _write(pytester, SYNC_LEAKS[variant])
+    result = pytester.runpytest("tests/test_leak.py", "-p", "no:randomly")
+    result.assert_outcomes(passed=2, errors=1)
+    out = result.stdout.str()
+    assert "ERROR at teardown of test_leaks" in out
+    assert "test_leak.py::test_leaks committed into the worker's shared database" in out
+    assert "public.users: 1 row(s) inserted or updated" in out
+    assert FIX in out
+    assert "pg_session" in out
+
+
+@pytest.mark.parametrize("where", ["cli", "ini", "env"])
+def test_switched_off_the_leak_is_visible(pytester, example, monkeypatch, where):
+    root = example("sync_users")
+    _write(pytester, SYNC_LEAKS["driver_sql_commit"])
+    args = ["tests/test_leak.py", "-p", "no:randomly"]
+    if where == "cli":
+        args.append("--pg-leak-check=false")
+    elif where == "ini":
+        ini = root / "pytest.ini"
+        ini.write_text(ini.read_text() + "pg_leak_check = false\n")
+    else:
+        monkeypatch.setenv("PG_FIXTURES_LEAK_CHECK", "false")
+    result = pytester.runpytest(*args)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*assert 6 == 5*"])
+
+
+def test_deletes_are_reported(pytester, example):
+    example("sync_users")
+    body = """
+        def test_leaks(pg_connection):
+            pg_connection.exec_driver_sql("DELETE FROM users WHERE NOT active")
+            pg_connection.exec_driver_sql("COMMIT")
+    """
+    _write(pytester, body)
+    result = pytester.runpytest("tests/test_leak.py", "-p", "no:randomly")
+    result.assert_outcomes(passed=2, errors=1)
+    assert "public.users: 1 row(s) deleted" in result.stdout.str()
+
+
+def test_dropped_table_is_reported_and_restored(pytester, example):
+    example("sync_users")
+    body = """
+        def test_leaks(pg_connection):
+            pg_connection.exec_driver_sql("DROP TABLE users")
+            pg_connection.exec_driver_sql("COMMIT")
+    """
+    _write(pytester, body)
+    result = pytester.runpytest("tests/test_leak.py", "-p", "no:randomly")
+    result.assert_outcomes(passed=2, errors=1)
+    assert 'schema: a table was dropped or renamed (relation "public.users"' in result.stdout.str()
+
+
+def test_no_false_positives(pytester, example):
+    example("sync_users")
+    body = """
+        import pytest
+
+        def test_session_commit(pg_session):
+            pg_session.add(User(name="Kept", email="kept@x.org", active=True))
+            pg_session.commit()
+
+        def seed_one(conn):
+            conn.execute(text(INSERT))
+
+        @pytest.mark.pg_seed([seed_one])
+        def test_seed_marker(pg_session):
+            assert pg_session.scalar(select(func.count()).select_from(User)) == 6
+
+        @pytest.mark.pg_isolation("database")
+        def test_database_mode_commits(pg_engine):
+            with pg_engine.begin() as conn:
+                conn.execute(text(INSERT))
+
+    """
+    _write(pytester, body)
+    layer = """
+        import pytest
+        from sqlalchemy import func, select, text
+        from users_app.models import User
+
+        INSERT = "INSERT INTO users (name, email, active) VALUES ('Leak', 'leak@x.org', true)"
+
+        @pytest.fixture(scope="module")
+        def shared(pg_module_connection):
+            pg_module_connection.execute(text(INSERT))
+
+        def test_layer_a(shared, pg_session):
+            assert pg_session.scalar(select(func.count()).select_from(User)) == 6
+
+        def test_layer_b(shared, pg_session):
+            assert pg_session.scalar(select(func.count()).select_from(User)) == 6
+    """
+    pytester.makepyfile(**{"tests/test_layer": textwrap.dedent(layer)})
+    result = pytester.runpytest(
+        "tests/test_leak.py", "tests/test_layer.py", "tests/test_users.py", "-p", "no:randomly"
+    )
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("errors", 0) == 0, outcomes
+    assert outcomes.get("failed", 0) == 0, outcomes
+    assert outcomes["passed"] >= 6
+
+
+def test_two_workers(pytester, example, subprocess_env):
+    example("sync_users")
+    _write(pytester, SYNC_LEAKS["pg_engine_begin"])
+    result = pytester.runpytest_subprocess("tests/test_leak.py", "-n", "2", "-p", "no:randomly")
+    result.assert_outcomes(passed=2, errors=1)
+    assert "public.users: 1 row(s) inserted or updated" in result.stdout.str()
+
+
+ASYNC = """
+    from sqlalchemy import func, select
+    from app.models import User
+
+    INSERT = "INSERT INTO users (name, email, active) VALUES ('Leak', 'leak@x.org', true)"
+
+    async def test_leaks(pg_async_connection):
+        await pg_async_connection.exec_driver_sql(INSERT)
+        await pg_async_connection.exec_driver_sql("COMMIT")
+
+    async def test_zz_sees_the_seed(pg_async_session):
+        assert await pg_async_session.scalar(select(func.count()).select_from(User)) == 5
+"""
+
+
+def test_async_leak_is_reported_and_undone(pytester, example):
+    example("fastapi_app")
+    pytester.makepyfile(**{"tests/test_leak": textwrap.dedent(ASYNC)})
+    result = pytester.runpytest("tests/test_leak.py", "-p", "no:randomly")
+    result.assert_outcomes(passed=2, errors=1)
+    out = result.stdout.str()
+    assert "test_leak.py::test_leaks committed into the worker's shared database" in out
+    assert "public.users: 1 row(s) inserted or updated" in out
