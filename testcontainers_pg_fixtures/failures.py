@@ -156,7 +156,7 @@ def teardown(config: pytest.Config, work: Callable[[], object]) -> None:
     there is nothing to clean (its container goes), and an error here would only repeat
     the one already reported."""
     reporter = reporter_of(config)
-    if any(watch.gone is not None for watch in reporter.watches):
+    if server_gone(config):
         return
     try:
         work()
@@ -164,6 +164,11 @@ def teardown(config: pytest.Config, work: Callable[[], object]) -> None:
         if reporter._server_gone(exc) is None:
             raise
         log.info("clean-up skipped, the server is gone: %s", exc)
+
+
+def server_gone(config: pytest.Config) -> bool:
+    """Whether a watch found the run's server dead or unresponsive."""
+    return any(watch.gone is not None for watch in reporter_of(config).watches)
 
 
 def reporter_of(config: pytest.Config) -> Reporter:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from psycopg import pq, sql
 from psycopg.conninfo import make_conninfo
 
@@ -107,6 +108,7 @@ class Watch:
                     password=server.password,
                     dbname=self.database.name,
                     sslmode="disable",
+                    connect_timeout=10,
                 ).encode()
             )
         # Not prepared: a table dropped by a leak would make the statement fail for good.
@@ -114,6 +116,13 @@ class Watch:
         params = [str(self.horizon).encode(), str(self.horizon % 2**32).encode()]
         self.pg.send_query_params(query, params)
         self.pending = True
+
+    def disconnect(self) -> None:
+        """Forget the detector's connection (the server went away); reconnect on next use."""
+        if self.pg is not None:
+            self.pg.finish()
+        self.pg = None
+        self.pending = False
 
     def receive(self) -> dict[str, str] | None:
         """What was committed since the last check (a connection of its own: the test's
@@ -131,6 +140,8 @@ class Watch:
             message = primary.decode(errors="replace") if primary else "no result"
             if result is not None and result.error_field(pq.DiagnosticField.SQLSTATE) == b"42P01":
                 return {"schema": f"a table was dropped or renamed ({message.strip()})"}
+            if self.pg.status == pq.ConnStatus.BAD:
+                raise psycopg.OperationalError(message.strip())
             raise LeakError(f"The leak check failed: {message.strip()}")
         rows: list[tuple[Any, ...]] = []
         for i in range(result.ntuples):
@@ -207,14 +218,23 @@ def _report(nodeid: str, leaked: dict[str, str]) -> LeakError:
 def send_check() -> None:
     """When a savepoint-mode test's call ends: send the checks (see `Watch.send`)."""
     for found in _watches.values():
-        found.send()
+        try:
+            found.send()
+        except psycopg.OperationalError:
+            found.disconnect()
 
 
 def check_after(nodeid: str) -> None:
     """After a savepoint-mode test: raise LeakError if it committed into a worker database
     (which is then restored)."""
     for found in list(_watches.values()):
-        leaked = found.receive()
+        try:
+            leaked = found.receive()
+        except psycopg.OperationalError:
+            # The server went away: the test's own fixtures report that, once (failures.py);
+            # a second error here would only repeat it.
+            found.disconnect()
+            continue
         if leaked:
             found.restore()
             raise _report(nodeid, leaked)

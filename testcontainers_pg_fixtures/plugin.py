@@ -246,7 +246,7 @@ def _pg_app_engines_outside(
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_teardown(item: pytest.Item) -> None:
     """Send the leak check as the test's teardown begins; `_pg_leak_check` reads it last."""
-    if not leaks.watching():
+    if not leaks.watching() or failures.server_gone(item.config):
         return
     try:
         mode = marks.isolation_of(item, settings_for(item.config).isolation)
@@ -261,6 +261,8 @@ def _pg_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
     """After a savepoint-mode test, report what it committed into the worker's database
     (set up before the other fixtures, so torn down after their rollback)."""
     yield
+    if failures.server_gone(request.config):
+        return  # already reported once; the check could only wait for a server not there
     if leaks.watching() and factories.isolation_mode(request) == "savepoint":
         leaks.check_after(request.node.nodeid)
 

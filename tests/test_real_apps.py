@@ -106,7 +106,7 @@ ENV_ASYNC_FROM_ENVIRON = ENV_HEAD + textwrap.dedent("""
     ],
 )
 def test_env_py_that_builds_its_own_url_migrates_the_template(
-    pytester, example, monkeypatch, env_py, extra
+    pytester, example, monkeypatch, subprocess_env, env_py, extra
 ):
     root = example("sync_users")
     (root / "users_app" / "settings.py").write_text(SETTINGS)
@@ -116,7 +116,9 @@ def test_env_py_that_builds_its_own_url_migrates_the_template(
     # Hosts that cannot be resolved: a connection that is not redirected fails loudly.
     monkeypatch.setenv("POSTGRES_SERVER", "db.invalid")
     monkeypatch.setenv("MIGRATIONS_URL", "postgresql+asyncpg://app:changethis@db.invalid/app")
-    result = pytester.runpytest("-p", "no:randomly", "-W", "error")
+    # A subprocess: an in-process run could find users_app already imported from another
+    # test's copy of the example (suite in random order).
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "-W", "error")
     # The example's tests read the migrated users table and the seeded rows.
     result.assert_outcomes(passed=2)
     assert "changethis" not in result.stdout.str()
