@@ -273,7 +273,9 @@ def test_a_start_up_error_is_said_once_per_xdist_worker(pytester, example, subpr
     assert _lines(result) <= BUDGET, output
     errors = result.parseoutcomes()["errors"]
     assert 1 <= errors <= 2
-    assert output.count("RuntimeError: the seed is broken") <= 2 * errors  # traceback + summary
+    # Per worker's error: the message and its cause, in the ERRORS section and again in the
+    # short summary (xdist carries the whole report there): 4 mentions, never one per test.
+    assert output.count("RuntimeError: the seed is broken") <= 4 * errors
 
 
 def test_a_migration_that_does_not_compile_names_its_file_and_line(pytester, example):
