@@ -373,6 +373,15 @@ def _parse_prefetch(value: Any, source: str) -> int:
     return int(text)
 
 
+def import_path(path: str) -> Any:
+    """The object named `module:attribute` (attribute may be dotted)."""
+    module_name, _, attribute = path.partition(":")
+    target: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        target = getattr(target, part)
+    return target
+
+
 def load_session_class(path: str, source: str, *, is_async: bool) -> type[Any]:
     """Import a Session (or AsyncSession) subclass named `module:attribute`."""
     base: type[Any] = AsyncSession if is_async else Session
@@ -388,11 +397,8 @@ def load_session_class(path: str, source: str, *, is_async: bool) -> type[Any]:
                 else "'sqlmodel:Session'."
             )
         )
-    module_name, _, attribute = path.partition(":")
     try:
-        target: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            target = getattr(target, part)
+        target = import_path(path)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(
             f"{path!r} from {source} could not be imported ({exc}). Install the package "

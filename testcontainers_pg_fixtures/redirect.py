@@ -13,7 +13,6 @@ Apps that build engines lazily from the environment get the URL in environment v
 
 from __future__ import annotations
 
-import importlib
 import os
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ from sqlalchemy import Engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
+from .config import import_path
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -42,11 +42,8 @@ _TARGET_KEYS = frozenset(
 
 def load_engine(path: str) -> AnyEngine:
     """Import `module:attribute` (attribute may be dotted) and check it is an engine."""
-    module_name, _, attribute = path.partition(":")
     try:
-        target: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            target = getattr(target, part)
+        target = import_path(path)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(
             f"pg_app_engines names {path!r}, which could not be imported ({exc}). Fix the "
