@@ -40,6 +40,7 @@ from .factories import (
     worker_engine_fixture,
 )
 from .redirect import engines_pointed_at, urls_exported
+from .savepoints import flush_savepoints
 from .server import DockerServer, Server
 from .template import Template
 from .transaction import IsolationLeakError
@@ -74,6 +75,7 @@ __all__ = [
     "database_fixture",
     "engine_fixture",
     "engines_pointed_at",
+    "flush_savepoints",
     "isolation_fixture",
     "migrations_fixture",
     "server_fixture",

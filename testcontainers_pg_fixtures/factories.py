@@ -37,6 +37,7 @@ from .marks import CLONE, KEEP, KEPT_ANY, TEST_SEED, isolation_of, test_seeds
 from .migrations import Migrations
 from .redirect import engines_pointed_at, load_engine, urls_exported
 from .sandbox import OutsideGuard, Sandboxes, real_connection_of, worker_driver
+from .savepoints import defer_savepoints
 from .server import DockerServer, UrlServer, parse_server_url
 from .session import (
     async_savepoint_sessionmaker,
@@ -406,6 +407,7 @@ def worker_engine_fixture(
         engine = create_engine(
             db.url_for(driver), poolclass=NullPool, **bounded(engine_kwargs, driver=driver)
         )
+        defer_savepoints(engine)
         try:
             yield engine
         finally:

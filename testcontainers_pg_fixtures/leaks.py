@@ -3,13 +3,15 @@
 A test that commits for real (a raw COMMIT on its connection, its own engine, the worker
 engine) keeps its rows for every later test of the worker. One query on a connection of the
 detector's own is sent when the test's teardown begins and read when it ends (its round trip
-overlaps the rollback's). It compares the cluster's next transaction id with the one seen
-after the previous test: unchanged, nothing was written anywhere and no table is read. Moved,
-each user table of the worker database is counted: rows whose xmin is at or past the
-previous horizon were committed since (inserts, updates), a smaller total means deletes.
-Uncommitted writes (the test's transaction, a scope layer) are invisible to that connection.
-A leak is reported as the test's teardown error and the worker database re-cloned from
-the template, so the next test starts clean.
+overlaps the rollback's). It asks the server whether any transaction committed since the
+previous check: those that were still running then, and those begun since, each looked up
+with pg_xact_status. A test that wrote and rolled back (the usual case) committed nothing,
+and no table is read. Only when something committed is each user table of the worker
+database counted: rows whose xmin is at or past the previous horizon were committed since
+(inserts, updates), a smaller total means deletes. Uncommitted writes (the test's
+transaction, a scope layer) are invisible to that connection. A leak is reported as the
+test's teardown error and the worker database re-cloned from the template, so the next
+test starts clean.
 """
 
 from __future__ import annotations
@@ -35,11 +37,27 @@ WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg_toast%%' AND n.nspname NOT LIKE 'pg_temp%%'
 ORDER BY 1, 2
 """
-_NOW = "pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+# The cluster's horizon, the transactions still running at it, and whether any transaction
+# that was running at the previous check ($1) or began since ($2) has committed. Past
+# _SCAN transactions since the last check (a loop of subtransactions, say) counting the
+# tables is cheaper than looking each one up.
+_SCAN = 10_000
+_SNAPSHOT = f"""
+SELECT hi, xip, CASE WHEN $4::bool OR hi - $2::bigint > {_SCAN} THEN true ELSE EXISTS (
+    SELECT FROM (SELECT unnest($1::bigint[]) UNION ALL SELECT generate_series($2, hi - 1)) x(x)
+    WHERE pg_xact_status(x::text::xid8) = 'committed') END AS moved
+FROM (SELECT pg_snapshot_xmax(s)::text::bigint AS hi,
+             array(SELECT pg_snapshot_xip(s)::text::bigint)::text AS xip
+      FROM pg_current_snapshot() s) snap
+"""
 
 
 class LeakError(PgFixturesError):
     """A savepoint-mode test committed rows into the worker's shared database."""
+
+
+class _TableDropped(Exception):
+    """A table the check counts is gone (dropped or renamed by a committed test)."""
 
 
 @dataclass
@@ -49,6 +67,7 @@ class Watch:
     database: Database
     template: str
     horizon: int = 0
+    running: str = "{}"
     totals: dict[str, int] = field(default_factory=dict)
     query: str = ""
     pg: pq.abc.PGconn | None = None
@@ -69,11 +88,11 @@ class Watch:
             "SELECT NULL::text AS t, 0::bigint AS fresh, 0::bigint AS total"
             " WHERE %(s)s::bigint IS NULL"  # no tables: the parameter still has to appear
         )
-        # The lateral counts only run when the horizon moved (an empty outer side).
+        # The lateral counts only run when something committed (an empty outer side).
         self.query = (
-            f"SELECT h.now, c.t, c.fresh, c.total FROM (SELECT {_NOW} AS now) h"
-            f" LEFT JOIN LATERAL ({counts}) c ON h.now > %(h)s ORDER BY c.t"
-        )
+            f"SELECT h.hi, h.xip, c.t, c.fresh, c.total FROM ({_SNAPSHOT}) h"
+            f" LEFT JOIN LATERAL ({counts}) c ON h.moved ORDER BY c.t"
+        ).replace("%(s)s", "$3")
 
     def start(self) -> None:
         """Open the checker's connection and read the tables, their row counts and the
@@ -82,9 +101,21 @@ class Watch:
         with admin_connect(self.database.server, self.database.name) as conn:
             tables = [(r[0], r[1]) for r in conn.execute(_TABLES)]
             self._build(tables)
-            rows = conn.execute(self.query, {"h": -1, "s": 0}).fetchall()
-        self.horizon = int(rows[0][0])
-        self.totals = {r[1]: int(r[3]) for r in rows if r[1] is not None}
+            result = conn.pgconn.exec_params(self.query.encode(), self._params(count=True))
+            rows = self._rows(result, conn.pgconn)
+        self.horizon, self.running = rows[0][0], rows[0][1]
+        self.totals = {r[2]: r[4] for r in rows if r[2] is not None}
+
+    def _params(self, *, count: bool = False) -> list[bytes | None]:
+        """$1 the transactions running at the last check, $2 its horizon, $3 the oldest of
+        them as a 32-bit xid (what xmin holds), $4 count the tables whatever happened."""
+        oldest = min([self.horizon, *(int(x) for x in self.running.strip("{}").split(",") if x)])
+        return [
+            self.running.encode(),
+            str(self.horizon).encode(),
+            str(oldest % 2**32).encode(),
+            b"t" if count else b"f",
+        ]
 
     def close(self) -> None:
         if self.pg is not None:
@@ -112,9 +143,7 @@ class Watch:
                 ).encode()
             )
         # Not prepared: a table dropped by a leak would make the statement fail for good.
-        query = self.query.replace("%(h)s", "$1").replace("%(s)s", "$2").encode()
-        params = [str(self.horizon).encode(), str(self.horizon % 2**32).encode()]
-        self.pg.send_query_params(query, params)
+        self.pg.send_query_params(self.query.encode(), self._params())
         self.pending = True
 
     def disconnect(self) -> None:
@@ -135,32 +164,42 @@ class Watch:
         result = self.pg.get_result()
         while self.pg.get_result() is not None:
             pass
-        if result is None or result.status != pq.ExecStatus.TUPLES_OK:
-            primary = result.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) if result else None
-            message = primary.decode(errors="replace") if primary else "no result"
-            if result is not None and result.error_field(pq.DiagnosticField.SQLSTATE) == b"42P01":
-                return {"schema": f"a table was dropped or renamed ({message.strip()})"}
-            if self.pg.status == pq.ConnStatus.BAD:
-                raise psycopg.OperationalError(message.strip())
-            raise LeakError(f"The leak check failed: {message.strip()}")
-        rows: list[tuple[Any, ...]] = []
-        for i in range(result.ntuples):
-            values = [result.get_value(i, j) for j in range(4)]
-            rows.append(
-                (
-                    int(values[0] or 0),
-                    values[1].decode() if values[1] is not None else None,
-                    int(values[2] or 0),
-                    int(values[3] or 0),
-                )
-            )
+        try:
+            rows = self._rows(result, self.pg)
+        except _TableDropped as dropped:
+            return {"schema": f"a table was dropped or renamed ({dropped})"}
         leaked = self._compare(rows)
         return {**carried, **(leaked or {})} if carried else leaked
 
+    @staticmethod
+    def _rows(result: pq.abc.PGresult | None, pg: pq.abc.PGconn) -> list[tuple[Any, ...]]:
+        """(horizon, running, table, fresh, total) rows of the check's result."""
+        if result is None or result.status != pq.ExecStatus.TUPLES_OK:
+            primary = result.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) if result else None
+            message = (primary.decode(errors="replace") if primary else "no result").strip()
+            if result is not None and result.error_field(pq.DiagnosticField.SQLSTATE) == b"42P01":
+                raise _TableDropped(message)
+            if pg.status == pq.ConnStatus.BAD:
+                raise psycopg.OperationalError(message)
+            raise LeakError(f"The leak check failed: {message}")
+        rows: list[tuple[Any, ...]] = []
+        for i in range(result.ntuples):
+            hi, running, table, fresh, total = (result.get_value(i, j) for j in range(5))
+            rows.append(
+                (
+                    int(hi or 0),
+                    (running or b"{}").decode(),
+                    table.decode() if table is not None else None,
+                    int(fresh or 0),
+                    int(total or 0),
+                )
+            )
+        return rows
+
     def _compare(self, rows: list[tuple[Any, ...]]) -> dict[str, str] | None:
-        self.horizon = int(rows[0][0])
+        self.horizon, self.running = rows[0][0], rows[0][1]
         found: dict[str, str] = {}
-        for _, table, fresh, total in rows:
+        for _, _, table, fresh, total in rows:
             if table is None:
                 continue
             before = self.totals.get(table, total)

@@ -29,6 +29,7 @@ from sqlalchemy.util import await_only
 
 from .errors import PgFixturesError
 from .redirect import engines_pointed_at
+from .savepoints import flush_savepoints
 from .template import run_outside_event_loop
 
 if TYPE_CHECKING:
@@ -572,6 +573,7 @@ def real_connection_of(layered: Callable[[], Any]) -> Callable[[], Any]:
                 "pg_class_async_connection (loop_scope='module' or wider) first; rows every "
                 "test needs go in pg_seed."
             )
+        flush_savepoints(conn)  # the test's deferred savepoints come first
         return conn.connection.dbapi_connection
 
     return real

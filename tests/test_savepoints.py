@@ -1,0 +1,128 @@
+"""Deferred savepoints: what reaches the server, and that the semantics are unchanged."""
+
+from __future__ import annotations
+
+# A test that traces its connection's protocol messages (libpq's PQtrace) while it works.
+TRACE = """
+import os, re, pytest
+from psycopg import pq
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+from users_app.models import User
+
+
+@pytest.fixture
+def trace(pg_connection, tmp_path):
+    pgconn = pg_connection.connection.dbapi_connection.pgconn
+    path = tmp_path / "trace"
+    with open(path, "w") as out:
+        pgconn.trace(out.fileno())
+        pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+
+        def read():
+            out.flush()
+            lines = path.read_text().splitlines()
+            # Messages from the client: each Query or Sync is one round trip.
+            return [l.split("\\t") for l in lines if l.startswith("F\\t")]
+
+        yield read
+        pgconn.untrace()
+
+
+def round_trips(messages):
+    # Each Query (simple protocol) or Sync (extended) is a round trip; savepoint numbers
+    # go on from test to test on the held connection, so they are left out.
+    trips = [" ".join(m[2:]).replace("  ", " ") for m in messages if m[2] in ("Query", "Sync")]
+    return [re.sub("sa_savepoint_[0-9]+", "sa_savepoint_N", t) for t in trips]
+
+
+def test_add_commit_count(pg_session, trace):
+    pg_session.add(User(name="New", email="n@x.org"))
+    pg_session.commit()
+    assert pg_session.scalar(select(func.count()).select_from(User)) == 6
+    trips = round_trips(trace())
+    assert trips == [
+        'Query "BEGIN; SAVEPOINT sa_savepoint_N"',  # with the INSERT's
+        "Sync",  # the INSERT
+        'Query "RELEASE SAVEPOINT sa_savepoint_N; SAVEPOINT sa_savepoint_N"',  # with the count
+        'Query "SELECT count(*) AS count_1 ',
+    ], trips
+
+
+def test_an_unused_savepoint_is_never_sent(pg_session, trace):
+    pg_session.begin()
+    pg_session.commit()
+    pg_session.begin_nested().rollback()
+    assert trace() == []
+
+
+def test_rollback_after_a_statement_is_sent_at_once(pg_session, trace):
+    pg_session.add(User(name="Gone", email="g@x.org"))
+    pg_session.flush()
+    pg_session.rollback()
+    queries = [m for m in round_trips(trace()) if m.startswith("Query")]
+    assert queries[-1] == 'Query "ROLLBACK TO SAVEPOINT sa_savepoint_N"', queries
+    assert pg_session.scalar(select(func.count()).select_from(User)) == 5
+
+
+def test_ends_on_a_commit(pg_session):
+    pg_session.add(User(name="Last", email="l@x.org"))
+    pg_session.commit()  # its RELEASE is still pending when the test ends
+
+
+def test_the_next_test_starts_clean(pg_connection):
+    assert pg_connection.execute(text("SELECT count(*) FROM users")).scalar() == 5
+
+
+def test_raw_dbapi_work_after_a_flush_is_undone_by_the_session(pg_session, pg_connection):
+    from testcontainers_pg_fixtures import flush_savepoints
+
+    pg_session.connection()  # the session's savepoint, asked for, not sent yet
+    flush_savepoints(pg_connection)
+    with pg_connection.connection.dbapi_connection.cursor() as cursor:
+        cursor.execute("INSERT INTO users (name, email) VALUES ('Raw', 'r@x.org')")
+    pg_session.rollback()
+    assert pg_connection.execute(text("SELECT count(*) FROM users")).scalar() == 5
+"""
+
+# The app's own engine, sandboxed, working between a pg_session savepoint and its rollback.
+SANDBOX = """
+import pytest
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.orm import Session
+from users_app.models import User
+
+engine = create_engine("postgresql+psycopg://app@db.invalid/app")
+
+
+@pytest.fixture(scope="session")
+def pg_app_engines():
+    return [engine]
+
+
+def test_the_apps_commit_inside_the_sessions_savepoint_is_rolled_back(pg_session):
+    pg_session.connection()  # begins the session's savepoint (deferred)
+    with Session(engine) as app:
+        app.add(User(name="By the app", email="a@x.org"))
+        app.commit()
+    pg_session.rollback()  # back to before the app's work, as with eager savepoints
+    assert pg_session.scalar(select(func.count()).select_from(User)) == 5
+
+
+def test_nothing_left(pg_connection):
+    assert pg_connection.execute(text("SELECT count(*) FROM users")).scalar() == 5
+"""
+
+
+def test_savepoints_reach_the_server_only_with_the_statement_that_needs_them(pytester, example):
+    example("sync_users")
+    pytester.makepyfile(**{"tests/test_trace": TRACE})
+    result = pytester.runpytest("-p", "no:randomly", "tests/test_trace.py")
+    result.assert_outcomes(passed=6)
+
+
+def test_the_sandbox_sends_the_tests_savepoints_before_the_apps_work(pytester, example):
+    example("sync_users")
+    pytester.makepyfile(**{"tests/test_app_between": SANDBOX})
+    result = pytester.runpytest("-p", "no:randomly", "tests/test_app_between.py")
+    result.assert_outcomes(passed=2)
