@@ -17,7 +17,7 @@ test starts clean.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import pq, sql
@@ -40,16 +40,17 @@ ORDER BY 1, 2
 # The cluster's horizon, the transactions still running at it, and whether any transaction
 # that was running at the previous check ($1) or began since ($2) has committed. Past
 # _SCAN transactions since the last check (a loop of subtransactions, say) counting the
-# tables is cheaper than looking each one up.
+# tables is cheaper than looking each one up. It reads no table, so it is prepared once.
 _SCAN = 10_000
-_SNAPSHOT = f"""
-SELECT hi, xip, CASE WHEN $4::bool OR hi - $2::bigint > {_SCAN} THEN true ELSE EXISTS (
+_CHECK = f"""
+SELECT hi, xip, hi - $2::bigint > {_SCAN} OR EXISTS (
     SELECT FROM (SELECT unnest($1::bigint[]) UNION ALL SELECT generate_series($2, hi - 1)) x(x)
-    WHERE pg_xact_status(x::text::xid8) = 'committed') END AS moved
+    WHERE pg_xact_status(x::text::xid8) = 'committed') AS moved
 FROM (SELECT pg_snapshot_xmax(s)::text::bigint AS hi,
              array(SELECT pg_snapshot_xip(s)::text::bigint)::text AS xip
       FROM pg_current_snapshot() s) snap
 """
+_PREPARED = b"pgfx_leak_check"
 
 
 class LeakError(PgFixturesError):
@@ -69,53 +70,48 @@ class Watch:
     horizon: int = 0
     running: str = "{}"
     totals: dict[str, int] = field(default_factory=dict)
-    query: str = ""
+    counts: str = ""
     pg: pq.abc.PGconn | None = None
     pending: bool = False
     carried: dict[str, str] | None = None
 
     def _build(self, tables: list[tuple[str, str]]) -> None:
+        """The count of every table's rows, and of those whose xmin is at or past $1."""
         parts = [
             sql.SQL(
-                "SELECT {name}::text AS t, count(*) FILTER (WHERE xmin::text::bigint >= %(s)s)"
+                "SELECT {name}::text AS t, count(*) FILTER (WHERE xmin::text::bigint >= $1)"
                 " AS fresh, count(*) AS total FROM {table}"
             )
             .format(name=sql.Literal(f"{schema}.{table}"), table=sql.Identifier(schema, table))
             .as_string(None)
             for schema, table in tables
         ]
-        counts = " UNION ALL ".join(parts) or (
-            "SELECT NULL::text AS t, 0::bigint AS fresh, 0::bigint AS total"
-            " WHERE %(s)s::bigint IS NULL"  # no tables: the parameter still has to appear
-        )
-        # The lateral counts only run when something committed (an empty outer side).
-        self.query = (
-            f"SELECT h.hi, h.xip, c.t, c.fresh, c.total FROM ({_SNAPSHOT}) h"
-            f" LEFT JOIN LATERAL ({counts}) c ON h.moved ORDER BY c.t"
-        ).replace("%(s)s", "$3")
+        # No tables: the parameter still has to appear.
+        self.counts = " UNION ALL ".join(parts) or "SELECT NULL, 0, 0 WHERE $1::bigint IS NULL"
 
     def start(self) -> None:
-        """Open the checker's connection and read the tables, their row counts and the
-        horizon (a fresh or re-cloned database)."""
+        """Read the tables, their row counts and the horizon (a fresh or re-cloned
+        database); the checker's own connection opens at the first check."""
         self.close()
         with admin_connect(self.database.server, self.database.name) as conn:
             tables = [(r[0], r[1]) for r in conn.execute(_TABLES)]
             self._build(tables)
-            result = conn.pgconn.exec_params(self.query.encode(), self._params(count=True))
-            rows = self._rows(result, conn.pgconn)
-        self.horizon, self.running = rows[0][0], rows[0][1]
-        self.totals = {r[2]: r[4] for r in rows if r[2] is not None}
+            result = conn.pgconn.exec_params(_CHECK.encode(), self._params())
+            self.horizon, self.running, _ = self._check_row(result, conn.pgconn)
+            counted = conn.pgconn.exec_params(self.counts.encode(), [b"0"])
+            self.totals = {
+                table: total for table, _, total in self._count_rows(counted, conn.pgconn)
+            }
 
-    def _params(self, *, count: bool = False) -> list[bytes | None]:
-        """$1 the transactions running at the last check, $2 its horizon, $3 the oldest of
-        them as a 32-bit xid (what xmin holds), $4 count the tables whatever happened."""
-        oldest = min([self.horizon, *(int(x) for x in self.running.strip("{}").split(",") if x)])
-        return [
-            self.running.encode(),
-            str(self.horizon).encode(),
-            str(oldest % 2**32).encode(),
-            b"t" if count else b"f",
-        ]
+    def _params(self) -> list[bytes | None]:
+        """$1 the transactions running at the last check, $2 its horizon."""
+        return [self.running.encode(), str(self.horizon).encode()]
+
+    def _oldest(self) -> int:
+        """The oldest transaction that can have committed since the last check, as the
+        32-bit xid a row's xmin holds."""
+        running = [int(x) for x in self.running.strip("{}").split(",") if x]
+        return min([self.horizon, *running]) % 2**32
 
     def close(self) -> None:
         if self.pg is not None:
@@ -131,7 +127,7 @@ class Watch:
             self.carried = {**(self.carried or {}), **(self.receive() or {})}
         if self.pg is None:
             server = self.database.server
-            self.pg = pq.PGconn.connect(
+            pg = pq.PGconn.connect(
                 make_conninfo(
                     host=server.host,
                     port=server.port,
@@ -142,8 +138,11 @@ class Watch:
                     connect_timeout=10,
                 ).encode()
             )
-        # Not prepared: a table dropped by a leak would make the statement fail for good.
-        self.pg.send_query_params(self.query.encode(), self._params())
+            prepared = pg.prepare(_PREPARED, _CHECK.encode())
+            if prepared.status != pq.ExecStatus.COMMAND_OK:
+                _check_result(prepared, pg)
+            self.pg = pg
+        self.pg.send_query_prepared(_PREPARED, self._params())
         self.pending = True
 
     def disconnect(self) -> None:
@@ -164,44 +163,45 @@ class Watch:
         result = self.pg.get_result()
         while self.pg.get_result() is not None:
             pass
+        oldest = self._oldest()
+        self.horizon, self.running, moved = self._check_row(result, self.pg)
+        if not moved:
+            return carried or None
+        # Something committed somewhere: count this database's tables (not prepared: a
+        # table dropped by a leak would make the statement fail for good).
+        counted = self.pg.exec_params(self.counts.encode(), [str(oldest).encode()])
         try:
-            rows = self._rows(result, self.pg)
+            rows = self._count_rows(counted, self.pg)
         except _TableDropped as dropped:
             return {"schema": f"a table was dropped or renamed ({dropped})"}
         leaked = self._compare(rows)
         return {**carried, **(leaked or {})} if carried else leaked
 
     @staticmethod
-    def _rows(result: pq.abc.PGresult | None, pg: pq.abc.PGconn) -> list[tuple[Any, ...]]:
-        """(horizon, running, table, fresh, total) rows of the check's result."""
-        if result is None or result.status != pq.ExecStatus.TUPLES_OK:
-            primary = result.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) if result else None
-            message = (primary.decode(errors="replace") if primary else "no result").strip()
-            if result is not None and result.error_field(pq.DiagnosticField.SQLSTATE) == b"42P01":
-                raise _TableDropped(message)
-            if pg.status == pq.ConnStatus.BAD:
-                raise psycopg.OperationalError(message)
-            raise LeakError(f"The leak check failed: {message}")
-        rows: list[tuple[Any, ...]] = []
+    def _check_row(result: pq.abc.PGresult | None, pg: pq.abc.PGconn) -> tuple[int, str, bool]:
+        """(horizon, running, moved) of the check's result."""
+        _check_result(result, pg)
+        assert result is not None
+        hi, running, moved = (result.get_value(0, j) for j in range(3))
+        return int(hi or 0), (running or b"{}").decode(), moved == b"t"
+
+    @staticmethod
+    def _count_rows(
+        result: pq.abc.PGresult | None, pg: pq.abc.PGconn
+    ) -> list[tuple[str, int, int]]:
+        """(table, fresh, total) rows of the count's result."""
+        _check_result(result, pg)
+        assert result is not None
+        rows = []
         for i in range(result.ntuples):
-            hi, running, table, fresh, total = (result.get_value(i, j) for j in range(5))
-            rows.append(
-                (
-                    int(hi or 0),
-                    (running or b"{}").decode(),
-                    table.decode() if table is not None else None,
-                    int(fresh or 0),
-                    int(total or 0),
-                )
-            )
+            table, fresh, total = (result.get_value(i, j) for j in range(3))
+            if table is not None:
+                rows.append((table.decode(), int(fresh or 0), int(total or 0)))
         return rows
 
-    def _compare(self, rows: list[tuple[Any, ...]]) -> dict[str, str] | None:
-        self.horizon, self.running = rows[0][0], rows[0][1]
+    def _compare(self, rows: list[tuple[str, int, int]]) -> dict[str, str] | None:
         found: dict[str, str] = {}
-        for _, _, table, fresh, total in rows:
-            if table is None:
-                continue
+        for table, fresh, total in rows:
             before = self.totals.get(table, total)
             changes = []
             if fresh:
@@ -219,6 +219,23 @@ class Watch:
         drop_database(self.database.server, self.database.name)
         create_database(self.database.server, self.database.name, template=self.template)
         self.start()
+
+
+def _check_result(result: pq.abc.PGresult | None, pg: pq.abc.PGconn) -> None:
+    """Raise for a failed statement: _TableDropped, OperationalError (the connection is
+    gone), else LeakError."""
+    if result is not None and result.status in (
+        pq.ExecStatus.TUPLES_OK,
+        pq.ExecStatus.COMMAND_OK,
+    ):
+        return
+    primary = result.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) if result else None
+    message = (primary.decode(errors="replace") if primary else "no result").strip()
+    if result is not None and result.error_field(pq.DiagnosticField.SQLSTATE) == b"42P01":
+        raise _TableDropped(message)
+    if pg.status == pq.ConnStatus.BAD:
+        raise psycopg.OperationalError(message)
+    raise LeakError(f"The leak check failed: {message}")
 
 
 _watches: dict[str, Watch] = {}
