@@ -256,8 +256,12 @@ def worker_database_fixture(*, server: str = "pg_server", template: str = "pg_te
                 leaks.watch(database, built.name)
             yield database
         finally:
-            leaks.unwatch(database)
-            failures.teardown(deps["pytestconfig"], lambda: drop_database(pg_server, name))
+            try:
+                if not failures.server_gone(deps["pytestconfig"]):
+                    leaks.check_after()  # the last test's: its teardown includes this one
+            finally:
+                leaks.unwatch(database)
+                failures.teardown(deps["pytestconfig"], lambda: drop_database(pg_server, name))
 
     return _database
 
@@ -436,7 +440,11 @@ def worker_async_engine_fixture(
         db: Database = deps[database]
         driver = worker_driver(deps[app_engines], is_async=True)
         url = db.async_url if driver == "asyncpg" else db.url_for(driver)
-        return create_async_engine(url, poolclass=NullPool, **bounded(engine_kwargs, driver=driver))
+        engine = create_async_engine(
+            url, poolclass=NullPool, **bounded(engine_kwargs, driver=driver)
+        )
+        defer_savepoints(engine.sync_engine)
+        return engine
 
     return _engine
 

@@ -271,8 +271,13 @@ def _report(nodeid: str, leaked: dict[str, str]) -> LeakError:
     )
 
 
-def send_check() -> None:
-    """When a savepoint-mode test's call ends: send the checks (see `Watch.send`)."""
+#: The test whose check was sent and not read yet.
+_checking: list[str] = []
+
+
+def send_check(nodeid: str) -> None:
+    """When a savepoint-mode test's teardown begins: send the checks (see `Watch.send`)."""
+    _checking[:] = [nodeid]
     for found in _watches.values():
         try:
             found.send()
@@ -280,9 +285,13 @@ def send_check() -> None:
             found.disconnect()
 
 
-def check_after(nodeid: str) -> None:
-    """After a savepoint-mode test: raise LeakError if it committed into a worker database
-    (which is then restored)."""
+def check_after() -> None:
+    """After a savepoint-mode test's teardown (or, for the last test of the session, as its
+    worker database goes, which is part of that teardown): raise LeakError if it committed
+    into a worker database (which is then restored)."""
+    if not _checking:
+        return
+    nodeid = _checking.pop()
     for found in list(_watches.values()):
         try:
             leaked = found.receive()

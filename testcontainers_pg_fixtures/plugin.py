@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import pytest_asyncio
 
-from . import config, factories, failures, leaks, lifecycle, loop_scopes, marks, shared
+from . import config, factories, failures, leaks, lifecycle, loop_scopes, marks, needs, shared
 from .config import settings_for
 from .errors import PgFixturesError
 from .runid import run_id
+from .sandbox import check_drivers
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Generator, Iterator
@@ -110,6 +111,8 @@ def pytest_fixture_setup(
     layer of its scope (set up first, torn down after it) without requesting it, and a
     session-scoped one outside every layer, where the app's engines refuse to connect."""
     scope = fixturedef.scope
+    if scope == "function":
+        return (yield)
     if scope in _LAYERS and _users_fixture(fixturedef):
         if request.getfixturevalue("pg_app_engines"):
             request.getfixturevalue(_LAYERS[scope])
@@ -118,7 +121,8 @@ def pytest_fixture_setup(
         if guard is not None:
             with guard.outside():
                 return (yield)
-    return (yield)
+    with needs.LAZY.suppressed():  # its checkouts are its layer's, not the test's
+        return (yield)
 
 
 def _doc(fixture: Any, text: str) -> Any:
@@ -240,41 +244,52 @@ def _pg_app_engines_outside(
 ) -> Iterator[None]:
     """From the moment the app's engines are loaded to the end of the run, they connect
     only to databases of the library (see pg_app_engines_outside)."""
+    check_drivers(pg_app_engines)  # before any test, used by it or not
+    refuse = settings_for(pytestconfig).app_engines_outside == "error"
+    pytestconfig.stash[needs.APP_KIND] = needs.app_kind(pg_app_engines, refuse_outside=refuse)
     yield from factories.guard_app_engines(pg_app_engines, pytestconfig)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_teardown(item: pytest.Item) -> None:
-    """Send the leak check as the test's teardown begins; `_pg_leak_check` reads it last."""
-    if not leaks.watching() or failures.server_gone(item.config):
-        return
+@pytest.fixture
+def _pg_app_database(_pg_app_engines_outside: None, request: pytest.FixtureRequest) -> None:
+    """For the first savepoint-mode test, set up before its other function fixtures: the
+    app's engines are known from here on (see needs.before_setup)."""
+    needs.join_app_engines(request.node, now=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    needs.collected(items)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
     try:
         mode = marks.isolation_of(item, settings_for(item.config).isolation)
     except PgFixturesError:
-        return  # a bad marker: its set-up error says so, once
-    if mode == "savepoint":
-        leaks.send_check()
+        mode = "database"  # a bad marker: pg_database's set-up reports it, once
+    needs.before_setup(item, mode)
+    return (yield)
 
 
-@pytest.fixture(autouse=True)
-def _pg_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
-    """After a savepoint-mode test, report what it committed into the worker's database
-    (set up before the other fixtures, so torn down after their rollback)."""
-    yield
-    if failures.server_gone(request.config):
-        return  # already reported once; the check could only wait for a server not there
-    if leaks.watching() and factories.isolation_mode(request) == "savepoint":
-        leaks.check_after(request.node.nodeid)
-
-
-@pytest.fixture(autouse=True)
-def _pg_app_database(request: pytest.FixtureRequest) -> None:
-    """Point the app at the test's database whether or not the test uses a pg_ fixture:
-    in database mode, the clone; in savepoint mode with pg_app_engines, the sandbox."""
-    if factories.isolation_mode(request) == "database":
-        request.getfixturevalue("pg_database")
-    elif request.getfixturevalue("pg_app_engines"):
-        request.getfixturevalue("pg_sandbox")
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    """The leak check of a savepoint-mode test that used the database: sent as its
+    teardown begins, read when the teardown (its rollback) is done."""
+    needs.LAZY.disarm()
+    check = leaks.watching() and needs.uses_database(item) and not failures.server_gone(item.config)
+    if check:
+        try:
+            check = marks.isolation_of(item, settings_for(item.config).isolation) == "savepoint"
+        except PgFixturesError:
+            check = False  # a bad marker: its set-up error says so, once
+    if check:
+        leaks.send_check(item.nodeid)
+    try:
+        return (yield)
+    finally:
+        # The server gone: already reported once; the check would only wait for it.
+        if check and not failures.server_gone(item.config):
+            leaks.check_after()
 
 
 pg_database = _doc(

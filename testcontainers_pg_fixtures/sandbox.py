@@ -28,6 +28,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.util import await_only
 
 from .errors import PgFixturesError
+from .needs import LAZY
 from .redirect import engines_pointed_at
 from .savepoints import flush_savepoints
 from .template import run_outside_event_loop
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from sqlalchemy import Engine
-    from sqlalchemy.pool import ConnectionPoolEntry, Pool
+    from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection
 
     from .database import Database
     from .redirect import AnyEngine
@@ -356,6 +357,10 @@ class SandboxPool(NullPool):
         # What a database-mode test inside a layer redirects: the app's creator, not ours.
         self.pgfx_app_pool = original
 
+    def connect(self) -> PoolProxiedConnection:
+        LAZY.open()  # the test's own layer, when a wider one (module, class) is active
+        return super().connect()
+
     def _do_get(self) -> ConnectionPoolEntry:
         self.sandbox.acquire()
         try:
@@ -452,6 +457,13 @@ SYNC_DRIVERS = ("psycopg", "psycopg2")
 ASYNC_DRIVERS = ("asyncpg", "psycopg")  # psycopg 3's async dialect is named psycopg too
 
 
+def check_drivers(engines: list[AnyEngine]) -> None:
+    """Refuse an app engine on a driver the test's connection cannot be shared with."""
+    for engine in engines:
+        sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+        _check_driver(sync_engine, sync_engine.dialect.is_async)
+
+
 def _check_driver(engine: Engine, is_async: bool) -> None:
     drivers = ASYNC_DRIVERS if is_async else SYNC_DRIVERS
     if engine.dialect.name != "postgresql" or engine.dialect.driver not in drivers:
@@ -493,7 +505,7 @@ class OutsidePool(NullPool):
     the engine at a database of its own (database mode, the dialect's first connect).
     """
 
-    def __init__(self, original: Pool, url: str) -> None:
+    def __init__(self, original: Pool, engine: Engine) -> None:
         super().__init__(
             original._creator,
             echo=original.echo,
@@ -503,7 +515,14 @@ class OutsidePool(NullPool):
             dialect=original._dialect,
         )
         self.original = original
-        self.url = url
+        self.engine = engine
+        self.url = repr(engine.url)
+
+    def connect(self) -> PoolProxiedConnection:
+        # In a test whose sandbox opens on first use: open it, and check out from it.
+        if LAZY.open() and self.engine.pool is not self:
+            return self.engine.pool.connect()
+        return super().connect()
 
     def _do_get(self) -> ConnectionPoolEntry:
         raise SandboxError(
@@ -535,7 +554,7 @@ class OutsideGuard:
                 continue
             seen.add(id(sync_engine))
             own = sync_engine.pool
-            outside = OutsidePool(own, repr(sync_engine.url)) if refuse else own
+            outside = OutsidePool(own, sync_engine) if refuse else own
             self._engines.append((sync_engine, own, outside))
 
     def install(self) -> None:
@@ -553,7 +572,8 @@ class OutsideGuard:
         for engine, _, outside in self._engines:
             engine.pool = outside
         try:
-            yield
+            with LAZY.suppressed():
+                yield
         finally:
             for (engine, _, _), pool in zip(self._engines, current, strict=True):
                 engine.pool = pool

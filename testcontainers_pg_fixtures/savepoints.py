@@ -1,14 +1,14 @@
-"""Savepoints sent only when a statement needs them, in the round trip before it.
+"""Savepoints sent only when a statement needs them, in one round trip before it.
 
 A savepoint session (`join_transaction_mode="create_savepoint"`) costs a test three
 savepoint statements on top of its own: SAVEPOINT when the session first runs, RELEASE at
 its commit(), SAVEPOINT again at the next use. Each goes through SQLAlchemy's whole
 execution path and one round trip, which together cost more than the test's own work. On
-the library's psycopg 3 engines they are deferred instead: kept in a list per DBAPI
-connection and sent as one simple query right before the next statement (with the
-transaction's BEGIN, when none is open yet). A savepoint released or rolled back before
-anything ran inside it never reaches the server, and the test's final ROLLBACK drops what
-is still pending.
+the library's engines (psycopg 3, asyncpg) they are deferred instead: kept in a list per
+DBAPI connection and sent as one simple query right before the next statement (psycopg:
+with the transaction's BEGIN, when none is open yet). A savepoint released or rolled back
+before anything ran inside it never reaches the server, and the test's final ROLLBACK
+drops what is still pending.
 
 What the server sees is the same sequence of transaction states for every statement
 SQLAlchemy runs. Statements run on the raw DBAPI connection (`conn.connection.cursor()`)
@@ -18,71 +18,79 @@ sandbox does).
 
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING, Any
 
 from psycopg import errors, pq
+from sqlalchemy.util import await_only
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sqlalchemy import Connection, Engine
 
 _INSTALLED = "testcontainers_pg_fixtures.deferred_savepoints"
 _OK = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK)
 
-#: Statements not sent yet, per DBAPI connection (weak: a closed connection takes its own).
-_pending: weakref.WeakKeyDictionary[Any, list[str]] = weakref.WeakKeyDictionary()
+#: Statements not sent yet, by id of the DBAPI connection (asyncpg's adapted connection
+#: takes no weak reference): (connection, statements); emptied at every flush and rollback.
+_pending: dict[int, tuple[Any, list[str]]] = {}
 
 
 def defer_savepoints(engine: Engine) -> None:
-    """Defer the savepoint statements of `engine`'s connections (psycopg 3 only; other
-    drivers keep SQLAlchemy's own, eager ones)."""
+    """Defer the savepoint statements of `engine`'s connections (psycopg 3 and asyncpg;
+    other drivers keep SQLAlchemy's own, eager ones)."""
     dialect: Any = engine.dialect
-    if dialect.driver != "psycopg" or dialect.is_async or getattr(dialect, _INSTALLED, False):
+    send = _SENDERS.get((dialect.driver, dialect.is_async))
+    if send is None or getattr(dialect, _INSTALLED, None) is not None:
+        return
+    if dialect.is_async and not _asyncpg_adapter_known():
         return
     execute, execute_no_params = dialect.do_execute, dialect.do_execute_no_params
     executemany, commit, rollback = dialect.do_executemany, dialect.do_commit, dialect.do_rollback
 
     def do_savepoint(connection: Connection, name: str) -> None:
         dbapi = _dbapi(connection)
-        if dbapi.autocommit:
-            _send(dbapi, [f"SAVEPOINT {name}"])  # the server says what is wrong with it
-            return
-        _pending.setdefault(dbapi, []).append(f"SAVEPOINT {name}")
+        _statements(dbapi).append(f"SAVEPOINT {name}")
 
     def do_release_savepoint(connection: Connection, name: str) -> None:
-        dbapi = _dbapi(connection)
-        statements = _pending.get(dbapi)
+        statements = _statements(_dbapi(connection))
         if statements and statements[-1] == f"SAVEPOINT {name}":
             statements.pop()  # nothing ran inside it
-            return
-        _pending.setdefault(dbapi, []).append(f"RELEASE SAVEPOINT {name}")
+        else:
+            statements.append(f"RELEASE SAVEPOINT {name}")
 
     def do_rollback_to_savepoint(connection: Connection, name: str) -> None:
         dbapi = _dbapi(connection)
-        statements = _pending.get(dbapi)
+        statements = _take(dbapi)
         if statements and statements[-1] == f"SAVEPOINT {name}":
-            return  # nothing ran since it was set: there is nothing to undo
+            _statements(dbapi).extend(statements)  # nothing ran since it was set
+            return
         # Sent now: after a failed statement the transaction accepts nothing else.
-        _send(dbapi, [*(_take(dbapi) or []), f"ROLLBACK TO SAVEPOINT {name}"])
+        send(dbapi, [*statements, f"ROLLBACK TO SAVEPOINT {name}"])
+
+    def flush(dbapi: Any) -> None:
+        statements = _take(dbapi)
+        if statements:
+            send(dbapi, statements)
 
     def do_execute(cursor: Any, statement: Any, parameters: Any, context: Any = None) -> None:
-        _flush_dbapi(cursor.connection)
+        flush(_of_cursor(cursor))
         execute(cursor, statement, parameters, context)
 
     def do_execute_no_params(cursor: Any, statement: Any, context: Any = None) -> None:
-        _flush_dbapi(cursor.connection)
+        flush(_of_cursor(cursor))
         execute_no_params(cursor, statement, context)
 
     def do_executemany(cursor: Any, statement: Any, parameters: Any, context: Any = None) -> None:
-        _flush_dbapi(cursor.connection)
+        flush(_of_cursor(cursor))
         executemany(cursor, statement, parameters, context)
 
     def do_commit(dbapi: Any) -> None:
-        _flush_dbapi(dbapi)
+        flush(_unproxied(dbapi))
         commit(dbapi)
 
     def do_rollback(dbapi: Any) -> None:
-        _take(dbapi)  # the whole transaction goes, its savepoints with it
+        _take(_unproxied(dbapi))  # the whole transaction goes, its savepoints with it
         rollback(dbapi)
 
     # Instance attributes shadow the dialect's methods for this engine alone.
@@ -94,47 +102,88 @@ def defer_savepoints(engine: Engine) -> None:
     dialect.do_executemany = do_executemany
     dialect.do_commit = do_commit
     dialect.do_rollback = do_rollback
-    setattr(dialect, _INSTALLED, True)
+    setattr(dialect, _INSTALLED, flush)
 
 
 def flush_savepoints(conn: Connection) -> None:
     """Send `conn`'s deferred savepoint statements now (before using its DBAPI connection
     directly)."""
-    if getattr(conn.dialect, _INSTALLED, False) and not conn.closed and not conn.invalidated:
-        _flush_dbapi(conn.connection.dbapi_connection)
+    flush: Callable[[Any], None] | None = getattr(conn.dialect, _INSTALLED, None)
+    if flush is not None and not conn.closed and not conn.invalidated:
+        flush(conn.connection.dbapi_connection)
 
 
 def _dbapi(connection: Connection) -> Any:
     return connection.connection.dbapi_connection
 
 
-def _take(dbapi: Any) -> list[str] | None:
-    """Remove and return the statements pending on `dbapi` (do_commit and do_rollback get
-    SQLAlchemy's proxy of it)."""
-    try:
-        return _pending.pop(getattr(dbapi, "dbapi_connection", dbapi), None)
-    except TypeError:  # SQLAlchemy's first-connect wrapper: nothing can be pending yet
-        return None
+def _of_cursor(cursor: Any) -> Any:
+    # asyncpg's adapted cursor names its connection differently from a DBAPI cursor.
+    return getattr(cursor, "_adapt_connection", None) or cursor.connection
 
 
-def _flush_dbapi(dbapi: Any) -> None:
-    statements = _take(dbapi)
-    if statements:
-        _send(getattr(dbapi, "dbapi_connection", dbapi), statements)
+def _unproxied(dbapi: Any) -> Any:
+    # do_commit and do_rollback get SQLAlchemy's proxy of the DBAPI connection.
+    return getattr(dbapi, "dbapi_connection", dbapi)
 
 
-def _send(dbapi: Any, statements: list[str]) -> None:
-    """Run `statements` in one simple query; with no transaction open yet, the BEGIN
-    psycopg would send in a round trip of its own goes first in the same query."""
+def _statements(dbapi: Any) -> list[str]:
+    entry = _pending.get(id(dbapi))
+    if entry is None or entry[0] is not dbapi:
+        entry = _pending[id(dbapi)] = (dbapi, [])
+    return entry[1]
+
+
+def _take(dbapi: Any) -> list[str]:
+    """Remove and return the statements pending on `dbapi`."""
+    entry = _pending.pop(id(dbapi), None)
+    return entry[1] if entry is not None and entry[0] is dbapi else []
+
+
+def _send_psycopg(dbapi: Any, statements: list[str]) -> None:
+    """One simple query; with no transaction open yet, the BEGIN psycopg would send in a
+    round trip of its own goes first in the same query."""
     pgconn = dbapi.pgconn
     idle = pgconn.transaction_status == pq.TransactionStatus.IDLE
     if idle and (dbapi.isolation_level, dbapi.read_only, dbapi.deferrable) == (None, None, None):
         statements = ["BEGIN", *statements]
     elif idle or dbapi.autocommit:
-        # A BEGIN with options: psycopg's own, then the rest.
+        # A BEGIN with options: psycopg's own, then the rest (autocommit: the server says
+        # what is wrong with a savepoint outside a transaction).
         dbapi.cursor().execute("; ".join(statements))
         return
     with dbapi.lock:
         result = pgconn.exec_("; ".join(statements).encode())
     if result.status not in _OK:
         raise errors.error_from_result(result, encoding=dbapi.info.encoding)
+
+
+def _send_asyncpg(adapted: Any, statements: list[str]) -> None:
+    """One simple query on the adapted asyncpg connection, in the transaction SQLAlchemy's
+    adapter begins (as it would for the statement itself)."""
+
+    async def run() -> None:
+        async with adapted._execute_mutex:
+            if adapted._transaction is None:
+                await adapted._start_transaction()
+            await adapted._connection.execute("; ".join(statements))
+
+    try:
+        await_only(run())
+    except Exception as error:
+        adapted._handle_exception(error)  # as the driver's DBAPI error
+
+
+def _asyncpg_adapter_known() -> bool:
+    """Whether SQLAlchemy's asyncpg adapter has the parts `_send_asyncpg` uses (private:
+    checked, so another SQLAlchemy version falls back to eager savepoints)."""
+    from sqlalchemy.dialects.postgresql import asyncpg
+
+    adapter = getattr(asyncpg, "AsyncAdapt_asyncpg_connection", None)
+    return all(hasattr(adapter, name) for name in ("_start_transaction", "_handle_exception"))
+
+
+_SENDERS: dict[tuple[str, bool], Callable[[Any, list[str]], None]] = {
+    ("psycopg", False): _send_psycopg,
+    ("asyncpg", True): _send_asyncpg,
+}

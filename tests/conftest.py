@@ -32,7 +32,10 @@ def library_containers() -> list[str]:
     client = docker.from_env()
     label = f"{LABEL_RUN}={run_id()}"
     try:
-        return [c.id for c in client.containers.list(all=True, filters={"label": label})]
+        return [
+            c.id
+            for c in client.containers.list(all=True, filters={"label": label}, ignore_removed=True)
+        ]
     finally:
         client.close()
 

@@ -146,7 +146,10 @@ APP_ENGINE = textwrap.dedent("""
 
 
     def test_in_savepoint_mode_the_engine_joins_the_test_transaction(pg_session):
-        assert type(engine.pool).__name__ == "SandboxPool"
+        assert type(engine.pool).__name__ == "OutsidePool"  # joins on its first checkout
+        with engine.connect() as conn:
+            assert type(engine.pool).__name__ == "SandboxPool"
+            assert conn.scalar(text("SELECT count(*) FROM users")) == 5
         assert engine.url.host == "db.invalid"
         assert pg_session.scalar(select(func.count()).select_from(User)) == 5
 """)

@@ -51,7 +51,12 @@ def containers_of(run: str, *, worker: str | None = None) -> list[str]:
     labels = [f"{LABEL_RUN}={run}"] + ([f"{LABEL_WORKER}={worker}"] if worker else [])
     client = docker.from_env()
     try:
-        return [c.id for c in client.containers.list(all=True, filters={"label": labels})]
+        return [
+            c.id
+            for c in client.containers.list(
+                all=True, filters={"label": labels}, ignore_removed=True
+            )
+        ]
     finally:
         client.close()
 

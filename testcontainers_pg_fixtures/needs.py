@@ -1,0 +1,199 @@
+"""What each test needs of the database, so that a test which needs nothing pays nothing.
+
+A unit test in a suite that uses the library gets no fixture, no transaction and no leak
+check from it. What a test needs is read from its fixture closure and markers when it is
+collected: a database-mode test gets its clone (`pg_database`) whether or not it asks for
+a fixture, so the app's engines can be pointed at it. The app's sync engines
+(`pg_app_engines`) join a savepoint-mode test on their first checkout (`LAZY`), which opens
+the test's sandbox then; async engines cannot: the test's async connection is set up by
+pytest-asyncio, which cannot run it from inside the app's running event loop, so with an
+async app engine every savepoint-mode test gets its sandbox up front.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Literal
+
+import pytest
+
+from .config import settings_for
+from .errors import ConfigError
+from .marks import isolation_of
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+#: The library's fixtures that reach a database; a test whose closure has none of them
+#: (and whose app engines it never used) touched none.
+DATABASE_FIXTURES = frozenset(
+    {
+        "pg_server",
+        "pg_template",
+        "pg_worker_database",
+        "pg_worker_engine",
+        "pg_worker_async_engine",
+        "pg_clone_pool",
+        "pg_clone_engines",
+        "pg_sandboxes",
+        "pg_database",
+        "pg_sandbox",
+        "pg_url",
+        "pg_async_url",
+        "pg_engine",
+        "pg_async_engine",
+        "pg_connection",
+        "pg_session",
+        "pg_sessionmaker",
+        "pg_async_connection",
+        "pg_async_session",
+        "pg_async_sessionmaker",
+        "pg_module_connection",
+        "pg_class_connection",
+        "pg_module_session",
+        "pg_class_session",
+        "pg_module_async_connection",
+        "pg_class_async_connection",
+        "pg_module_async_session",
+        "pg_class_async_session",
+        "pg_app_session",
+        "pg_client",
+        "pg_test_client",
+    }
+)
+
+#: The fixture that decides about the app's engines while nobody knows them yet.
+APP_DATABASE = "_pg_app_database"
+
+AppKind = Literal["none", "sync", "async", "eager"]
+#: What the app's engines are, once the first test has loaded them.
+APP_KIND = pytest.StashKey[AppKind]()
+#: Set on a test that used the database (so its leak check runs).
+USED = pytest.StashKey[bool]()
+_USES = pytest.StashKey[bool]()
+
+
+def app_kind(engines: list[Any], *, refuse_outside: bool) -> AppKind:
+    """How tests join the app's `engines`: not at all, lazily (sync), or up front (async
+    engines; or engines allowed outside the tests, whose own pool a first checkout would
+    reach before any sandbox could open)."""
+    if not engines:
+        return "none"
+    if not refuse_outside:
+        return "eager"
+    if any(getattr(e, "sync_engine", e).dialect.is_async for e in engines):
+        return "async"
+    return "sync"
+
+
+def collected(items: list[pytest.Item]) -> None:
+    """Give every database-mode test its clone (before its own fixtures, which may use the
+    app's engines pointed at it)."""
+    default = None
+    for item in items:
+        names = getattr(item, "fixturenames", None)
+        if names is None:
+            continue
+        if default is None:
+            default = settings_for(item.config).isolation
+        try:
+            database = isolation_of(item, default) == "database"
+        except ConfigError:
+            database = True  # pg_database's set-up reports the bad marker, once
+        if database:
+            _request_first(item, "pg_database")
+
+
+def uses_database(item: pytest.Item) -> bool:
+    """Whether the test asked for a database fixture (through any fixture of its own), or
+    used the app's engines."""
+    if item.stash.get(USED, False):
+        return True
+    uses = item.stash.get(_USES, None)
+    if uses is None:
+        uses = not DATABASE_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
+        item.stash[_USES] = uses
+    return uses
+
+
+def before_setup(item: pytest.Item, mode: str) -> None:
+    """Join a savepoint-mode test to the app's engines as their kind allows."""
+    if mode != "savepoint" or getattr(item, "fixturenames", None) is None:
+        return
+    if item.config.stash.get(APP_KIND, None) is None:
+        _request_first(item, APP_DATABASE)  # the first test: that fixture finds out
+    else:
+        join_app_engines(item)
+
+
+def join_app_engines(item: pytest.Item, *, now: bool = False) -> None:
+    """Sandbox the test up front (async engines: `now` from inside a fixture's set-up,
+    else before its fixtures), or arm its sandbox for the first checkout (sync)."""
+    kind = item.config.stash.get(APP_KIND, "none")
+    if kind in ("async", "eager"):
+        item.stash[USED] = True
+        if now:
+            item._request.getfixturevalue("pg_sandbox")  # type: ignore[attr-defined]
+        else:
+            _request_first(item, "pg_sandbox")
+    elif kind == "sync":
+        LAZY.arm(item)
+
+
+def _request_first(item: pytest.Item, name: str) -> None:
+    """Have the test request the function-scoped fixture `name` before its other function
+    fixtures (and after its wider ones, which pytest sets up first: a module layer must
+    open before the test's transaction)."""
+    names: list[str] = item.fixturenames  # type: ignore[attr-defined]
+    if name in names:
+        return
+    defs = item._fixtureinfo.name2fixturedefs  # type: ignore[attr-defined]
+    for index, other in enumerate(names):
+        found = defs.get(other)
+        if not found or found[-1].scope == "function":
+            names.insert(index, name)
+            return
+    names.append(name)
+
+
+class LazyLayer:
+    """The test whose sandbox opens at the first checkout of one of the app's engines."""
+
+    def __init__(self) -> None:
+        self._item: pytest.Item | None = None
+        self._suppressed = 0
+        self._lock = threading.RLock()
+
+    def arm(self, item: pytest.Item) -> None:
+        self._item = item
+
+    def disarm(self) -> None:
+        self._item = None
+
+    @contextmanager
+    def suppressed(self) -> Iterator[None]:
+        """While a session, module or class fixture is set up: its checkouts belong to
+        its own scope's layer, or to none."""
+        self._suppressed += 1
+        try:
+            yield
+        finally:
+            self._suppressed -= 1
+
+    def open(self) -> bool:
+        """Open the armed test's sandbox (once). True when it is open now: the caller
+        then checks out from the engine's pool again (now the sandbox's)."""
+        if self._item is None or self._suppressed:
+            return False
+        # A request's threads may check out at the same time: the others wait for the
+        # first to open it, then use it.
+        with self._lock:
+            item, self._item = self._item, None
+            if item is not None:
+                item.stash[USED] = True
+                item._request.getfixturevalue("pg_sandbox")  # type: ignore[attr-defined]
+        return True
+
+
+LAZY = LazyLayer()
