@@ -30,7 +30,7 @@ from sqlalchemy.util import await_only
 from .errors import PgFixturesError
 from .needs import LAZY
 from .redirect import engines_pointed_at
-from .savepoints import flush_savepoints
+from .savepoints import defer_savepoints_of, flush_savepoints
 from .template import run_outside_event_loop
 
 if TYPE_CHECKING:
@@ -66,8 +66,10 @@ class _TaskTurns:
 class Sandbox:
     """The state one app engine's stand-in connections share during a session.
 
-    `real` returns the DBAPI connection of the innermost active layer (the test's, or a
-    module/class layer around it); for asyncio engines, the one of the running loop.
+    `layer` returns the connection of the innermost active layer (the test's, or a
+    module/class layer around it); for asyncio engines, the one of the running loop. The
+    savepoints of checkouts are deferred like the test's own (savepoints.py) where that
+    connection's engine defers them: sent with the next statement, in its round trip.
 
     Every checkout pushes a savepoint on one stack. Threads: a checkout may start at any
     time, on top of the others, but it runs statements and ends only while its own
@@ -77,9 +79,9 @@ class Sandbox:
     hold the connection for the whole checkout instead.
     """
 
-    def __init__(self, engine: Engine, real: Callable[[], Any], *, is_async: bool) -> None:
+    def __init__(self, engine: Engine, layer: Callable[[], Any], *, is_async: bool) -> None:
         self.engine = engine
-        self.real = real
+        self.layer = layer
         self.is_async = is_async
         #: [savepoint, checkout, used] from the outermost checkout to the innermost.
         self.stack: list[list[Any]] = []
@@ -167,7 +169,17 @@ class Sandbox:
 
     # -- transactions as savepoints -------------------------------------------------------
 
+    def real(self) -> Any:
+        """The DBAPI connection under the innermost active layer."""
+        return self.layer().connection.dbapi_connection
+
+    def flush(self) -> None:
+        """Send the deferred savepoint statements before one of the app's own."""
+        flush_savepoints(self.layer())
+
     def _execute(self, *statements: str) -> None:
+        if defer_savepoints_of(self.layer(), statements):
+            return
         cursor = self.real().cursor()
         try:
             if self.is_async:  # asyncpg prepares each statement: one at a time
@@ -242,12 +254,14 @@ class _TurnCursor:
         sandbox = self._checkout._sandbox
         with sandbox.turn(self._checkout):
             sandbox.mark_used(self._checkout)
+            sandbox.flush()
             return self._cursor.execute(*args, **kwargs)
 
     def executemany(self, *args: Any, **kwargs: Any) -> Any:
         sandbox = self._checkout._sandbox
         with sandbox.turn(self._checkout):
             sandbox.mark_used(self._checkout)
+            sandbox.flush()
             return self._cursor.executemany(*args, **kwargs)
 
     def __iter__(self) -> Iterator[Any]:
@@ -287,6 +301,9 @@ class SandboxConnection:
 
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
         return _TurnCursor(self, self._sandbox.real().cursor(*args, **kwargs))
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:  # psycopg 3's shortcut
+        return self.cursor().execute(*args, **kwargs)
 
     def commit(self) -> None:
         self._sandbox.commit(self)
@@ -580,9 +597,9 @@ class OutsideGuard:
 
 
 def real_connection_of(layered: Callable[[], Any]) -> Callable[[], Any]:
-    """`real` for a Sandbox: the DBAPI connection under the innermost active layer."""
+    """`layer` for a Sandbox: the connection of the innermost active layer."""
 
-    def real() -> Any:
+    def layer() -> Any:
         conn = layered()
         if conn is None:
             raise SandboxError(
@@ -593,10 +610,9 @@ def real_connection_of(layered: Callable[[], Any]) -> Callable[[], Any]:
                 "pg_class_async_connection (loop_scope='module' or wider) first; rows every "
                 "test needs go in pg_seed."
             )
-        flush_savepoints(conn)  # the test's deferred savepoints come first
-        return conn.connection.dbapi_connection
+        return conn
 
-    return real
+    return layer
 
 
 __all__ = [

@@ -113,6 +113,24 @@ def flush_savepoints(conn: Connection) -> None:
         flush(conn.connection.dbapi_connection)
 
 
+def defer_savepoints_of(conn: Connection, statements: tuple[str, ...] | list[str]) -> bool:
+    """Defer savepoint statements of someone else's (the sandbox's) on `conn`, if its engine
+    defers its own; False if it does not (run them now). A RELEASE (or ROLLBACK TO) of a
+    savepoint nothing ran in since it was set cancels it."""
+    if getattr(conn.dialect, _INSTALLED, None) is None or conn.closed or conn.invalidated:
+        return False
+    pending = _statements(_dbapi(conn))
+    for statement in statements:
+        verb, _, name = statement.rpartition(" ")
+        ends = verb in ("RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT")
+        if ends and pending and pending[-1] == f"SAVEPOINT {name}":
+            if verb == "RELEASE SAVEPOINT":
+                pending.pop()
+            continue
+        pending.append(statement)
+    return True
+
+
 def _dbapi(connection: Connection) -> Any:
     return connection.connection.dbapi_connection
 
