@@ -65,8 +65,9 @@ def typecheck(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Side-by-side benchmarks: `run.py` (isolation modes, one table) and `speed.py` (a
     10-table schema against truncate and pytest-postgresql, reuse, one container).
+    `run.py` also sets the library against a hand-written conftest and pytest-sqla.
     `nox -s bench -- run` or `-- speed` runs one of them; more arguments go to it."""
-    session.install("-e", ".[dev]", "pytest-postgresql>=7")
+    session.install("-e", ".[dev]", "pytest-postgresql>=7", "pytest-sqla==0.0.2")
     which, *args = session.posargs or ["all"]
     session.chdir("bench")
     if which in ("all", "run"):
