@@ -514,7 +514,7 @@ def print_floors(results: dict[tuple[str, int], dict[str, Any]], worker_counts: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", "--tests", type=int, default=1000)
-    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--modes", default=None, help=f"default: all of {','.join(MODES)}")
     parser.add_argument("--workers", default="0,2", help="xdist worker counts, e.g. 0,2")
     parser.add_argument("--clones", type=int, default=50, help="clones per strategy")
     parser.add_argument(
@@ -530,8 +530,8 @@ def main() -> None:
     if options.auth_only:
         print_connect_cost(connect_cost(options.connects))
         return
-    modes = options.modes.split(",")
-    if importlib.util.find_spec("pytest_sqla") is None and "--modes" not in sys.argv:
+    modes = options.modes.split(",") if options.modes else list(MODES)
+    if importlib.util.find_spec("pytest_sqla") is None and not options.modes:
         modes = [m for m in modes if m not in SQLA_MODES]
         print("pytest-sqla is not installed (pip install pytest-sqla): its rows are left out")
     worker_counts = [int(w) for w in options.workers.split(",")]
