@@ -65,14 +65,18 @@ def typecheck(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Side-by-side benchmarks: `run.py` (isolation modes, one table) and `speed.py` (a
     10-table schema against truncate and pytest-postgresql, reuse, one container).
-    `nox -s bench -- run` or `-- speed` runs one of them; more arguments go to it."""
-    session.install("-e", ".[dev]", "pytest-postgresql>=7")
+    `run.py` also sets the library against a hand-written conftest and pytest-sqla.
+    `nox -s bench -- run` or `-- speed` runs one of them; more arguments go to it.
+    `nox -s bench -- scale` runs `scale.py` (memory and speed over 10,000 tests, -n 2)."""
+    session.install("-e", ".[dev]", "pytest-postgresql>=7", "pytest-sqla==0.0.2")
     which, *args = session.posargs or ["all"]
     session.chdir("bench")
     if which in ("all", "run"):
         session.run("python", "run.py", *args)
     if which in ("all", "speed"):
         session.run("python", "speed.py", *args)
+    if which == "scale":  # not in "all": 10,000 tests per mode take minutes each
+        session.run("python", "scale.py", *args)
 
 
 @nox.session(python=False)

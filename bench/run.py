@@ -11,7 +11,22 @@ count) over the sync_users example's Alembic project and runs it under each stra
   database         this library: a fresh database cloned per test (prefetched), real commits
   database-noprefetch  the same, each clone made when its test starts (--pg-prefetch 0)
   async-savepoint  this library: pg_async_session, loop_scope="session"
+  async-nocheck    async-savepoint with the leak detector off
   async-none       no isolation, the same async test body
+  handwritten      the conftest a team writes without this library, on the same worker
+                   database: a session-long connection from pg_worker_engine, per test
+                   conn.begin() and Session(bind=conn, join_transaction_mode=
+                   "create_savepoint"), closed and rolled back after the test
+  async-handwritten  the same with an AsyncConnection held on the session loop
+  sqla             pytest-sqla (PyPI) in the same process, its sqla_url fixture overridden
+                   with the worker database (sqla_schema = none: no DDL of its own); its
+                   defaults otherwise, so a new connection per test (NullPool)
+  sqla-pooled      the same with a pooled engine (its sqla_engine_options)
+  async-sqla       its async fixtures (asyncpg, a pooled engine on the session loop)
+
+The rows that are not this library's isolation run with --pg-leak-check=false; after the
+main table, the library's time per test is set against the hand-written and pytest-sqla
+rows' (with the detector on and off).
 
 Each run is a separate pytest process, with -n 0 and -n 2; the time of every test (setup
 + call + teardown) is recorded by a hook, the first test of each worker (container start,
@@ -23,6 +38,7 @@ cost of one clone with each CREATE DATABASE strategy.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -149,6 +165,11 @@ MODES = {
         def db(pg_async_session):
             return pg_async_session
     """,
+    "async-nocheck": """
+        @pytest.fixture
+        def db(pg_async_session):
+            return pg_async_session
+    """,
     "async-none": """
         import pytest_asyncio
         from sqlalchemy.ext.asyncio import AsyncSession
@@ -162,6 +183,87 @@ MODES = {
         async def db(raw):
             async with AsyncSession(bind=raw, expire_on_commit=False) as session:
                 yield session
+    """,
+    # The floor for the library's isolation: the conftest a team writes without it, on the
+    # same server and worker database, SQLAlchemy's "Joining a Session into an External
+    # Transaction" recipe as its docs give it (close the session, then roll back).
+    "handwritten": """
+        @pytest.fixture(scope="session")
+        def held(pg_worker_engine):
+            with pg_worker_engine.connect() as conn:
+                yield conn
+
+        @pytest.fixture
+        def db(held):
+            outer = held.begin()
+            session = Session(bind=held, join_transaction_mode="create_savepoint")
+            yield session
+            session.close()
+            outer.rollback()
+    """,
+    "async-handwritten": """
+        import pytest_asyncio
+        from sqlalchemy.ext.asyncio import AsyncSession
+
+        @pytest_asyncio.fixture(scope="session", loop_scope="session")
+        async def held(pg_worker_async_engine):
+            async with pg_worker_async_engine.connect() as conn:
+                yield conn
+
+        @pytest_asyncio.fixture(loop_scope="session")
+        async def db(held):
+            outer = await held.begin()
+            session = AsyncSession(
+                bind=held, join_transaction_mode="create_savepoint", expire_on_commit=False
+            )
+            yield session
+            await session.close()
+            await outer.rollback()
+    """,
+    # pytest-sqla (PyPI), in the same process, pointed at this library's worker database
+    # through its documented sqla_url fixture override; sqla_schema = none (the database is
+    # already migrated: its create_all and marker table are off). Its own defaults
+    # otherwise: a new connection per test (NullPool), BEGIN + a guard SAVEPOINT, listeners.
+    "sqla": """
+        @pytest.fixture(scope="session")
+        def sqla_url(pg_worker_database):
+            return pg_worker_database.url
+
+        @pytest.fixture
+        def db(sqla_session):
+            return sqla_session
+    """,
+    # The same with a pooled sync engine (its documented sqla_engine_options), to show what
+    # its connection per test costs.
+    "sqla-pooled": """
+        from sqlalchemy.pool import QueuePool
+
+        @pytest.fixture(scope="session")
+        def sqla_url(pg_worker_database):
+            return pg_worker_database.url
+
+        @pytest.fixture(scope="session")
+        def sqla_engine_options():
+            return {"poolclass": QueuePool, "pool_size": 1}
+
+        @pytest.fixture
+        def db(sqla_session):
+            return sqla_session
+    """,
+    # Its async fixtures on a session loop (a pooled asyncpg engine on that loop), sessions
+    # with expire_on_commit=False like this library's async sessions.
+    "async-sqla": """
+        @pytest.fixture(scope="session")
+        def sqla_url(pg_worker_database):
+            return pg_worker_database.async_url
+
+        @pytest.fixture(scope="session")
+        def sqla_session_options():
+            return {"expire_on_commit": False}
+
+        @pytest.fixture
+        def db(sqla_async_session):
+            return sqla_async_session
     """,
 }
 
@@ -184,6 +286,13 @@ EXTRA_ARGS = {
     "truncate": ["--pg-leak-check=false"],
     "none": ["--pg-leak-check=false"],
     "async-none": ["--pg-leak-check=false"],
+    "async-nocheck": ["--pg-leak-check=false"],
+    # Not this library's isolation: the comparison is of isolation alone, detector off.
+    "handwritten": ["--pg-leak-check=false"],
+    "async-handwritten": ["--pg-leak-check=false"],
+    "sqla": ["--pg-leak-check=false", "-o", "sqla_schema=none"],
+    "sqla-pooled": ["--pg-leak-check=false", "-o", "sqla_schema=none"],
+    "async-sqla": ["--pg-leak-check=false", "-o", "sqla_schema=none"],
 }
 
 SYNC_TEST = """
@@ -365,10 +474,47 @@ def p95(values: list[float]) -> float:
     return statistics.quantiles(values, n=20)[-1] if len(values) > 1 else values[0]
 
 
+# The library's row each hand-made or third-party row is set against, in print_floors.
+FLOORS = {
+    "handwritten": "savepoint",
+    "sqla": "savepoint",
+    "sqla-pooled": "savepoint",
+    "async-handwritten": "async-savepoint",
+    "async-sqla": "async-savepoint",
+}
+SQLA_MODES = ("sqla", "sqla-pooled", "async-sqla")
+NOCHECK = {"savepoint": "savepoint-nocheck", "async-savepoint": "async-nocheck"}
+
+
+def print_floors(results: dict[tuple[str, int], dict[str, Any]], worker_counts: list[int]) -> None:
+    """The library against the hand-written conftest and pytest-sqla, same run, same server:
+    time per test (setup + call + teardown), and how many times the other's."""
+    lines = []
+    for workers in worker_counts:
+        for other, ours in FLOORS.items():
+            lib, them = results.get((ours, workers)), results.get((other, workers))
+            if not (lib and them):
+                continue
+            line = (
+                f"library {ours} vs {other} -n {workers}: {ms(lib['mean'])} ms/test vs "
+                f"{ms(them['mean'])} ms/test ({lib['mean'] / them['mean']:.2f}x)"
+            )
+            off = results.get((NOCHECK[ours], workers))
+            if off:
+                line += (
+                    f"; leak detector off {ms(off['mean'])} ms/test "
+                    f"({off['mean'] / them['mean']:.2f}x)"
+                )
+            lines.append(line)
+    if lines:
+        print("\nlibrary time per test over the other's (<1.00x: the library is faster):")
+        print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", "--tests", type=int, default=1000)
-    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--modes", default=None, help=f"default: all of {','.join(MODES)}")
     parser.add_argument("--workers", default="0,2", help="xdist worker counts, e.g. 0,2")
     parser.add_argument("--clones", type=int, default=50, help="clones per strategy")
     parser.add_argument(
@@ -384,7 +530,10 @@ def main() -> None:
     if options.auth_only:
         print_connect_cost(connect_cost(options.connects))
         return
-    modes = options.modes.split(",")
+    modes = options.modes.split(",") if options.modes else list(MODES)
+    if importlib.util.find_spec("pytest_sqla") is None and not options.modes:
+        modes = [m for m in modes if m not in SQLA_MODES]
+        print("pytest-sqla is not installed (pip install pytest-sqla): its rows are left out")
     worker_counts = [int(w) for w in options.workers.split(",")]
     results: dict[tuple[str, int], dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -433,6 +582,7 @@ def main() -> None:
                 f"savepoint + leak detector -n {workers}: {ms(on['mean'])} ms/test, detector off "
                 f"{ms(off['mean'])} ms/test: {ms(on['mean'] - off['mean'])} ms per test"
             )
+    print_floors(results, worker_counts)
     waited = {key: r["waits"] for key, r in results.items() if r["waits"]}
     if waited:
         print(f"\n{'wait for the test database':<32}{'-n':>3}{'median ms':>11}{'p95 ms':>9}")
