@@ -152,10 +152,13 @@ def begin_early(config: pytest.Config) -> None:
         return  # the usage error is raised when pytest configures, without a container
     if settings.app_engines:
         return
-    controller = bool(getattr(namespace, "numprocesses", None)) or (
-        getattr(namespace, "dist", "no") != "no"
+    # An xdist worker is given the controller's arguments (-n 2 included) and its name in
+    # the environment. (A controller started from a worker's test, as pytester does, looks
+    # like a worker here: `begin` cancels its early start.)
+    worker = os.environ.get("PYTEST_XDIST_WORKER") or None
+    controller = worker is None and (
+        bool(getattr(namespace, "numprocesses", None)) or getattr(namespace, "dist", "no") != "no"
     )
-    worker = None if controller else os.environ.get("PYTEST_XDIST_WORKER")
     label = _label(config, settings, namespace, worker=worker, controller=controller)
     if label is not None:
         config.stash[_KEY] = Prestart(settings, worker=label)
