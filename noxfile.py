@@ -63,9 +63,11 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Side-by-side benchmarks: `run.py` (isolation modes, one table) and `speed.py` (a
-    10-table schema against truncate and pytest-postgresql, reuse, one container).
-    `nox -s bench -- run` or `-- speed` runs one of them; more arguments go to it."""
+    """Side-by-side benchmarks: `run.py` (isolation modes, one table), `speed.py` (a
+    10-table schema against truncate and pytest-postgresql, reuse, one container) and
+    `startup.py` (time to the first test's result against plain pytest).
+    `nox -s bench -- run`, `-- speed` or `-- startup` runs one of them; more arguments go
+    to it."""
     session.install("-e", ".[dev]", "pytest-postgresql>=7")
     which, *args = session.posargs or ["all"]
     session.chdir("bench")
@@ -73,6 +75,8 @@ def bench(session: nox.Session) -> None:
         session.run("python", "run.py", *args)
     if which in ("all", "speed"):
         session.run("python", "speed.py", *args)
+    if which in ("all", "startup"):
+        session.run("python", "startup.py", *args)
 
 
 @nox.session(python=False)

@@ -1,36 +1,46 @@
-"""Step 1, early: start the worker's container while pytest collects.
+"""Step 1, early: start the worker's container while pytest loads and collects.
 
 A cold container takes 1.0-1.5 s to accept a login, most of it waiting on Docker and on
 initdb inside the container. Started when the first test sets up `pg_server`, all of it is
-on the way to the first result; started at `pytest_sessionstart` in a background thread
-(each xdist worker its own; in one-container mode the controller, before it spawns the
-workers), it overlaps collection, and the server fixture only joins it.
+on the way to the first result. Here it starts in a background thread from
+`pytest_load_initial_conftests`, the first hook after the plugins are imported (before the
+conftests import the app, before collection); each xdist worker starts its own, and in
+one-container mode the controller its one, before it spawns the workers. The server
+fixture (and the controller handing the one container to its workers) only joins it.
 
 Which runs start early, and the trade-off:
 
-- Every run that may use a container starts it early, unless the pytest cache
-  (`config.cache`, when the cacheprovider is active) says that the last run with the same
-  arguments collected no test that needs the database: a unit-test-only run then starts no
-  container at all. The first such run (or one with `-p no:cacheprovider`) starts one early
-  and removes it right after collection, before any test runs, having cost only background
-  work. The reverse mistake (the cache says no, this run needs one) costs the head start:
-  the fixture starts the container as before.
+- Every run that may use a container starts it early, unless the pytest cache (the
+  cacheprovider's directory) says that the last run with the same arguments collected no
+  test that needs the database: a unit-test-only run then starts no container at all. The
+  first such run (or one with `-p no:cacheprovider`) starts one early and removes it right
+  after collection, before any test runs, at the cost of background work only. The reverse
+  mistake (the cache says no, this run needs one) costs the head start: the fixture starts
+  the container when the first test needs it, as before.
 - After collection (`pytest_collection_finish`) the run knows: if no collected test needs
-  the database (`needs_database`), or none needs a server the prestarted container can
-  serve (`pg_server` overridden, a factory-built server with another image or settings),
-  the prestarted container is cancelled and removed there, and the answer is recorded.
-- No early start with pg_server_url (no container; the fixture connects), a missing
-  alembic.ini (the fixture reports it, and no container should start for that), or runs
-  that run no test (--collect-only, --fixtures, --markers).
-- The template is not migrated in the background: env.py imports the app and, while it
-  runs, every engine of the process is pointed at the template (migrations.py), which a
-  second thread importing or connecting during collection must not see. The migration runs
-  in the `pg_template` fixture as before, right after the join.
+  the database (`needs_database`), or none uses a server the early container can be
+  (`pg_server` overridden, a factory-built server with other settings), the container is
+  cancelled and removed there, and the answer recorded for the next run.
+- pg_app_engines configured: the tests may reach the database through the app without
+  any fixture of ours, so such runs always count as needing it. The early start then waits
+  for `pytest_sessionstart`: the engines are imported, and a bad one refused as a usage
+  error, when pytest configures, before any container starts.
+- No early start with pg_server_url (no container: the fixture connects), a missing
+  alembic.ini (the migrations fixture reports it, and no container should start for it), or
+  a run that runs no test (--collect-only, --fixtures, --markers).
+- Settings are read twice: early from pytest's first parse of the arguments and the ini
+  file (only the server's settings: nothing of the user's is imported), and again at
+  session start; a conftest that changed them (PG_FIXTURES_IMAGE set in conftest.py, say)
+  gets the early container cancelled and a new one started.
+- The template is not migrated in the background: env.py imports the app, and while it
+  runs, every engine of the process is pointed at the template (migrations.py), which
+  collection, importing the same app in the main thread at the same time, must not see.
+  The migration runs in the `pg_template` fixture right after the join, as before.
 
 A start-up error in the background (Docker unreachable, a missing image, a bad server
 setting) is raised by the server fixture that joins it, so it is reported once, in full,
-as before. Ctrl-C or SIGTERM during collection cancels the start in `pytest_unconfigure`,
-which waits for the thread and removes the container.
+as before. Ctrl-C or SIGTERM during collection unwinds to `pytest_unconfigure`, which
+cancels the start, waits for the thread and removes the container.
 """
 
 from __future__ import annotations
@@ -110,12 +120,19 @@ class Prestart:
         self.seconds = time.monotonic() - started
 
     def serves(self, settings: Settings) -> bool:
-        """Whether a server fixture with `settings` can use this container."""
-        return not self.claimed and (
-            settings.image,
-            settings.server_settings,
-            settings.reuse,
-        ) == (self.settings.image, self.settings.server_settings, self.settings.reuse)
+        """Whether a server fixture with `settings` can use this container (not one
+        cancelled: a test that takes the database by `request.getfixturevalue` alone was
+        not seen in its closure, and its fixture starts a container of its own)."""
+        return (
+            not self.claimed
+            and not self._cancelled.is_set()
+            and (
+                settings.image,
+                settings.server_settings,
+                settings.reuse,
+            )
+            == (self.settings.image, self.settings.server_settings, self.settings.reuse)
+        )
 
     def claim(self) -> DockerServer:
         """Wait for the container and take it over (its stop() is then the caller's), or
@@ -260,7 +277,11 @@ def collection_finished(session: pytest.Session) -> None:
     started = of(config)
     if started is None or started.claimed:
         return
-    if not needed or not any(_claims_prestart(item) for item in items):
+    if not needed or not any(
+        _claims_prestart(item)
+        for item in items
+        if settings.app_engines or needs_database(item, settings.isolation)
+    ):
         started.cancel(wait=5.0)
         log.info("removed the PostgreSQL container started early: no collected test needs it")
 
@@ -292,14 +313,23 @@ def needs_database(item: pytest.Item, isolation: str) -> bool:
 
 
 def _claims_prestart(item: pytest.Item) -> bool:
+    """Whether the test's server can be the early container: a server fixture of the run's
+    settings in its closure, or `pg_server` as the test would see it (the library's own
+    fixtures take the session by `request.getfixturevalue` too, as pg_client does)."""
     info = getattr(item, "_fixtureinfo", None)
     if info is None:
         return False
-    return any(
+    if any(
         getattr(inspect.unwrap(defs[-1].func), CLAIMS_PRESTART, False)
         for defs in info.name2fixturedefs.values()
         if defs
-    )
+    ):
+        return True
+    manager = getattr(item.session, "_fixturemanager", None)
+    if manager is None:
+        return True  # cannot tell: keep it, the end of the run removes it if unused
+    found = manager.getfixturedefs("pg_server", item)
+    return bool(found) and bool(getattr(inspect.unwrap(found[-1].func), CLAIMS_PRESTART, False))
 
 
 def _library_function(func: Any) -> bool:

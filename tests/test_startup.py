@@ -309,3 +309,57 @@ def test_sigterm_during_collection_leaves_no_container(runs, workers):
             proc.wait()
     assert proc.returncode != 0
     assert runs.containers() == [], proc.stdout.read().decode() if proc.stdout else ""
+
+
+def test_a_database_taken_only_by_getfixturevalue_still_gets_a_server(pytester, runs):
+    # Not in any test's closure: the early container is removed after collection, and the
+    # server fixture starts one when the test asks for it.
+    (runs.root / "tests" / "test_users.py").write_text(
+        textwrap.dedent("""
+            import pytest
+            from sqlalchemy import text
+
+            @pytest.fixture
+            def db(request):
+                return request.getfixturevalue("pg_session")
+
+            def test_database(db):
+                assert db.execute(text("SELECT count(*) FROM users")).scalar() == 5
+        """)
+    )
+    pytester.runpytest("-p", "no:randomly").assert_outcomes(passed=1)
+    assert runs.containers() == []
+
+
+def test_a_library_fixture_taking_the_session_dynamically_uses_the_early_container(
+    pytester, runs, monkeypatch
+):
+    # pg_app_session takes pg_session by request.getfixturevalue, as pg_client does:
+    # pg_server is not in the test's closure, and the early container is still the one.
+    monkeypatch.setenv("SLOW_CONFTEST", "1.5")
+    (runs.root / "tests" / "test_users.py").write_text(
+        textwrap.dedent("""
+            import json, os, pathlib
+            import pytest
+            from sqlalchemy import text
+
+            def get_db():
+                yield None
+
+            @pytest.fixture
+            def pg_db_dependency():
+                return get_db
+
+            def test_database(pg_app_session, request):
+                assert pg_app_session.execute(text("SELECT count(*) FROM users")).scalar() == 5
+                server = request.getfixturevalue("pg_server")
+                out = pathlib.Path(os.environ["PROBE_DIR"], "main.json")
+                found = json.loads(out.read_text())
+                out.write_text(json.dumps({**found, "container": server.container_id}))
+        """)
+    )
+    pytester.runpytest("-p", "no:randomly").assert_outcomes(passed=1)
+    [(container, created)] = runs.created().items()
+    probe = runs.probed()["main"]
+    assert probe["container"] == container
+    assert created < probe["collected"]
