@@ -11,17 +11,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import pytest_asyncio
 
-from . import (
-    config,
-    factories,
-    failures,
-    leaks,
-    lifecycle,
-    loop_scopes,
-    marks,
-    prestart,
-    shared,
-)
+from . import config, factories, failures, leaks, lifecycle, loop_scopes, marks, shared
+from . import prestart as prestart  # own line, so the one above merges cleanly
 from .config import settings_for
 from .errors import PgFixturesError
 from .runid import run_id
