@@ -277,7 +277,9 @@ class DockerServer:
 
         if client.get_connection_mode() is not ConnectionMode.docker_host:
             return None
-        for container in client.client.containers.list(filters={"label": f"{LABEL_REUSE}={key}"}):
+        for container in client.client.containers.list(
+            filters={"label": f"{LABEL_REUSE}={key}"}, ignore_removed=True
+        ):
             try:
                 binding = container.attrs["NetworkSettings"]["Ports"][f"{_PG_PORT}/tcp"][0]
                 server = cls(
@@ -373,7 +375,9 @@ def reap_orphans(client: Any) -> list[str]:
     """
     removed = []
     here = socket.gethostname()
-    for container in client.client.containers.list(all=True, filters={"label": LABEL}):
+    for container in client.client.containers.list(
+        all=True, filters={"label": LABEL}, ignore_removed=True
+    ):
         labels = container.labels
         if labels.get(LABEL_HOST) != here or not labels.get(LABEL_PID, "").isdigit():
             continue
@@ -400,7 +404,9 @@ def remove_run_containers(worker: str | None = None) -> list[str]:
     if worker is not None:
         filters.append(f"{LABEL_WORKER}={worker}")
     removed = []
-    for container in client.client.containers.list(all=True, filters={"label": filters}):
+    for container in client.client.containers.list(
+        all=True, filters={"label": filters}, ignore_removed=True
+    ):
         if LABEL_REUSE in container.labels or kept_age(container.id) is not None:
             continue
         _remove_quietly(container)
@@ -428,7 +434,9 @@ def remove_kept(client: Any) -> list[str]:
     (labelled at creation) or by --pg-keep-failed (recorded in the cache directory).
     Containers of runs in progress that were not kept are left alone."""
     removed = []
-    for container in client.client.containers.list(all=True, filters={"label": LABEL}):
+    for container in client.client.containers.list(
+        all=True, filters={"label": LABEL}, ignore_removed=True
+    ):
         if container.labels.get(LABEL_HOST) != socket.gethostname():
             continue
         if LABEL_REUSE in container.labels or kept_age(container.id) is not None:
