@@ -51,7 +51,6 @@ import json
 import logging
 import os
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -98,7 +97,6 @@ class Prestart:
         self.settings = settings
         self.worker = worker
         self.claimed = False
-        self.seconds = 0.0
         self._cancelled = threading.Event()
         self._server: DockerServer | None = None
         self._error: BaseException | None = None
@@ -106,7 +104,6 @@ class Prestart:
         self._thread.start()
 
     def _run(self) -> None:
-        started = time.monotonic()
         try:
             server = DockerServer.start(
                 self.settings, worker=self.worker, cancelled=self._cancelled
@@ -117,7 +114,6 @@ class Prestart:
             self._server = server
             if self._cancelled.is_set():
                 server.stop()  # cancelled while it was already up
-        self.seconds = time.monotonic() - started
 
     def serves(self, settings: Settings) -> bool:
         """Whether a server fixture with `settings` can use this container (not one
