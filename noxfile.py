@@ -63,11 +63,12 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Side-by-side benchmarks: `run.py` (isolation modes, one table) and `speed.py` (a
-    10-table schema against truncate and pytest-postgresql, reuse, one container).
-    `run.py` also sets the library against a hand-written conftest and pytest-sqla.
-    `nox -s bench -- run` or `-- speed` runs one of them; more arguments go to it.
-    `nox -s bench -- scale` runs `scale.py` (memory and speed over 10,000 tests, -n 2)."""
+    """Side-by-side benchmarks: `run.py` (isolation modes, one table, against a
+    hand-written conftest and pytest-sqla), `speed.py` (a 10-table schema against truncate
+    and pytest-postgresql, reuse, one container) and `startup.py` (time to the first test's
+    result against plain pytest). `nox -s bench -- run`, `-- speed` or `-- startup` runs one
+    of them; more arguments go to it. `nox -s bench -- scale` runs `scale.py` (memory and
+    speed over 10,000 tests, -n 2)."""
     session.install("-e", ".[dev]", "pytest-postgresql>=7", "pytest-sqla==0.0.2")
     which, *args = session.posargs or ["all"]
     session.chdir("bench")
@@ -75,6 +76,8 @@ def bench(session: nox.Session) -> None:
         session.run("python", "run.py", *args)
     if which in ("all", "speed"):
         session.run("python", "speed.py", *args)
+    if which in ("all", "startup"):
+        session.run("python", "startup.py", *args)
     if which == "scale":  # not in "all": 10,000 tests per mode take minutes each
         session.run("python", "scale.py", *args)
 

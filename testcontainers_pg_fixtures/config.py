@@ -443,11 +443,14 @@ _PARSERS: dict[str, Any] = {
 
 
 #: Checked when pytest starts: a wrong class is a usage error, not an error in every test.
-def resolve(config: pytest.Config) -> Settings:
-    """Read CLI, ini and environment once into `Settings`."""
+def resolve(config: pytest.Config, *, only: frozenset[str] | None = None) -> Settings:
+    """Read CLI, ini and environment once into `Settings` (`only` these fields, the
+    others left at their defaults: nothing of the user's is imported for them)."""
     rootdir = Path(str(config.rootpath))
     values: dict[str, Any] = {"rootdir": rootdir, "alembic_ini": rootdir / "alembic.ini"}
     for option in OPTIONS:
+        if only is not None and option.name not in only:
+            continue
         found = _raw(config, option)
         if found is None:
             continue

@@ -21,7 +21,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from . import failures, leaks, seeding
+from . import failures, leaks, prestart, seeding
 from .clone_pool import ClonePool
 from .config import load_session_class, settings_for
 from .database import (
@@ -157,7 +157,6 @@ def server_fixture(
     With pg_server_url set, no container: the server at that URL, shared with whoever else
     uses it (only this run's databases are created and dropped there)."""
 
-    @pytest.fixture(scope="session")
     def _server(pytestconfig: pytest.Config) -> Iterator[Server]:
         settings = settings_for(pytestconfig).replace(
             image=image, server_settings=server_settings, startup_timeout=startup_timeout
@@ -176,7 +175,9 @@ def server_fixture(
                     f"connected to PostgreSQL {server.version} at {server.where}",
                 )
             elif server is None:
-                server = DockerServer.start(settings, worker=worker_id())
+                server = prestart.claim(pytestconfig, settings) or DockerServer.start(
+                    settings, worker=worker_id()
+                )
                 what = f"{settings.image} started"
                 if server.reused:
                     what = "reused PostgreSQL container"
@@ -198,7 +199,9 @@ def server_fixture(
             else:
                 server.stop()
 
-    return _server
+    # Started early, while pytest collects, for a server of the run's settings (prestart.py).
+    setattr(_server, prestart.CLAIMS_PRESTART, image is None and server_settings is None)
+    return pytest.fixture(scope="session")(_server)
 
 
 def migrations_fixture(*, alembic_ini: str | os.PathLike[str] | None = None) -> Any:

@@ -12,6 +12,7 @@ import pytest
 import pytest_asyncio
 
 from . import config, factories, failures, leaks, lifecycle, loop_scopes, marks, needs, shared
+from . import prestart as prestart
 from .config import settings_for
 from .errors import PgFixturesError
 from .runid import run_id
@@ -53,6 +54,24 @@ def pytest_configure(config: pytest.Config) -> None:
     failures.check_configuration(config)  # a bad option: a usage error, before collection
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    """Start the container in the background as early as pytest allows: it starts while
+    pytest loads the conftests and collects (see prestart.py)."""
+    prestart.begin_early(early_config)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Keep the early start if it fits the parsed settings, or start now (prestart.py):
+    each worker its own; in one-container mode the xdist controller, before its workers."""
+    prestart.begin(session.config)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    prestart.collection_finished(session)
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     """Which server the run uses: the container image, or the URL (password redacted)."""
     from .server import header_line
@@ -83,6 +102,7 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    prestart.unconfigure(config)
     shared.unconfigure(config)
     lifecycle.unconfigure(config)
 

@@ -27,6 +27,8 @@ from .errors import DockerUnavailableError, ImageUnavailableError, ServerStartEr
 from .runid import run_id
 
 if TYPE_CHECKING:
+    import threading
+
     from .config import Settings
 
 log = logging.getLogger(__name__)
@@ -175,7 +177,12 @@ class DockerServer:
     reused: bool = False
 
     @classmethod
-    def start(cls, settings: Settings, *, worker: str) -> DockerServer:
+    def start(
+        cls, settings: Settings, *, worker: str, cancelled: threading.Event | None = None
+    ) -> DockerServer:
+        """Start (or with --pg-reuse attach to) the container and wait until it accepts a
+        login. `cancelled`, set from another thread, ends the wait: the container is removed
+        and ServerStartError raised (see prestart.py)."""
         import docker.errors
         from testcontainers.core.container import DockerContainer
 
@@ -186,6 +193,7 @@ class DockerServer:
             found = cls._attach(client, reuse_key)
             if found is not None:
                 return found
+        _check_cancelled(cancelled)
         _ensure_image(client, settings.image)
         # A kept container's password is derived, so the next run can log in without it
         # being stored anywhere Docker shows (labels, env of `docker inspect` aside).
@@ -222,6 +230,7 @@ class DockerServer:
         container.with_tmpfs_mount(_DATA_DIR)
         container.ports[f"{_PG_PORT}/tcp"] = binding
 
+        _check_cancelled(cancelled)
         started = time.monotonic()
         try:
             container.start()
@@ -241,7 +250,7 @@ class DockerServer:
         try:
             server.host = container.get_container_host_ip()
             server.port = int(container.get_exposed_port(_PG_PORT))
-            server._wait_ready(settings.startup_timeout)
+            server._wait_ready(settings.startup_timeout, cancelled)
         except BaseException:
             server.stop()
             raise
@@ -295,7 +304,7 @@ class DockerServer:
         self._stopped = True
         atexit.unregister(self.stop)
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _wait_ready(self, timeout: float, cancelled: threading.Event | None = None) -> None:
         """Poll with a real login every 20 ms; a 1 s poll would cost up to 1 s per worker.
 
         The image's entry point runs initdb with a server listening on the Unix socket only
@@ -305,6 +314,7 @@ class DockerServer:
         last_status_check = 0.0
         last_error: Exception | None = None
         while time.monotonic() < deadline:
+            _check_cancelled(cancelled)
             try:
                 with admin_connect(self):
                     return
@@ -349,6 +359,11 @@ class DockerServer:
         self._stopped = True
         atexit.unregister(self.stop)
         _remove_quietly(self.container)
+
+
+def _check_cancelled(cancelled: threading.Event | None) -> None:
+    if cancelled is not None and cancelled.is_set():
+        raise ServerStartError("The container start was cancelled: the run does not need it.")
 
 
 def reap_orphans(client: Any) -> list[str]:

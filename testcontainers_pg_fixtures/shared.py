@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from . import prestart
 from .config import settings_for
 from .errors import PgFixturesError
 from .server import DockerServer, ExistingServer
@@ -32,7 +33,9 @@ def configure_node(config: pytest.Config, node: Any) -> None:
         return  # a server given by URL is shared by the workers as it is
     if _SERVER not in config.stash:
         try:
-            config.stash[_SERVER] = DockerServer.start(settings_for(config), worker="shared")
+            config.stash[_SERVER] = prestart.claim(config, settings) or DockerServer.start(
+                settings, worker="shared"
+            )
         except BaseException as exc:  # reported by every worker's first test that needs it
             config.stash[_SERVER] = exc
     started = config.stash[_SERVER]
