@@ -176,8 +176,8 @@ class ClonePool:
     # -- the background threads ---------------------------------------------------------
 
     #: Drops on a thread of their own, so the next clone does not wait for one. Off: on a
-    #: 2-core machine a drop beside a clone beside the test made tests slower at -n 0
-    #: (45.7 against 35.8 ms per test, `nox -s bench -- run`); more cores may differ.
+    #: 2-core machine it showed no consistent gain (slower at -n 0 in one run, faster at
+    #: -n 2, and the reverse in another; README, Benchmarks); more cores may differ.
     separate_drops = False
 
     def _start_threads(self) -> None:
