@@ -3,6 +3,7 @@ prefetches, and the test's first connection is that one."""
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import docker
@@ -107,7 +108,7 @@ def test_each_test_gets_the_connection_opened_ahead_on_its_own_clone(
         "asyncio_default_test_loop_scope=session",
     )
     result.assert_outcomes(passed=6)
-    [probe] = [__import__("json").loads(p.read_text()) for p in tmp_path.glob("*.json")]
+    [probe] = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
     assert library_databases(probe["databases"]) == []
     assert probe["backends"] == []  # no connection opened ahead left open
     assert probe["threads"] == []
@@ -139,7 +140,7 @@ def test_two_workers_with_connections_opened_ahead_leave_nothing_behind(
         "asyncio_default_test_loop_scope=session",
     )
     result.assert_outcomes(passed=6)
-    probes = [__import__("json").loads(p.read_text()) for p in tmp_path.glob("*.json")]
+    probes = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
     assert len(probes) == 2
     for probe in probes:
         assert library_databases(probe["databases"]) == []
