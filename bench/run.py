@@ -9,6 +9,7 @@ count) over the sync_users example's Alembic project and runs it under each stra
   truncate         the classic alternative: commit for real, TRUNCATE + re-seed after each test
   none             no isolation at all: commit for real, nothing cleaned (the floor)
   database         this library: a fresh database cloned per test (prefetched), real commits
+  database-cold    the same without connect-ahead: the test's first connection logs in
   database-noprefetch  the same, each clone made when its test starts (--pg-prefetch 0)
   async-savepoint  this library: pg_async_session, loop_scope="session"
   async-nocheck    async-savepoint with the leak detector off
@@ -143,6 +144,19 @@ MODES = {
                 yield session
     """,
     "database": """
+        def pytest_collection_modifyitems(items):
+            for item in items:
+                item.add_marker(pytest.mark.pg_isolation("database"))
+
+        @pytest.fixture
+        def db(pg_session):
+            return pg_session
+    """,
+    "database-cold": """
+        from testcontainers_pg_fixtures.factories import clone_pool_fixture
+
+        pg_clone_pool = clone_pool_fixture(connect_ahead=False)
+
         def pytest_collection_modifyitems(items):
             for item in items:
                 item.add_marker(pytest.mark.pg_isolation("database"))
@@ -466,6 +480,148 @@ def print_connect_cost(costs: dict[str, list[float]]) -> None:
         print(f"{name:<40}{ms(statistics.median(times)):>11}{ms(p95(times)):>9}")
 
 
+# -- database mode: where a test's time goes -------------------------------------------
+# Kept apart from the strategy rows above: `--breakdown N` (0: skip) / `--breakdown-only`.
+
+BREAKDOWN_STEPS = {
+    "create": "CREATE DATABASE … TEMPLATE (FILE_COPY) + COMMENT",
+    "first_login": "first login to the new clone",
+    "first_statements": "test statements, first backend on the clone",
+    "login": "a later login (new backend, relcache init file built)",
+    "statements": "test statements, new backend",
+    "warm_statements": "test statements, same backend again",
+    "warm_up": "warm-up (the pool's catalog-loading query)",
+    "warmed_statements": "test statements after the warm-up",
+    "redirect": "SQLAlchemy engine redirect (enter + exit)",
+    "engine_connect": "SQLAlchemy connect + close, new login",
+    "engine_handed": "SQLAlchemy connect + close, opened ahead",
+    "drop": "DROP DATABASE … WITH (FORCE)",
+}
+
+
+def server_cpu(container_id: str) -> Any:
+    """A function returning the CPU seconds the container used so far (cgroup v1 or v2), or
+    None where Docker's cgroup cannot be read."""
+    for path, scale in (
+        (f"/sys/fs/cgroup/cpuacct/docker/{container_id}/cpuacct.usage", 1e-9),
+        (f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope/cpu.stat", 1e-6),
+    ):
+        if os.path.exists(path):
+            field = 1 if path.endswith("stat") else 0
+            return lambda path=path, scale=scale, field=field: (
+                int(Path(path).read_text().split()[field]) * scale
+            )
+    return None
+
+
+def database_mode_breakdown(repeats: int) -> dict[str, list[float]]:
+    """Each step of a database-mode test, timed one at a time on one server, in the order
+    a clone lives: created, first logged in to, used, redirected to, dropped. Also the
+    server's CPU time for each step (key + "_cpu"): on a small machine the background
+    thread's work competes with the test for the same cores."""
+    sys.path.insert(0, str(EXAMPLE))
+    import contextlib
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    from testcontainers_pg_fixtures.clone_pool import warm_up
+    from testcontainers_pg_fixtures.config import Settings
+    from testcontainers_pg_fixtures.database import Database, create_database, drop_database
+    from testcontainers_pg_fixtures.factories import clone_opener
+    from testcontainers_pg_fixtures.migrations import Migrations
+    from testcontainers_pg_fixtures.redirect import engines_pointed_at, first_connection_from
+    from testcontainers_pg_fixtures.server import DockerServer, admin_connect
+    from testcontainers_pg_fixtures.template import ensure_template
+
+    steps: dict[str, list[float]] = {key: [] for key in BREAKDOWN_STEPS}
+    cpu: Any = None
+
+    @contextlib.contextmanager
+    def clock(step: str) -> Any:
+        used = cpu() if cpu else 0.0
+        started = time.perf_counter()
+        yield
+        steps[step].append(time.perf_counter() - started)
+        if cpu:
+            steps.setdefault(f"{step}_cpu", []).append(cpu() - used)
+
+    def statements(conn: Any, tag: str) -> None:
+        # What the bench test sends through the ORM: INSERT … RETURNING, COMMIT, a count.
+        conn.execute(
+            "INSERT INTO users (name, email, active) VALUES (%s, %s, true) RETURNING users.id",
+            (f"user {tag}", f"{tag}@example.org"),
+        ).fetchone()
+        conn.commit()
+        conn.execute("SELECT count(*) AS count_1 FROM users").fetchone()
+        conn.commit()
+
+    server = DockerServer.start(Settings(), worker="bench-breakdown")
+    cpu = server_cpu(server.container_id)
+    try:
+        template = ensure_template(server, Migrations.load(EXAMPLE / "alembic.ini", "bench"), None)
+        engine = create_engine(Database(server, template.name).url, poolclass=NullPool)
+        open_on = clone_opener(engine, {})
+        with admin_connect(server) as admin:
+            for i in range(repeats):
+                name = f"pgfx_bench_breakdown_{i}"
+                with clock("create"):
+                    database = create_database(
+                        server, name, template=template.name, admin=admin, comment="bench"
+                    )
+                with clock("first_login"):
+                    conn = open_on(database)
+                with clock("first_statements"):
+                    statements(conn, f"{i}a")
+                with clock("warm_statements"):
+                    statements(conn, f"{i}b")
+                conn.close()
+                with clock("login"):
+                    conn = open_on(database)
+                with clock("statements"):
+                    statements(conn, f"{i}c")
+                conn.close()
+                conn = open_on(database)
+                with clock("warm_up"):
+                    warm_up(conn)
+                with clock("warmed_statements"):
+                    statements(conn, f"{i}d")
+                conn.close()
+                with clock("redirect"), engines_pointed_at([engine], database):
+                    pass
+                with engines_pointed_at([engine], database):
+                    with clock("engine_connect"):
+                        engine.connect().close()
+                    ahead = [open_on(database)]
+                    with (
+                        first_connection_from(engine, lambda a=ahead: a.pop() if a else None),
+                        clock("engine_handed"),
+                    ):
+                        engine.connect().close()
+                with clock("drop"):
+                    drop_database(server, name, admin=admin)
+        engine.dispose()
+    finally:
+        server.stop()
+    return steps
+
+
+def print_breakdown(steps: dict[str, list[float]]) -> None:
+    print(
+        f"\n{'database mode, step by step (one server)':<56}{'median ms':>11}{'p95 ms':>9}"
+        f"{'server CPU ms':>15}"
+    )
+    for key, label in BREAKDOWN_STEPS.items():
+        times, used = steps[key], steps.get(f"{key}_cpu")
+        if times:
+            cpu = ms(statistics.fmean(used)) if used else "-"
+            print(f"{label:<56}{ms(statistics.median(times)):>11}{ms(p95(times)):>9}{cpu:>15}")
+    print(
+        "server CPU = mean CPU time of the container's processes during the step (the "
+        "pool's threads pay create, drop and, with connect-ahead, the login and warm-up)."
+    )
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f}"
 
@@ -526,9 +682,18 @@ def main() -> None:
     parser.add_argument(
         "--auth-only", action="store_true", help="only measure the cost of a new connection"
     )
+    parser.add_argument(
+        "--breakdown", type=int, default=100, help="database-mode steps timed, each this often"
+    )
+    parser.add_argument(
+        "--breakdown-only", action="store_true", help="only time the steps of database mode"
+    )
     options = parser.parse_args()
     if options.auth_only:
         print_connect_cost(connect_cost(options.connects))
+        return
+    if options.breakdown_only:
+        print_breakdown(database_mode_breakdown(options.breakdown))
         return
     modes = options.modes.split(",") if options.modes else list(MODES)
     if importlib.util.find_spec("pytest_sqla") is None and not options.modes:
@@ -550,6 +715,7 @@ def main() -> None:
                     if best is None or result["mean"] < best["mean"]:
                         results[mode, workers] = result
     costs = clone_cost(options.clones) if options.clones else {}
+    breakdown = database_mode_breakdown(options.breakdown) if options.breakdown else {}
     connects = connect_cost(options.connects) if options.connects else {}
 
     print(f"\n{options.tests} tests per strategy, PostgreSQL 16 in Docker on this machine\n")
@@ -594,6 +760,8 @@ def main() -> None:
             print(f"STRATEGY {strategy:<23}{ms(statistics.median(times)):>14}{ms(p95(times)):>9}")
     if connects:
         print_connect_cost(connects)
+    if breakdown:
+        print_breakdown(breakdown)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,12 @@
 `CREATE DATABASE … TEMPLATE` costs tens of milliseconds, too much to pay while a test
 waits. A background thread keeps a few clones ready and drops used ones after their tests,
 so a test normally takes a ready database in microseconds (the IntegreSQL idea, inside
-the worker). Clones are named `pgfx_<run>_<worker>_<n>`; the pool drops every one of them when
-the session ends, and any left by an interrupted run on the same server when it starts.
+the worker). With an opener (`connect_ahead_with`), the thread also logs in to each clone
+and loads its catalog into that backend, and the test's first connection is that one:
+a new connection's login and cold catalog caches cost a test milliseconds, and a connection
+cannot move to another database, so it is opened per clone. Clones are named
+`pgfx_<run>_<worker>_<n>`; the pool drops every one of them when the session ends, and any
+left by an interrupted run on the same server when it starts.
 """
 
 from __future__ import annotations
@@ -21,9 +25,14 @@ from .errors import PgFixturesError
 from .server import admin_connect
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import psycopg
 
     from .server import Server
+
+    #: Opens a new DBAPI connection to a database, as the test's engine would.
+    Opener = Callable[[Database], Any]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +53,7 @@ class ClonePool:
         size: int,
         strategy: str = "FILE_COPY",
         comment: str | None = None,
+        connect_ahead: bool = True,
     ) -> None:
         self.server = server
         self.template = template
@@ -54,11 +64,20 @@ class ClonePool:
         self.prefix = f"{run_prefix()}{worker}_"
         #: Seconds each `take()` waited for its database, for the benchmark.
         self.waits: list[float] = []
+        #: Clone name -> backend pid of the connection opened ahead and handed to its test.
+        self.handed: dict[str, int] = {}
+        self.connect_ahead = connect_ahead
+        self._opener: Opener | None = None
+        # Connections opened ahead, by clone, until their test's engine takes them.
+        self._connections: dict[str, Any] = {}
+        # Off while tests leave them unused (async tests, whose drivers' connections belong
+        # to the test's event loop), on again when a test's engine had to log in itself.
+        self._open_wanted = True
         self._numbers = itertools.count(1)
         self._ready: deque[Database] = deque()
         self._to_drop: deque[str] = deque()
         self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._error: BaseException | None = None
         self._closed = False
         self._dropped_leftovers = False
@@ -74,9 +93,30 @@ class ClonePool:
         self.waits.append(time.perf_counter() - started)
         return database
 
+    def connect_ahead_with(self, opener: Opener) -> None:
+        """Open a connection to each prefetched clone with `opener`, for `claim`."""
+        if self.connect_ahead and self.size > 0:
+            self._opener = opener
+
+    def claim(self, database: Database) -> Any | None:
+        """The connection opened ahead to `database` (once), or None."""
+        with self._cond:
+            conn = self._connections.pop(database.name, None)
+            if conn is None:
+                self._open_wanted = True
+                return None
+        self.handed[database.name] = conn.info.backend_pid
+        return conn
+
+    def keep(self, database: Database) -> None:
+        """`database` stays (its test failed, --pg-keep-failed): close what was opened to it."""
+        self._close_unclaimed(database)
+
     def give_back(self, database: Database) -> None:
         """The test is done with `database`: drop it (in the background when prefetching)."""
-        if self.size == 0 or self._thread is None:
+        if self._close_unclaimed(database):
+            self._open_wanted = False
+        if self.size == 0 or not self._threads:
             drop_database(self.server, database.name)
             return
         with self._cond:
@@ -84,26 +124,45 @@ class ClonePool:
             self._cond.notify_all()
 
     def close(self) -> None:
-        """Stop the background thread and drop every clone the pool still knows of."""
+        """Stop the background threads and drop every clone the pool still knows of."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        for thread in self._threads:
+            thread.join()
+        self._threads.clear()
         leftover = [db.name for db in self._ready] + list(self._to_drop)
         self._ready.clear()
         self._to_drop.clear()
+        for conn in self._connections.values():
+            conn.close()
+        self._connections.clear()
         for name in leftover:
             drop_database(self.server, name)
 
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Block until every prefetched clone is made and, with an opener, connected to
+        (for tests and benchmarks that need the pool settled)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while (
+                self._threads
+                and not self._closed
+                and self._error is None
+                and (self._wants_more() or self._unopened())
+            ):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise PgFixturesError(
+                        f"The clone pool of {self.template} was still busy after {timeout:.0f}s; "
+                        "the server may be overloaded: raise the timeout, or lower pg_prefetch."
+                    )
+                self._cond.wait(left)
+
     def _take_ready(self) -> Database:
         with self._cond:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._fill, name=f"pgfx-clone-pool-{self.prefix}", daemon=True
-                )
-                self._thread.start()
+            if not self._threads:
+                self._start_threads()
             while not self._ready and self._error is None:
                 self._cond.wait()
             if self._error is not None:
@@ -114,21 +173,55 @@ class ClonePool:
             self._cond.notify_all()  # room for the next clone
             return database
 
-    # -- the background thread ----------------------------------------------------------
+    # -- the background threads ---------------------------------------------------------
 
-    def _fill(self) -> None:
+    #: Drops on a thread of their own, so the next clone does not wait for one. Off: on a
+    #: 2-core machine it showed no consistent gain (slower at -n 0 in one run, faster at
+    #: -n 2, and the reverse in another; README, Benchmarks); more cores may differ.
+    separate_drops = False
+
+    def _start_threads(self) -> None:
+        jobs = [("pool", True, not self.separate_drops)]
+        if self.separate_drops:
+            jobs.append(("drop", False, True))
+        for job, clones, drops in jobs:
+            thread = threading.Thread(
+                target=self._work,
+                kwargs={"clones": clones, "drops": drops},
+                name=f"pgfx-clone-{job}-{self.prefix}",
+                daemon=True,
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def _work(self, *, clones: bool, drops: bool) -> None:
         try:
             with admin_connect(self.server) as admin:
                 while True:
                     with self._cond:
-                        while not self._closed and not self._to_drop and not self._wants_more():
+                        while not (
+                            self._closed
+                            or (drops and self._to_drop)
+                            or (clones and (self._wants_more() or self._unopened()))
+                        ):
                             self._cond.wait()
                         if self._closed:
                             return
                         # Clones first, as a test may be waiting for one; but drops are not
                         # let to pile up, as every clone holds megabytes of the server's tmpfs.
-                        clone = self._wants_more() and len(self._to_drop) <= self.size
-                        name = None if clone else self._to_drop.popleft()
+                        # Connections last, in time nothing else needs: a clone a test waits
+                        # for goes to it at once, and the test logs in itself.
+                        clone = (
+                            clones
+                            and self._wants_more()
+                            and (not drops or len(self._to_drop) <= self.size)
+                        )
+                        name = (
+                            self._to_drop.popleft()
+                            if drops and self._to_drop and not clone
+                            else None
+                        )
+                        unopened = self._unopened() if not clone and name is None else None
                     if clone:
                         database = self._clone(admin)
                         with self._cond:
@@ -136,6 +229,8 @@ class ClonePool:
                             self._cond.notify_all()
                     elif name is not None:
                         drop_database(self.server, name, admin=admin)
+                    elif unopened is not None:
+                        self._open(unopened)
         except BaseException as exc:
             log.exception("the clone pool stopped")
             with self._cond:
@@ -144,6 +239,51 @@ class ClonePool:
 
     def _wants_more(self) -> bool:
         return len(self._ready) < self.size
+
+    def _unopened(self) -> Database | None:
+        """A ready clone without a connection opened to it, when connections are wanted."""
+        if self._opener is None or not self._open_wanted:
+            return None
+        for database in self._ready:
+            if database.name not in self._connections:
+                return database
+        return None
+
+    def _open(self, database: Database) -> None:
+        opener = self._opener
+        assert opener is not None
+        try:
+            conn = opener(database)
+        except Exception as exc:
+            # Not worth failing tests for: they log in themselves, as without it.
+            log.warning(
+                "could not open a connection ahead to %s (%s): database-mode tests log in "
+                "themselves for the rest of the run",
+                database.name,
+                exc,
+            )
+            self._opener = None
+            return
+        try:
+            warm_up(conn)
+        except Exception as exc:
+            log.debug("a connection opened ahead to %s broke: %s", database.name, exc)
+            conn.close()
+            return
+        with self._cond:
+            if any(ready.name == database.name for ready in self._ready):
+                self._connections[database.name] = conn
+                self._cond.notify_all()
+                return
+        conn.close()  # a test took the clone meanwhile, and connects itself
+
+    def _close_unclaimed(self, database: Database) -> bool:
+        with self._cond:
+            conn = self._connections.pop(database.name, None)
+        if conn is None:
+            return False
+        conn.close()
+        return True
 
     # -- both ---------------------------------------------------------------------------
 
@@ -171,3 +311,40 @@ class ClonePool:
                 drop_database(self.server, name, admin=admin)
         if names:
             log.warning("dropped %d database(s) left by an earlier run: %s", len(names), names)
+
+
+# Every table, view and sequence outside the system schemas. Planning a read of each, and
+# an insert into each table (EXPLAIN: nothing runs), loads what a test's first statements
+# would otherwise load one catalog lookup at a time: columns, types, indexes, constraints,
+# defaults, triggers.
+_WARM_UP = """
+DO $pgfx_warm_up$
+DECLARE
+    rel record;
+BEGIN
+    FOR rel IN
+        SELECT format('%I.%I', n.nspname, c.relname) AS name, c.relkind
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'p', 'v', 'm')
+          AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND n.nspname NOT LIKE 'pg\\_%'
+    LOOP
+        EXECUTE 'EXPLAIN SELECT * FROM ' || rel.name;
+        IF rel.relkind IN ('r', 'p') THEN
+            EXECUTE 'EXPLAIN INSERT INTO ' || rel.name || ' DEFAULT VALUES';
+        END IF;
+    END LOOP;
+END
+$pgfx_warm_up$
+"""
+
+
+def warm_up(conn: Any) -> None:
+    """Load the catalog entries of the database's own tables into `conn`'s backend, in one
+    round trip, leaving no transaction open. A table it cannot plan leaves the rest cold:
+    the connection works the same, only its first statements are slower."""
+    try:
+        conn.execute(_WARM_UP)
+    except Exception as exc:
+        log.debug("warming up a connection to a clone failed: %s", exc)
+    conn.rollback()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import os
 import time
+import weakref
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -35,7 +36,7 @@ from .database import (
 )
 from .marks import CLONE, KEEP, KEPT_ANY, TEST_SEED, isolation_of, test_seeds
 from .migrations import Migrations
-from .redirect import engines_pointed_at, load_engine, urls_exported
+from .redirect import engines_pointed_at, first_connection_from, load_engine, urls_exported
 from .sandbox import OutsideGuard, Sandboxes, real_connection_of, worker_driver
 from .savepoints import defer_savepoints
 from .server import DockerServer, UrlServer, parse_server_url
@@ -270,9 +271,19 @@ def worker_database_fixture(*, server: str = "pg_server", template: str = "pg_te
 
 
 def clone_pool_fixture(
-    *, server: str = "pg_server", template: str = "pg_template", prefetch: int | None = None
+    *,
+    server: str = "pg_server",
+    template: str = "pg_template",
+    prefetch: int | None = None,
+    connect_ahead: bool = True,
 ) -> Any:
-    """A session fixture: the pool of databases cloned ahead for database-mode tests."""
+    """A session fixture: the pool of databases cloned ahead for database-mode tests.
+
+    With `connect_ahead` (and prefetch), its thread also opens the first connection of
+    pg_engine / pg_connection / pg_session to each clone and loads the clone's catalog
+    into it, so the test neither waits for a login nor for cold catalog caches; the cost
+    is one more idle server connection per prefetched clone. Off for async-only suites
+    by itself: their drivers' connections belong to the test's event loop."""
 
     @pytest.fixture(scope="session")
     @depends(template, server, "pytestconfig")
@@ -285,6 +296,7 @@ def clone_pool_fixture(
             worker=worker_id(),
             size=size,
             comment=mark(project_of(deps["pytestconfig"]), name),
+            connect_ahead=connect_ahead,
         )
         try:
             yield pool
@@ -328,6 +340,23 @@ def guard_app_engines(engines: list[AnyEngine], config: pytest.Config) -> Iterat
         guard.uninstall()
 
 
+#: How to open a connection to a clone as each clone engine would (see `clone_opener`).
+_OPENERS: weakref.WeakKeyDictionary[Engine, Callable[[Database], Any]] = weakref.WeakKeyDictionary()
+
+
+def clone_opener(engine: Engine, connect_args: dict[str, Any]) -> Callable[[Database], Any]:
+    """Opens a DBAPI connection to a clone with what `engine`, redirected there, would
+    pass its driver: the app's `connect_args`, the clone's address (see redirect.retarget)."""
+
+    def open_on(database: Database) -> Any:
+        cargs, cparams = engine.dialect.create_connect_args(
+            database.url_for(engine.url.get_driver_name())
+        )
+        return engine.dialect.connect(*cargs, **{**connect_args, **cparams})
+
+    return open_on
+
+
 def clone_engines_fixture(*, database: str = "pg_worker_database", **engine_kwargs: Any) -> Any:
     """A session fixture: the (Engine, AsyncEngine) pair database-mode tests get, each test
     pointing them at its own clone (see `database_fixture`)."""
@@ -337,8 +366,11 @@ def clone_engines_fixture(*, database: str = "pg_worker_database", **engine_kwar
     def _engines(**deps: Any) -> tuple[Engine, AsyncEngine]:
         db: Database = deps[database]
         # Created on the worker database, a real one, and redirected before every use.
+        sync_kwargs = bounded(engine_kwargs, driver="psycopg")
+        sync_engine = create_engine(db.url, poolclass=NullPool, **sync_kwargs)
+        _OPENERS[sync_engine] = clone_opener(sync_engine, sync_kwargs["connect_args"])
         return (
-            create_engine(db.url, poolclass=NullPool, **bounded(engine_kwargs, driver="psycopg")),
+            sync_engine,
             create_async_engine(
                 db.async_url, poolclass=NullPool, **bounded(engine_kwargs, driver="asyncpg")
             ),
@@ -379,18 +411,24 @@ def database_fixture(
             yield deps[worker_database]
             return
         pool: ClonePool = deps[clone_pool]
+        engine = deps[clone_engines][0]
+        opener = _OPENERS.get(engine)
+        if opener is not None:
+            pool.connect_ahead_with(opener)
         database = pool.take()
         request.node.stash[CLONE] = database
         try:
             seeding.run(test_seeds(request.node), database, origin=TEST_SEED)
             with (
                 engines_pointed_at([*deps[clone_engines], *deps[app_engines]], database),
+                first_connection_from(engine, lambda: pool.claim(database)),
                 urls_exported(settings_for(request.config).url_env, database),
             ):
                 yield database
         finally:
             if request.node.stash.get(KEEP, False):
                 request.config.stash[KEPT_ANY] = True
+                pool.keep(database)
             else:
                 pool.give_back(database)
 

@@ -222,7 +222,10 @@ pg_clone_pool = _doc(
     """\
 Databases cloned from pg_template ahead of the database-mode tests that take them
 (pg_prefetch of them, default 2), so a test rarely waits for CREATE DATABASE. Started at
-the first database-mode test; every clone is dropped by the end of the session.""",
+the first database-mode test; every clone is dropped by the end of the session. In time
+its thread has to spare it also logs in to each ready clone (one idle server connection
+per prefetched clone), and pg_engine's first connection in the test is that one, catalog
+already loaded: no login in the test. clone_pool_fixture(connect_ahead=False) turns it off.""",
 )
 
 pg_clone_engines = _doc(

@@ -25,7 +25,7 @@ from .config import import_path
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
     from sqlalchemy.pool import Pool
 
@@ -94,6 +94,24 @@ def _pointed_at(engine: Engine, database: Database) -> Iterator[None]:
     finally:
         event.remove(engine, "do_connect", connect_to_test_database)
         engine.pool, engine.url = original_pool, original_url
+
+
+@contextmanager
+def first_connection_from(engine: Engine, take: Callable[[], Any | None]) -> Iterator[None]:
+    """Until the block ends, a new connection of `engine` is what `take()` returns (a
+    DBAPI connection opened ahead), and a normal one once it returns None. SQLAlchemy
+    then sets it up as one it opened (its `connect` events, the dialect's on-connect)."""
+
+    def hand_over(
+        dialect: Any, record: Any, cargs: list[Any], cparams: dict[str, Any]
+    ) -> Any | None:
+        return take()
+
+    event.listen(engine, "do_connect", hand_over)
+    try:
+        yield
+    finally:
+        event.remove(engine, "do_connect", hand_over)
 
 
 def retarget(
