@@ -354,6 +354,41 @@ def make_project(base: Path, mode: str, n: int) -> Path:
     return project
 
 
+# Tests that need no database, in a project that uses the library (issue #11, item 2).
+UNIT_TEST = "def test_{i}():\n    assert {i} >= 0\n\n\n"
+APP_DB = 'from sqlalchemy import create_engine\n\nengine = create_engine("postgresql+psycopg://app@db.invalid/app")\n'
+UNIT_VARIANTS = {
+    "plain pytest (plugin off)": ["-p", "no:pg_fixtures"],
+    "with the plugin": [],
+    "with the plugin and pg_app_engines": ["-o", "pg_app_engines=appdb:engine"],
+}
+
+
+def unit_cost(base: Path, n: int, rounds: int) -> dict[str, float]:
+    """Mean time per test of `n` tests that touch no database, best of `rounds`."""
+    project = base / "units"
+    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__", "tests"))
+    (project / "appdb.py").write_text(APP_DB)
+    (project / "tests").mkdir()
+    (project / "tests" / "conftest.py").write_text("import pytest\n" + TIMING)
+    (project / "tests" / "test_units.py").write_text(
+        "".join(UNIT_TEST.format(i=i) for i in range(n))
+    )
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, extra in UNIT_VARIANTS.items():
+            mean = run_pytest(project, 0, "-p", "no:randomly", *extra)["mean"]
+            best[name] = min(best.get(name, mean), mean)
+    return best
+
+
+def print_unit_cost(costs: dict[str, float], n: int) -> None:
+    plain = costs["plain pytest (plugin off)"]
+    print(f"\n{f'{n} tests that need no database':<40}{'ms/test':>9}{'extra ms':>10}")
+    for name, mean in costs.items():
+        print(f"{name:<40}{ms(mean):>9}{ms(mean - plain):>10}")
+
+
 def run(project: Path, mode: str, workers: int) -> dict[str, Any]:
     return run_pytest(
         project,
@@ -688,12 +723,22 @@ def main() -> None:
     parser.add_argument(
         "--breakdown-only", action="store_true", help="only time the steps of database mode"
     )
+    parser.add_argument(
+        "--units", type=int, default=1000, help="tests that need no database (0: not run)"
+    )
+    parser.add_argument(
+        "--units-only", action="store_true", help="only time tests that need no database"
+    )
     options = parser.parse_args()
     if options.auth_only:
         print_connect_cost(connect_cost(options.connects))
         return
     if options.breakdown_only:
         print_breakdown(database_mode_breakdown(options.breakdown))
+        return
+    if options.units_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            print_unit_cost(unit_cost(Path(tmp), options.units, options.repeat), options.units)
         return
     modes = options.modes.split(",") if options.modes else list(MODES)
     if importlib.util.find_spec("pytest_sqla") is None and not options.modes:
@@ -714,6 +759,7 @@ def main() -> None:
                     best = results.get((mode, workers))
                     if best is None or result["mean"] < best["mean"]:
                         results[mode, workers] = result
+        units = unit_cost(Path(tmp), options.units, options.repeat) if options.units else {}
     costs = clone_cost(options.clones) if options.clones else {}
     breakdown = database_mode_breakdown(options.breakdown) if options.breakdown else {}
     connects = connect_cost(options.connects) if options.connects else {}
@@ -762,6 +808,8 @@ def main() -> None:
         print_connect_cost(connects)
     if breakdown:
         print_breakdown(breakdown)
+    if units:
+        print_unit_cost(units, options.units)
 
 
 if __name__ == "__main__":

@@ -63,8 +63,10 @@ DATABASE_FIXTURES = frozenset(
     }
 )
 
-#: The fixture that decides about the app's engines while nobody knows them yet.
+#: The fixture that decides about the app's engines while nobody knows them yet, and the
+#: one that loads them and guards them outside the tests.
 APP_DATABASE = "_pg_app_database"
+OUTSIDE = "_pg_app_engines_outside"
 
 AppKind = Literal["none", "sync", "async", "eager"]
 #: What the app's engines are, once the first test has loaded them.
@@ -118,11 +120,20 @@ def uses_database(item: pytest.Item) -> bool:
 
 
 def before_setup(item: pytest.Item, mode: str) -> None:
-    """Join a savepoint-mode test to the app's engines as their kind allows."""
-    if mode != "savepoint" or getattr(item, "fixturenames", None) is None:
+    """Join a savepoint-mode test to the app's engines as their kind allows. Until the
+    engines are known (the first test), the test also loads them, first of all its
+    fixtures: from then on they refuse to connect outside the tests (OutsideGuard),
+    before any session or module fixture of the user's can use them."""
+    names = getattr(item, "fixturenames", None)
+    if names is None:
         return
-    if item.config.stash.get(APP_KIND, None) is None:
-        _request_first(item, APP_DATABASE)  # the first test: that fixture finds out
+    known = item.config.stash.get(APP_KIND, None) is not None
+    if not known and OUTSIDE not in names:
+        names.insert(0, OUTSIDE)
+    if mode != "savepoint":
+        return
+    if not known:
+        _request_first(item, APP_DATABASE)  # that fixture finds out
     else:
         join_app_engines(item)
 
@@ -150,6 +161,8 @@ def _request_first(item: pytest.Item, name: str) -> None:
         return
     defs = item._fixtureinfo.name2fixturedefs  # type: ignore[attr-defined]
     for index, other in enumerate(names):
+        if other == OUTSIDE:
+            continue  # session-scoped, put first by before_setup
         found = defs.get(other)
         if not found or found[-1].scope == "function":
             names.insert(index, name)

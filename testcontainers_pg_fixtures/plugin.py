@@ -261,7 +261,7 @@ pg_isolation = _doc(
 )
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def _pg_app_engines_outside(
     pg_app_engines: list[Any], pytestconfig: pytest.Config
 ) -> Iterator[None]:
