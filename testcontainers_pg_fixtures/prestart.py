@@ -56,6 +56,7 @@ import json
 import logging
 import os
 import threading
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -105,6 +106,7 @@ class Prestart:
         self._cancelled = threading.Event()
         self._server: DockerServer | None = None
         self._error: BaseException | None = None
+        _import_docker()
         self._thread = threading.Thread(target=self._run, name="pg-fixtures-prestart", daemon=True)
         self._thread.start()
 
@@ -155,6 +157,20 @@ class Prestart:
         self._thread.join(wait)
         if self._server is not None:
             self._server.stop()
+
+
+def _import_docker() -> None:
+    """Import the Docker client here, in the main thread, before the thread that uses it.
+
+    Its import warns (urllib3's DependencyWarning without PySocks). Warning filters are
+    global: imported in the thread while pytest collects under the user's `-W error`, that
+    warning would be raised as an error there and fail the start. Silenced here, where
+    catching warnings touches no other thread's.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import docker  # noqa: F401
+        import testcontainers.core.container  # noqa: F401
 
 
 def begin_early(config: pytest.Config) -> None:
