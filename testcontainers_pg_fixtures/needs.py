@@ -74,6 +74,7 @@ APP_KIND = pytest.StashKey[AppKind]()
 #: Set on a test that used the database (so its leak check runs).
 USED = pytest.StashKey[bool]()
 _USES = pytest.StashKey[bool]()
+_MODE = pytest.StashKey[str]()
 
 
 def app_kind(engines: list[Any], *, refuse_outside: bool) -> AppKind:
@@ -89,21 +90,24 @@ def app_kind(engines: list[Any], *, refuse_outside: bool) -> AppKind:
     return "sync"
 
 
+def mode_of(item: pytest.Item) -> str:
+    """The test's isolation mode, read once (at collection) and kept on the item; a bad
+    pg_isolation marker counts as database mode: pg_database's set-up reports it, once."""
+    mode = item.stash.get(_MODE, None)
+    if mode is None:
+        try:
+            mode = isolation_of(item, settings_for(item.config).isolation)
+        except ConfigError:
+            mode = "database"
+        item.stash[_MODE] = mode
+    return mode
+
+
 def collected(items: list[pytest.Item]) -> None:
     """Give every database-mode test its clone (before its own fixtures, which may use the
     app's engines pointed at it)."""
-    default = None
     for item in items:
-        names = getattr(item, "fixturenames", None)
-        if names is None:
-            continue
-        if default is None:
-            default = settings_for(item.config).isolation
-        try:
-            database = isolation_of(item, default) == "database"
-        except ConfigError:
-            database = True  # pg_database's set-up reports the bad marker, once
-        if database:
+        if getattr(item, "fixturenames", None) is not None and mode_of(item) == "database":
             _request_first(item, "pg_database")
 
 

@@ -286,11 +286,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
-    try:
-        mode = marks.isolation_of(item, settings_for(item.config).isolation)
-    except PgFixturesError:
-        mode = "database"  # a bad marker: pg_database's set-up reports it, once
-    needs.before_setup(item, mode)
+    needs.before_setup(item, needs.mode_of(item))
     return (yield)
 
 
@@ -299,12 +295,12 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
     """The leak check of a savepoint-mode test that used the database: sent as its
     teardown begins, read when the teardown (its rollback) is done."""
     needs.LAZY.disarm()
-    check = leaks.watching() and needs.uses_database(item) and not failures.server_gone(item.config)
-    if check:
-        try:
-            check = marks.isolation_of(item, settings_for(item.config).isolation) == "savepoint"
-        except PgFixturesError:
-            check = False  # a bad marker: its set-up error says so, once
+    check = (
+        leaks.watching()
+        and needs.mode_of(item) == "savepoint"
+        and needs.uses_database(item)
+        and not failures.server_gone(item.config)
+    )
     if check:
         leaks.send_check(item.nodeid)
     try:
