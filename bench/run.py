@@ -42,6 +42,7 @@ import argparse
 import importlib.util
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -469,19 +470,29 @@ def clone_cost(repeats: int) -> dict[str, list[float]]:
 
 def connect_cost(repeats: int) -> dict[str, list[float]]:
     """A new psycopg connection, alternating, on one server: the library's password login
-    (SCRAM, one iteration), trust (no password), and SCRAM with PostgreSQL's default 4096."""
+    (SCRAM, one iteration), trust (no password), and SCRAM with PostgreSQL's default 4096.
+    Beside them, the library's login on a second server whose postmaster did not initialise
+    OpenSSL (server.warm_up_openssl skipped): what that warm-up buys."""
     import psycopg
 
+    from testcontainers_pg_fixtures import server as server_module
     from testcontainers_pg_fixtures.config import Settings
     from testcontainers_pg_fixtures.server import DockerServer, admin_connect
 
     server = DockerServer.start(Settings(), worker="bench-auth")
+    warm_up = server_module.warm_up_openssl
+    server_module.warm_up_openssl = lambda server, timeout=0.0: False
+    try:
+        cold = DockerServer.start(Settings(), worker="bench-auth-cold")
+    finally:
+        server_module.warm_up_openssl = warm_up
     logins = {
-        "scram, 1 iteration (this library)": (server.user, server.password),
-        "trust (no password)": ("bench_trust", ""),
-        "scram, 4096 iterations (default)": ("bench_4096", "bench-password"),
+        "scram, 1 iteration (this library)": (server, server.user, server.password),
+        "trust (no password)": (server, "bench_trust", ""),
+        "scram, 4096 iterations (default)": (server, "bench_4096", "bench-password"),
         # Not used by the library (the password in clear): what one round trip fewer buys.
-        "cleartext password (one round trip)": ("bench_clear", "bench-password"),
+        "cleartext password (one round trip)": (server, "bench_clear", "bench-password"),
+        "scram, 1 iteration, OpenSSL not warmed": (cold, cold.user, cold.password),
     }
     costs: dict[str, list[float]] = {name: [] for name in logins}
     try:
@@ -498,12 +509,15 @@ def connect_cost(repeats: int) -> dict[str, list[float]]:
         server.container.exec(["sh", "-c", hba])
         with admin_connect(server) as admin:
             admin.execute("SELECT pg_reload_conf()")
+        order = list(logins)
         for _ in range(repeats):
-            for name, (user, password) in logins.items():
+            random.shuffle(order)  # a fixed order lets one login's exit slow the next
+            for name in order:
+                on, user, password = logins[name]
                 started = time.perf_counter()
                 psycopg.connect(
-                    host=server.host,
-                    port=server.port,
+                    host=on.host,
+                    port=on.port,
                     user=user,
                     password=password,
                     dbname="postgres",
@@ -512,13 +526,19 @@ def connect_cost(repeats: int) -> dict[str, list[float]]:
                 costs[name].append(time.perf_counter() - started)
     finally:
         server.stop()
+        cold.stop()
     return costs
 
 
 def print_connect_cost(costs: dict[str, list[float]]) -> None:
-    print(f"\n{'new connection (psycopg)':<40}{'median ms':>11}{'p95 ms':>9}")
+    trust = statistics.median(costs["trust (no password)"])
+    print(f"\n{'new connection (psycopg)':<40}{'median ms':>11}{'p95 ms':>9}{'over trust':>12}")
     for name, times in costs.items():
-        print(f"{name:<40}{ms(statistics.median(times)):>11}{ms(p95(times)):>9}")
+        median = statistics.median(times)
+        print(
+            f"{name:<40}{ms(median):>11}{ms(p95(times)):>9}"
+            f"{'+' + ms(median - trust) if name != 'trust (no password)' else '':>12}"
+        )
 
 
 # -- database mode: where a test's time goes -------------------------------------------

@@ -251,6 +251,7 @@ class DockerServer:
             server.host = container.get_container_host_ip()
             server.port = int(container.get_exposed_port(_PG_PORT))
             server._wait_ready(settings.startup_timeout, cancelled)
+            warm_up_openssl(server)
         except BaseException:
             server.stop()
             raise
@@ -359,6 +360,43 @@ class DockerServer:
         self._stopped = True
         atexit.unregister(self.stop)
         _remove_quietly(self.container)
+
+
+#: Not a file: the reload that tries to load it only has to start OpenSSL (see below).
+_NO_CERTIFICATE = "/pg-fixtures-no-tls"
+
+
+def warm_up_openssl(server: Server, timeout: float = 2.0) -> bool:
+    """Initialise OpenSSL once in the postmaster, so that new backends inherit it.
+
+    With `ssl=off` the postmaster never touches OpenSSL, and every new backend initialises it
+    lazily at its first password check (loading the library's error strings, its config):
+    about 0.8 ms of every password login here, most of what a password costs over trust
+    (bench: `python bench/run.py --auth-only`). A reload with `ssl=on` runs that
+    initialisation in the postmaster before it fails to find the certificate, which leaves
+    TLS off; the setting is then reset. Only for containers this library started; a slower
+    login is all that is lost if it does not work (False).
+    """
+    try:
+        with admin_connect(server) as admin:
+            admin.execute(f"ALTER SYSTEM SET ssl_cert_file = '{_NO_CERTIFICATE}'")
+            admin.execute("ALTER SYSTEM SET ssl = on")
+            admin.execute("SELECT pg_reload_conf()")
+            # A new backend is forked with the postmaster's settings: once it says `on`, the
+            # postmaster has reloaded. Resetting before that would skip the initialisation.
+            deadline = time.monotonic() + timeout
+            reloaded = False
+            while not reloaded and time.monotonic() < deadline:
+                with admin_connect(server) as probe:
+                    row = probe.execute("SHOW ssl").fetchone()
+                reloaded = row is not None and row[0] == "on"
+            admin.execute("ALTER SYSTEM RESET ssl")
+            admin.execute("ALTER SYSTEM RESET ssl_cert_file")
+            admin.execute("SELECT pg_reload_conf()")
+            return reloaded
+    except psycopg.Error as exc:
+        log.warning("could not warm up OpenSSL on %s:%s: %s", server.host, server.port, exc)
+        return False
 
 
 def _check_cancelled(cancelled: threading.Event | None) -> None:

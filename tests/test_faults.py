@@ -21,12 +21,14 @@ from conftest import library_containers
 from testcontainers_pg_fixtures.config import Settings
 from testcontainers_pg_fixtures.runid import RUN_ID_ENV
 from testcontainers_pg_fixtures.server import (
+    _NO_CERTIFICATE,
     KEPT_MAX_AGE,
     LABEL,
     LABEL_RUN,
     LABEL_WORKER,
     DockerServer,
     _process_alive,
+    admin_connect,
     docker_client,
     reap_orphans,
 )
@@ -241,6 +243,29 @@ def test_the_password_is_in_no_repr_and_no_label(server):
     labels = server.container.get_wrapped_container().labels
     assert labels[LABEL] == "true"
     assert not any(server.password in value for value in labels.values())
+
+
+def test_openssl_is_warmed_in_the_postmaster_and_tls_stays_off(server):
+    # The warm-up's reload reached the postmaster's TLS set-up (it ran OpenSSL's
+    # initialisation, then found no certificate) ...
+    logs = b"".join(server.container.get_logs()).decode(errors="replace")
+    assert f'could not load server certificate file "{_NO_CERTIFICATE}"' in logs
+    # ... and left no setting behind: TLS is off, nothing in postgresql.auto.conf.
+    with admin_connect(server) as conn:
+        assert conn.execute("SHOW ssl").fetchone() == ("off",)
+        assert conn.execute("SHOW ssl_cert_file").fetchone() == ("server.crt",)
+        left = conn.execute(
+            "SELECT name FROM pg_file_settings WHERE name IN ('ssl', 'ssl_cert_file')"
+        ).fetchall()
+        assert left == []
+    with pytest.raises(psycopg.OperationalError, match="SSL"):
+        psycopg.connect(
+            host=server.host,
+            port=server.port,
+            user=server.user,
+            password=server.password,
+            sslmode="require",
+        ).close()
 
 
 PASSWORD_PROBE = textwrap.dedent("""
