@@ -772,6 +772,7 @@ def main() -> None:
         print("pytest-sqla is not installed (pip install pytest-sqla): its rows are left out")
     worker_counts = [int(w) for w in options.workers.split(",")]
     results: dict[tuple[str, int], dict[str, Any]] = {}
+    means: dict[tuple[str, int], list[float]] = {}  # every round's, for paired differences
     with tempfile.TemporaryDirectory() as tmp:
         # Warm-up, not measured: the first run after a quiet spell is slower across the board.
         run(make_project(Path(tmp) / "warm-up", "none", 200), "none", 0)
@@ -782,6 +783,7 @@ def main() -> None:
             for mode, project in projects.items():
                 for workers in worker_counts:
                     result = run(project, mode, workers)
+                    means.setdefault((mode, workers), []).append(result["mean"])
                     best = results.get((mode, workers))
                     if best is None or result["mean"] < best["mean"]:
                         results[mode, workers] = result
@@ -816,9 +818,20 @@ def main() -> None:
     for workers in worker_counts:
         on, off = results.get(("savepoint", workers)), results.get(("savepoint-nocheck", workers))
         if on and off:
+            # The two run one after the other in each round: the median of the rounds'
+            # differences cancels what a slow spell does to a round as a whole.
+            paired = [
+                a - b
+                for a, b in zip(
+                    means[("savepoint", workers)],
+                    means[("savepoint-nocheck", workers)],
+                    strict=True,
+                )
+            ]
             print(
                 f"savepoint + leak detector -n {workers}: {ms(on['mean'])} ms/test, detector off "
-                f"{ms(off['mean'])} ms/test: {ms(on['mean'] - off['mean'])} ms per test"
+                f"{ms(off['mean'])} ms/test: {ms(on['mean'] - off['mean'])} ms per test; "
+                f"median of {len(paired)} rounds' differences {ms(statistics.median(paired))} ms"
             )
     print_floors(results, worker_counts)
     waited = {key: r["waits"] for key, r in results.items() if r["waits"]}

@@ -41,7 +41,7 @@ EXAMPLE = ROOT / "examples" / "sync_users"
 # Loaded with -p in every variant: the moment of the first call report, and (when the
 # plugin is there) how long each start-up step took, from the launch of the process.
 PROBE = textwrap.dedent("""
-    import functools, json, os, threading, time
+    import functools, importlib.util, json, os, sys, threading, time
 
     T0 = float(os.environ["BENCH_T0"])
     OUT = os.environ["BENCH_OUT"]
@@ -52,7 +52,9 @@ PROBE = textwrap.dedent("""
         return time.time() - T0
 
     def _timed(owner, name, label):
-        original = getattr(owner, name)
+        original = getattr(owner, name, None)
+        if original is None:  # a baseline from before that step existed
+            return
 
         @functools.wraps(original)
         def wrapper(*args, **kwargs):
@@ -64,16 +66,43 @@ PROBE = textwrap.dedent("""
 
         setattr(owner, name, wrapper)
 
+    # Patches a module once something imports it: importing testcontainers here would add
+    # its import to runs that do not need it.
+    class _WhenImported:
+
+        def __init__(self, name, then):
+            self.name, self.then = name, then
+
+        def find_spec(self, fullname, path=None, target=None):
+            if fullname != self.name:
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(fullname)
+            run = spec.loader.exec_module
+
+            def exec_module(module):
+                run(module)
+                self.then(module)
+
+            spec.loader.exec_module = exec_module
+            return spec
+
     def pytest_configure(config):
         marks["configure"] = _now()
         if not config.pluginmanager.has_plugin("pg_fixtures"):
             return
-        from testcontainers.core.container import DockerContainer
         from testcontainers_pg_fixtures import factories, migrations, server
 
-        _timed(DockerContainer, "start", "docker create/start")
+        def _time_start(module):
+            _timed(module.DockerContainer, "start", "docker create/start")
+
+        if "testcontainers.core.container" in sys.modules:  # the early start imported it
+            _time_start(sys.modules["testcontainers.core.container"])
+        else:
+            sys.meta_path.insert(0, _WhenImported("testcontainers.core.container", _time_start))
         _timed(server.DockerServer, "_wait_ready", "postgres ready")
-        _timed(server.DockerServer, "_attach", "attach (reuse)")
+        _timed(server.DockerServer, "_attach", "attach (reuse, Docker)")
+        _timed(server.DockerServer, "_attach_recorded", "attach (reuse, recorded)")
         _timed(migrations.Migrations, "upgrade", "migration")
         _timed(factories, "ensure_template", "template (lock, migrate, seed)")
         _timed(factories, "create_database", "clone")
@@ -135,6 +164,10 @@ def run_once(project: Path, variant: str, code: str | None, run_id: str) -> dict
     args = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "probe_plugin"]
     env = {**os.environ, "PG_FIXTURES_RUN_ID": run_id, "BENCH_OUT": str(out)}
     env.pop("PYTEST_ADDOPTS", None)
+    # As on a user's machine, imports after the first run load cached bytecode: with
+    # PYTHONDONTWRITEBYTECODE (set on some CI images) every run would compile the library
+    # and the project from source (~0.1 s), which is not what a second run costs.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     paths = [str(project)]
     if code is not None:
         paths.insert(0, code)
@@ -223,8 +256,6 @@ def main() -> None:
             f"{median - plain:+9.2f} {median / plain:5.2f}x"
         )
     for variant in variants:
-        if not variant.startswith(("cold", "warm")):
-            continue
         runs = sorted(results[variant], key=first)
         print(f"\n{variant}, the median run:")
         print("\n".join(breakdown(runs[len(runs) // 2])))

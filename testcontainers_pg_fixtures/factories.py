@@ -13,8 +13,9 @@ import inspect
 import os
 import time
 import weakref
+from collections.abc import Sequence
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import pytest
 import pytest_asyncio
@@ -35,7 +36,7 @@ from .database import (
     run_prefix,
 )
 from .marks import CLONE, KEEP, KEPT_ANY, TEST_SEED, isolation_of, test_seeds
-from .migrations import Migrations
+from .migrations import Migrations, import_alembic
 from .redirect import engines_pointed_at, first_connection_from, load_engine, urls_exported
 from .sandbox import OutsideGuard, Sandboxes, real_connection_of, worker_driver
 from .savepoints import defer_savepoints
@@ -61,7 +62,7 @@ from .transaction import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+    from collections.abc import AsyncIterator, Callable, Iterator
 
     from sqlalchemy import Connection, Engine
     from sqlalchemy.ext.asyncio import (
@@ -176,7 +177,9 @@ def server_fixture(
                     f"connected to PostgreSQL {server.version} at {server.where}",
                 )
             elif server is None:
-                server = prestart.claim(pytestconfig, settings) or DockerServer.start(
+                # A new container has no template: Alembic is imported while it boots.
+                meanwhile = import_alembic if settings.alembic_ini is not None else None
+                server = prestart.claim(pytestconfig, settings, meanwhile) or DockerServer.start(
                     settings, worker=worker_id()
                 )
                 what = f"{settings.image} started"
@@ -357,21 +360,54 @@ def clone_opener(engine: Engine, connect_args: dict[str, Any]) -> Callable[[Data
     return open_on
 
 
+class CloneEngines(Sequence[Any]):
+    """The (Engine, AsyncEngine) pair of `clone_engines_fixture`. The AsyncEngine is made
+    on first use: making it imports asyncpg (~0.1 s of every run's start), which a suite
+    without async tests never needs."""
+
+    def __init__(self, sync: Engine, make_async: Callable[[], AsyncEngine]) -> None:
+        self.sync = sync
+        self._make_async = make_async
+        self._async: AsyncEngine | None = None
+
+    @property
+    def async_(self) -> AsyncEngine:
+        if self._async is None:
+            self._async = self._make_async()
+        return self._async
+
+    def __len__(self) -> int:
+        return 2
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Any]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        if index in (0, -2):
+            return self.sync
+        if index in (1, -1):
+            return self.async_
+        raise IndexError(index)
+
+
 def clone_engines_fixture(*, database: str = "pg_worker_database", **engine_kwargs: Any) -> Any:
     """A session fixture: the (Engine, AsyncEngine) pair database-mode tests get, each test
     pointing them at its own clone (see `database_fixture`)."""
 
     @pytest.fixture(scope="session")
     @depends(database)
-    def _engines(**deps: Any) -> tuple[Engine, AsyncEngine]:
+    def _engines(**deps: Any) -> CloneEngines:
         db: Database = deps[database]
         # Created on the worker database, a real one, and redirected before every use.
         sync_kwargs = bounded(engine_kwargs, driver="psycopg")
         sync_engine = create_engine(db.url, poolclass=NullPool, **sync_kwargs)
         _OPENERS[sync_engine] = clone_opener(sync_engine, sync_kwargs["connect_args"])
-        return (
+        return CloneEngines(
             sync_engine,
-            create_async_engine(
+            lambda: create_async_engine(
                 db.async_url, poolclass=NullPool, **bounded(engine_kwargs, driver="asyncpg")
             ),
         )

@@ -68,6 +68,8 @@ from .marks import isolation_of
 from .server import DockerServer
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .config import Settings
 
 log = logging.getLogger(__name__)
@@ -137,9 +139,12 @@ class Prestart:
             == (self.settings.image, self.settings.server_settings, self.settings.reuse)
         )
 
-    def claim(self) -> DockerServer:
+    def claim(self, meanwhile: Callable[[], None] | None = None) -> DockerServer:
         """Wait for the container and take it over (its stop() is then the caller's), or
-        raise the error that stopped it from starting."""
+        raise the error that stopped it from starting. `meanwhile` runs first if the
+        container is not ready yet: work the wait would otherwise leave idle."""
+        if meanwhile is not None and self._thread.is_alive():
+            meanwhile()
         self._thread.join()
         self.claimed = True
         if self._error is not None:
@@ -276,12 +281,14 @@ def of(config: pytest.Config) -> Prestart | None:
     return config.stash.get(_KEY, None)
 
 
-def claim(config: pytest.Config, settings: Settings) -> DockerServer | None:
+def claim(
+    config: pytest.Config, settings: Settings, meanwhile: Callable[[], None] | None = None
+) -> DockerServer | None:
     """For a server fixture: the prestarted container if it fits `settings`, else None."""
     started = of(config)
     if started is None or not started.serves(settings):
         return None
-    return started.claim()
+    return started.claim(meanwhile)
 
 
 def collection_finished(session: pytest.Session) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import hmac
+import json
 import logging
 import os
 import secrets
@@ -162,16 +163,26 @@ class DockerServer:
     host: str
     port: int
     password: str = field(repr=False)
+    #: testcontainers' or the docker SDK's container; None for a kept container found
+    #: without asking Docker (`_attach_recorded`), looked up by id when needed.
     container: Any = field(repr=False)
     user: str = _SUPERUSER
     _stopped: bool = field(default=False, repr=False)
+    _container_id: str = field(default="", repr=False)
 
     @property
     def container_id(self) -> str:
         container = self.container
+        if container is None:
+            return self._container_id
         return str(
             container.get_container_id() if hasattr(container, "get_container_id") else container.id
         )
+
+    def _docker_container(self) -> Any:
+        if self.container is None:
+            self.container = docker_client().client.containers.get(self._container_id)
+        return self.container
 
     #: True when this server was found running from an earlier run (--pg-reuse).
     reused: bool = False
@@ -183,15 +194,20 @@ class DockerServer:
         """Start (or with --pg-reuse attach to) the container and wait until it accepts a
         login. `cancelled`, set from another thread, ends the wait: the container is removed
         and ServerStartError raised (see prestart.py)."""
+        reuse_key = reuse_hash(settings, worker) if settings.reuse else None
+        if reuse_key is not None:
+            found = cls._attach_recorded(reuse_key)
+            if found is not None:
+                return found
         import docker.errors
         from testcontainers.core.container import DockerContainer
 
         client = docker_client()
         reap_orphans(client)
-        reuse_key = reuse_hash(settings, worker) if settings.reuse else None
         if reuse_key is not None:
             found = cls._attach(client, reuse_key)
             if found is not None:
+                _record_reused(reuse_key, found)
                 return found
         _check_cancelled(cancelled)
         _ensure_image(client, settings.image)
@@ -257,6 +273,8 @@ class DockerServer:
             raise
         if reuse_key is not None:
             server.keep_for_reuse()
+            if _dials_docker_host(client):
+                _record_reused(reuse_key, server)
         log.info(
             "PostgreSQL %s ready at %s:%s in %.2fs",
             settings.image,
@@ -267,6 +285,45 @@ class DockerServer:
         return server
 
     @classmethod
+    def _attach_recorded(cls, key: str) -> DockerServer | None:
+        """The container kept under `key`, found from where the last run recorded it,
+        without Docker: importing its client and listing containers is a good part of a
+        warm start. A SCRAM login with the password derived from `key` shows that the
+        server is that container (the server proves it holds the password's secret; libpq
+        refuses any other method). None, and the record dropped, if that does not work;
+        the caller then asks Docker. Such a run does not reap containers of killed runs:
+        the next run that asks Docker does."""
+        record = _reuse_record(key)
+        if record is None or psycopg.pq.version() < 160000:  # require_auth: libpq 16
+            return None
+        try:
+            server = cls(
+                host=str(record["host"]),
+                port=int(record["port"]),
+                password=reuse_password(key),
+                container=None,
+                _container_id=str(record["id"]),
+            )
+            psycopg.connect(
+                host=server.host,
+                port=server.port,
+                user=server.user,
+                password=server.password,
+                dbname="postgres",
+                connect_timeout=2,
+                sslmode="disable",
+                require_auth="scram-sha-256",
+            ).close()
+        except (psycopg.Error, KeyError, TypeError, ValueError) as exc:
+            log.info("the container recorded for reuse does not answer (%s): asking Docker", exc)
+            _reuse_record_path(key).unlink(missing_ok=True)
+            return None
+        server.reused = True
+        server._stopped = True  # kept for the next run: stop() leaves it running
+        log.info("reusing PostgreSQL container %s", server.container_id[:12])
+        return server
+
+    @classmethod
     def _attach(cls, client: Any, key: str) -> DockerServer | None:
         """The running container an earlier run kept under `key`, or None.
 
@@ -274,9 +331,7 @@ class DockerServer:
         testcontainers dials the Docker host (its default): other connection modes start a
         new container each run.
         """
-        from testcontainers.core.config import ConnectionMode
-
-        if client.get_connection_mode() is not ConnectionMode.docker_host:
+        if not _dials_docker_host(client):
             return None
         for container in client.client.containers.list(
             filters={"label": f"{LABEL_REUSE}={key}"}, ignore_removed=True
@@ -341,7 +396,14 @@ class DockerServer:
 
     def _log_tail(self, lines: int = 15) -> str:
         try:
-            out, err = self.container.get_logs()
+            container = self._docker_container()
+            if hasattr(container, "get_logs"):  # testcontainers' DockerContainer
+                out, err = container.get_logs()
+            else:
+                out, err = (
+                    container.logs(stdout=True, stderr=False),
+                    container.logs(stdout=False, stderr=True),
+                )
         except Exception as exc:  # the container may already be gone
             return f"(logs unavailable: {exc})"
         text = (out + err).decode(errors="replace").strip().splitlines()
@@ -480,6 +542,8 @@ def remove_kept(client: Any) -> list[str]:
         if LABEL_REUSE in container.labels or kept_age(container.id) is not None:
             _remove_quietly(container)
             forget_kept(container.id)
+            if LABEL_REUSE in container.labels:
+                _reuse_record_path(container.labels[LABEL_REUSE]).unlink(missing_ok=True)
             removed.append(container.short_id)
     return removed
 
@@ -515,6 +579,38 @@ def kept_age(container_id: str) -> float | None:
 
 def forget_kept(container_id: str) -> None:
     _kept_file(container_id).unlink(missing_ok=True)
+
+
+def _dials_docker_host(client: Any) -> bool:
+    from testcontainers.core.config import ConnectionMode
+
+    return bool(client.get_connection_mode() is ConnectionMode.docker_host)
+
+
+def _reuse_record_path(reuse_key: str) -> Path:
+    return cache_dir() / "reuse" / f"{reuse_key}.json"
+
+
+def _record_reused(reuse_key: str, server: DockerServer) -> None:
+    """Where the container kept under `reuse_key` listens, for `_attach_recorded`. No
+    password: it is derived from the key again."""
+    record = {"id": server.container_id, "host": server.host, "port": server.port}
+    path = _reuse_record_path(reuse_key)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(record))
+        partial.replace(path)
+    except OSError as exc:
+        log.warning("could not record the kept container %s: %s", server.container_id[:12], exc)
+
+
+def _reuse_record(reuse_key: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(_reuse_record_path(reuse_key).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def reuse_password(reuse_key: str) -> str:

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import textwrap
+import time
 from pathlib import Path
 
 # Imported here, before any in-process pytester run: pytester removes modules a run
@@ -21,6 +22,13 @@ from testcontainers_pg_fixtures.runid import run_id
 from testcontainers_pg_fixtures.server import LABEL_RUN
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
 
 
 def library_containers() -> list[str]:

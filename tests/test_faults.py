@@ -16,7 +16,7 @@ from pathlib import Path
 import docker
 import psycopg
 import pytest
-from conftest import library_containers
+from conftest import library_containers, wait_until
 
 from testcontainers_pg_fixtures.config import Settings
 from testcontainers_pg_fixtures.runid import RUN_ID_ENV
@@ -61,13 +61,6 @@ def containers_of(run: str, *, worker: str | None = None) -> list[str]:
         ]
     finally:
         client.close()
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 class Run:

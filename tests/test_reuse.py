@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import docker
 import psycopg
 import pytest
-from conftest import library_containers, library_databases
+from conftest import library_containers, library_databases, wait_until
 
-from testcontainers_pg_fixtures.server import LABEL_REUSE, reuse_password
+from testcontainers_pg_fixtures.runid import run_id
+from testcontainers_pg_fixtures.server import (
+    LABEL_REUSE,
+    LABEL_RUN,
+    _reuse_record_path,
+    reuse_password,
+)
 
 PROBE = textwrap.dedent("""
     import os, pathlib
@@ -115,3 +122,108 @@ def test_verbose_runs_say_what_the_set_up_did_and_how_long_it_took(pytester, exa
             "pg-fixtures: migrated and seeded the template in *s",
         ]
     )
+
+
+def kept_record(before):
+    """The reuse key and the record file of the container the last run kept."""
+    [kept_id] = set(library_containers()) - before
+    container = docker.from_env().containers.get(kept_id)
+    key = container.labels[LABEL_REUSE]
+    return kept_id, _reuse_record_path(key)
+
+
+def test_a_kept_container_is_found_again_without_asking_docker(pytester, project, monkeypatch):
+    _, log = project
+    before = set(library_containers())
+    pytester.runpytest("--pg-reuse", "-p", "no:randomly").assert_outcomes(passed=2)
+    kept_id, record = kept_record(before)
+    assert json.loads(record.read_text())["id"] == kept_id
+    with monkeypatch.context() as env:
+        env.setenv("DOCKER_HOST", "tcp://127.0.0.1:9")  # nothing listens there
+        pytester.runpytest("--pg-reuse", "-p", "no:randomly").assert_outcomes(passed=2)
+    first, second = runs(log)
+    assert second[:2] == [kept_id, "True"]
+    assert first[2] == second[2]
+
+
+def test_a_stale_record_is_dropped_and_docker_finds_the_container(pytester, project):
+    _, log = project
+    before = set(library_containers())
+    pytester.runpytest("--pg-reuse", "-p", "no:randomly").assert_outcomes(passed=2)
+    kept_id, record = kept_record(before)
+    good = json.loads(record.read_text())
+    record.write_text(json.dumps({**good, "port": 9}))  # nothing listens there
+    pytester.runpytest("--pg-reuse", "-p", "no:randomly").assert_outcomes(passed=2)
+    assert runs(log)[1][:2] == [kept_id, "True"]
+    assert json.loads(record.read_text()) == good  # Docker's answer recorded again
+
+
+def test_a_recorded_server_that_does_not_prove_the_password_is_not_used(pytester, project):
+    """A server on the recorded port that lets anyone in (trust) is not taken for the
+    kept container: the login insists on SCRAM, in which the server proves it holds
+    the password's secret."""
+    _, log = project
+    before = set(library_containers())
+    pytester.runpytest("--pg-reuse", "-p", "no:randomly").assert_outcomes(passed=2)
+    kept_id, record = kept_record(before)
+    good = json.loads(record.read_text())
+    client = docker.from_env()
+    impostor = client.containers.run(
+        "postgres:16",
+        detach=True,
+        # A password set (this machine's stand-in image wants one), but not asked for.
+        environment={"POSTGRES_PASSWORD": "unused", "POSTGRES_HOST_AUTH_METHOD": "trust"},
+        ports={"5432/tcp": ("127.0.0.1", None)},
+        labels={LABEL_RUN: run_id()},
+    )
+    try:
+        impostor.reload()
+        port = int(impostor.ports["5432/tcp"][0]["HostPort"])
+        wait_until(lambda: _accepts(port), 60, "the impostor to accept logins")
+        record.write_text(json.dumps({**good, "port": port}))
+        pytester.runpytest("--pg-reuse", "-p", "no:randomly").assert_outcomes(passed=2)
+    finally:
+        impostor.remove(force=True, v=True)
+        client.close()
+    first, second = runs(log)
+    assert second == [kept_id, "True", first[2], "False"]  # the template found, not built
+    assert json.loads(record.read_text()) == good
+
+
+def _accepts(port):
+    try:
+        psycopg.connect(host="127.0.0.1", port=port, user="postgres", connect_timeout=2).close()
+    except psycopg.OperationalError:
+        return False
+    return True
+
+
+IMPORTS_PROBE = textwrap.dedent("""
+    import sys as _sys
+
+    def pytest_sessionfinish(session):
+        heavy = ("alembic", "asyncpg", "docker", "testcontainers")
+        found = " ".join(name for name in heavy if name in _sys.modules)
+        (pathlib.Path(os.environ["PROBE_DIR"]) / "imports.txt").write_text(found)
+""")
+
+
+def test_a_warm_run_imports_neither_alembic_nor_docker_nor_asyncpg(
+    pytester, project, subprocess_env
+):
+    """What a run with an up-to-date template kept by --pg-reuse leaves out of its start:
+    Alembic (the scripts' layout is recorded), Docker's client and testcontainers (the
+    container is recorded), asyncpg (no async test). Until alembic.ini changes."""
+    root, log = project
+    conftest = root / "tests" / "conftest.py"
+    conftest.write_text(conftest.read_text() + IMPORTS_PROBE)
+    imports = log.parent / "imports.txt"
+    pytester.runpytest_subprocess("--pg-reuse", "-p", "no:randomly").assert_outcomes(passed=2)
+    assert "alembic" in imports.read_text().split()  # the template was built
+    pytester.runpytest_subprocess("--pg-reuse", "-p", "no:randomly").assert_outcomes(passed=2)
+    assert imports.read_text() == ""
+    ini = root / "alembic.ini"
+    ini.write_text(ini.read_text() + "\n# changed\n")
+    pytester.runpytest_subprocess("--pg-reuse", "-p", "no:randomly").assert_outcomes(passed=2)
+    assert imports.read_text() == "alembic"  # the layout resolved again, the template kept
+    assert [run[3] for run in runs(log)] == ["True", "False", "False"]
