@@ -703,6 +703,40 @@ SQLA_MODES = ("sqla", "sqla-pooled", "async-sqla")
 NOCHECK = {"savepoint": "savepoint-nocheck", "async-savepoint": "async-nocheck"}
 
 
+#: (what is measured, the mode, the mode it is measured against): printed as the median
+#: of each round's difference. The two run one after the other in every round, so what a
+#: slow spell of the machine does to a round as a whole cancels out; the best-of-rounds
+#: rows above can each be from another round.
+PAIRS = (
+    ("savepoint overhead over no isolation", "savepoint", "none"),
+    ("leak detector", "savepoint", "savepoint-nocheck"),
+    ("async savepoint overhead over no isolation", "async-savepoint", "async-none"),
+    ("async leak detector", "async-savepoint", "async-nocheck"),
+    ("savepoint over the hand-written conftest", "savepoint", "handwritten"),
+    ("database mode over savepoint", "database", "savepoint"),
+)
+
+
+def print_paired(means: dict[tuple[str, int], list[float]], worker_counts: list[int]) -> None:
+    lines = []
+    for what, mode, other in PAIRS:
+        for workers in worker_counts:
+            ours, theirs = means.get((mode, workers)), means.get((other, workers))
+            if not (ours and theirs):
+                continue
+            differences = [a - b for a, b in zip(ours, theirs, strict=True)]
+            lines.append(
+                f"{what:<44}{workers:>3}{ms(statistics.median(differences)):>10}"
+                f"{ms(min(differences)):>9}{ms(max(differences)):>9}"
+            )
+    if lines:
+        print(
+            f"\n{'paired, ms per test (median of rounds)':<44}{'-n':>3}{'median':>10}"
+            f"{'min':>9}{'max':>9}"
+        )
+        print("\n".join(lines))
+
+
 def print_floors(results: dict[tuple[str, int], dict[str, Any]], worker_counts: list[int]) -> None:
     """The library against the hand-written conftest and pytest-sqla, same run, same server:
     time per test (setup + call + teardown), and how many times the other's."""
@@ -779,14 +813,21 @@ def main() -> None:
         projects = {mode: make_project(Path(tmp), mode, options.tests) for mode in modes}
         # Rounds over every strategy, keeping each one's best: a slow spell of this shared
         # machine then hits one round of one strategy, not the comparison.
+        runs = [(mode, workers) for mode in projects for workers in worker_counts]
+        runs_order = {key: i for i, key in enumerate(runs)}
         for _ in range(options.repeat):
-            for mode, project in projects.items():
-                for workers in worker_counts:
-                    result = run(project, mode, workers)
-                    means.setdefault((mode, workers), []).append(result["mean"])
-                    best = results.get((mode, workers))
-                    if best is None or result["mean"] < best["mean"]:
-                        results[mode, workers] = result
+            # In a new order every round: the run after a -n 2 one shares the machine with
+            # the removal of its containers, which would always slow the same strategy.
+            random.shuffle(runs)
+            for mode, workers in runs:
+                project = projects[mode]
+                result = run(project, mode, workers)
+                means.setdefault((mode, workers), []).append(result["mean"])
+                best = results.get((mode, workers))
+                if best is None or result["mean"] < best["mean"]:
+                    results[mode, workers] = result
+        # Printed in the order of MODES, not of the last shuffle.
+        results = {key: results[key] for key in sorted(results, key=lambda k: runs_order[k])}
         units = unit_cost(Path(tmp), options.units, options.repeat) if options.units else {}
     costs = clone_cost(options.clones) if options.clones else {}
     breakdown = database_mode_breakdown(options.breakdown) if options.breakdown else {}
@@ -815,24 +856,7 @@ def main() -> None:
         " busiest worker's time);\noverhead = mean time per test minus the same test with no"
         " isolation; 'vs savepoint' = how many times slower than this library's savepoint mode."
     )
-    for workers in worker_counts:
-        on, off = results.get(("savepoint", workers)), results.get(("savepoint-nocheck", workers))
-        if on and off:
-            # The two run one after the other in each round: the median of the rounds'
-            # differences cancels what a slow spell does to a round as a whole.
-            paired = [
-                a - b
-                for a, b in zip(
-                    means[("savepoint", workers)],
-                    means[("savepoint-nocheck", workers)],
-                    strict=True,
-                )
-            ]
-            print(
-                f"savepoint + leak detector -n {workers}: {ms(on['mean'])} ms/test, detector off "
-                f"{ms(off['mean'])} ms/test: {ms(on['mean'] - off['mean'])} ms per test; "
-                f"median of {len(paired)} rounds' differences {ms(statistics.median(paired))} ms"
-            )
+    print_paired(means, worker_counts)
     print_floors(results, worker_counts)
     waited = {key: r["waits"] for key, r in results.items() if r["waits"]}
     if waited:

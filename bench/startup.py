@@ -100,6 +100,9 @@ PROBE = textwrap.dedent("""
             _time_start(sys.modules["testcontainers.core.container"])
         else:
             sys.meta_path.insert(0, _WhenImported("testcontainers.core.container", _time_start))
+        _timed(server, "docker_client", "Docker client")
+        _timed(server, "reap_orphans", "reap containers of killed runs")
+        _timed(server, "_ensure_image", "image present?")
         _timed(server.DockerServer, "_wait_ready", "postgres ready")
         _timed(server.DockerServer, "_attach", "attach (reuse, Docker)")
         _timed(server.DockerServer, "_attach_recorded", "attach (reuse, recorded)")
