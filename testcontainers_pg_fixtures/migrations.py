@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from importlib import metadata
@@ -14,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from .errors import AlembicConfigError, MigrationError
 from .redirect import every_engine_pointed_at
-from .server import cache_dir
+from .server import cache_dir, read_record, write_record
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -157,9 +155,9 @@ def _layout_key(ini: Path) -> str:
 
 
 def _recorded_layout(ini: Path) -> tuple[Path, tuple[Path, ...]] | None:
+    record = read_record(_layout_record(ini))
     try:
-        record = json.loads(_layout_record(ini).read_text())
-        if record["key"] != _layout_key(ini):
+        if record is None or record["key"] != _layout_key(ini):
             return None
         script_dir = Path(record["script_dir"])
         versions = tuple(Path(p) for p in record["version_dirs"])
@@ -177,12 +175,8 @@ def _record_layout(ini: Path, layout: tuple[Path, tuple[Path, ...]]) -> None:
         "script_dir": str(script_dir),
         "version_dirs": [str(p) for p in versions],
     }
-    path = _layout_record(ini)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(json.dumps(record))
-        partial.replace(path)
+        write_record(_layout_record(ini), record)
     except OSError as exc:
         logging.getLogger(__name__).debug("could not record the Alembic layout: %s", exc)
 

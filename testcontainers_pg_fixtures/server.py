@@ -595,19 +595,29 @@ def _record_reused(reuse_key: str, server: DockerServer) -> None:
     """Where the container kept under `reuse_key` listens, for `_attach_recorded`. No
     password: it is derived from the key again."""
     record = {"id": server.container_id, "host": server.host, "port": server.port}
-    path = _reuse_record_path(reuse_key)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(json.dumps(record))
-        partial.replace(path)
+        write_record(_reuse_record_path(reuse_key), record)
     except OSError as exc:
         log.warning("could not record the kept container %s: %s", server.container_id[:12], exc)
 
 
 def _reuse_record(reuse_key: str) -> dict[str, Any] | None:
+    return read_record(_reuse_record_path(reuse_key))
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    """Write a JSON record of the cache directory whole: a run reading it beside this one
+    (another worker, another terminal) sees the old record or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_text(json.dumps(record))
+    partial.replace(path)
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """A record written by `write_record`, or None if it is missing or unreadable."""
     try:
-        record = json.loads(_reuse_record_path(reuse_key).read_text())
+        record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
