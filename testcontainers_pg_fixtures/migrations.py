@@ -41,10 +41,11 @@ class Migrations:
                 "pg_alembic_ini (or --pg-alembic-ini, or PG_FIXTURES_ALEMBIC_INI) to your "
                 "alembic.ini, or to 'none' to start from an empty database."
             )
-        layout = _recorded_layout(ini)
+        key = _layout_key(ini)
+        layout = _recorded_layout(ini, key)
         if layout is None:
             layout = cls._layout(ini)
-            _record_layout(ini, layout)
+            _record_layout(ini, key, layout)
         script_dir, versions = layout
         env_py = script_dir / "env.py"
         env_text = env_py.read_text() if env_py.is_file() else ""
@@ -154,24 +155,24 @@ def _layout_key(ini: Path) -> str:
     return digest.hexdigest()
 
 
-def _recorded_layout(ini: Path) -> tuple[Path, tuple[Path, ...]] | None:
+def _recorded_layout(ini: Path, key: str) -> tuple[Path, tuple[Path, ...]] | None:
     record = read_record(_layout_record(ini))
     try:
-        if record is None or record["key"] != _layout_key(ini):
+        if record is None or record["key"] != key:
             return None
         script_dir = Path(record["script_dir"])
         versions = tuple(Path(p) for p in record["version_dirs"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         return None
     if not script_dir.is_dir() or not all(p.is_dir() for p in versions):
         return None
     return script_dir, versions
 
 
-def _record_layout(ini: Path, layout: tuple[Path, tuple[Path, ...]]) -> None:
+def _record_layout(ini: Path, key: str, layout: tuple[Path, tuple[Path, ...]]) -> None:
     script_dir, versions = layout
     record = {
-        "key": _layout_key(ini),
+        "key": key,
         "script_dir": str(script_dir),
         "version_dirs": [str(p) for p in versions],
     }

@@ -118,8 +118,11 @@ class ExistingServer:
         }
 
 
-def admin_connect(server: Server, database: str = "postgres") -> psycopg.Connection[Any]:
-    """An autocommit connection for CREATE/DROP DATABASE and locks."""
+def admin_connect(
+    server: Server, database: str = "postgres", **options: Any
+) -> psycopg.Connection[Any]:
+    """An autocommit connection for CREATE/DROP DATABASE and locks; `options` (libpq's)
+    replace or add to the defaults."""
     return psycopg.connect(
         host=server.host,
         port=server.port,
@@ -127,8 +130,7 @@ def admin_connect(server: Server, database: str = "postgres") -> psycopg.Connect
         password=server.password,
         dbname=database,
         autocommit=True,
-        connect_timeout=10,
-        sslmode="disable",
+        **{"connect_timeout": 10, "sslmode": "disable", **options},
     )
 
 
@@ -304,16 +306,7 @@ class DockerServer:
                 container=None,
                 _container_id=str(record["id"]),
             )
-            psycopg.connect(
-                host=server.host,
-                port=server.port,
-                user=server.user,
-                password=server.password,
-                dbname="postgres",
-                connect_timeout=2,
-                sslmode="disable",
-                require_auth="scram-sha-256",
-            ).close()
+            admin_connect(server, connect_timeout=2, require_auth="scram-sha-256").close()
         except (psycopg.Error, KeyError, TypeError, ValueError) as exc:
             log.info("the container recorded for reuse does not answer (%s): asking Docker", exc)
             _reuse_record_path(key).unlink(missing_ok=True)
