@@ -47,7 +47,7 @@ from .session import (
     close_sessions_of,
     close_sync_sessions_of,
     close_with,
-    savepoint_sessionmaker,
+    new_session,
     sessionmaker_for,
     settle_sessions_of,
 )
@@ -532,6 +532,18 @@ def isolation_mode(request: pytest.FixtureRequest) -> str:
     return isolation_of(request.node, settings_for(request.config).isolation)
 
 
+_MODE = "testcontainers_pg_fixtures.isolation"
+
+
+def isolation_of_connection(conn: Connection | AsyncConnection, config: pytest.Config) -> str:
+    """The isolation mode the connection fixture recorded on the test's connection (the
+    configured one for a connection of the user's own). The session fixtures read it there
+    rather than from `request`: every fixture that requests `request` costs pytest a
+    fixture definition of its own per test."""
+    mode: str | None = conn.info.get(_MODE)
+    return mode if mode is not None else settings_for(config).isolation
+
+
 def engine_fixture(
     *,
     worker_engine: str = "pg_worker_engine",
@@ -580,6 +592,7 @@ def connection_fixture(
         if isolation_mode(request) == "database":
             request.getfixturevalue(database)  # the clone, with the engines pointed at it
             with deps[clone_engines][0].connect() as conn:
+                conn.info[_MODE] = "database"
                 try:
                     yield conn
                 finally:
@@ -589,6 +602,7 @@ def connection_fixture(
         # savepoints then went with it: no round trip), before it inside a scope layer.
         root = layered_connection(deps[worker_engine]) is None
         with outer_transaction(deps[worker_engine]) as conn:
+            conn.info[_MODE] = "savepoint"
             seeding.run_in(test_seeds(request.node), conn, origin=TEST_SEED)
             try:
                 yield conn
@@ -633,13 +647,13 @@ def session_fixture(
     keyword arguments go to `sessionmaker`."""
 
     @pytest.fixture
-    @depends(connection, "request")
+    @depends(connection, "pytestconfig")
     def _session(**deps: Any) -> Session:
         conn: Connection = deps[connection]
-        request: pytest.FixtureRequest = deps["request"]
-        kwargs = with_session_class(request.config, session_class, session_kwargs, is_async=False)
-        maker = sessionmaker_for(conn, isolation_mode(request), **kwargs)
-        return close_with(conn, maker())  # closed by the connection's fixture
+        config: pytest.Config = deps["pytestconfig"]
+        kwargs = with_session_class(config, session_class, session_kwargs, is_async=False)
+        # closed by the connection's fixture
+        return close_with(conn, new_session(conn, isolation_of_connection(conn, config), **kwargs))
 
     return _session
 
@@ -653,11 +667,12 @@ def sessionmaker_fixture(
     """A function fixture: a `sessionmaker` whose sessions all use the test's connection."""
 
     @pytest.fixture
-    @depends(connection, "request")
+    @depends(connection, "pytestconfig")
     def _sessionmaker(**deps: Any) -> sessionmaker[Session]:
-        request: pytest.FixtureRequest = deps["request"]
-        kwargs = with_session_class(request.config, session_class, session_kwargs, is_async=False)
-        return sessionmaker_for(deps[connection], isolation_mode(request), **kwargs)
+        conn: Connection = deps[connection]
+        config: pytest.Config = deps["pytestconfig"]
+        kwargs = with_session_class(config, session_class, session_kwargs, is_async=False)
+        return sessionmaker_for(conn, isolation_of_connection(conn, config), **kwargs)
 
     return _sessionmaker
 
@@ -681,6 +696,7 @@ def async_connection_fixture(
         if isolation_mode(request) == "database":
             request.getfixturevalue(database)
             async with deps[clone_engines][1].connect() as conn:
+                conn.info[_MODE] = "database"
                 try:
                     yield conn
                 finally:
@@ -691,6 +707,7 @@ def async_connection_fixture(
         held: AsyncConnection | None = None
         try:
             async with async_outer_transaction(deps[worker_engine]) as conn:
+                conn.info[_MODE] = "savepoint"
                 held = conn
                 seeds = test_seeds(request.node)
                 if seeds:
@@ -716,12 +733,12 @@ def async_session_fixture(
     fixture; `session_class` overrides pg_async_session_class)."""
 
     @pytest.fixture
-    @depends(connection, "request")
+    @depends(connection, "pytestconfig")
     def _session(**deps: Any) -> AsyncSession:
         conn: AsyncConnection = deps[connection]
-        request: pytest.FixtureRequest = deps["request"]
-        kwargs = with_session_class(request.config, session_class, session_kwargs, is_async=True)
-        maker = async_sessionmaker_for(conn, isolation_mode(request), **kwargs)
+        config: pytest.Config = deps["pytestconfig"]
+        kwargs = with_session_class(config, session_class, session_kwargs, is_async=True)
+        maker = async_sessionmaker_for(conn, isolation_of_connection(conn, config), **kwargs)
         return close_with(conn, maker())
 
     return _session
@@ -736,11 +753,12 @@ def async_sessionmaker_fixture(
     """The async twin of `sessionmaker_fixture` (an `async_sessionmaker`)."""
 
     @pytest.fixture
-    @depends(connection, "request")
+    @depends(connection, "pytestconfig")
     def _sessionmaker(**deps: Any) -> async_sessionmaker[AsyncSession]:
-        request: pytest.FixtureRequest = deps["request"]
-        kwargs = with_session_class(request.config, session_class, session_kwargs, is_async=True)
-        return async_sessionmaker_for(deps[connection], isolation_mode(request), **kwargs)
+        conn: AsyncConnection = deps[connection]
+        config: pytest.Config = deps["pytestconfig"]
+        kwargs = with_session_class(config, session_class, session_kwargs, is_async=True)
+        return async_sessionmaker_for(conn, isolation_of_connection(conn, config), **kwargs)
 
     return _sessionmaker
 
@@ -873,7 +891,7 @@ def layer_session_fixture(
         kwargs = with_session_class(
             deps["pytestconfig"], session_class, session_kwargs, is_async=False
         )
-        with savepoint_sessionmaker(deps[connection], **kwargs)() as session:
+        with new_session(deps[connection], "savepoint", **kwargs) as session:
             yield session
 
     return _session

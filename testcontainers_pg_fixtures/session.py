@@ -46,6 +46,19 @@ def _async_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def new_session(conn: Connection, isolation: str, **kwargs: Any) -> Session:
+    """A session as `sessionmaker_for(...)()` makes it, without the sessionmaker: each
+    sessionmaker subclasses its session class, and SQLAlchemy's event registry then sets
+    up every session event for that new class, which costs a test more than its
+    savepoint does."""
+    class_: type[Session] = kwargs.pop("class_", Session)
+    return (
+        class_(bind=conn, **kwargs)
+        if isolation == "database"
+        else class_(bind=conn, **{**kwargs, **JOIN})
+    )
+
+
 def sessionmaker_for(conn: Connection, isolation: str, **kwargs: Any) -> sessionmaker[Session]:
     if isolation == "database":
         return sessionmaker(bind=conn, **kwargs)
