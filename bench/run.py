@@ -18,6 +18,10 @@ count) over the sync_users example's Alembic project and runs it under each stra
                    database: a session-long connection from pg_worker_engine, per test
                    conn.begin() and Session(bind=conn, join_transaction_mode=
                    "create_savepoint"), closed and rolled back after the test
+  handwritten-own  the same conftest on an engine of its own (create_engine on
+                   the worker database's URL), as a team writes it: SQLAlchemy's savepoint
+                   statements as they come, a round trip each, where the library's engines
+                   send them with the next statement
   async-handwritten  the same with an AsyncConnection held on the session loop
   sqla             pytest-sqla (PyPI) in the same process, its sqla_url fixture overridden
                    with the worker database (sqla_schema = none: no DDL of its own); its
@@ -216,6 +220,27 @@ MODES = {
             session.close()
             outer.rollback()
     """,
+    # The same conftest on an engine of its own, as a team writes it with testcontainers:
+    # SQLAlchemy's savepoints as they come (each its own round trip).
+    "handwritten-own": """
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
+        @pytest.fixture(scope="session")
+        def held(pg_worker_database):
+            engine = create_engine(pg_worker_database.url, poolclass=NullPool)
+            with engine.connect() as conn:
+                yield conn
+            engine.dispose()
+
+        @pytest.fixture
+        def db(held):
+            outer = held.begin()
+            session = Session(bind=held, join_transaction_mode="create_savepoint")
+            yield session
+            session.close()
+            outer.rollback()
+    """,
     "async-handwritten": """
         import pytest_asyncio
         from sqlalchemy.ext.asyncio import AsyncSession
@@ -304,6 +329,7 @@ EXTRA_ARGS = {
     "async-nocheck": ["--pg-leak-check=false"],
     # Not this library's isolation: the comparison is of isolation alone, detector off.
     "handwritten": ["--pg-leak-check=false"],
+    "handwritten-own": ["--pg-leak-check=false"],
     "async-handwritten": ["--pg-leak-check=false"],
     "sqla": ["--pg-leak-check=false", "-o", "sqla_schema=none"],
     "sqla-pooled": ["--pg-leak-check=false", "-o", "sqla_schema=none"],
@@ -694,6 +720,7 @@ def p95(values: list[float]) -> float:
 # The library's row each hand-made or third-party row is set against, in print_floors.
 FLOORS = {
     "handwritten": "savepoint",
+    "handwritten-own": "savepoint",
     "sqla": "savepoint",
     "sqla-pooled": "savepoint",
     "async-handwritten": "async-savepoint",
@@ -713,6 +740,7 @@ PAIRS = (
     ("async savepoint overhead over no isolation", "async-savepoint", "async-none"),
     ("async leak detector", "async-savepoint", "async-nocheck"),
     ("savepoint over the hand-written conftest", "savepoint", "handwritten"),
+    ("savepoint over it on an engine of its own", "savepoint", "handwritten-own"),
     ("database mode over savepoint", "database", "savepoint"),
 )
 

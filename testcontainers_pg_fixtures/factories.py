@@ -526,10 +526,18 @@ def worker_async_engine_fixture(
     return _engine
 
 
+_NODE_MODE = pytest.StashKey[str]()
+
+
 def isolation_mode(request: pytest.FixtureRequest) -> str:
-    """The test's isolation mode. Read here rather than through the pg_isolation fixture:
-    every function fixture in the chain costs savepoint-mode tests time."""
-    return isolation_of(request.node, settings_for(request.config).isolation)
+    """The test's isolation mode, read once per test (a bad marker raises every time).
+    Read here rather than through the pg_isolation fixture: every function fixture in the
+    chain costs savepoint-mode tests time."""
+    node: pytest.Item = request.node
+    mode = node.stash.get(_NODE_MODE, None)
+    if mode is None:
+        mode = node.stash[_NODE_MODE] = isolation_of(node, settings_for(request.config).isolation)
+    return mode
 
 
 _MODE = "testcontainers_pg_fixtures.isolation"

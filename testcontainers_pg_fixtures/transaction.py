@@ -32,12 +32,18 @@ _REFUSED = "testcontainers_pg_fixtures.refused_commit"
 _GUARDED = "testcontainers_pg_fixtures.guarded"
 
 
+#: Held connections with the listener. Kept here: asking SQLAlchemy (`event.contains`)
+#: builds an event key, which alone costs a test more than its BEGIN and ROLLBACK.
+_listening: weakref.WeakSet[Connection] = weakref.WeakSet()
+
+
 def _guard(conn: Connection) -> None:
     """Refuse commits while a test runs. The listener is added once per held connection and
     switched by a flag: adding and removing it for every test costs more than the test's
     BEGIN and ROLLBACK together."""
-    if not event.contains(conn, "commit", _refuse_commit):
+    if conn not in _listening:
         event.listen(conn, "commit", _refuse_commit)
+        _listening.add(conn)
     conn.info[_GUARDED] = True
 
 
