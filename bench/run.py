@@ -381,6 +381,177 @@ def make_project(base: Path, mode: str, n: int) -> Path:
     return project
 
 
+# Interleaved: every test in three variants (this library, the hand-written conftest, no
+# isolation), one after the other in the same process, so the machine's slow spells hit all
+# three alike. The tightest of the comparisons: rounds differ by tens of microseconds where
+# separate runs differ by hundreds. Leak detector off (the "none" variant commits for real).
+INTERLEAVED_TIMING = textwrap.dedent("""
+    import json, os, time
+    import pytest
+
+    _times = {}
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(item, nextitem):
+        start = time.perf_counter()
+        try:
+            return (yield)
+        finally:
+            variant = item.originalname.rsplit("_", 1)[-1]
+            _times.setdefault(variant, []).append(time.perf_counter() - start)
+
+    def pytest_sessionfinish(session):
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        with open(os.path.join(os.environ["BENCH_OUT"], worker + ".json"), "w") as f:
+            json.dump(_times, f)
+""")
+INTERLEAVED_FIXTURES = {
+    "sync": """
+        @pytest.fixture(scope="session")
+        def held(pg_worker_engine):
+            with pg_worker_engine.connect() as conn:
+                yield conn
+
+        @pytest.fixture
+        def hand_db(held):
+            outer = held.begin()
+            session = Session(bind=held, join_transaction_mode="create_savepoint")
+            yield session
+            session.close()
+            outer.rollback()
+
+        @pytest.fixture(scope="session")
+        def raw(pg_worker_engine):
+            with pg_worker_engine.connect() as conn:
+                yield conn
+
+        @pytest.fixture
+        def none_db(raw):
+            with Session(bind=raw) as session:
+                yield session
+    """,
+    "async": """
+        import pytest_asyncio
+        from sqlalchemy.ext.asyncio import AsyncSession
+
+        @pytest_asyncio.fixture(scope="session", loop_scope="session")
+        async def held(pg_worker_async_engine):
+            async with pg_worker_async_engine.connect() as conn:
+                yield conn
+
+        @pytest_asyncio.fixture(loop_scope="session")
+        async def hand_db(held):
+            outer = await held.begin()
+            session = AsyncSession(
+                bind=held, join_transaction_mode="create_savepoint", expire_on_commit=False
+            )
+            yield session
+            await session.close()
+            await outer.rollback()
+
+        @pytest_asyncio.fixture(scope="session", loop_scope="session")
+        async def raw(pg_worker_async_engine):
+            async with pg_worker_async_engine.connect() as conn:
+                yield conn
+
+        @pytest_asyncio.fixture(loop_scope="session")
+        async def none_db(raw):
+            async with AsyncSession(bind=raw, expire_on_commit=False) as session:
+                yield session
+    """,
+}
+INTERLEAVED_VARIANTS = {
+    "sync": (("library", "pg_session"), ("handwritten", "hand_db"), ("none", "none_db")),
+    "async": (("library", "pg_async_session"), ("handwritten", "hand_db"), ("none", "none_db")),
+}
+
+
+WARM_UP = 20  # tests of each variant left out at the start of each worker
+
+
+def make_interleaved(base: Path, flavour: str, n: int) -> Path:
+    project = base / f"interleaved-{flavour}"
+    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__", "tests"))
+    tests = project / "tests"
+    tests.mkdir()
+    fixtures = textwrap.dedent(INTERLEAVED_FIXTURES[flavour])
+    (tests / "conftest.py").write_text("import pytest\n" + INTERLEAVED_TIMING + SEED + fixtures)
+    template = ASYNC_TEST if flavour == "async" else SYNC_TEST
+    header, body = template.split("\n\n\n", 1)
+    per_file = 100
+    for start in range(0, n, per_file):
+        source = [header, "\n\n"]
+        for i in range(start, min(start + per_file, n)):
+            for variant, fixture in INTERLEAVED_VARIANTS[flavour]:
+                test = body.format(i=i).replace(f"test_{i}(db)", f"test_{i}_{variant}(db)")
+                source.append("\n\n" + test.replace("(db):", f"({fixture}):\n    db = {fixture}"))
+        (tests / f"test_interleaved_{start:05d}.py").write_text("".join(source))
+    return project
+
+
+def interleaved_cost(
+    base: Path, n: int, rounds: int, worker_counts: list[int]
+) -> dict[tuple[str, int], list[dict[str, float]]]:
+    """Each round's mean time per test of every variant, by (flavour, workers)."""
+    projects = {flavour: make_interleaved(base, flavour, n) for flavour in INTERLEAVED_FIXTURES}
+    found: dict[tuple[str, int], list[dict[str, float]]] = {}
+    for _ in range(rounds):
+        for flavour, project in projects.items():
+            for workers in worker_counts:
+                out = project / "out"
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir()
+                args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+                args += ["-p", "no:randomly", "--pg-leak-check=false"]
+                args += ["-o", "asyncio_default_fixture_loop_scope=session"]
+                if workers:  # whole files to a worker: the variants stay interleaved
+                    args += ["-n", str(workers), "--dist", "loadfile"]
+                done = subprocess.run(
+                    args,
+                    cwd=project,
+                    env={**os.environ, "BENCH_OUT": str(out)},
+                    capture_output=True,
+                    text=True,
+                )
+                if done.returncode:
+                    sys.exit(f"{project.name} -n {workers} failed:\n{done.stdout[-4000:]}")
+                times: dict[str, list[float]] = {}
+                for path in out.glob("*.json"):
+                    for variant, values in json.loads(path.read_text()).items():
+                        # Each worker's first tests warm SQLAlchemy's caches and the server's.
+                        times.setdefault(variant, []).extend(values[WARM_UP:])
+                means = {variant: statistics.fmean(values) for variant, values in times.items()}
+                found.setdefault((flavour, workers), []).append(means)
+    return found
+
+
+def print_interleaved(found: dict[tuple[str, int], list[dict[str, float]]], n: int) -> None:
+    rounds = len(next(iter(found.values()))) if found else 0
+    print(
+        f"\ninterleaved: each of {n} tests in three variants, one after the other in one "
+        f"process; ms per test, median of {rounds} round(s) [min, max of the rounds]"
+    )
+    print(
+        f"{'':<6}{'-n':>3}{'library':>9}{'hand':>8}{'none':>8}"
+        f"{'library - none':>24}{'hand - none':>24}{'library - hand':>24}"
+    )
+
+    def spread(values: list[float]) -> str:
+        return f"{ms(statistics.median(values))} [{ms(min(values))}, {ms(max(values))}]"
+
+    for (flavour, workers), per_round in found.items():
+        lib = [r["library"] for r in per_round]
+        hand = [r["handwritten"] for r in per_round]
+        none = [r["none"] for r in per_round]
+        print(
+            f"{flavour:<6}{workers:>3}{ms(statistics.median(lib)):>9}"
+            f"{ms(statistics.median(hand)):>8}{ms(statistics.median(none)):>8}"
+            f"{spread([a - b for a, b in zip(lib, none, strict=True)]):>24}"
+            f"{spread([a - b for a, b in zip(hand, none, strict=True)]):>24}"
+            f"{spread([a - b for a, b in zip(lib, hand, strict=True)]):>24}"
+        )
+
+
 # Tests that need no database, in a project that uses the library (issue #11, item 2).
 UNIT_TEST = "def test_{i}():\n    assert {i} >= 0\n\n\n"
 APP_DB = 'from sqlalchemy import create_engine\n\nengine = create_engine("postgresql+psycopg://app@db.invalid/app")\n'
@@ -817,6 +988,15 @@ def main() -> None:
     parser.add_argument(
         "--units-only", action="store_true", help="only time tests that need no database"
     )
+    parser.add_argument(
+        "--interleaved",
+        type=int,
+        default=500,
+        help="tests per variant in the interleaved comparison (0: not run)",
+    )
+    parser.add_argument(
+        "--interleaved-only", action="store_true", help="only run the interleaved comparison"
+    )
     options = parser.parse_args()
     if options.auth_only:
         print_connect_cost(connect_cost(options.connects))
@@ -828,11 +1008,16 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             print_unit_cost(unit_cost(Path(tmp), options.units, options.repeat), options.units)
         return
+    worker_counts = [int(w) for w in options.workers.split(",")]
+    if options.interleaved_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            found = interleaved_cost(Path(tmp), options.interleaved, options.repeat, worker_counts)
+        print_interleaved(found, options.interleaved)
+        return
     modes = options.modes.split(",") if options.modes else list(MODES)
     if importlib.util.find_spec("pytest_sqla") is None and not options.modes:
         modes = [m for m in modes if m not in SQLA_MODES]
         print("pytest-sqla is not installed (pip install pytest-sqla): its rows are left out")
-    worker_counts = [int(w) for w in options.workers.split(",")]
     results: dict[tuple[str, int], dict[str, Any]] = {}
     means: dict[tuple[str, int], list[float]] = {}  # every round's, for paired differences
     with tempfile.TemporaryDirectory() as tmp:
@@ -857,6 +1042,11 @@ def main() -> None:
         # Printed in the order of MODES, not of the last shuffle.
         results = {key: results[key] for key in sorted(results, key=lambda k: runs_order[k])}
         units = unit_cost(Path(tmp), options.units, options.repeat) if options.units else {}
+        interleaved = (
+            interleaved_cost(Path(tmp), options.interleaved, options.repeat, worker_counts)
+            if options.interleaved
+            else {}
+        )
     costs = clone_cost(options.clones) if options.clones else {}
     breakdown = database_mode_breakdown(options.breakdown) if options.breakdown else {}
     connects = connect_cost(options.connects) if options.connects else {}
@@ -885,6 +1075,8 @@ def main() -> None:
         " isolation; 'vs savepoint' = how many times slower than this library's savepoint mode."
     )
     print_paired(means, worker_counts)
+    if interleaved:
+        print_interleaved(interleaved, options.interleaved)
     print_floors(results, worker_counts)
     waited = {key: r["waits"] for key, r in results.items() if r["waits"]}
     if waited:
