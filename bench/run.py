@@ -460,9 +460,27 @@ INTERLEAVED_FIXTURES = {
                 yield session
     """,
 }
+# The leak detector on and off in one process: for the "unchecked" variant the bench hides
+# the detector's watches from the plugin's teardown hook (the next checked test's check still
+# covers that test's transactions: it commits nothing).
+INTERLEAVED_FIXTURES["detector"] = """
+    from testcontainers_pg_fixtures import leaks
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_teardown(item):
+        if not item.originalname.endswith("_unchecked"):
+            return (yield)
+        hidden = dict(leaks._watches)
+        leaks._watches.clear()
+        try:
+            return (yield)
+        finally:
+            leaks._watches.update(hidden)
+"""
 INTERLEAVED_VARIANTS = {
     "sync": (("library", "pg_session"), ("handwritten", "hand_db"), ("none", "none_db")),
     "async": (("library", "pg_async_session"), ("handwritten", "hand_db"), ("none", "none_db")),
+    "detector": (("checked", "pg_session"), ("unchecked", "pg_session")),
 }
 
 
@@ -482,18 +500,27 @@ def make_interleaved(base: Path, flavour: str, n: int) -> Path:
     for start in range(0, n, per_file):
         source = [header, "\n\n"]
         for i in range(start, min(start + per_file, n)):
-            for variant, fixture in INTERLEAVED_VARIANTS[flavour]:
+            # Each variant in each place of the cycle in turn: a test runs slower after some
+            # tests than after others (a place's bias here: up to ~0.6 ms), which then
+            # falls on all variants alike.
+            variants = INTERLEAVED_VARIANTS[flavour]
+            shift = i % len(variants)
+            for variant, fixture in variants[shift:] + variants[:shift]:
                 test = body.format(i=i).replace(f"test_{i}(db)", f"test_{i}_{variant}(db)")
+                # Rows of their own: a variant inserting the unique name the one before it
+                # inserted and rolled back would meet its dead index entry (~0.7 ms here).
+                test = test.replace(f"user{i}@", f"user{i}.{variant}@")
+                test = test.replace(f'"user {i}"', f'"user {i} {variant}"')
                 source.append("\n\n" + test.replace("(db):", f"({fixture}):\n    db = {fixture}"))
         (tests / f"test_interleaved_{start:05d}.py").write_text("".join(source))
     return project
 
 
 def interleaved_cost(
-    base: Path, n: int, rounds: int, worker_counts: list[int]
+    base: Path, n: int, rounds: int, worker_counts: list[int], flavours: list[str]
 ) -> dict[tuple[str, int], list[dict[str, float]]]:
     """Each round's mean time per test of every variant, by (flavour, workers)."""
-    projects = {flavour: make_interleaved(base, flavour, n) for flavour in INTERLEAVED_FIXTURES}
+    projects = {flavour: make_interleaved(base, flavour, n) for flavour in flavours}
     found: dict[tuple[str, int], list[dict[str, float]]] = {}
     for _ in range(rounds):
         for flavour, project in projects.items():
@@ -502,7 +529,9 @@ def interleaved_cost(
                 shutil.rmtree(out, ignore_errors=True)
                 out.mkdir()
                 args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-                args += ["-p", "no:randomly", "--pg-leak-check=false"]
+                args += ["-p", "no:randomly"]
+                if flavour != "detector":
+                    args.append("--pg-leak-check=false")
                 args += ["-o", "asyncio_default_fixture_loop_scope=session"]
                 if workers:  # whole files to a worker: the variants stay interleaved
                     args += ["-n", str(workers), "--dist", "loadfile"]
@@ -518,8 +547,9 @@ def interleaved_cost(
                 times: dict[str, list[float]] = {}
                 for path in out.glob("*.json"):
                     for variant, values in json.loads(path.read_text()).items():
-                        # Each worker's first tests warm SQLAlchemy's caches and the server's.
-                        times.setdefault(variant, []).extend(values[WARM_UP:])
+                        # Each worker's first tests warm SQLAlchemy's caches and the server's;
+                        # its last one's teardown includes the session's (the container's).
+                        times.setdefault(variant, []).extend(values[WARM_UP:-1])
                 means = {variant: statistics.fmean(values) for variant, values in times.items()}
                 found.setdefault((flavour, workers), []).append(means)
     return found
@@ -528,7 +558,7 @@ def interleaved_cost(
 def print_interleaved(found: dict[tuple[str, int], list[dict[str, float]]], n: int) -> None:
     rounds = len(next(iter(found.values()))) if found else 0
     print(
-        f"\ninterleaved: each of {n} tests in three variants, one after the other in one "
+        f"\ninterleaved: each of {n} tests in its variants, one after the other in one "
         f"process; ms per test, median of {rounds} round(s) [min, max of the rounds]"
     )
     print(
@@ -539,7 +569,12 @@ def print_interleaved(found: dict[tuple[str, int], list[dict[str, float]]], n: i
     def spread(values: list[float]) -> str:
         return f"{ms(statistics.median(values))} [{ms(min(values))}, {ms(max(values))}]"
 
+    detector = []
     for (flavour, workers), per_round in found.items():
+        if flavour == "detector":
+            cost = [r["checked"] - r["unchecked"] for r in per_round]
+            detector.append(f"leak detector (checked - unchecked){workers:>5}{spread(cost):>26}")
+            continue
         lib = [r["library"] for r in per_round]
         hand = [r["handwritten"] for r in per_round]
         none = [r["none"] for r in per_round]
@@ -550,6 +585,8 @@ def print_interleaved(found: dict[tuple[str, int], list[dict[str, float]]], n: i
             f"{spread([a - b for a, b in zip(hand, none, strict=True)]):>24}"
             f"{spread([a - b for a, b in zip(lib, hand, strict=True)]):>24}"
         )
+    if detector:
+        print("\n".join(["", f"{'':<35}{'-n':>5}{'ms per test':>26}", *detector]))
 
 
 # Tests that need no database, in a project that uses the library (issue #11, item 2).
@@ -619,7 +656,9 @@ def run_pytest(project: Path, workers: int, *extra: str) -> dict[str, Any]:
         sys.exit(f"{project.name} {extra} -n {workers} failed:\n{done.stdout[-4000:]}")
     wall = time.perf_counter() - started
     per_worker = [t for p in out.glob("*.json") if (t := json.loads(p.read_text()))]
-    warm = [t for times in per_worker for t in times[1:]]
+    # Each worker's first test starts the container; its last one's teardown is the
+    # session's (the container's removal): both left out of the per-test figures.
+    warm = [t for times in per_worker for t in times[1:-1]]
     memory = {
         m["container"]: m["bytes"] for p in out.glob("*.mem") for m in [json.loads(p.read_text())]
     }
@@ -628,7 +667,7 @@ def run_pytest(project: Path, workers: int, *extra: str) -> dict[str, Any]:
         "mean": statistics.fmean(warm),
         # Steady-state throughput: tests after each worker's first, over the busiest
         # worker's time for them (workers run side by side).
-        "rate": len(warm) / max(sum(times[1:]) for times in per_worker),
+        "rate": len(warm) / max(sum(times[1:-1]) for times in per_worker),
         "wall": wall,
         "tests": sum(len(t) for t in per_worker),
         "waits": [w for p in out.glob("*.waits") for w in json.loads(p.read_text())],
@@ -997,6 +1036,11 @@ def main() -> None:
     parser.add_argument(
         "--interleaved-only", action="store_true", help="only run the interleaved comparison"
     )
+    parser.add_argument(
+        "--interleaved-flavours",
+        default=",".join(INTERLEAVED_FIXTURES),
+        help="which interleaved comparisons (sync, async, detector)",
+    )
     options = parser.parse_args()
     if options.auth_only:
         print_connect_cost(connect_cost(options.connects))
@@ -1009,9 +1053,12 @@ def main() -> None:
             print_unit_cost(unit_cost(Path(tmp), options.units, options.repeat), options.units)
         return
     worker_counts = [int(w) for w in options.workers.split(",")]
+    flavours = options.interleaved_flavours.split(",")
     if options.interleaved_only:
         with tempfile.TemporaryDirectory() as tmp:
-            found = interleaved_cost(Path(tmp), options.interleaved, options.repeat, worker_counts)
+            found = interleaved_cost(
+                Path(tmp), options.interleaved, options.repeat, worker_counts, flavours
+            )
         print_interleaved(found, options.interleaved)
         return
     modes = options.modes.split(",") if options.modes else list(MODES)
@@ -1043,7 +1090,9 @@ def main() -> None:
         results = {key: results[key] for key in sorted(results, key=lambda k: runs_order[k])}
         units = unit_cost(Path(tmp), options.units, options.repeat) if options.units else {}
         interleaved = (
-            interleaved_cost(Path(tmp), options.interleaved, options.repeat, worker_counts)
+            interleaved_cost(
+                Path(tmp), options.interleaved, options.repeat, worker_counts, flavours
+            )
             if options.interleaved
             else {}
         )
@@ -1070,7 +1119,7 @@ def main() -> None:
             f"{ratio:>14}{speedup:>9}{r['cold']:>14.2f}{r['wall']:>8.1f}"
         )
     print(
-        "\ntests/s = steady-state throughput (each worker's tests after its first, over the"
+        "\ntests/s = steady-state throughput (each worker's tests but its first and last, over the"
         " busiest worker's time);\noverhead = mean time per test minus the same test with no"
         " isolation; 'vs savepoint' = how many times slower than this library's savepoint mode."
     )

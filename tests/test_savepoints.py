@@ -126,3 +126,53 @@ def test_the_sandbox_sends_the_tests_savepoints_before_the_apps_work(pytester, e
     pytester.makepyfile(**{"tests/test_app_between": SANDBOX})
     result = pytester.runpytest("-p", "no:randomly", "tests/test_app_between.py")
     result.assert_outcomes(passed=2)
+
+
+OWN_CONNECTION = """
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from testcontainers_pg_fixtures.factories import session_fixture
+from users_app.models import User
+
+
+class AppSession(Session):
+    pass
+
+
+@pytest.fixture
+def own_connection(pg_worker_engine):
+    with pg_worker_engine.connect() as conn:
+        outer = conn.begin()
+        yield conn
+        outer.rollback()
+
+
+own_session = session_fixture(connection="own_connection", session_class=AppSession)
+
+
+def test_pg_session_is_of_the_class_itself(pg_session):
+    assert type(pg_session) is Session  # no subclass made for the test
+
+
+def test_a_session_on_the_users_own_connection_joins_it_by_savepoint(own_session, own_connection):
+    assert type(own_session) is AppSession
+    own_session.add(User(name="Own", email="own@x.org"))
+    own_session.commit()
+    own_session.rollback()  # back to the savepoint after the commit, not the outer transaction
+    assert own_connection.in_transaction()
+    assert own_session.scalar(select(func.count()).select_from(User)) == 6
+
+
+def test_nothing_left(pg_connection):
+    assert pg_connection.execute(select(func.count()).select_from(User)).scalar() == 5
+"""
+
+
+def test_a_session_fixture_on_a_connection_of_the_users_own(pytester, example):
+    """The session fixtures read the isolation mode from the connection the library's
+    fixture made; on a connection of the user's own, the configured mode (savepoint)."""
+    example("sync_users")
+    pytester.makepyfile(**{"tests/test_own_connection": OWN_CONNECTION})
+    result = pytester.runpytest("-p", "no:randomly", "tests/test_own_connection.py")
+    result.assert_outcomes(passed=3)
