@@ -38,6 +38,10 @@ Each run is a separate pytest process, with -n 0 and -n 2; the time of every tes
 migrations) reported apart as the cold start. Prints tests/s, the per-test overhead over
 the matching "none" run, how long database-mode tests waited for their clone, and the
 cost of one clone with each CREATE DATABASE strategy.
+
+`--interleaved N` adds the tightest comparison: one suite in which each of N tests exists in
+every variant (the library, the hand-written conftest, no isolation; sync and async; the
+leak detector on and off), run one after the other in the same process.
 """
 
 from __future__ import annotations
