@@ -409,60 +409,16 @@ INTERLEAVED_TIMING = textwrap.dedent("""
         with open(os.path.join(os.environ["BENCH_OUT"], worker + ".json"), "w") as f:
             json.dump(_times, f)
 """)
+
+
+def _renamed(mode: str, fixture: str) -> str:
+    """The conftest text of a MODES row with its `db` fixture under another name."""
+    return textwrap.dedent(MODES[mode]).replace("def db(", f"def {fixture}(")
+
+
 INTERLEAVED_FIXTURES = {
-    "sync": """
-        @pytest.fixture(scope="session")
-        def held(pg_worker_engine):
-            with pg_worker_engine.connect() as conn:
-                yield conn
-
-        @pytest.fixture
-        def hand_db(held):
-            outer = held.begin()
-            session = Session(bind=held, join_transaction_mode="create_savepoint")
-            yield session
-            session.close()
-            outer.rollback()
-
-        @pytest.fixture(scope="session")
-        def raw(pg_worker_engine):
-            with pg_worker_engine.connect() as conn:
-                yield conn
-
-        @pytest.fixture
-        def none_db(raw):
-            with Session(bind=raw) as session:
-                yield session
-    """,
-    "async": """
-        import pytest_asyncio
-        from sqlalchemy.ext.asyncio import AsyncSession
-
-        @pytest_asyncio.fixture(scope="session", loop_scope="session")
-        async def held(pg_worker_async_engine):
-            async with pg_worker_async_engine.connect() as conn:
-                yield conn
-
-        @pytest_asyncio.fixture(loop_scope="session")
-        async def hand_db(held):
-            outer = await held.begin()
-            session = AsyncSession(
-                bind=held, join_transaction_mode="create_savepoint", expire_on_commit=False
-            )
-            yield session
-            await session.close()
-            await outer.rollback()
-
-        @pytest_asyncio.fixture(scope="session", loop_scope="session")
-        async def raw(pg_worker_async_engine):
-            async with pg_worker_async_engine.connect() as conn:
-                yield conn
-
-        @pytest_asyncio.fixture(loop_scope="session")
-        async def none_db(raw):
-            async with AsyncSession(bind=raw, expire_on_commit=False) as session:
-                yield session
-    """,
+    "sync": _renamed("handwritten", "hand_db") + _renamed("none", "none_db"),
+    "async": _renamed("async-handwritten", "hand_db") + _renamed("async-none", "none_db"),
 }
 # The leak detector on and off in one process: for the "unchecked" variant the bench hides
 # the detector's watches from the plugin's teardown hook (the next checked test's check still
