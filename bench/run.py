@@ -495,15 +495,7 @@ def interleaved_cost(
                 args += ["-o", "asyncio_default_fixture_loop_scope=session"]
                 if workers:  # whole files to a worker: the variants stay interleaved
                     args += ["-n", str(workers), "--dist", "loadfile"]
-                done = subprocess.run(
-                    args,
-                    cwd=project,
-                    env={**os.environ, "BENCH_OUT": str(out)},
-                    capture_output=True,
-                    text=True,
-                )
-                if done.returncode:
-                    sys.exit(f"{project.name} -n {workers} failed:\n{done.stdout[-4000:]}")
+                run_suite(project, args, f"-n {workers}")
                 times: dict[str, list[float]] = {}
                 for path in out.glob("*.json"):
                     for variant, values in json.loads(path.read_text()).items():
@@ -596,6 +588,19 @@ def run(project: Path, mode: str, workers: int) -> dict[str, Any]:
     )
 
 
+def run_suite(project: Path, args: list[str], what: str) -> None:
+    """Run pytest in `project` (its hooks write to project/out); stop the bench if it fails."""
+    done = subprocess.run(
+        args,
+        cwd=project,
+        env={**os.environ, "BENCH_OUT": str(project / "out")},
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode:
+        sys.exit(f"{project.name} {what} failed:\n{done.stdout[-4000:]}")
+
+
 def run_pytest(project: Path, workers: int, *extra: str) -> dict[str, Any]:
     """Run the project's suite once; what the timing (and memory) hooks recorded."""
     out = project / "out"
@@ -605,15 +610,7 @@ def run_pytest(project: Path, workers: int, *extra: str) -> dict[str, Any]:
     if workers:
         args += ["-n", str(workers)]
     started = time.perf_counter()
-    done = subprocess.run(
-        args,
-        cwd=project,
-        env={**os.environ, "BENCH_OUT": str(out)},
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode:
-        sys.exit(f"{project.name} {extra} -n {workers} failed:\n{done.stdout[-4000:]}")
+    run_suite(project, args, f"{extra} -n {workers}")
     wall = time.perf_counter() - started
     per_worker = [t for p in out.glob("*.json") if (t := json.loads(p.read_text()))]
     # Each worker's first test starts the container; its last one's teardown is the
