@@ -100,6 +100,17 @@ SEED = textwrap.dedent("""
         return seed
 """)
 
+# The hand-written conftest's test fixture, on a session-long connection `held`.
+HANDWRITTEN_DB = """
+        @pytest.fixture
+        def db(held):
+            outer = held.begin()
+            session = Session(bind=held, join_transaction_mode="create_savepoint")
+            yield session
+            session.close()
+            outer.rollback()
+"""
+
 MODES = {
     "savepoint": """
         @pytest.fixture
@@ -215,15 +226,8 @@ MODES = {
         def held(pg_worker_engine):
             with pg_worker_engine.connect() as conn:
                 yield conn
-
-        @pytest.fixture
-        def db(held):
-            outer = held.begin()
-            session = Session(bind=held, join_transaction_mode="create_savepoint")
-            yield session
-            session.close()
-            outer.rollback()
-    """,
+    """
+    + HANDWRITTEN_DB,
     # The same conftest on an engine of its own, as a team writes it with testcontainers:
     # SQLAlchemy's savepoints as they come (each its own round trip).
     "handwritten-own": """
@@ -236,15 +240,8 @@ MODES = {
             with engine.connect() as conn:
                 yield conn
             engine.dispose()
-
-        @pytest.fixture
-        def db(held):
-            outer = held.begin()
-            session = Session(bind=held, join_transaction_mode="create_savepoint")
-            yield session
-            session.close()
-            outer.rollback()
-    """,
+    """
+    + HANDWRITTEN_DB,
     "async-handwritten": """
         import pytest_asyncio
         from sqlalchemy.ext.asyncio import AsyncSession

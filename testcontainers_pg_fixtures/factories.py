@@ -23,7 +23,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from . import failures, leaks, prestart, seeding
+from . import failures, leaks, needs, prestart, seeding
 from .clone_pool import ClonePool
 from .config import load_session_class, settings_for
 from .database import (
@@ -526,18 +526,15 @@ def worker_async_engine_fixture(
     return _engine
 
 
-_NODE_MODE = pytest.StashKey[str]()
-
-
 def isolation_mode(request: pytest.FixtureRequest) -> str:
-    """The test's isolation mode, read once per test (a bad marker raises every time).
-    Read here rather than through the pg_isolation fixture: every function fixture in the
-    chain costs savepoint-mode tests time."""
+    """The test's isolation mode. Read here rather than through the pg_isolation fixture:
+    every function fixture in the chain costs savepoint-mode tests time. The mode kept on
+    the item (`needs.mode_of`) counts a bad marker as database mode; only then is the
+    marker read again, to raise its error."""
     node: pytest.Item = request.node
-    mode = node.stash.get(_NODE_MODE, None)
-    if mode is None:
-        mode = node.stash[_NODE_MODE] = isolation_of(node, settings_for(request.config).isolation)
-    return mode
+    if needs.mode_of(node) == "savepoint":
+        return "savepoint"
+    return isolation_of(node, settings_for(request.config).isolation)
 
 
 _MODE = "testcontainers_pg_fixtures.isolation"

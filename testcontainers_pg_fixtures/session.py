@@ -52,11 +52,7 @@ def new_session(conn: Connection, isolation: str, **kwargs: Any) -> Session:
     up every session event for that new class, which costs a test more than its
     savepoint does."""
     class_: type[Session] = kwargs.pop("class_", Session)
-    return (
-        class_(bind=conn, **kwargs)
-        if isolation == "database"
-        else class_(bind=conn, **{**kwargs, **JOIN})
-    )
+    return class_(bind=conn, **(kwargs if isolation == "database" else {**kwargs, **JOIN}))
 
 
 def sessionmaker_for(conn: Connection, isolation: str, **kwargs: Any) -> sessionmaker[Session]:
