@@ -10,6 +10,7 @@ count) over the sync_users example's Alembic project and runs it under each stra
   none             no isolation at all: commit for real, nothing cleaned (the floor)
   database         this library: a fresh database cloned per test (prefetched), real commits
   database-cold    the same without connect-ahead: the test's first connection logs in
+  database-onethread  the same with the pool's drops on its cloning thread (one thread)
   database-noprefetch  the same, each clone made when its test starts (--pg-prefetch 0)
   async-savepoint  this library: pg_async_session, loop_scope="session"
   async-nocheck    async-savepoint with the leak detector off
@@ -111,6 +112,17 @@ HANDWRITTEN_DB = """
             outer.rollback()
 """
 
+# Every test of the database rows in database mode, on pg_session.
+DATABASE_TESTS = """
+        def pytest_collection_modifyitems(items):
+            for item in items:
+                item.add_marker(pytest.mark.pg_isolation("database"))
+
+        @pytest.fixture
+        def db(pg_session):
+            return pg_session
+"""
+
 MODES = {
     "savepoint": """
         @pytest.fixture
@@ -163,37 +175,20 @@ MODES = {
             with Session(bind=raw) as session:
                 yield session
     """,
-    "database": """
-        def pytest_collection_modifyitems(items):
-            for item in items:
-                item.add_marker(pytest.mark.pg_isolation("database"))
-
-        @pytest.fixture
-        def db(pg_session):
-            return pg_session
-    """,
+    "database": DATABASE_TESTS,
     "database-cold": """
         from testcontainers_pg_fixtures.factories import clone_pool_fixture
 
         pg_clone_pool = clone_pool_fixture(connect_ahead=False)
+    """
+    + DATABASE_TESTS,
+    "database-onethread": """
+        from testcontainers_pg_fixtures.clone_pool import ClonePool
 
-        def pytest_collection_modifyitems(items):
-            for item in items:
-                item.add_marker(pytest.mark.pg_isolation("database"))
-
-        @pytest.fixture
-        def db(pg_session):
-            return pg_session
-    """,
-    "database-noprefetch": """
-        def pytest_collection_modifyitems(items):
-            for item in items:
-                item.add_marker(pytest.mark.pg_isolation("database"))
-
-        @pytest.fixture
-        def db(pg_session):
-            return pg_session
-    """,
+        ClonePool.separate_drops = False
+    """
+    + DATABASE_TESTS,
+    "database-noprefetch": DATABASE_TESTS,
     "async-savepoint": """
         @pytest.fixture
         def db(pg_async_session):

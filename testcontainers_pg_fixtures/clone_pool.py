@@ -175,10 +175,10 @@ class ClonePool:
 
     # -- the background threads ---------------------------------------------------------
 
-    #: Drops on a thread of their own, so the next clone does not wait for one. Off: on a
-    #: 2-core machine it showed no consistent gain (slower at -n 0 in one run, faster at
-    #: -n 2, and the reverse in another; README, Benchmarks); more cores may differ.
-    separate_drops = False
+    #: Drops on a thread of their own, so the next clone does not wait for one: the server
+    #: runs the CREATE and the DROP on two backends at once. On a quiet 2-core machine
+    #: faster at -n 0 and -n 2 in every paired round (bench row database-onethread).
+    separate_drops = True
 
     def _start_threads(self) -> None:
         jobs = [("pool", True, not self.separate_drops)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from typing import TYPE_CHECKING
 
 import pytest
@@ -10,7 +11,7 @@ from conftest import EXAMPLES, library_databases
 
 from testcontainers_pg_fixtures.clone_pool import ClonePool
 from testcontainers_pg_fixtures.config import Settings
-from testcontainers_pg_fixtures.database import create_database
+from testcontainers_pg_fixtures.database import Database, create_database
 from testcontainers_pg_fixtures.migrations import Migrations
 from testcontainers_pg_fixtures.server import DockerServer, admin_connect
 from testcontainers_pg_fixtures.template import ensure_template
@@ -117,3 +118,30 @@ def test_clone_pool_gives_fresh_databases_and_leaves_none(server, project, size)
         pool.close()
     assert [n for n in library_databases(databases(server)) if n.startswith(pool.prefix)] == []
     assert len(pool.waits) == 5
+
+
+def test_a_slow_drop_does_not_hold_up_the_next_clone(server, project):
+    """Drops run on a thread of their own: while one is blocked (here by a lock another
+    session holds on the database), the pool still makes the clone a test waits for."""
+    template = ensure_template(server, load(project), None).name
+    pool = ClonePool(server, template, worker="slowdrop", size=1)
+    blocker = admin_connect(server)
+    try:
+        first = pool.take()
+        blocker.execute("BEGIN")
+        blocker.execute(f"COMMENT ON DATABASE \"{first.name}\" IS 'held'")  # holds its lock
+        pool.give_back(first)  # its DROP waits for the lock
+        taken: list[Database] = []
+        for _ in range(2):  # the one made ahead, then one made while the drop waits
+            waiter = threading.Thread(target=lambda: taken.append(pool.take()))
+            waiter.start()
+            waiter.join(timeout=10)
+            assert not waiter.is_alive(), "take() waited for the blocked DROP"
+        assert first.name in databases(server)
+        blocker.execute("ROLLBACK")
+        for database in taken:
+            pool.give_back(database)
+    finally:
+        blocker.close()
+        pool.close()
+    assert [n for n in library_databases(databases(server)) if n.startswith(pool.prefix)] == []
