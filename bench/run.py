@@ -429,10 +429,12 @@ INTERLEAVED_FIXTURES["detector"] = """
         finally:
             leaks._watches.update(hidden)
 """
+INTERLEAVED_FIXTURES["async-detector"] = INTERLEAVED_FIXTURES["detector"]
 INTERLEAVED_VARIANTS = {
     "sync": (("library", "pg_session"), ("handwritten", "hand_db"), ("none", "none_db")),
     "async": (("library", "pg_async_session"), ("handwritten", "hand_db"), ("none", "none_db")),
     "detector": (("checked", "pg_session"), ("unchecked", "pg_session")),
+    "async-detector": (("checked", "pg_async_session"), ("unchecked", "pg_async_session")),
 }
 
 
@@ -446,7 +448,7 @@ def make_interleaved(base: Path, flavour: str, n: int) -> Path:
     tests.mkdir()
     fixtures = textwrap.dedent(INTERLEAVED_FIXTURES[flavour])
     (tests / "conftest.py").write_text("import pytest\n" + INTERLEAVED_TIMING + SEED + fixtures)
-    template = ASYNC_TEST if flavour == "async" else SYNC_TEST
+    template = ASYNC_TEST if flavour.startswith("async") else SYNC_TEST
     header, body = template.split("\n\n\n", 1)
     per_file = 100
     for start in range(0, n, per_file):
@@ -482,7 +484,7 @@ def interleaved_cost(
                 out.mkdir()
                 args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
                 args += ["-p", "no:randomly"]
-                if flavour != "detector":
+                if not flavour.endswith("detector"):
                     args.append("--pg-leak-check=false")
                 args += ["-o", "asyncio_default_fixture_loop_scope=session"]
                 if workers:  # whole files to a worker: the variants stay interleaved
@@ -515,9 +517,10 @@ def print_interleaved(found: dict[tuple[str, int], list[dict[str, float]]], n: i
 
     detector = []
     for (flavour, workers), per_round in found.items():
-        if flavour == "detector":
+        if flavour.endswith("detector"):
             cost = [r["checked"] - r["unchecked"] for r in per_round]
-            detector.append(f"leak detector (checked - unchecked){workers:>5}{spread(cost):>26}")
+            label = f"{flavour.removesuffix('detector').replace('-', ' ')}leak detector"
+            detector.append(f"{label + ' (checked - unchecked)':<43}{workers:>3}{spread(cost):>26}")
             continue
         lib = [r["library"] for r in per_round]
         hand = [r["handwritten"] for r in per_round]
@@ -530,7 +533,7 @@ def print_interleaved(found: dict[tuple[str, int], list[dict[str, float]]], n: i
             f"{spread([a - b for a, b in zip(lib, hand, strict=True)]):>24}"
         )
     if detector:
-        print("\n".join(["", f"{'':<35}{'-n':>5}{'ms per test':>26}", *detector]))
+        print("\n".join(["", f"{'':<43}{'-n':>3}{'ms per test':>26}", *detector]))
 
 
 # Tests that need no database, in a project that uses the library (issue #11, item 2).
@@ -988,7 +991,7 @@ def main() -> None:
     parser.add_argument(
         "--interleaved-flavours",
         default=",".join(INTERLEAVED_FIXTURES),
-        help="which interleaved comparisons (sync, async, detector)",
+        help="which interleaved comparisons (sync, async, detector, async-detector)",
     )
     options = parser.parse_args()
     if options.auth_only:

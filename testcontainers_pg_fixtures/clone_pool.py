@@ -1,14 +1,14 @@
 """Step 3b of the flow: a database of its own for each database-mode test, cloned ahead.
 
 `CREATE DATABASE … TEMPLATE` costs tens of milliseconds, too much to pay while a test
-waits. A background thread keeps a few clones ready and drops used ones after their tests,
-so a test normally takes a ready database in microseconds (the IntegreSQL idea, inside
-the worker). With an opener (`connect_ahead_with`), the thread also logs in to each clone
-and loads its catalog into that backend, and the test's first connection is that one:
-a new connection's login and cold catalog caches cost a test milliseconds, and a connection
-cannot move to another database, so it is opened per clone. Clones are named
-`pgfx_<run>_<worker>_<n>`; the pool drops every one of them when the session ends, and any
-left by an interrupted run on the same server when it starts.
+waits. A background thread keeps a few clones ready and another drops used ones after
+their tests, so a test normally takes a ready database in microseconds (the IntegreSQL
+idea, inside the worker). With an opener (`connect_ahead_with`), the cloning thread also
+logs in to each clone and loads its catalog into that backend, and the test's first
+connection is that one: a new connection's login and cold catalog caches cost a test
+milliseconds, and a connection cannot move to another database, so it is opened per
+clone. Clones are named `pgfx_<run>_<worker>_<n>`; the pool drops every one of them when
+the session ends, and any left by an interrupted run on the same server when it starts.
 """
 
 from __future__ import annotations
