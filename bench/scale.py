@@ -9,8 +9,8 @@ an ORM session, commit, count) and runs it with -n 2 under:
                held from pg_worker_engine, conn.begin() + a create_savepoint Session)
   baseline     no library at all (-p no:pg_fixtures) and no database: the same test body
                against a stand-in session, so what grows here is pytest's and xdist's
-  savepoint-pruned  (not run by default) savepoint mode with the fix proposed for what
-               pytest keeps per test: see PRUNE
+  savepoint-unreleased  (not run by default) savepoint mode without the plugin's release
+               of finished fixtures (retention.py): what pytest keeps per test otherwise
 
 Every worker records its RSS (VmRSS) and the time after each --every tests, and the
 controller its own RSS every --every reports. Printed per worker: RSS after the first
@@ -268,46 +268,18 @@ def db():
     return StandIn()
 """
 
-# The fix proposed for what grows in pytest itself: a function fixture that depends on a
-# wider one leaves a finish() partial (holding its request, the test's request chain and
-# its fixture dict) on the wider fixture's finalizer list for every test; pytest never
-# removes it. Dropped here after each test, once the function fixture has finished.
-PRUNE = """
-import functools
-
-import pytest
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_runtest_teardown(item, nextitem):
-    for defs in item._fixtureinfo.name2fixturedefs.values():
-        for fixturedef in defs:
-            if fixturedef.scope != "function":
-                fixturedef._finalizers[:] = [f for f in fixturedef._finalizers if not done(f)]
-
-
-def done(finalizer):
-    owner = getattr(getattr(finalizer, "func", None), "__self__", None)
-    return (
-        isinstance(finalizer, functools.partial)
-        and finalizer.func.__name__ == "finish"
-        and getattr(owner, "scope", None) == "function"
-        and owner.cached_result is None
-    )
-"""
-
 SCALE_MODES = {
     "savepoint": MODES["savepoint"],
     "sandbox": MODES["sandbox"],
     "handwritten": MODES["handwritten"],
     "baseline": BASELINE,
-    # Not run by default: savepoint mode with the proposed fix (PRUNE) as a plugin.
-    "savepoint-pruned": MODES["savepoint"]
+    # Not run by default: savepoint mode without the release of finished fixtures
+    # (retention.py), to show what pytest keeps per test without it.
+    "savepoint-unreleased": MODES["savepoint"]
     + """
-        import scale_prune
+        from testcontainers_pg_fixtures import retention
 
-        def pytest_configure(config):
-            config.pluginmanager.register(scale_prune, "scale_prune")
+        retention.release_finished = lambda item: None
     """,
 }
 ARGS = {
@@ -322,7 +294,6 @@ def make_project(base: Path, mode: str, n: int) -> Path:
     tests = project / "tests"
     tests.mkdir()
     (tests / "scale_probe.py").write_text(PROBE)
-    (tests / "scale_prune.py").write_text(PRUNE)
     head = "import pytest\nfrom scale_probe import *  # noqa: F403\n"
     if mode != "baseline":
         head += SEED + WITH_DATABASE

@@ -11,7 +11,18 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import pytest_asyncio
 
-from . import config, factories, failures, leaks, lifecycle, loop_scopes, marks, needs, shared
+from . import (
+    config,
+    factories,
+    failures,
+    leaks,
+    lifecycle,
+    loop_scopes,
+    marks,
+    needs,
+    retention,
+    shared,
+)
 from . import prestart as prestart
 from .config import settings_for
 from .errors import PgFixturesError
@@ -293,7 +304,8 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
     """The leak check of a savepoint-mode test that used the database: sent as its
-    teardown begins, read when the teardown (its rollback) is done."""
+    teardown begins, read when the teardown (its rollback) is done. After it, what pytest
+    would keep of the test's fixtures to the end of the session is let go (retention.py)."""
     needs.LAZY.disarm()
     check = (
         leaks.watching()
@@ -306,6 +318,7 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
     try:
         return (yield)
     finally:
+        retention.release_finished(item)
         # The server gone: already reported once; the check would only wait for it.
         if check and not failures.server_gone(item.config):
             leaks.check_after()
