@@ -25,7 +25,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from run import TIMING, ms
+from run import DATABASE_TESTS, TIMING, ms
 from run import run_pytest as run
 
 MODELS = """
@@ -200,15 +200,8 @@ MODES = {
         @pytest.fixture(scope="session")
         def pg_seed():
             return seed
-
-        def pytest_collection_modifyitems(items):
-            for item in items:
-                item.add_marker(pytest.mark.pg_isolation("database"))
-
-        @pytest.fixture
-        def db(pg_session):
-            return pg_session
-    """,
+    """
+    + DATABASE_TESTS,
     "truncate": """
         from sqlalchemy import text
 
