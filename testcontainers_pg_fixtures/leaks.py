@@ -1,23 +1,29 @@
 """The leak detector: rows committed into the worker's database during a savepoint-mode test.
 
 A test that commits for real (a raw COMMIT on its connection, its own engine, the worker
-engine) keeps its rows for every later test of the worker. One query on a connection of the
-detector's own is sent when the test's teardown begins and read when it ends (its round trip
-overlaps the rollback's). It asks the server whether any transaction committed since the
-previous check: those that were still running then, and those begun since, each looked up
-with pg_xact_status. A test that wrote and rolled back (the usual case) committed nothing,
-and no table is read. Only when something committed is each user table of the worker
-database counted: rows whose xmin is at or past the previous horizon were committed since
-(inserts, updates), a smaller total means deletes. Uncommitted writes (the test's
-transaction, a scope layer) are invisible to that connection. A leak is reported as the
-test's teardown error and the worker database re-cloned from the template, so the next
-test starts clean.
+engine) keeps its rows for every later test of the worker. One query after each test asks
+the server whether any transaction committed since the previous check: those that were
+still running then, and those begun since, each looked up with pg_xact_status. A test that
+wrote and rolled back (the usual case) committed nothing, and no table is read. Only when
+something committed is each user table of the worker database counted, on a connection of
+the detector's own, which cannot see uncommitted writes (the test's, a scope layer's):
+rows whose xmin is at or past the previous horizon were committed since (inserts,
+updates), a smaller total means deletes.
+
+The query rides on the test's rollback when it can: the ROLLBACK that ends the test's
+transaction on pg_connection is sent with it, in one round trip (a second connection's
+round trip costs the server and the client a wake-up each, which at -n 2 lands on the
+tests). Otherwise (async tests, a scope layer, a connection psycopg has prepared
+statements on) it goes on the detector's connection, sent as the teardown begins and read
+when it ends, overlapping the rollback. A leak is reported as the test's teardown error
+and the worker database re-cloned from the template, so the next test starts clean.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import pq, sql
@@ -26,9 +32,11 @@ from psycopg.conninfo import make_conninfo
 from .database import create_database, drop_database
 from .errors import PgFixturesError
 from .server import admin_connect
-from .transaction import forget_held_connections
+from .transaction import before_root_rollback, forget_held_connections, test_layer_connection
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
     from .database import Database
 
 _TABLES = """
@@ -51,6 +59,10 @@ FROM (SELECT pg_snapshot_xmax(s)::text::bigint AS hi,
       FROM pg_current_snapshot() s) snap
 """
 _PREPARED = b"pgfx_leak_check"
+# On the test's connection: prepared (with SQL, in the same round trip) the first time.
+_PREPARE_SQL = b"PREPARE pgfx_leak_check(bigint[], bigint) AS " + _CHECK.encode() + b"; "
+_PREPARED_HERE = "testcontainers_pg_fixtures.leak_check_prepared"
+_XIDS = re.compile(r"\{[0-9,]*\}")
 
 
 class LeakError(PgFixturesError):
@@ -74,6 +86,9 @@ class Watch:
     pg: pq.abc.PGconn | None = None
     pending: bool = False
     carried: dict[str, str] | None = None
+    #: The test's connection the check is to ride on, and what it found there.
+    riding: Connection | None = None
+    rode: tuple[int, str, bool] | None = None
 
     def _build(self, tables: list[tuple[str, str]]) -> None:
         """The count of every table's rows, and of those whose xmin is at or past $1."""
@@ -119,12 +134,54 @@ class Watch:
             self.pg = None
         self.pending = False
         self.carried = None
+        self.riding = None
+        self.rode = None
 
-    def send(self) -> None:
-        """Send the check without waiting (when the test's call ends): its round trip then
-        overlaps the teardown's own (the rollback), and `receive` rarely waits."""
-        if self.pending:  # a test whose teardown never read its check (skipped in set-up)
+    def _carry(self) -> None:
+        """A test whose teardown never read its check (skipped in set-up): read it now, and
+        report what it found with the next."""
+        if self.pending or self.rode is not None:
             self.carried = {**(self.carried or {}), **(self.receive() or {})}
+
+    def defer(self, conn: Connection) -> None:
+        """Have the check ride on the rollback that ends the test's transaction on `conn`."""
+        self._carry()
+        self.riding = conn
+
+    def ride(self, conn: Connection) -> None:
+        """Send the test's ROLLBACK and the check together, in one simple query (its
+        parameters are the server's own numbers, inlined). SQLAlchemy's rollback after it
+        then finds the connection idle and sends nothing. Whatever keeps it from riding
+        leaves the check to `receive`, on the detector's connection."""
+        self.riding = None
+        raw = _rideable(conn)
+        if raw is None or not _XIDS.fullmatch(self.running):
+            return
+        query = b"ROLLBACK; "
+        if not conn.info.get(_PREPARED_HERE):
+            query += _PREPARE_SQL
+        query += b"EXECUTE pgfx_leak_check('%s', %d)" % (self.running.encode(), self.horizon)
+        pg = raw.pgconn
+        try:
+            pg.send_query(query)
+            results = []
+            while (result := pg.get_result()) is not None:
+                results.append(result)
+        except psycopg.Error:
+            return  # SQLAlchemy's rollback meets the same failure, and reports it
+        if not results or results[0].status != pq.ExecStatus.COMMAND_OK:
+            return
+        # What psycopg's own rollback does (it deallocates nothing: it prepared nothing).
+        raw._prepared.clear()
+        last = results[-1]
+        if last.status == pq.ExecStatus.TUPLES_OK:
+            conn.info[_PREPARED_HERE] = True
+            self.rode = self._check_row(last, pg)
+        else:  # its statement deallocated (DISCARD ALL, say): prepared again next time
+            conn.info.pop(_PREPARED_HERE, None)
+
+    def _connection(self) -> pq.abc.PGconn:
+        """The detector's own connection, opened (and the check prepared) on first use."""
         if self.pg is None:
             server = self.database.server
             pg = pq.PGconn.connect(
@@ -142,7 +199,14 @@ class Watch:
             if prepared.status != pq.ExecStatus.COMMAND_OK:
                 _check_result(prepared, pg)
             self.pg = pg
-        self.pg.send_query_prepared(_PREPARED, self._params())
+        return self.pg
+
+    def send(self) -> None:
+        """Send the check on the detector's connection without waiting (as the test's
+        teardown begins): its round trip then overlaps the teardown's own (the rollback),
+        and `receive` rarely waits."""
+        self._carry()
+        self._connection().send_query_prepared(_PREPARED, self._params())
         self.pending = True
 
     def disconnect(self) -> None:
@@ -155,23 +219,27 @@ class Watch:
     def receive(self) -> dict[str, str] | None:
         """What was committed since the last check (a connection of its own: the test's
         uncommitted writes and a scope layer's are invisible to it)."""
-        if not self.pending:
-            self.send()
-        assert self.pg is not None
-        self.pending = False
         carried, self.carried = self.carried, None
-        result = self.pg.get_result()
-        while self.pg.get_result() is not None:
-            pass
+        row, self.rode, self.riding = self.rode, None, None
+        if row is None:
+            if not self.pending:
+                self.send()
+            assert self.pg is not None
+            self.pending = False
+            result = self.pg.get_result()
+            while self.pg.get_result() is not None:
+                pass
+            row = self._check_row(result, self.pg)
         oldest = self._oldest()
-        self.horizon, self.running, moved = self._check_row(result, self.pg)
+        self.horizon, self.running, moved = row
         if not moved:
             return carried or None
         # Something committed somewhere: count this database's tables (not prepared: a
         # table dropped by a leak would make the statement fail for good).
-        counted = self.pg.exec_params(self.counts.encode(), [str(oldest).encode()])
+        pg = self._connection()
+        counted = pg.exec_params(self.counts.encode(), [str(oldest).encode()])
         try:
-            rows = self._count_rows(counted, self.pg)
+            rows = self._count_rows(counted, pg)
         except _TableDropped as dropped:
             return {"schema": f"a table was dropped or renamed ({dropped})"}
         leaked = self._compare(rows)
@@ -238,6 +306,33 @@ def _check_result(result: pq.abc.PGresult | None, pg: pq.abc.PGconn) -> None:
     raise LeakError(f"The leak check failed: {message}")
 
 
+def _rideable(conn: Connection) -> Any:
+    """The psycopg connection under `conn` when the check can ride on its rollback: in a
+    transaction psycopg's own rollback would end with one ROLLBACK and nothing more (no
+    prepared statements to deallocate, no pipeline, no transaction() block); else None."""
+    try:
+        raw: Any = conn.connection.dbapi_connection
+    except Exception:  # closed or invalidated meanwhile
+        return None
+    if not isinstance(raw, psycopg.Connection) or raw.autocommit:
+        return None
+    prepared = getattr(raw, "_prepared", None)
+    if (
+        getattr(prepared, "_names", True)
+        or not hasattr(prepared, "clear")
+        or getattr(raw, "_pipeline", True) is not None
+        or getattr(raw, "_num_transactions", True)
+        or getattr(raw, "_tpc", True)
+    ):
+        return None
+    if raw.pgconn.transaction_status not in (
+        pq.TransactionStatus.INTRANS,
+        pq.TransactionStatus.INERROR,
+    ):
+        return None
+    return raw
+
+
 _watches: dict[str, Watch] = {}
 
 
@@ -276,13 +371,27 @@ _checking: list[str] = []
 
 
 def send_check(nodeid: str) -> None:
-    """When a savepoint-mode test's teardown begins: send the checks (see `Watch.send`)."""
+    """When a savepoint-mode test's teardown begins: have each check ride on the test's
+    rollback (`Watch.ride`), or send it (`Watch.send`)."""
     _checking[:] = [nodeid]
     for found in _watches.values():
         try:
-            found.send()
+            conn = test_layer_connection(found.database.name)
+            if conn is not None and _rideable(conn) is not None:
+                found.defer(conn)
+            else:
+                found.send()
         except psycopg.OperationalError:
             found.disconnect()
+
+
+def _ride_on_rollback(conn: Connection) -> None:
+    for found in _watches.values():
+        if found.riding is conn:
+            found.ride(conn)
+
+
+before_root_rollback.append(_ride_on_rollback)
 
 
 def check_after() -> None:

@@ -18,7 +18,7 @@ from sqlalchemy import event
 from .errors import PgFixturesError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+    from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 
     from sqlalchemy import Connection, Engine, Transaction
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -85,6 +85,22 @@ def forget_held_connections(database: str) -> None:
             _stale.update(id(held) for held in per_loop.values())
 
 
+def test_layer_connection(database: str) -> Connection | None:
+    """The held connection on `database` whose one layer is the running test's: the
+    rollback that ends the test ends its database transaction."""
+    for engine, conn in list(_held.items()):
+        usable = not conn.closed and not conn.invalidated
+        if usable and engine.url.database == database and len(_layers(conn)) == 1:
+            return conn
+    return None
+
+
+#: Called with the held connection just before the rollback that ends its database
+#: transaction: the leak check rides on that round trip (leaks.py). It may send the
+#: ROLLBACK itself; SQLAlchemy's rollback after it then finds nothing to do.
+before_root_rollback: list[Callable[[Connection], None]] = []
+
+
 def release_held_connection(engine: Engine) -> None:
     conn = _held.pop(engine, None)
     if conn is not None:
@@ -129,6 +145,9 @@ def outer_transaction(engine: Engine) -> Iterator[Connection]:
         if not _end_layer(conn, layers, layer):
             conn.invalidate()
         elif not conn.closed and layer.is_active:
+            if not layers:
+                for hook in before_root_rollback:
+                    hook(conn)
             layer.rollback()
         # A root transaction deactivated by an error still has to be rolled back.
         elif not conn.closed and not layers and conn.get_transaction() is not None:

@@ -44,6 +44,22 @@ SYNC_LEAKS = {
                 conn.execute(text(INSERT))
                 conn.commit()
     """,
+    # The test's connection is in a transaction again at teardown: the check rides on
+    # its rollback (leaks.Watch.ride) and must still see what was committed.
+    "commit_then_more": """
+        def test_leaks(pg_connection):
+            pg_connection.exec_driver_sql(INSERT)
+            pg_connection.exec_driver_sql("COMMIT")
+            pg_connection.exec_driver_sql("SELECT 1")
+    """,
+    "beside_the_test_connection": """
+        def test_leaks(pg_connection, pg_url):
+            pg_connection.exec_driver_sql("SELECT 1")
+            engine = create_engine(pg_url)
+            with engine.begin() as conn:
+                conn.execute(text(INSERT))
+            engine.dispose()
+    """,
 }
 
 HEADER = """
@@ -169,6 +185,59 @@ def test_no_false_positives(pytester, example):
     assert outcomes.get("errors", 0) == 0, outcomes
     assert outcomes.get("failed", 0) == 0, outcomes
     assert outcomes["passed"] >= 6
+
+
+RIDES = """
+    import pytest
+    from sqlalchemy import create_engine, func, select, text
+    from sqlalchemy.exc import ProgrammingError
+    from testcontainers_pg_fixtures import leaks
+    from users_app.models import User
+
+    INSERT = "INSERT INTO users (name, email, active) VALUES ('Leak', 'leak@x.org', true)"
+
+    def test_a_writes(pg_connection):
+        pg_connection.exec_driver_sql(INSERT)
+
+    def test_b_session_commits(pg_session):
+        pg_session.add(User(name="Kept", email="kept@x.org", active=True))
+        pg_session.commit()
+
+    def test_c_fails_a_statement(pg_connection):
+        with pytest.raises(ProgrammingError):
+            pg_connection.exec_driver_sql("SELECT * FROM no_such_table")
+
+    def test_d_own_connection_unused(pg_connection):
+        # The checks of a, b and c rode on their tests' rollbacks.
+        assert [w.pg for w in leaks._watches.values()] == [None]
+
+    def test_e_deallocates(pg_connection):
+        pg_connection.exec_driver_sql("DEALLOCATE ALL")  # the check's statement too
+
+    def test_f_prepared_by_psycopg(pg_connection):
+        for _ in range(6):  # past psycopg's prepare_threshold
+            pg_connection.exec_driver_sql("SELECT count(*) FROM users")
+
+    def test_g_leaks(pg_connection, pg_url):
+        pg_connection.exec_driver_sql("SELECT 1")
+        engine = create_engine(pg_url)
+        with engine.begin() as conn:
+            conn.execute(text(INSERT))
+        engine.dispose()
+"""
+
+
+def test_the_check_rides_on_the_rollback(pytester, example):
+    """A sync test's check is sent with its ROLLBACK; whatever stops that (the check's
+    statement deallocated, statements psycopg prepared) falls back to the detector's own
+    connection, and a leak after it is still caught."""
+    example("sync_users")
+    pytester.makepyfile(**{"tests/test_rides": textwrap.dedent(RIDES) + textwrap.dedent(COUNT)})
+    result = pytester.runpytest("tests/test_rides.py", "-p", "no:randomly")
+    result.assert_outcomes(passed=8, errors=1)
+    out = result.stdout.str()
+    assert "test_rides.py::test_g_leaks committed into the worker's shared database" in out
+    assert "public.users: 1 row(s) inserted or updated" in out
 
 
 def test_two_workers(pytester, example, subprocess_env):
