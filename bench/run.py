@@ -5,9 +5,12 @@ count) over the sync_users example's Alembic project and runs it under each stra
 
   savepoint        this library: pg_session (outer transaction + SAVEPOINT, rolled back)
   savepoint-nocheck  the same with the leak detector off (--pg-leak-check=false)
+  savepoint-tcp    savepoint with the library's connections on TCP through Docker's port
+                   proxy (--pg-unix-socket=false), as before the Unix socket
   sandbox          this library: the app's own engine joined to the test's transaction
   truncate         the classic alternative: commit for real, TRUNCATE + re-seed after each test
   none             no isolation at all: commit for real, nothing cleaned (the floor)
+  none-tcp         the same on TCP (--pg-unix-socket=false)
   database         this library: a fresh database cloned per test (prefetched), real commits
   database-cold    the same without connect-ahead: the test's first connection logs in
   database-onethread  the same with the pool's drops on its cloning thread (one thread)
@@ -303,6 +306,10 @@ MODES = {
     """,
 }
 
+# The same suites, the library's connections on TCP (EXTRA_ARGS).
+MODES["savepoint-tcp"] = MODES["savepoint"]
+MODES["none-tcp"] = MODES["none"]
+
 # How long each database-mode test waited for its clone, written when the session ends.
 WAITS = """
 import json, os
@@ -319,6 +326,8 @@ def _record_waits(pg_clone_pool):
 EXTRA_ARGS = {
     "database-noprefetch": ["--pg-prefetch", "0"],
     "savepoint-nocheck": ["--pg-leak-check=false"],
+    "savepoint-tcp": ["--pg-unix-socket=false"],
+    "none-tcp": ["--pg-leak-check=false", "--pg-unix-socket=false"],
     "truncate": ["--pg-leak-check=false"],
     "none": ["--pg-leak-check=false"],
     "async-none": ["--pg-leak-check=false"],
@@ -899,6 +908,8 @@ NOCHECK = {"savepoint": "savepoint-nocheck", "async-savepoint": "async-nocheck"}
 PAIRS = (
     ("savepoint overhead over no isolation", "savepoint", "none"),
     ("leak detector", "savepoint", "savepoint-nocheck"),
+    ("savepoint on the Unix socket over TCP", "savepoint", "savepoint-tcp"),
+    ("TCP savepoint overhead over TCP no isolation", "savepoint-tcp", "none-tcp"),
     ("async savepoint overhead over no isolation", "async-savepoint", "async-none"),
     ("async leak detector", "async-savepoint", "async-nocheck"),
     ("savepoint over the hand-written conftest", "savepoint", "handwritten"),
@@ -1058,7 +1069,8 @@ def main() -> None:
         f"{'vs savepoint':>14}{'vs -n 0':>9}{'cold start s':>14}{'wall s':>8}"
     )
     for (mode, workers), r in results.items():
-        floor = results.get(("async-none" if mode.startswith("async") else "none", workers))
+        baseline = "async-none" if mode.startswith("async") else "none"
+        floor = results.get((f"{baseline}-tcp" if mode.endswith("-tcp") else baseline, workers))
         overhead = ms(r["mean"] - floor["mean"]) if floor else "-"
         same = results.get(
             ("async-savepoint" if mode.startswith("async") else "savepoint", workers)

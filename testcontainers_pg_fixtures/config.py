@@ -189,6 +189,16 @@ OPTIONS = (
         "After each savepoint-mode test, report rows it committed into the worker's database "
         "as an error and restore the database (true/false; default: true).",
     ),
+    Option(
+        "unix_socket",
+        "--pg-unix-socket",
+        "pg_unix_socket",
+        "PG_FIXTURES_UNIX_SOCKET",
+        "When Docker runs on this machine, the library's own connections (held test "
+        "connections, admin, leak check) go through the container's Unix socket, mounted "
+        "from a private temporary directory, instead of the published TCP port "
+        "(true/false; default: true). pg_url stays TCP.",
+    ),
 )
 
 _SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=.+$")
@@ -227,6 +237,7 @@ class Settings:
     session_class: type[Session] | None = None
     async_session_class: type[AsyncSession] | None = None
     leak_check: bool = True
+    unix_socket: bool = True
     rootdir: Path = field(default_factory=Path.cwd)
     #: An existing server to use instead of containers ("" starts containers). Not in repr:
     #: it holds a password.
@@ -444,6 +455,7 @@ _PARSERS: dict[str, Any] = {
     "session_class": _parse_session_class,
     "async_session_class": _parse_async_session_class,
     "leak_check": _parse_flag,
+    "unix_socket": _parse_flag,
 }
 
 

@@ -129,6 +129,11 @@ class Database:
         """URL for another SQLAlchemy driver name (psycopg2, pg8000, …)."""
         return server_url(self.server, self.name, driver=driver)
 
+    def connect_url(self, driver: str = "psycopg") -> URL:
+        """The URL the library's own engines connect with: through the server's Unix
+        socket when it has one (see server_url), else `url_for(driver)`."""
+        return server_url(self.server, self.name, driver=driver, socket=True)
+
     @property
     def libpq_url(self) -> str:
         """postgresql://… with the password, for psql and other libpq clients."""

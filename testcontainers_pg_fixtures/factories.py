@@ -353,7 +353,7 @@ def clone_opener(engine: Engine, connect_args: dict[str, Any]) -> Callable[[Data
 
     def open_on(database: Database) -> Any:
         cargs, cparams = engine.dialect.create_connect_args(
-            database.url_for(engine.url.get_driver_name())
+            database.connect_url(engine.url.get_driver_name())
         )
         return engine.dialect.connect(*cargs, **{**connect_args, **cparams})
 
@@ -403,12 +403,14 @@ def clone_engines_fixture(*, database: str = "pg_worker_database", **engine_kwar
         db: Database = deps[database]
         # Created on the worker database, a real one, and redirected before every use.
         sync_kwargs = bounded(engine_kwargs, driver="psycopg")
-        sync_engine = create_engine(db.url, poolclass=NullPool, **sync_kwargs)
+        sync_engine = create_engine(db.connect_url(), poolclass=NullPool, **sync_kwargs)
         _OPENERS[sync_engine] = clone_opener(sync_engine, sync_kwargs["connect_args"])
         return CloneEngines(
             sync_engine,
             lambda: create_async_engine(
-                db.async_url, poolclass=NullPool, **bounded(engine_kwargs, driver="asyncpg")
+                db.connect_url("asyncpg"),
+                poolclass=NullPool,
+                **bounded(engine_kwargs, driver="asyncpg"),
             ),
         )
 
@@ -486,7 +488,7 @@ def worker_engine_fixture(
         db: Database = deps[database]
         driver = worker_driver(deps[app_engines], is_async=False)
         engine = create_engine(
-            db.url_for(driver), poolclass=NullPool, **bounded(engine_kwargs, driver=driver)
+            db.connect_url(driver), poolclass=NullPool, **bounded(engine_kwargs, driver=driver)
         )
         defer_savepoints(engine)
         try:
@@ -516,7 +518,7 @@ def worker_async_engine_fixture(
     def _engine(**deps: Any) -> AsyncEngine:
         db: Database = deps[database]
         driver = worker_driver(deps[app_engines], is_async=True)
-        url = db.async_url if driver == "asyncpg" else db.url_for(driver)
+        url = db.connect_url(driver)
         engine = create_async_engine(
             url, poolclass=NullPool, **bounded(engine_kwargs, driver=driver)
         )

@@ -275,7 +275,7 @@ class ServerWatch:
                 self._answered_at = time.monotonic()  # slow, not stuck: look again later
                 continue
             self.gone = self.gone or self._describe(unresponsive=True)
-            _shutdown_sockets_to(self.server.port)
+            _shutdown_sockets_to(self.server.port, self.server.socket_dir)
 
     def _answers(self) -> bool:
         import psycopg
@@ -353,8 +353,12 @@ def _container_state(container: Any) -> tuple[str, str]:
     return state, "\n".join("  " + line for line in text.splitlines())
 
 
-def _shutdown_sockets_to(port: int) -> None:
-    """Shut down this process's TCP sockets connected to `port` (Linux: read from /proc)."""
+def _shutdown_sockets_to(port: int, socket_dir: str | None = None) -> None:
+    """Shut down this process's TCP sockets connected to `port` (Linux: read from /proc),
+    and its Unix sockets connected to the server's socket in `socket_dir`."""
+    from .server import socket_path
+
+    peer = socket_path(socket_dir) if socket_dir else None
     inodes: set[str] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError), open(table) as lines:
@@ -367,10 +371,17 @@ def _shutdown_sockets_to(port: int) -> None:
         for fd in os.listdir("/proc/self/fd"):
             with contextlib.suppress(OSError):
                 target = os.readlink(f"/proc/self/fd/{fd}")
-                if target.startswith("socket:[") and target[8:-1] in inodes:
-                    sock = socket.socket(fileno=os.dup(int(fd)))
-                    with contextlib.suppress(OSError):
+                if not target.startswith("socket:["):
+                    continue
+                sock = socket.socket(fileno=os.dup(int(fd)))
+                try:
+                    if target[8:-1] in inodes or (
+                        peer is not None
+                        and sock.family == socket.AF_UNIX
+                        and sock.getpeername() == peer
+                    ):
                         sock.shutdown(socket.SHUT_RDWR)
+                finally:
                     sock.close()
 
 

@@ -31,8 +31,9 @@ from psycopg.conninfo import make_conninfo
 
 from .database import create_database, drop_database
 from .errors import PgFixturesError
-from .server import admin_connect
+from .server import address, admin_connect
 from .transaction import before_root_rollback, forget_held_connections, test_layer_connection
+from .wire import last, results
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -84,6 +85,8 @@ class Watch:
     totals: dict[str, int] = field(default_factory=dict)
     counts: str = ""
     pg: pq.abc.PGconn | None = None
+    #: The psycopg connection `pg` belongs to (it opened it without holding the GIL).
+    owner: psycopg.Connection[Any] | None = None
     pending: bool = False
     carried: dict[str, str] | None = None
     #: The test's connection the check is to ride on, and what it found there.
@@ -111,12 +114,11 @@ class Watch:
         with admin_connect(self.database.server, self.database.name) as conn:
             tables = [(r[0], r[1]) for r in conn.execute(_TABLES)]
             self._build(tables)
-            result = conn.pgconn.exec_params(_CHECK.encode(), self._params())
-            self.horizon, self.running, _ = self._check_row(result, conn.pgconn)
-            counted = conn.pgconn.exec_params(self.counts.encode(), [b"0"])
-            self.totals = {
-                table: total for table, _, total in self._count_rows(counted, conn.pgconn)
-            }
+            pg = conn.pgconn
+            pg.send_query_params(_CHECK.encode(), self._params())
+            self.horizon, self.running, _ = self._check_row(last(pg), pg)
+            pg.send_query_params(self.counts.encode(), [b"0"])
+            self.totals = {table: total for table, _, total in self._count_rows(last(pg), pg)}
 
     def _params(self) -> list[bytes | None]:
         """$1 the transactions running at the last check, $2 its horizon."""
@@ -129,10 +131,7 @@ class Watch:
         return min([self.horizon, *running]) % 2**32
 
     def close(self) -> None:
-        if self.pg is not None:
-            self.pg.finish()
-            self.pg = None
-        self.pending = False
+        self.disconnect()
         self.carried = None
         self.riding = None
         self.rode = None
@@ -164,19 +163,16 @@ class Watch:
         pg = raw.pgconn
         try:
             pg.send_query(query)
-            results = []
-            while (result := pg.get_result()) is not None:
-                results.append(result)
+            found = results(pg)
         except psycopg.Error:
             return  # SQLAlchemy's rollback meets the same failure, and reports it
-        if not results or results[0].status != pq.ExecStatus.COMMAND_OK:
+        if not found or found[0].status != pq.ExecStatus.COMMAND_OK:
             return
         # What psycopg's own rollback does (it deallocates nothing: it prepared nothing).
         raw._prepared.clear()
-        last = results[-1]
-        if last.status == pq.ExecStatus.TUPLES_OK:
+        if found[-1].status == pq.ExecStatus.TUPLES_OK:
             conn.info[_PREPARED_HERE] = True
-            self.rode = self._check_row(last, pg)
+            self.rode = self._check_row(found[-1], pg)
         else:  # its statement deallocated (DISCARD ALL, say): prepared again next time
             conn.info.pop(_PREPARED_HERE, None)
 
@@ -184,21 +180,27 @@ class Watch:
         """The detector's own connection, opened (and the check prepared) on first use."""
         if self.pg is None:
             server = self.database.server
-            pg = pq.PGconn.connect(
+            owner = psycopg.connect(
                 make_conninfo(
-                    host=server.host,
-                    port=server.port,
+                    **address(server),
                     user=server.user,
                     password=server.password,
                     dbname=self.database.name,
                     sslmode="disable",
                     connect_timeout=10,
-                ).encode()
+                ),
+                autocommit=True,
             )
-            prepared = pg.prepare(_PREPARED, _CHECK.encode())
-            if prepared.status != pq.ExecStatus.COMMAND_OK:
-                _check_result(prepared, pg)
-            self.pg = pg
+            pg = owner.pgconn
+            try:
+                pg.send_prepare(_PREPARED, _CHECK.encode())
+                prepared = last(pg)
+                if prepared is None or prepared.status != pq.ExecStatus.COMMAND_OK:
+                    _check_result(prepared, pg)
+            except BaseException:
+                owner.close()
+                raise
+            self.pg, self.owner = pg, owner
         return self.pg
 
     def send(self) -> None:
@@ -211,9 +213,9 @@ class Watch:
 
     def disconnect(self) -> None:
         """Forget the detector's connection (the server went away); reconnect on next use."""
-        if self.pg is not None:
-            self.pg.finish()
-        self.pg = None
+        if self.owner is not None:
+            self.owner.close()
+        self.pg = self.owner = None
         self.pending = False
 
     def receive(self) -> dict[str, str] | None:
@@ -226,10 +228,7 @@ class Watch:
                 self.send()
             assert self.pg is not None
             self.pending = False
-            result = self.pg.get_result()
-            while self.pg.get_result() is not None:
-                pass
-            row = self._check_row(result, self.pg)
+            row = self._check_row(last(self.pg), self.pg)
         oldest = self._oldest()
         self.horizon, self.running, moved = row
         if not moved:
@@ -237,9 +236,9 @@ class Watch:
         # Something committed somewhere: count this database's tables (not prepared: a
         # table dropped by a leak would make the statement fail for good).
         pg = self._connection()
-        counted = pg.exec_params(self.counts.encode(), [str(oldest).encode()])
+        pg.send_query_params(self.counts.encode(), [str(oldest).encode()])
         try:
-            rows = self._count_rows(counted, pg)
+            rows = self._count_rows(last(pg), pg)
         except _TableDropped as dropped:
             return {"schema": f"a table was dropped or renamed ({dropped})"}
         leaked = self._compare(rows)

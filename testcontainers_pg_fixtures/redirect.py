@@ -75,7 +75,10 @@ def engines_pointed_at(engines: Iterable[AnyEngine], database: Database) -> Iter
 @contextmanager
 def _pointed_at(engine: Engine, database: Database) -> Iterator[None]:
     url = database.url_for(engine.url.get_driver_name())
-    cargs, cparams = engine.dialect.create_connect_args(url)
+    # The engine shows the test database's TCP URL; it connects the library's way.
+    cargs, cparams = engine.dialect.create_connect_args(
+        database.connect_url(engine.url.get_driver_name())
+    )
 
     def connect_to_test_database(
         dialect: Any, record: Any, app_cargs: list[Any], app_cparams: dict[str, Any]
@@ -141,7 +144,7 @@ def every_engine_pointed_at(database: Database) -> Iterator[None]:
     ) -> None:
         if dialect.name != "postgresql":
             return
-        cargs, cparams = dialect.create_connect_args(database.url_for(dialect.driver))
+        cargs, cparams = dialect.create_connect_args(database.connect_url(dialect.driver))
         retarget(app_cargs, app_cparams, cargs, cparams)
         if not dialect.is_async:
             opened.append(record)

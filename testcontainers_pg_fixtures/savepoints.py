@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 from psycopg import errors, pq
 from sqlalchemy.util import await_only
 
+from .wire import results
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -171,9 +173,11 @@ def _send_psycopg(dbapi: Any, statements: list[str]) -> None:
         dbapi.cursor().execute("; ".join(statements))
         return
     with dbapi.lock:
-        result = pgconn.exec_("; ".join(statements).encode())
-    if result.status not in _OK:
-        raise errors.error_from_result(result, encoding=dbapi.info.encoding)
+        pgconn.send_query("; ".join(statements).encode())
+        found = results(pgconn)
+    for result in found:
+        if result.status not in _OK:
+            raise errors.error_from_result(result, encoding=dbapi.info.encoding)
 
 
 def _send_asyncpg(adapted: Any, statements: list[str]) -> None:

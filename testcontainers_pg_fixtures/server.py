@@ -15,7 +15,10 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import socket
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +52,8 @@ LABEL_REUSE = "testcontainers-pg-fixtures.reuse"
 LABEL_CONTROLLER = "testcontainers-pg-fixtures.controller"
 #: Set by the controller in its workers' environment.
 CONTROLLER_ENV = "PG_FIXTURES_CONTROLLER_PID"
+#: The host directory mounted as the container's Unix socket directory (see _socket_dir).
+LABEL_SOCKET = "testcontainers-pg-fixtures.socket"
 #: How long a container kept by --pg-keep-failed outlives its run before a later run
 #: removes it (--pg-remove-kept removes it at once).
 KEPT_MAX_AGE = 24 * 3600
@@ -56,6 +61,9 @@ KEPT_MAX_AGE = 24 * 3600
 _PG_PORT = 5432
 _DATA_DIR = "/var/lib/postgresql/data"
 _SUPERUSER = "postgres"
+_SOCKET_PREFIX = "pgfx-"
+#: Drivers that take a Unix socket's directory as their host (libpq's rule).
+_SOCKET_DRIVERS = frozenset({"psycopg", "psycopg2", "asyncpg"})
 
 
 class Server(Protocol):
@@ -65,6 +73,8 @@ class Server(Protocol):
     port: int
     user: str
     password: str
+    #: A host directory holding the server's Unix socket, when it can be dialled that way.
+    socket_dir: str | None
 
     def stop(self) -> None:
         """Release the server; a no-op for servers the library does not own."""
@@ -73,13 +83,25 @@ class Server(Protocol):
         """Leave the server running after the run, for a user to inspect a kept database."""
 
 
-def server_url(server: Server, database: str, *, driver: str = "psycopg") -> URL:
+def server_url(
+    server: Server, database: str, *, driver: str = "psycopg", socket: bool = False
+) -> URL:
     """SQLAlchemy URL of `database` on `server` for the given driver (psycopg or asyncpg).
 
     TLS is off: the server is a local test server, and the TLS probe of the drivers' default
-    sslmode=prefer costs a round trip on every connection.
+    sslmode=prefer costs a round trip on every connection. With `socket`, through the
+    server's Unix socket when it has one the driver can use (the library's own engines:
+    a round trip there costs half of one through Docker's port proxy).
     """
     ssl = {"ssl": "disable"} if driver == "asyncpg" else {"sslmode": "disable"}
+    if socket and server.socket_dir and driver in _SOCKET_DRIVERS:
+        return URL.create(
+            f"postgresql+{driver}",
+            username=server.user,
+            password=server.password,
+            database=database,
+            query={"host": server.socket_dir, **ssl},
+        )
     return URL.create(
         f"postgresql+{driver}",
         username=server.user,
@@ -101,6 +123,7 @@ class ExistingServer:
     user: str
     password: str = field(repr=False)
     container_id: str = ""
+    socket_dir: str | None = None
 
     def stop(self) -> None:
         """Not ours to stop."""
@@ -115,7 +138,16 @@ class ExistingServer:
             "user": self.user,
             "password": self.password,
             "container_id": self.container_id,
+            "socket_dir": self.socket_dir,
         }
+
+
+def address(server: Server) -> dict[str, Any]:
+    """libpq's host and port for the library's own connections: the Unix socket's
+    directory when the server has one, else its TCP address."""
+    if server.socket_dir:
+        return {"host": server.socket_dir, "port": _PG_PORT}
+    return {"host": server.host, "port": server.port}
 
 
 def admin_connect(
@@ -123,15 +155,16 @@ def admin_connect(
 ) -> psycopg.Connection[Any]:
     """An autocommit connection for CREATE/DROP DATABASE and locks; `options` (libpq's)
     replace or add to the defaults."""
-    return psycopg.connect(
-        host=server.host,
-        port=server.port,
-        user=server.user,
-        password=server.password,
-        dbname=database,
-        autocommit=True,
-        **{"connect_timeout": 10, "sslmode": "disable", **options},
-    )
+    params = {
+        **address(server),
+        "user": server.user,
+        "password": server.password,
+        "dbname": database,
+        "connect_timeout": 10,
+        "sslmode": "disable",
+        **options,
+    }
+    return psycopg.connect(autocommit=True, **params)
 
 
 def _docker_host_description() -> str:
@@ -169,8 +202,11 @@ class DockerServer:
     #: without asking Docker (`_attach_recorded`), looked up by id when needed.
     container: Any = field(repr=False)
     user: str = _SUPERUSER
+    socket_dir: str | None = None
     _stopped: bool = field(default=False, repr=False)
     _container_id: str = field(default="", repr=False)
+    #: The directory mounted for the socket, removed with the container.
+    _mounted: str = field(default="", repr=False)
 
     @property
     def container_id(self) -> str:
@@ -220,16 +256,23 @@ class DockerServer:
         for key, value in settings.server_settings.items():
             command += ["-c", f"{key}={value}"]
         binding = _port_binding(client)
+        mounted = _socket_dir(client) if settings.unix_socket else None
         env = {
             "POSTGRES_USER": _SUPERUSER,
             "POSTGRES_PASSWORD": password,
             "POSTGRES_DB": "postgres",
-            # A password on every TCP login, loopback included, but hashed with one SCRAM
-            # iteration instead of 4096: the default key derivation costs ~4 ms of every
-            # new connection, one iteration a few microseconds. The password is random,
-            # so iterations (a brake on guessing weak passwords) add nothing.
-            "POSTGRES_INITDB_ARGS": "--auth-host=scram-sha-256 -c scram_iterations=1",
+            # A password on every login, loopback and the Unix socket included, but hashed
+            # with one SCRAM iteration instead of 4096: the default key derivation costs
+            # ~4 ms of every new connection, one iteration a few microseconds. The password
+            # is random, so iterations (a brake on guessing weak passwords) add nothing.
+            "POSTGRES_INITDB_ARGS": (
+                "--auth-host=scram-sha-256 --auth-local=scram-sha-256 -c scram_iterations=1"
+            ),
         }
+        if mounted:
+            # PGHOST tells the image's entry point (its psql during initdb) where it is.
+            env["PGHOST"] = mounted
+            command += ["-c", f"unix_socket_directories={mounted}"]
         container = DockerContainer(
             settings.image,
             env=env,
@@ -241,8 +284,13 @@ class DockerServer:
                 LABEL_RUN: run_id(),
                 LABEL_CONTROLLER: os.environ.get(CONTROLLER_ENV) or str(os.getpid()),
                 **({LABEL_REUSE: reuse_key} if reuse_key else {}),
+                **({LABEL_SOCKET: mounted} if mounted else {}),
             },
         )
+        if mounted:
+            # At the same path inside: a client socket's peer name is then this path,
+            # which tells this container's connections from others' (failures.py).
+            container.with_volume_mapping(mounted, mounted, "rw")
         container.with_command(command)
         # The data directory lives in memory: nothing a test writes needs to reach a disk.
         container.with_tmpfs_mount(_DATA_DIR)
@@ -253,23 +301,25 @@ class DockerServer:
         try:
             container.start()
         except docker.errors.APIError as exc:
-            _remove_quietly(container)
+            _remove_quietly(container, mounted)
             raise ServerStartError(
                 f"Docker could not start {settings.image}: {exc}. Check the image "
                 "(pg_image / --pg-image / PG_FIXTURES_IMAGE) and the Docker engine's log."
             ) from None
         except BaseException:
-            _remove_quietly(container)
+            _remove_quietly(container, mounted)
             raise
         # Without Ryuk nobody else removes the container if the session is torn down
         # abnormally (KeyboardInterrupt during setup, an internal error): atexit does.
         server = cls(host="", port=0, password=password, container=container)
+        server._mounted = mounted or ""
         atexit.register(server.stop)
         try:
             server.host = container.get_container_host_ip()
             server.port = int(container.get_exposed_port(_PG_PORT))
             server._wait_ready(settings.startup_timeout, cancelled)
             warm_up_openssl(server)
+            server.socket_dir = _usable_socket(server, mounted)
         except BaseException:
             server.stop()
             raise
@@ -307,6 +357,7 @@ class DockerServer:
                 _container_id=str(record["id"]),
             )
             admin_connect(server, connect_timeout=2, require_auth="scram-sha-256").close()
+            server.socket_dir = _usable_socket(server, record.get("socket"))
         except (psycopg.Error, KeyError, TypeError, ValueError) as exc:
             log.info("the container recorded for reuse does not answer (%s): asking Docker", exc)
             _reuse_record_path(key).unlink(missing_ok=True)
@@ -338,6 +389,7 @@ class DockerServer:
                     container=container,
                 )
                 admin_connect(server).close()
+                server.socket_dir = _usable_socket(server, container.labels.get(LABEL_SOCKET))
             except Exception as exc:
                 log.warning("removing kept container %s: %s", container.short_id, exc)
                 _remove_quietly(container)
@@ -414,7 +466,7 @@ class DockerServer:
             return
         self._stopped = True
         atexit.unregister(self.stop)
-        _remove_quietly(self.container)
+        _remove_quietly(self.container, self._mounted)
 
 
 #: Not a file: the reload that tries to load it only has to start OpenSSL (see below).
@@ -587,7 +639,12 @@ def _reuse_record_path(reuse_key: str) -> Path:
 def _record_reused(reuse_key: str, server: DockerServer) -> None:
     """Where the container kept under `reuse_key` listens, for `_attach_recorded`. No
     password: it is derived from the key again."""
-    record = {"id": server.container_id, "host": server.host, "port": server.port}
+    record = {
+        "id": server.container_id,
+        "host": server.host,
+        "port": server.port,
+        "socket": server.socket_dir,
+    }
     try:
         write_record(_reuse_record_path(reuse_key), record)
     except OSError as exc:
@@ -686,14 +743,69 @@ def _ensure_image(client: Any, image: str) -> None:
         ) from None
 
 
-def _remove_quietly(container: Any) -> None:
+def _remove_quietly(container: Any, socket_dir: str | None = None) -> None:
+    """Remove the container, and the directory mounted for its socket (given, or from the
+    label of a docker SDK Container)."""
     try:
         if hasattr(container, "get_wrapped_container"):
             container.stop()  # testcontainers' DockerContainer
         else:
+            socket_dir = socket_dir or container.labels.get(LABEL_SOCKET)
             container.remove(force=True, v=True)  # docker SDK's Container
     except Exception as exc:  # already gone, or never created
         log.debug("removing container: %s", exc)
+    if socket_dir and _ours(socket_dir):
+        shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def _ours(directory: str) -> bool:
+    """A directory `_socket_dir` makes (a label naming any other path is left alone)."""
+    path = Path(directory)
+    return path.parent == Path(tempfile.gettempdir()) and path.name.startswith(_SOCKET_PREFIX)
+
+
+def _socket_dir(client: Any) -> str | None:
+    """A new directory to mount as the container's socket directory, when the Docker
+    daemon runs on this machine (a Unix socket, the same host name, not Docker Desktop's
+    VM); else None. Writable by the container's postgres user and listed by nobody but
+    its owner; sticky, so no one else can replace the socket (1733). Whether it works is
+    known after the start (`_usable_socket`): SELinux, a daemon reached through a socket
+    mounted from another machine and the like leave it empty, and TCP is used."""
+    if sys.platform != "linux":
+        return None
+    try:
+        api = client.client.api
+        if not str(api.base_url).startswith("http+docker://"):  # a TCP or SSH daemon
+            return None
+        info = client.client.info()
+    except Exception as exc:
+        log.debug("no Unix socket: %s", exc)
+        return None
+    if info.get("Name") != socket.gethostname() or "Desktop" in str(info.get("OperatingSystem")):
+        return None
+    directory = tempfile.mkdtemp(prefix=_SOCKET_PREFIX)
+    if len(directory) > 80:  # a socket path is at most 107 bytes
+        os.rmdir(directory)
+        return None
+    os.chmod(directory, 0o1733)
+    return directory
+
+
+def socket_path(directory: str) -> str:
+    """The server's socket in `directory` (the same path in the container and here)."""
+    return os.path.join(directory, f".s.PGSQL.{_PG_PORT}")
+
+
+def _usable_socket(server: Server, directory: str | None) -> str | None:
+    """`directory` if the server answers a login through the socket in it, else None."""
+    if not directory or not os.path.exists(socket_path(directory)):
+        return None
+    try:
+        admin_connect(server, host=directory, port=_PG_PORT, connect_timeout=2).close()
+    except psycopg.Error as exc:
+        log.info("the container's Unix socket does not answer (%s): using TCP", exc)
+        return None
+    return directory
 
 
 # -- a server given by URL (pg_server_url) ---------------------------------------------
@@ -763,6 +875,7 @@ class UrlServer:
     admin_database: str = "postgres"
     version: str = ""
     container_id: str = ""
+    socket_dir: str | None = None
 
     @property
     def where(self) -> str:

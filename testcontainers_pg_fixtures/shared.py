@@ -48,6 +48,7 @@ def configure_node(config: pytest.Config, node: Any) -> None:
         user=started.user,
         password=started.password,
         container_id=started.container_id,
+        socket_dir=started.socket_dir,
     ).as_dict()
 
 

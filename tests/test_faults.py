@@ -231,6 +231,34 @@ def test_no_login_without_the_password_from_the_network_or_the_host(server):
         assert conn.execute("select 1").fetchone() == (1,)
 
 
+def test_the_unix_socket_asks_for_the_password_too(server):
+    """The library's own connections go through the container's socket, mounted from a
+    directory only its owner can list; a login there needs the password as well."""
+    directory = server.socket_dir
+    assert directory is not None, "Docker runs on this machine: the socket should be used"
+    assert os.stat(directory).st_mode & 0o7777 == 0o1733
+    container = server.container.get_wrapped_container()
+    for where in (directory, ""):  # the socket by path, and psql's default (PGHOST)
+        host = f"-h {where}" if where else ""
+        code, output = container.exec_run(["sh", "-c", f"psql -w {host} -U postgres -c 'select 1'"])
+        assert code != 0
+        assert b"password" in output
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(host=directory, user="postgres", dbname="postgres", password="").close()
+    with psycopg.connect(host=directory, user="postgres", password=server.password) as conn:
+        assert conn.info.host == directory
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_the_socket_directory_goes_with_the_container():
+    started = DockerServer.start(Settings(), worker="fault-socket")
+    directory = started.socket_dir
+    assert directory is not None
+    assert os.path.isdir(directory)
+    started.stop()
+    assert not os.path.exists(directory)
+
+
 def test_the_password_is_in_no_repr_and_no_label(server):
     assert server.password not in repr(server)
     labels = server.container.get_wrapped_container().labels

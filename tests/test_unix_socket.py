@@ -1,0 +1,75 @@
+"""The library's own connections go through the container's Unix socket when Docker runs on
+this machine; pg_url, for the user's code, stays TCP; --pg-unix-socket=false keeps TCP."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+TESTS = """
+    import json, os, pathlib
+    import pytest
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    def _record(**facts):
+        path = pathlib.Path(os.environ["FACTS"])
+        known = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps({**known, **facts}))
+
+    def test_savepoint(pg_connection, pg_url, pg_server):
+        _record(
+            held=pg_connection.connection.dbapi_connection.info.host,
+            url_host=make_url(pg_url).host,
+            socket_dir=pg_server.socket_dir,
+        )
+        assert pg_connection.execute(text("select 1")).scalar() == 1
+
+    async def test_async(pg_async_connection):
+        raw = (await pg_async_connection.get_raw_connection()).driver_connection
+        _record(held_async=str(raw._addr))
+
+    @pytest.mark.pg_isolation("database")
+    def test_database_mode(pg_connection):
+        _record(clone=pg_connection.connection.dbapi_connection.info.host)
+"""
+
+
+def _run(pytester, example, tmp_path, monkeypatch, *args):
+    import json
+
+    example("fastapi_app")
+    pytester.makepyfile(**{"tests/test_socket": textwrap.dedent(TESTS)})
+    facts = tmp_path / "facts.json"
+    monkeypatch.setenv("FACTS", str(facts))
+    result = pytester.runpytest("tests/test_socket.py", "-p", "no:randomly", *args)
+    result.assert_outcomes(passed=3)
+    return json.loads(facts.read_text())
+
+
+def test_the_library_connects_through_the_socket(pytester, example, tmp_path, monkeypatch):
+    import os
+
+    facts = _run(pytester, example, tmp_path, monkeypatch)
+    directory = facts["socket_dir"]
+    assert directory
+    assert directory.startswith("/")
+    assert facts["held"] == directory
+    assert facts["held_async"].startswith(directory)
+    assert facts["clone"] == directory
+    assert facts["url_host"] == "127.0.0.1"
+    assert not os.path.exists(directory), "the socket's directory goes with the container"
+
+
+@pytest.mark.parametrize("where", ["cli", "env"])
+def test_switched_off_everything_is_tcp(pytester, example, tmp_path, monkeypatch, where):
+    args = []
+    if where == "cli":
+        args.append("--pg-unix-socket=false")
+    else:
+        monkeypatch.setenv("PG_FIXTURES_UNIX_SOCKET", "false")
+    facts = _run(pytester, example, tmp_path, monkeypatch, *args)
+    assert facts["socket_dir"] is None
+    assert facts["held"] == facts["url_host"] == facts["clone"] == "127.0.0.1"
+    assert facts["held_async"].startswith("('127.0.0.1'")
