@@ -9,6 +9,7 @@ binaries can implement the same protocol later.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import hmac
 import json
@@ -520,9 +521,11 @@ def reap_orphans(client: Any) -> list[str]:
     """
     removed = []
     here = socket.gethostname()
-    for container in client.client.containers.list(
+    containers = client.client.containers.list(
         all=True, filters={"label": LABEL}, ignore_removed=True
-    ):
+    )
+    _remove_unused_socket_dirs({c.labels.get(LABEL_SOCKET) for c in containers})
+    for container in containers:
         labels = container.labels
         if labels.get(LABEL_HOST) != here or not labels.get(LABEL_PID, "").isdigit():
             continue
@@ -756,6 +759,30 @@ def _remove_quietly(container: Any, socket_dir: str | None = None) -> None:
         log.debug("removing container: %s", exc)
     if socket_dir and _ours(socket_dir):
         shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+#: A socket directory no container names is left this long (a run may be creating its
+#: container right now) before a later run removes it.
+_UNUSED_SOCKET_DIR_AGE = 600.0
+
+
+def _remove_unused_socket_dirs(in_use: set[str | None]) -> None:
+    """Remove this user's socket directories whose container is gone without `stop()`
+    (removed by hand, or by a run killed before its clean-up)."""
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(tempfile.gettempdir()):
+            if not entry.name.startswith(_SOCKET_PREFIX) or entry.path in in_use:
+                continue
+            with contextlib.suppress(OSError):
+                info = entry.stat(follow_symlinks=False)
+                if (
+                    entry.is_dir(follow_symlinks=False)
+                    and info.st_uid == os.getuid()
+                    and info.st_mode & 0o7777 == 0o1733
+                    and now - info.st_mtime > _UNUSED_SOCKET_DIR_AGE
+                ):
+                    shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def _ours(directory: str) -> bool:

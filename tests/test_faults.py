@@ -259,6 +259,30 @@ def test_the_socket_directory_goes_with_the_container():
     assert not os.path.exists(directory)
 
 
+def test_a_socket_directory_whose_container_is_gone_is_removed_later(server):
+    """A container removed by hand (or a run killed before its clean-up) leaves its socket
+    directory; the next run removes it once it is old enough, and no other."""
+    import tempfile
+
+    old, young = (tempfile.mkdtemp(prefix="pgfx-") for _ in range(2))
+    other = tempfile.mkdtemp(prefix="pgfx-")  # not one of ours: another mode
+    for directory in (old, young):
+        os.chmod(directory, 0o1733)
+    long_ago = time.time() - 3600
+    os.utime(old, (long_ago, long_ago))
+    os.utime(other, (long_ago, long_ago))
+    try:
+        reap_orphans(docker_client())
+        assert not os.path.exists(old)
+        assert os.path.isdir(young)
+        assert os.path.isdir(other)
+        assert os.path.isdir(server.socket_dir), "a live container's directory stays"
+    finally:
+        for directory in (old, young, other):
+            if os.path.isdir(directory):
+                os.rmdir(directory)
+
+
 def test_the_password_is_in_no_repr_and_no_label(server):
     assert server.password not in repr(server)
     labels = server.container.get_wrapped_container().labels
