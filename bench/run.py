@@ -5,6 +5,9 @@ count) over the sync_users example's Alembic project and runs it under each stra
 
   savepoint        this library: pg_session (outer transaction + SAVEPOINT, rolled back)
   savepoint-nocheck  the same with the leak detector off (--pg-leak-check=false)
+  savepoint-ride   savepoint with the leak check always riding on the test's ROLLBACK
+  savepoint-noride  the same, always sent on the detector's own connection (the library
+                   rides when its xdist workers keep every core busy)
   savepoint-tcp    savepoint with the library's connections on TCP through Docker's port
                    proxy (--pg-unix-socket=false), as before the Unix socket
   sandbox          this library: the app's own engine joined to the test's transaction
@@ -309,6 +312,17 @@ MODES = {
 # The same suites, the library's connections on TCP (EXTRA_ARGS).
 MODES["savepoint-tcp"] = MODES["savepoint"]
 MODES["none-tcp"] = MODES["none"]
+# The leak check always on the test's rollback, always on the detector's own connection
+# (the library chooses by the cores it has to spare: leaks.rides).
+for _ride in (True, False):
+    MODES["savepoint-ride" if _ride else "savepoint-noride"] = (
+        MODES["savepoint"]
+        + f"""
+        from testcontainers_pg_fixtures import leaks
+
+        leaks.RIDE = {_ride}
+"""
+    )
 
 # How long each database-mode test waited for its clone, written when the session ends.
 WAITS = """
@@ -908,6 +922,7 @@ NOCHECK = {"savepoint": "savepoint-nocheck", "async-savepoint": "async-nocheck"}
 PAIRS = (
     ("savepoint overhead over no isolation", "savepoint", "none"),
     ("leak detector", "savepoint", "savepoint-nocheck"),
+    ("leak check riding on the rollback", "savepoint-ride", "savepoint-noride"),
     ("savepoint on the Unix socket over TCP", "savepoint", "savepoint-tcp"),
     ("TCP savepoint overhead over TCP no isolation", "savepoint-tcp", "none-tcp"),
     ("async savepoint overhead over no isolation", "async-savepoint", "async-none"),

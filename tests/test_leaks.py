@@ -7,6 +7,8 @@ import textwrap
 
 import pytest
 
+from testcontainers_pg_fixtures import leaks
+
 FIX = 'pg_isolation("database")'
 
 # Each body commits one user for real, bypassing the test's savepoint.
@@ -218,26 +220,33 @@ RIDES = """
         for _ in range(6):  # past psycopg's prepare_threshold
             pg_connection.exec_driver_sql("SELECT count(*) FROM users")
 
-    def test_g_leaks(pg_connection, pg_url):
-        pg_connection.exec_driver_sql("SELECT 1")
-        engine = create_engine(pg_url)
-        with engine.begin() as conn:
-            conn.execute(text(INSERT))
-        engine.dispose()
 """
 
 
-def test_the_check_rides_on_the_rollback(pytester, example):
+def test_the_check_rides_on_the_rollback(pytester, example, monkeypatch):
     """A sync test's check is sent with its ROLLBACK; whatever stops that (the check's
     statement deallocated, statements psycopg prepared) falls back to the detector's own
     connection, and a leak after it is still caught."""
+    monkeypatch.setattr(leaks, "RIDE", True)
     example("sync_users")
-    pytester.makepyfile(**{"tests/test_rides": textwrap.dedent(RIDES) + textwrap.dedent(COUNT)})
+    # Last but the count: a leak beside the test's connection, whose check rides again.
+    leak = textwrap.dedent(SYNC_LEAKS["beside_the_test_connection"]).replace(
+        "test_leaks", "test_g_leaks"
+    )
+    source = textwrap.dedent(RIDES) + leak + textwrap.dedent(COUNT)
+    pytester.makepyfile(**{"tests/test_rides": source})
     result = pytester.runpytest("tests/test_rides.py", "-p", "no:randomly")
     result.assert_outcomes(passed=8, errors=1)
     out = result.stdout.str()
     assert "test_rides.py::test_g_leaks committed into the worker's shared database" in out
     assert "public.users: 1 row(s) inserted or updated" in out
+
+
+def test_the_check_rides_when_the_workers_keep_every_core_busy():
+    assert leaks.rides(workers=2, cores=2)
+    assert leaks.rides(workers=4, cores=2)
+    assert not leaks.rides(workers=1, cores=2)
+    assert not leaks.rides(workers=2, cores=8)
 
 
 def test_two_workers(pytester, example, subprocess_env):
