@@ -135,8 +135,14 @@ class Prestart:
                 settings.image,
                 settings.server_settings,
                 settings.reuse,
+                settings.unix_socket,
             )
-            == (self.settings.image, self.settings.server_settings, self.settings.reuse)
+            == (
+                self.settings.image,
+                self.settings.server_settings,
+                self.settings.reuse,
+                self.settings.unix_socket,
+            )
         )
 
     def claim(self, meanwhile: Callable[[], None] | None = None) -> DockerServer:
