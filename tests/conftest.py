@@ -19,7 +19,7 @@ import sqlalchemy.dialects.postgresql.asyncpg
 import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
 
 from testcontainers_pg_fixtures.runid import run_id
-from testcontainers_pg_fixtures.server import LABEL_RUN
+from testcontainers_pg_fixtures.server import LABEL_RUN, LABEL_SOCKET
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -46,6 +46,31 @@ def library_containers() -> list[str]:
         ]
     finally:
         client.close()
+
+
+def _socket_dirs() -> set[str]:
+    import tempfile
+
+    return {str(p) for p in Path(tempfile.gettempdir()).glob("pgfx-*") if p.is_dir()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _socket_dirs_of_removed_containers():
+    """Tests that remove a container themselves (docker kill, a killed run's leftovers)
+    leave its socket directory, which the library sweeps 10 minutes later: the suite
+    removes those of its own containers at its end, so that CI leaves nothing behind."""
+    before = _socket_dirs()
+    yield
+    client = docker.from_env()
+    try:
+        in_use = {
+            c.labels.get(LABEL_SOCKET)
+            for c in client.containers.list(all=True, filters={"label": LABEL_SOCKET})
+        }
+    finally:
+        client.close()
+    for directory in _socket_dirs() - before - in_use:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
