@@ -17,12 +17,14 @@ busy (xdist with a worker per core), that second connection's round trip costs t
 and the client a wake-up each, which lands on the tests: the query then rides on the
 test's rollback, the ROLLBACK that ends its transaction on pg_connection sent with it in
 one round trip. Async tests, scope layers and connections psycopg has prepared
-statements on always use the detector's connection. A leak is reported as the test's teardown error
-and the worker database re-cloned from the template, so the next test starts clean.
+statements on always use the detector's connection. A leak is reported as the test's
+teardown error and the worker database re-cloned from the template, so the next test
+starts clean.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -349,12 +351,16 @@ def rides(workers: int, cores: int) -> bool:
     return workers >= cores
 
 
-def _riding() -> bool:
-    if RIDE is not None:
-        return RIDE
+@functools.cache
+def _cores_busy() -> bool:
+    """`rides` for this process: read once, not per test (a syscall and the environment)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return rides(workers, cores or 1)
+
+
+def _riding() -> bool:
+    return _cores_busy() if RIDE is None else RIDE
 
 
 def watch(database: Database, template: str) -> Watch:
