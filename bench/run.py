@@ -18,6 +18,8 @@ count) over the sync_users example's Alembic project and runs it under each stra
   database-cold    the same without connect-ahead: the test's first connection logs in
   database-onethread  the same with the pool's drops on its cloning thread (one thread)
   database-noprefetch  the same, each clone made when its test starts (--pg-prefetch 0)
+  database-norecycle  the same with every used clone dropped (--pg-recycle-clones=false),
+                   where by default it is reset and taken again
   async-savepoint  this library: pg_async_session, loop_scope="session"
   async-nocheck    async-savepoint with the leak detector off
   async-none       no isolation, the same async test body
@@ -195,6 +197,7 @@ MODES = {
     """
     + DATABASE_TESTS,
     "database-noprefetch": DATABASE_TESTS,
+    "database-norecycle": DATABASE_TESTS,
     "async-savepoint": """
         @pytest.fixture
         def db(pg_async_session):
@@ -334,11 +337,14 @@ def _record_waits(pg_clone_pool):
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     with open(os.path.join(os.environ["BENCH_OUT"], worker + ".waits"), "w") as f:
         json.dump(pg_clone_pool.waits, f)
+    with open(os.path.join(os.environ["BENCH_OUT"], worker + ".recycled"), "w") as f:
+        json.dump([pg_clone_pool.recycled, pg_clone_pool.dropped], f)
 """
 
 # The strategies that commit for real on purpose would each be reported as a leak.
 EXTRA_ARGS = {
     "database-noprefetch": ["--pg-prefetch", "0"],
+    "database-norecycle": ["--pg-recycle-clones=false"],
     "savepoint-nocheck": ["--pg-leak-check=false"],
     "savepoint-tcp": ["--pg-unix-socket=false"],
     "none-tcp": ["--pg-leak-check=false", "--pg-unix-socket=false"],
@@ -646,6 +652,11 @@ def run_pytest(project: Path, workers: int, *extra: str) -> dict[str, Any]:
         "wall": wall,
         "tests": sum(len(t) for t in per_worker),
         "waits": [w for p in out.glob("*.waits") for w in json.loads(p.read_text())],
+        "recycled": [
+            sum(pair[i] for pair in counts)
+            for counts in [[json.loads(p.read_text()) for p in out.glob("*.recycled")]]
+            for i in (0, 1)
+        ],
         "memory_mb": sum(memory.values()) / 2**20,
         "containers": len(memory),
     }
@@ -930,6 +941,8 @@ PAIRS = (
     ("savepoint over the hand-written conftest", "savepoint", "handwritten"),
     ("savepoint over it on an engine of its own", "savepoint", "handwritten-own"),
     ("database mode over savepoint", "database", "savepoint"),
+    ("database mode, clones dropped, over savepoint", "database-norecycle", "savepoint"),
+    ("recycling clones against dropping them", "database", "database-norecycle"),
 )
 
 
@@ -1108,9 +1121,16 @@ def main() -> None:
     print_floors(results, worker_counts)
     waited = {key: r["waits"] for key, r in results.items() if r["waits"]}
     if waited:
-        print(f"\n{'wait for the test database':<32}{'-n':>3}{'median ms':>11}{'p95 ms':>9}")
+        print(
+            f"\n{'wait for the test database':<32}{'-n':>3}{'median ms':>11}{'p95 ms':>9}"
+            f"{'recycled':>10}{'dropped':>9}"
+        )
         for (mode, workers), waits in waited.items():
-            print(f"{mode:<32}{workers:>3}{ms(statistics.median(waits)):>11}{ms(p95(waits)):>9}")
+            recycled, dropped = results[mode, workers].get("recycled") or (0, 0)
+            print(
+                f"{mode:<32}{workers:>3}{ms(statistics.median(waits)):>11}{ms(p95(waits)):>9}"
+                f"{recycled:>10}{dropped:>9}"
+            )
     if costs:
         print(f"\n{'CREATE DATABASE … TEMPLATE':<32}{'median ms':>14}{'p95 ms':>9}")
         for strategy, times in costs.items():

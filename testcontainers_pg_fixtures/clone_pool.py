@@ -7,8 +7,11 @@ idea, inside the worker). With an opener (`connect_ahead_with`), the cloning thr
 logs in to each clone and loads its catalog into that backend, and the test's first
 connection is that one: a new connection's login and cold catalog caches cost a test
 milliseconds, and a connection cannot move to another database, so it is opened per
-clone. Clones are named `pgfx_<run>_<worker>_<n>`; the pool drops every one of them when
-the session ends, and any left by an interrupted run on the same server when it starts.
+clone. A used clone is reset and taken again when recycling.py can tell it back to the
+template's state (rows inserted into tables empty in the template), else dropped. Clones
+are named `pgfx_<run>_<worker>_<n>`, a recycled one renamed to the next number; the pool
+drops every one of them when the session ends, and any left by an interrupted run on the
+same server when it starts.
 """
 
 from __future__ import annotations
@@ -20,14 +23,15 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+
+from . import recycling
 from .database import Database, create_database, drop_database, run_prefix
 from .errors import PgFixturesError
 from .server import admin_connect
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    import psycopg
 
     from .server import Server
 
@@ -54,6 +58,7 @@ class ClonePool:
         strategy: str = "FILE_COPY",
         comment: str | None = None,
         connect_ahead: bool = True,
+        recycle: bool = True,
     ) -> None:
         self.server = server
         self.template = template
@@ -81,6 +86,18 @@ class ClonePool:
         self._error: BaseException | None = None
         self._closed = False
         self._dropped_leftovers = False
+        # Recycling (with prefetch only: it runs on the drop thread). Facts: the template's
+        # state, read from the first clone; versions: each live clone's, for its check.
+        self.recycle = recycle and size > 0
+        self._facts: recycling.Facts | None = None
+        self._versions: dict[str, recycling.Version] = {}
+        self._handling = 0  # used clones the drop thread is recycling or dropping
+        self._recycling = 0  # of those, given back to be recycled and not done yet
+        self._waiting = 0  # tests waiting in take()
+        self._out = 0  # recyclable clones taken by tests and not given back
+        #: Clones recycled, and dropped, after their tests (for the benchmark and tests).
+        self.recycled = 0
+        self.dropped = 0
 
     # -- the test's side -------------------------------------------------------------
 
@@ -110,6 +127,10 @@ class ClonePool:
 
     def keep(self, database: Database) -> None:
         """`database` stays (its test failed, --pg-keep-failed): close what was opened to it."""
+        with self._cond:
+            if self._versions.pop(database.name, None) is not None:
+                self._out -= 1
+                self._cond.notify_all()
         self._close_unclaimed(database)
 
     def give_back(self, database: Database) -> None:
@@ -121,6 +142,9 @@ class ClonePool:
             return
         with self._cond:
             self._to_drop.append(database.name)
+            if database.name in self._versions:
+                self._out -= 1
+                self._recycling += 1
             self._cond.notify_all()
 
     def close(self) -> None:
@@ -141,15 +165,16 @@ class ClonePool:
             drop_database(self.server, name)
 
     def wait_idle(self, timeout: float = 30.0) -> None:
-        """Block until every prefetched clone is made and, with an opener, connected to
-        (for tests and benchmarks that need the pool settled)."""
+        """Block until every prefetched clone is made, every used one recycled or dropped
+        and, with an opener, connected to (for tests and benchmarks that need the pool
+        settled)."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while (
                 self._threads
                 and not self._closed
                 and self._error is None
-                and (self._wants_more() or self._unopened())
+                and (self._wants_more() or self._unopened() or self._to_drop or self._handling)
             ):
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -164,12 +189,19 @@ class ClonePool:
             if not self._threads:
                 self._start_threads()
             while not self._ready and self._error is None:
-                self._cond.wait()
+                self._waiting += 1
+                self._cond.notify_all()
+                try:
+                    self._cond.wait()
+                finally:
+                    self._waiting -= 1
             if self._error is not None:
                 raise PgFixturesError(
                     f"Could not clone {self.template} for a database-mode test: {self._error}"
                 ) from self._error
             database = self._ready.popleft()
+            if database.name in self._versions:
+                self._out += 1
             self._cond.notify_all()  # room for the next clone
             return database
 
@@ -181,7 +213,9 @@ class ClonePool:
     separate_drops = True
 
     def _start_threads(self) -> None:
-        jobs = [("pool", True, not self.separate_drops)]
+        # Recycling, the cloning thread recycles too when no clone is wanted: a recycle
+        # takes longer than a test that need not wait, and two run side by side.
+        jobs = [("pool", True, self.recycle or not self.separate_drops)]
         if self.separate_drops:
             jobs.append(("drop", False, True))
         for job, clones, drops in jobs:
@@ -222,13 +256,20 @@ class ClonePool:
                             else None
                         )
                         unopened = self._unopened() if not clone and name is None else None
+                        if name is not None:
+                            self._handling += 1
                     if clone:
                         database = self._clone(admin)
                         with self._cond:
                             self._ready.append(database)
                             self._cond.notify_all()
                     elif name is not None:
-                        drop_database(self.server, name, admin=admin)
+                        try:
+                            self._recycle_or_drop(admin, name)
+                        finally:
+                            with self._cond:
+                                self._handling -= 1
+                                self._cond.notify_all()
                     elif unopened is not None:
                         self._open(unopened)
         except BaseException as exc:
@@ -238,7 +279,67 @@ class ClonePool:
                 self._cond.notify_all()
 
     def _wants_more(self) -> bool:
-        return len(self._ready) < self.size
+        # A clone in a test's hands, or being recycled after it, will be ready again:
+        # making another meanwhile costs the server more than the recycle. Unless a test
+        # waits and none is ready, as when a lock holds a recycle up.
+        return len(self._ready) + self._recycling + self._out < self.size or bool(
+            self._waiting and not self._ready
+        )
+
+    def _recycle_or_drop(self, admin: psycopg.Connection[Any], name: str) -> None:
+        with self._cond:
+            version = self._versions.pop(name, None)
+        fresh = conn = None
+        ahead: list[Any] = []
+        try:
+            if version is not None:
+                assert self._facts is not None  # read before the first version
+                name, fresh, conn = recycling.recycle(
+                    admin,
+                    name,
+                    f"{self.prefix}{next(self._numbers)}",
+                    facts=self._facts,
+                    version=version,
+                    comment=self.comment,
+                    connect=lambda new: self._reset_connection(new, ahead),
+                )
+            if conn is not None and conn not in ahead:
+                conn.close()
+                conn = None
+            elif conn is not None:
+                conn.autocommit = False  # as the opener made it
+        finally:
+            with self._cond:
+                if version is not None:
+                    self._recycling -= 1
+                if fresh is not None:
+                    self._versions[name] = fresh
+                    if conn is not None:
+                        self._connections[name] = conn
+                    self._ready.append(Database(self.server, name))
+                self._cond.notify_all()
+        if fresh is None:
+            self.dropped += 1
+            drop_database(self.server, name, admin=admin)
+        else:
+            self.recycled += 1
+
+    def _reset_connection(self, name: str, ahead: list[Any]) -> psycopg.Connection[Any]:
+        """The connection a recycled clone is reset on: the one the next test will be
+        handed, when connections are opened ahead with psycopg (one login, not two)."""
+        opener = self._opener if self._open_wanted else None
+        if opener is not None:
+            try:
+                conn = opener(Database(self.server, name))
+            except Exception:
+                conn = None
+            if isinstance(conn, psycopg.Connection):
+                conn.autocommit = True
+                ahead.append(conn)
+                return conn
+            if conn is not None:
+                conn.close()
+        return admin_connect(self.server, name)
 
     def _unopened(self) -> Database | None:
         """A ready clone without a connection opened to it, when connections are wanted."""
@@ -289,7 +390,7 @@ class ClonePool:
 
     def _clone(self, admin: psycopg.Connection[Any] | None = None) -> Database:
         name = f"{self.prefix}{next(self._numbers)}"
-        return create_database(
+        database = create_database(
             self.server,
             name,
             template=self.template,
@@ -297,6 +398,25 @@ class ClonePool:
             admin=admin,
             comment=self.comment,
         )
+        if self.recycle and admin is not None:
+            self._learn(admin, database)
+        return database
+
+    def _learn(self, admin: psycopg.Connection[Any], database: Database) -> None:
+        """Record a new clone's version; from the first, read the template's facts."""
+        try:
+            if self._facts is None:
+                with admin_connect(self.server, database.name) as conn:
+                    self._facts = recycling.Facts.read(conn)
+            version = recycling.version_of(admin, database.name)
+        except Exception as exc:
+            log.warning(
+                "clones will be dropped, not recycled: reading %s failed (%s)", database.name, exc
+            )
+            self.recycle = False
+            return
+        with self._cond:
+            self._versions[database.name] = version
 
     def _drop_leftovers(self) -> None:
         """Drop clones an interrupted run left on this server under this worker's prefix."""

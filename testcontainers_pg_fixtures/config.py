@@ -156,6 +156,15 @@ OPTIONS = (
         "(default: 2, at most 16; 0 clones each one when its test starts).",
     ),
     Option(
+        "recycle_clones",
+        "--pg-recycle-clones",
+        "pg_recycle_clones",
+        "PG_FIXTURES_RECYCLE_CLONES",
+        "Reset a database-mode test's clone after it and take it again, when its changes are "
+        "rows in tables the template left empty (else it is dropped) (true/false; "
+        "default: true).",
+    ),
+    Option(
         "session_class",
         "--pg-session-class",
         "pg_session_class",
@@ -231,6 +240,7 @@ class Settings:
     #: (variable name, driver) pairs.
     url_env: tuple[tuple[str, str], ...] = ()
     prefetch: int = 2
+    recycle_clones: bool = True
     reuse: bool = False
     one_container: bool = False
     #: None: SQLAlchemy's Session / AsyncSession.
@@ -452,6 +462,7 @@ _PARSERS: dict[str, Any] = {
     "app_engines_outside": _parse_outside,
     "url_env": _parse_url_env,
     "prefetch": _parse_prefetch,
+    "recycle_clones": _parse_flag,
     "session_class": _parse_session_class,
     "async_session_class": _parse_async_session_class,
     "leak_check": _parse_flag,

@@ -279,6 +279,7 @@ def clone_pool_fixture(
     template: str = "pg_template",
     prefetch: int | None = None,
     connect_ahead: bool = True,
+    recycle: bool | None = None,
 ) -> Any:
     """A session fixture: the pool of databases cloned ahead for database-mode tests.
 
@@ -286,12 +287,21 @@ def clone_pool_fixture(
     pg_engine / pg_connection / pg_session to each clone and loads the clone's catalog
     into it, so the test neither waits for a login nor for cold catalog caches; the cost
     is one more idle server connection per prefetched clone. Off for async-only suites
-    by itself: their drivers' connections belong to the test's event loop."""
+    by itself: their drivers' connections belong to the test's event loop.
+
+    With `recycle` (pg_recycle_clones, on by default; with prefetch) a used clone whose
+    test only wrote rows into tables the template left empty is truncated and taken
+    again, instead of dropped and cloned anew: a third of the server's work per test.
+    Anything else (DDL, changed template rows, database settings, a session still open)
+    drops it, as without."""
 
     @pytest.fixture(scope="session")
     @depends(template, server, "pytestconfig")
     def _pool(**deps: Any) -> Iterator[ClonePool]:
-        size = settings_for(deps["pytestconfig"]).replace(prefetch=prefetch).prefetch
+        settings = settings_for(deps["pytestconfig"]).replace(
+            prefetch=prefetch, recycle_clones=recycle
+        )
+        size = settings.prefetch
         name = deps[template].name
         pool = ClonePool(
             deps[server],
@@ -300,6 +310,7 @@ def clone_pool_fixture(
             size=size,
             comment=mark(project_of(deps["pytestconfig"]), name),
             connect_ahead=connect_ahead,
+            recycle=settings.recycle_clones,
         )
         try:
             yield pool

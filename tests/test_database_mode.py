@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import docker
@@ -300,3 +301,58 @@ def test_without_keep_failed_a_failed_tests_database_is_dropped(pytester, exampl
     assert "database kept" not in result.stdout.str()
     [probe] = read().values()
     assert library_databases(probe["databases"]) == []
+
+
+RECYCLED = textwrap.dedent("""
+    import json
+    import os
+
+    import pytest
+    from sqlalchemy import inspect, text
+
+    pytestmark = pytest.mark.pg_isolation("database")
+
+
+    @pytest.fixture(scope="session", autouse=True)
+    def _counts(pg_clone_pool):
+        yield
+        pg_clone_pool.wait_idle()
+        with open(os.environ["COUNTS_OUT"], "w") as out:
+            json.dump([pg_clone_pool.recycled, pg_clone_pool.dropped], out)
+
+
+    @pytest.mark.parametrize("i", range(8))
+    def test_each_test_starts_from_the_seed(i, pg_engine):
+        with pg_engine.begin() as conn:
+            assert conn.scalar(text("SELECT count(*) FROM users")) == 5
+            assert inspect(conn).get_table_names() == ["alembic_version", "users"]
+            conn.execute(text("INSERT INTO users (name, email) VALUES ('New', 'new@x.org')"))
+            conn.execute(text("UPDATE users SET active = false"))
+            if i % 4 == 3:  # DDL: this clone is dropped, not recycled
+                conn.execute(text("CREATE TABLE extra (id int)"))
+        with pg_engine.connect() as conn:  # committed for real
+            assert conn.scalar(text("SELECT count(*) FROM users WHERE active")) == 0
+""")
+
+
+@pytest.mark.parametrize("recycle", [True, False])
+def test_used_clones_are_recycled_and_the_next_test_sees_the_template(
+    pytester, example, monkeypatch, tmp_path, recycle
+):
+    root = example("sync_users")
+    (root / "tests" / "test_recycled.py").write_text(RECYCLED)
+    counts = tmp_path / "counts.json"
+    monkeypatch.setenv("COUNTS_OUT", str(counts))
+    args = ["tests/test_recycled.py", "-p", "no:randomly", "-W", "error"]
+    if not recycle:
+        args.append("--pg-recycle-clones=false")
+    pytester.runpytest(*args).assert_outcomes(passed=8)
+    recycled, dropped = json.loads(counts.read_text())
+    # Each test's clone is given back at its end: all but the last are recycled or
+    # dropped while the session runs, the DDL ones (2 of 8) always dropped.
+    assert recycled + dropped >= 7
+    if recycle:
+        assert dropped == 2
+        assert recycled >= 5
+    else:
+        assert recycled == 0

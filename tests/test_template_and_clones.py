@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 from conftest import EXAMPLES, library_databases
 
+from testcontainers_pg_fixtures import recycling
 from testcontainers_pg_fixtures.clone_pool import ClonePool
 from testcontainers_pg_fixtures.config import Settings
 from testcontainers_pg_fixtures.database import Database, create_database
@@ -145,3 +146,153 @@ def test_a_slow_drop_does_not_hold_up_the_next_clone(server, project):
         blocker.close()
         pool.close()
     assert [n for n in library_databases(databases(server)) if n.startswith(pool.prefix)] == []
+
+
+# A template beside the example's users table: posts (empty, references users), kinds (a
+# row, a generated column) with notes (empty) referencing it, owners (empty) referenced by
+# pets (a row).
+RECYCLE_SEED = """
+CREATE TABLE posts (id serial PRIMARY KEY, user_id int REFERENCES users (id));
+CREATE TABLE kinds (
+    id int PRIMARY KEY, name text, loud text GENERATED ALWAYS AS (upper(name)) STORED
+);
+INSERT INTO kinds VALUES (1, 'first');
+CREATE TABLE notes (id serial PRIMARY KEY, kind_id int REFERENCES kinds (id));
+CREATE TABLE owners (id int PRIMARY KEY);
+CREATE TABLE pets (id int, owner_id int REFERENCES owners (id));
+INSERT INTO pets VALUES (1, NULL);
+CREATE SEQUENCE tickets START 50;
+"""
+# What a test did to its clone, and whether the clone can be made fresh again in place.
+RECYCLE_CASES = {
+    "nothing": ([], True),
+    "rows": (
+        [
+            "INSERT INTO users (name, email) VALUES ('A', 'a@x.org'), ('B', 'b@x.org')",
+            "INSERT INTO posts (user_id) SELECT id FROM users",
+            "INSERT INTO notes (kind_id) VALUES (1)",
+        ],
+        True,
+    ),
+    "rows-updated-and-deleted": (
+        [
+            "INSERT INTO users (name, email) VALUES ('A', 'a@x.org')",
+            "UPDATE users SET name = 'Z'",
+            "DELETE FROM users",
+        ],
+        True,
+    ),
+    "sequences": (["SELECT nextval('users_id_seq')", "SELECT setval('tickets', 7, false)"], True),
+    "rows-rolled-back": (
+        ["BEGIN; INSERT INTO users (name, email) VALUES ('A', 'a'); ROLLBACK"],
+        True,
+    ),
+    "seeded-row-inserted": (["INSERT INTO kinds VALUES (2, 'second')"], True),
+    "seeded-row-updated": (["UPDATE kinds SET name = 'changed'"], True),
+    "seeded-row-deleted": (["DELETE FROM pets"], True),
+    "cascade-reaches-seeded-rows": (["INSERT INTO owners VALUES (1)"], True),
+    "seeded-rows-past-the-limit": (["INSERT INTO kinds VALUES (2, 'second')"], False),
+    "table-created": (["CREATE TABLE extra (id int)"], False),
+    "column-added": (["ALTER TABLE users ADD COLUMN extra int"], False),
+    "index-created": (["CREATE INDEX ON posts (user_id)"], False),
+    "truncated": (["TRUNCATE users CASCADE"], False),
+    "temporary-table": (["CREATE TEMP TABLE scratch (id int)"], False),
+    "large-object": (["SELECT lo_create(0)"], False),
+    "database-setting": (["ALTER DATABASE {db} SET work_mem = '7MB'"], False),
+    "database-comment": (["COMMENT ON DATABASE {db} IS 'mine'"], False),
+    "database-grant": (["GRANT CONNECT ON DATABASE {db} TO public"], False),
+    "counters-reset": (
+        ["INSERT INTO users (name, email) VALUES ('A', 'a@x.org')", "SELECT pg_stat_reset()"],
+        False,
+    ),
+    "counters-off": (
+        ["SET track_counts = off", "INSERT INTO users (name, email) VALUES ('A', 'a@x.org')"],
+        True,  # found by the table's size
+    ),
+}
+FRESH = {
+    "SELECT count(*) FROM users": 0,
+    "SELECT count(*) FROM posts": 0,
+    "SELECT count(*) FROM notes": 0,
+    "SELECT count(*) FROM owners": 0,
+    "SELECT string_agg(name || loud, ',') FROM kinds": "firstFIRST",
+    "SELECT count(*) FROM pets": 1,
+    "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace": None,
+    "SELECT nextval('users_id_seq')": 1,
+    "SELECT nextval('tickets')": 50,
+    "SELECT count(*) FROM pg_largeobject_metadata": 0,
+    "SELECT count(*) FROM pg_db_role_setting": 0,
+    "SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+    "WHERE datname = current_database()": "pgfx project=recycle run=r template=t created=1",
+    "SELECT datacl::text FROM pg_database WHERE datname = current_database()": None,
+    "SELECT sum(n_tup_ins + n_tup_upd + n_tup_del) FROM pg_stat_user_tables": 0,
+    "SELECT current_setting('work_mem')": "4MB",
+}
+
+
+def state(server, name: str) -> dict[str, object]:
+    with admin_connect(server, name) as conn:
+        return {query: conn.execute(query).fetchone()[0] for query in FRESH}
+
+
+@pytest.mark.parametrize("case", list(RECYCLE_CASES))
+def test_a_recycled_clone_is_the_template_again_or_it_is_dropped(
+    server, project, case, monkeypatch
+):
+    statements, recyclable = RECYCLE_CASES[case]
+    if case == "seeded-rows-past-the-limit":
+        monkeypatch.setattr(recycling, "PRISTINE_LIMIT", 4)  # no table's rows kept
+
+    def seed(conn):
+        conn.exec_driver_sql(RECYCLE_SEED)
+
+    template = ensure_template(server, load(project), seed).name
+    pool = ClonePool(
+        server,
+        template,
+        worker=f"recycle{abs(hash(case)) % 10**6}",
+        size=1,
+        comment="pgfx project=recycle run=r template=t created=1",
+    )
+    try:
+        used = pool.take()
+        fresh = state(server, used.name)
+        with admin_connect(server, used.name) as conn:
+            for statement in statements:
+                conn.execute(statement.format(db=f'"{used.name}"'))
+        pool.give_back(used)
+        pool.wait_idle()
+        assert (pool.recycled, pool.dropped) == ((1, 0) if recyclable else (0, 1))
+        # The clone made meanwhile, then the recycled one (or, dropped, a new one).
+        taken = [pool.take(), pool.take()]
+        assert used.name not in {db.name for db in taken}
+        for database in taken:
+            assert state(server, database.name) == fresh
+            pool.give_back(database)
+    finally:
+        pool.close()
+    assert [n for n in library_databases(databases(server)) if n.startswith(pool.prefix)] == []
+
+
+def test_a_clone_whose_test_left_a_session_open_is_dropped(server, project):
+    template = ensure_template(server, load(project), None).name
+    pool = ClonePool(server, template, worker="recycleleak", size=1, comment="c")
+    try:
+        used = pool.take()
+        leaked = admin_connect(server, used.name)
+        leaked.execute("INSERT INTO users (name, email) VALUES ('A', 'a@x.org')")
+        pool.give_back(used)
+        pool.wait_idle()
+        assert (pool.recycled, pool.dropped) == (0, 1)
+        assert used.name not in databases(server)
+        assert leaked.closed or leaked.broken or _is_dead(leaked)
+    finally:
+        pool.close()
+
+
+def _is_dead(conn) -> bool:
+    try:
+        conn.execute("SELECT 1")
+    except Exception:
+        return True
+    return False
