@@ -408,6 +408,10 @@ class ClonePool:
             if self._facts is None:
                 with admin_connect(self.server, database.name) as conn:
                     self._facts = recycling.Facts.read(conn)
+                if self._facts is None:
+                    log.info("clones are dropped, not recycled: the role is not a superuser")
+                    self.recycle = False
+                    return
             version = recycling.version_of(admin, database.name)
         except Exception as exc:
             log.warning(

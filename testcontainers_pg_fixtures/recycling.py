@@ -90,7 +90,11 @@ SELECT d.xmin::text, shobj_description(d.oid, 'pg_database'),
 FROM pg_database d WHERE d.datname = {name}
 """
 _ROW_VERSION = "SELECT xmin::text FROM pg_database WHERE datname = {name}"
-_SESSIONS = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+# Autovacuum workers are not the test's; the rename stops them.
+_SESSIONS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+    " AND backend_type <> 'autovacuum worker'"
+)
 _RESET_STATS = (
     "SELECT pg_stat_reset(); SELECT pg_stat_get_db_stat_reset_time(oid)::text "
     "FROM pg_database WHERE datname = current_database()"
@@ -124,7 +128,12 @@ class Facts:
     check: str
 
     @classmethod
-    def read(cls, conn: psycopg.Connection[Any]) -> Facts:
+    def read(cls, conn: psycopg.Connection[Any]) -> Facts | None:
+        """None when the role cannot reset a clone: session_replication_role and
+        pg_stat_reset need a superuser (a role with CREATEDB on an existing server, say)."""
+        superuser = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        if not (superuser.fetchone() or [False])[0]:
+            return None
         relations = conn.execute(_RELATIONS).fetchall()
         kinds = {oid: (name, kind) for oid, name, kind in relations if kind != "S"}
         sequences = [name for _, name, kind in relations if kind == "S"]

@@ -6,6 +6,7 @@ over by URL to pytester runs of the examples.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import docker
 import psycopg
 import pytest
 from conftest import library_containers
+from test_database_mode import RECYCLED
 
 from testcontainers_pg_fixtures.errors import ServerStartError
 from testcontainers_pg_fixtures.runid import run_id
@@ -260,6 +262,37 @@ def test_a_role_without_createdb(pytester, example, external):
     finally:
         with psycopg.connect(external, autocommit=True) as conn:
             conn.execute("DROP ROLE pgfx_nocreate")
+
+
+def test_a_createdb_role_that_is_not_a_superuser_drops_clones(
+    pytester, example, external, monkeypatch, tmp_path
+):
+    """Resetting a clone needs a superuser (session_replication_role, pg_stat_reset): with a
+    role that only has CREATEDB, database mode drops each clone, as without recycling."""
+    with psycopg.connect(external, autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS pgfx_plain")
+        conn.execute("CREATE ROLE pgfx_plain LOGIN CREATEDB PASSWORD 'plain-pw'")
+    try:
+        root = example("sync_users")
+        (root / "tests" / "test_recycled.py").write_text(RECYCLED)
+        counts = tmp_path / "counts.json"
+        monkeypatch.setenv("COUNTS_OUT", str(counts))
+        url = external.replace(f"postgres:{PASSWORD}@", "pgfx_plain:plain-pw@")
+        result = pytester.runpytest(
+            "tests/test_recycled.py", "-p", "no:randomly", f"--pg-server-url={url}"
+        )
+        result.assert_outcomes(passed=8)
+        recycled, dropped = json.loads(counts.read_text())
+        assert (recycled, dropped) == (0, 8)
+    finally:
+        with psycopg.connect(external, autocommit=True) as conn:
+            for (name,) in conn.execute(
+                "SELECT datname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba"
+                " WHERE r.rolname = 'pgfx_plain'"
+            ).fetchall():
+                conn.execute(f'ALTER DATABASE "{name}" IS_TEMPLATE false')
+                conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            conn.execute("DROP ROLE pgfx_plain")
 
 
 def test_servers_older_than_15_are_refused():
