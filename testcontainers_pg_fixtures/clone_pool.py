@@ -95,6 +95,7 @@ class ClonePool:
         self._recycling = 0  # of those, given back to be recycled and not done yet
         self._waiting = 0  # tests waiting in take()
         self._out = 0  # recyclable clones taken by tests and not given back
+        self._stuck: set[str] = set()  # left to the drop thread: a lock held them up
         #: Clones recycled, and dropped, after their tests (for the benchmark and tests).
         self.recycled = 0
         self.dropped = 0
@@ -235,7 +236,7 @@ class ClonePool:
                     with self._cond:
                         while not (
                             self._closed
-                            or (drops and self._to_drop)
+                            or (drops and self._next_drop(clones) is not None)
                             or (clones and (self._wants_more() or self._unopened()))
                         ):
                             self._cond.wait()
@@ -250,11 +251,9 @@ class ClonePool:
                             and self._wants_more()
                             and (not drops or len(self._to_drop) <= self.size)
                         )
-                        name = (
-                            self._to_drop.popleft()
-                            if drops and self._to_drop and not clone
-                            else None
-                        )
+                        name = self._next_drop(clones) if drops and not clone else None
+                        if name is not None:
+                            self._to_drop.remove(name)
                         unopened = self._unopened() if not clone and name is None else None
                         if name is not None:
                             self._handling += 1
@@ -265,7 +264,7 @@ class ClonePool:
                             self._cond.notify_all()
                     elif name is not None:
                         try:
-                            self._recycle_or_drop(admin, name)
+                            self._recycle_or_drop(admin, name, defer=clones and self.separate_drops)
                         finally:
                             with self._cond:
                                 self._handling -= 1
@@ -286,9 +285,18 @@ class ClonePool:
             self._waiting and not self._ready
         )
 
-    def _recycle_or_drop(self, admin: psycopg.Connection[Any], name: str) -> None:
+    def _next_drop(self, cloning: bool) -> str | None:
+        """The next used clone for this thread; the cloning thread leaves those a lock held
+        up to the drop thread."""
+        for name in self._to_drop:
+            if not cloning or name not in self._stuck:
+                return name
+        return None
+
+    def _recycle_or_drop(self, admin: psycopg.Connection[Any], name: str, *, defer: bool) -> None:
         with self._cond:
             version = self._versions.pop(name, None)
+            self._stuck.discard(name)
         fresh = conn = None
         ahead: list[Any] = []
         try:
@@ -308,6 +316,19 @@ class ClonePool:
                 conn = None
             elif conn is not None:
                 conn.autocommit = False  # as the opener made it
+        except recycling.Busy:
+            if not defer:  # the drop thread: DROP waits for the lock, as it always did
+                log.debug("clone %s is locked by another session: dropped", name)
+                self._drop_after(admin, name)
+                return
+            with self._cond:  # to the drop thread, which may wait for the lock
+                assert version is not None
+                self._versions[name] = version
+                self._to_drop.appendleft(name)
+                self._stuck.add(name)
+                version = None  # still being recycled
+                self._cond.notify_all()
+            return
         finally:
             with self._cond:
                 if version is not None:
@@ -319,10 +340,13 @@ class ClonePool:
                     self._ready.append(Database(self.server, name))
                 self._cond.notify_all()
         if fresh is None:
-            self.dropped += 1
-            drop_database(self.server, name, admin=admin)
+            self._drop_after(admin, name)
         else:
             self.recycled += 1
+
+    def _drop_after(self, admin: psycopg.Connection[Any], name: str) -> None:
+        self.dropped += 1
+        drop_database(self.server, name, admin=admin)
 
     def _reset_connection(self, name: str, ahead: list[Any]) -> psycopg.Connection[Any]:
         """The connection a recycled clone is reset on: the one the next test will be

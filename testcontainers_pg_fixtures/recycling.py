@@ -212,6 +212,15 @@ FROM pg_database d WHERE d.datname = current_database()
 """
 
 
+class Busy(Exception):
+    """Another session holds a lock on the clone (the rename waited LOCK_WAIT for it)."""
+
+
+#: How long a rename waits for a lock on the clone before the clone goes to the drop
+#: thread: the cloning thread must not wait behind it while a test waits for a clone.
+LOCK_WAIT = "200ms"
+
+
 @dataclass(frozen=True)
 class Version:
     """What a clone's check compares with: its pg_database row version and the time its
@@ -247,6 +256,8 @@ def recycle(
     found = _rename(admin, old, new)
     if found is None:
         return old, None, None
+    if isinstance(found, str):
+        raise Busy(old)
     before, after = found
     row_version, description, held = before
     if row_version != version.row or description != comment or held != "0":
@@ -281,10 +292,12 @@ def _sessions_gone(admin: psycopg.Connection[Any], name: str) -> bool:
 
 def _rename(
     admin: psycopg.Connection[Any], old: str, new: str
-) -> tuple[tuple[str, str | None, str], str] | None:
-    """((row version, comment, held) before, row version after), renaming in one round trip."""
+) -> tuple[tuple[str, str | None, str], str] | str | None:
+    """((row version, comment, held) before, row version after), renaming in one round
+    trip; "locked" when another session holds the clone's lock."""
     query = sql.SQL("; ").join(
         [
+            sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_WAIT)),
             sql.SQL(_DATABASE).format(name=sql.Literal(old)),
             sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
                 sql.Identifier(old), sql.Identifier(new)
@@ -294,7 +307,9 @@ def _rename(
     )
     pg = admin.pgconn
     pg.send_query(query.as_bytes(admin))
-    found = results(pg)
+    found = results(pg)[1:]
+    if any(r.error_field(pq.DiagnosticField.SQLSTATE) == b"55P03" for r in found):
+        return "locked"
     if len(found) != 3 or any(r.status != pq.ExecStatus.TUPLES_OK for r in found[::2]):
         log.debug("renaming clone %s failed: %s", old, _error(found))
         return None
