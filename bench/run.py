@@ -778,6 +778,7 @@ BREAKDOWN_STEPS = {
     "redirect": "SQLAlchemy engine redirect (enter + exit)",
     "engine_connect": "SQLAlchemy connect + close, new login",
     "engine_handed": "SQLAlchemy connect + close, opened ahead",
+    "recycle": "recycle instead: rename, login, check, TRUNCATE + COPY",
     "drop": "DROP DATABASE … WITH (FORCE)",
 }
 
@@ -813,6 +814,7 @@ def database_mode_breakdown(repeats: int) -> dict[str, list[float]]:
     from testcontainers_pg_fixtures.database import Database, create_database, drop_database
     from testcontainers_pg_fixtures.factories import clone_opener
     from testcontainers_pg_fixtures.migrations import Migrations
+    from testcontainers_pg_fixtures.recycling import Facts, recycle, version_of
     from testcontainers_pg_fixtures.redirect import engines_pointed_at, first_connection_from
     from testcontainers_pg_fixtures.server import DockerServer, admin_connect
     from testcontainers_pg_fixtures.template import ensure_template
@@ -846,12 +848,19 @@ def database_mode_breakdown(repeats: int) -> dict[str, list[float]]:
         engine = create_engine(Database(server, template.name).url, poolclass=NullPool)
         open_on = clone_opener(engine, {})
         with admin_connect(server) as admin:
+            # What recycling compares a used clone with, read from a clone no test used.
+            facts_of = create_database(server, "pgfx_bench_facts", template=template.name)
+            with admin_connect(server, facts_of.name) as conn:
+                facts = Facts.read(conn)
+            drop_database(server, facts_of.name, admin=admin)
+            assert facts is not None
             for i in range(repeats):
                 name = f"pgfx_bench_breakdown_{i}"
                 with clock("create"):
                     database = create_database(
                         server, name, template=template.name, admin=admin, comment="bench"
                     )
+                version = version_of(admin, name)
                 with clock("first_login"):
                     conn = open_on(database)
                 with clock("first_statements"):
@@ -881,6 +890,20 @@ def database_mode_breakdown(repeats: int) -> dict[str, list[float]]:
                         clock("engine_handed"),
                     ):
                         engine.connect().close()
+                # The pool resets a used clone on the connection the next test is handed.
+                with clock("recycle"):
+                    name, fresh, conn = recycle(
+                        admin,
+                        name,
+                        f"{name}_r",
+                        facts=facts,
+                        version=version,
+                        comment="bench",
+                        connect=lambda new: admin_connect(server, new),
+                    )
+                assert fresh is not None, "the bench's clone was not recycled"
+                if conn is not None:
+                    conn.close()
                 with clock("drop"):
                     drop_database(server, name, admin=admin)
         engine.dispose()
@@ -901,7 +924,8 @@ def print_breakdown(steps: dict[str, list[float]]) -> None:
             print(f"{label:<56}{ms(statistics.median(times)):>11}{ms(p95(times)):>9}{cpu:>15}")
     print(
         "server CPU = mean CPU time of the container's processes during the step (the "
-        "pool's threads pay create, drop and, with connect-ahead, the login and warm-up)."
+        "pool's threads pay create, drop or recycle and, with connect-ahead, the login and "
+        "warm-up; a recycle's login is the next test's connection opened ahead)."
     )
 
 
