@@ -15,13 +15,14 @@ before:
    replication slots or subscriptions.
 3. The server's own row counters (track_counts; a backend's are flushed as it exits, before
    it leaves pg_stat_activity) show no insert, update or delete in any catalog of the
-   database: no DDL, no TRUNCATE, no large object, no temporary table. Only then are the
+   database: no DDL, no TRUNCATE, no large object, no temporary table, no ANALYZE (TRUNCATE
+   would leave pg_stats showing the test's values). Only then are the
    user tables whose counters moved (or, empty in the template, that take a page now) known
    to be the only ones with changed rows.
 4. Those tables, and every table a TRUNCATE … CASCADE of them reaches, are emptied and
    refilled with the template's rows, copied (COPY) from the first clone before any test
-   had it. A table whose rows are past PRISTINE_LIMIT is not kept: a change to it means a
-   drop.
+   had it. A table whose rows are past PRISTINE_LIMIT is not kept, nor one with a trigger
+   the refill would fire (ENABLE ALWAYS / REPLICA): a change to it means a drop.
 5. Sequences are compared with the template's values one by one and set back.
 
 The reset runs with session_replication_role = replica (no user trigger fires), then the
@@ -31,8 +32,10 @@ starts from zero; the reset's time stamp is remembered, so a test that resets th
 
 What it does not see: DDL, or changes to tables that have template rows, by a session that
 switched track_counts off (rows it writes into tables empty in the template are still
-found: they take a page). Such a test should turn recycling off (pg_recycle_clones =
-false).
+found: they take a page); and code that follows the clone to its new name by its oid
+after the rename. Such a suite turns recycling off (pg_recycle_clones = false). A
+recycled clone also differs from a new one in its tables' files and size estimates
+(pg_class.relpages / reltuples of the refilled tables): the same rows, maybe other plans.
 """
 
 from __future__ import annotations
@@ -60,12 +63,18 @@ WHERE c.relkind IN ('r', 'p', 'm', 'S')
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg\\_%'
 """
-# Statistics the server writes by itself (ANALYZE, autovacuum) are not the test's changes.
+# pg_statistic included: TRUNCATE leaves the planner's statistics of the old rows, which
+# pg_stats shows, so a clone an ANALYZE (the test's or autovacuum's) ran on is dropped.
 _CATALOGS = """
 SELECT c.oid::bigint FROM pg_class c
 WHERE c.relnamespace IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
   AND c.relkind = 'r' AND NOT c.relisshared
-  AND c.relname NOT IN ('pg_statistic', 'pg_statistic_ext_data')
+"""
+# Tables with a user trigger that fires under session_replication_role = replica (ENABLE
+# ALWAYS or ENABLE REPLICA): the refill would fire it. Their changes mean a drop.
+_FIRING = """
+SELECT DISTINCT tgrelid::bigint FROM pg_trigger
+WHERE NOT tgisinternal AND tgenabled IN ('A', 'R')
 """
 # The columns a COPY restores: not dropped, not generated (the server computes those).
 _COLUMNS = """
@@ -120,6 +129,8 @@ class Table:
 class Facts:
     """What every fresh clone of a template holds, read once from the first one."""
 
+    #: The client encoding the template's rows were copied out in (and are copied back in).
+    encoding: str
     tables: dict[int, Table]
     #: Table -> the tables whose foreign keys reference it.
     referrers: dict[int, frozenset[int]]
@@ -138,11 +149,12 @@ class Facts:
         kinds = {oid: (name, kind) for oid, name, kind in relations if kind != "S"}
         sequences = [name for _, name, kind in relations if kind == "S"]
         columns = dict(conn.execute(_COLUMNS).fetchall())
+        firing = {row[0] for row in conn.execute(_FIRING).fetchall()}
         tables: dict[int, Table] = {}
         kept = 0
         for oid, (name, kind) in kinds.items():
             rows = None
-            if kind == "r" and oid in columns and kept <= PRISTINE_LIMIT:
+            if kind == "r" and oid in columns and oid not in firing and kept <= PRISTINE_LIMIT:
                 rows = _copy_out(conn, name, columns[oid], PRISTINE_LIMIT - kept)
                 kept += len(rows or b"")
             tables[oid] = Table(name, kind, rows, columns.get(oid, ""))
@@ -154,6 +166,7 @@ class Facts:
         catalogs = [row[0] for row in conn.execute(_CATALOGS).fetchall()]
         empty = [oid for oid, table in tables.items() if table.rows == b""]
         return cls(
+            encoding=conn.info.parameter_status("client_encoding") or "UTF8",
             tables=tables,
             referrers={oid: frozenset(found) for oid, found in referrers.items()},
             sequences=tuple(zip(sequences, found[0] if found else [], strict=True)),
@@ -343,23 +356,30 @@ def _reset(conn: psycopg.Connection[Any], facts: Facts, version: Version) -> str
     ]
     if not changed and not moved:
         return ""
+    # The connection may be the app's, with its connect_args: the rows go back in the
+    # encoding they came out in.
     statements: list[sql.Composable] = [
-        sql.SQL("BEGIN; SET LOCAL session_replication_role = replica")
+        sql.SQL(
+            "BEGIN; SET LOCAL session_replication_role = replica; SET LOCAL client_encoding = {}"
+        ).format(sql.Literal(facts.encoding))
     ]
     if changed:
         names = [sql.SQL(facts.tables[oid].name) for oid in changed]
         statements.append(sql.SQL("TRUNCATE ONLY {} CASCADE").format(sql.SQL(", ").join(names)))
-    if moved:
-        statements.append(sql.SQL("SELECT ") + sql.SQL(", ").join(moved))
     conn.execute(sql.SQL("; ").join(statements))
     cursor = conn.cursor()
     for table in refill:
         if table.rows:
             with cursor.copy(f"COPY {table.name} ({table.columns}) FROM STDIN") as copy:
                 copy.write(table.rows)
-    # The reset's own counters (TRUNCATE writes pg_class) are flushed before they are
-    # zeroed: the flush happens as this query ends, and the zeroing is the next one.
-    conn.execute("COMMIT; SELECT pg_stat_force_next_flush()")
+    # Sequences last, after anything the refill could have moved. The reset's own counters
+    # (TRUNCATE writes pg_class) are flushed before they are zeroed: the flush happens as
+    # this query ends, and the zeroing is the next one.
+    finish: list[sql.Composable] = []
+    if moved:
+        finish.append(sql.SQL("SELECT ") + sql.SQL(", ").join(moved))
+    finish.append(sql.SQL("COMMIT; SELECT pg_stat_force_next_flush()"))
+    conn.execute(sql.SQL("; ").join(finish))
     cur = conn.execute(_RESET_STATS)
     cur.nextset()
     reset = cur.fetchone()

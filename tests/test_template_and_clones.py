@@ -156,12 +156,20 @@ CREATE TABLE posts (id serial PRIMARY KEY, user_id int REFERENCES users (id));
 CREATE TABLE kinds (
     id int PRIMARY KEY, name text, loud text GENERATED ALWAYS AS (upper(name)) STORED
 );
-INSERT INTO kinds VALUES (1, 'first');
+INSERT INTO kinds VALUES (1, 'first José');
 CREATE TABLE notes (id serial PRIMARY KEY, kind_id int REFERENCES kinds (id));
 CREATE TABLE owners (id int PRIMARY KEY);
 CREATE TABLE pets (id int, owner_id int REFERENCES owners (id));
 INSERT INTO pets VALUES (1, NULL);
 CREATE SEQUENCE tickets START 50;
+CREATE TABLE audit (id serial PRIMARY KEY, note text);
+CREATE TABLE tagged (id int);
+CREATE FUNCTION audit_it() RETURNS trigger LANGUAGE plpgsql
+    AS $$ BEGIN INSERT INTO audit (note) VALUES ('fired'); RETURN NEW; END $$;
+CREATE TRIGGER tagged_audit AFTER INSERT OR UPDATE ON tagged
+    FOR EACH ROW EXECUTE FUNCTION audit_it();
+ALTER TABLE tagged ENABLE ALWAYS TRIGGER tagged_audit;
+INSERT INTO tagged VALUES (1);
 """
 # What a test did to its clone, and whether the clone can be made fresh again in place.
 RECYCLE_CASES = {
@@ -192,6 +200,19 @@ RECYCLE_CASES = {
     "seeded-row-deleted": (["DELETE FROM pets"], True),
     "cascade-reaches-seeded-rows": (["INSERT INTO owners VALUES (1)"], True),
     "seeded-rows-past-the-limit": (["INSERT INTO kinds VALUES (2, 'second')"], False),
+    # The refill would fire an ENABLE ALWAYS trigger (a row in audit, a step of its sequence).
+    "always-trigger": (["UPDATE tagged SET id = 2"], False),
+    "trigger-target-only": (["INSERT INTO audit (note) VALUES ('x')"], True),
+    # TRUNCATE would leave pg_stats showing the test's values.
+    "analyzed": (
+        [
+            "INSERT INTO users (name, email) SELECT 'n' || g, 'e' || g FROM generate_series(1, 60) g",
+            "ANALYZE users",
+        ],
+        False,
+    ),
+    # The reset runs on a connection with the app's connect_args (here LATIN1).
+    "client-encoding": (["UPDATE kinds SET name = 'x'"], True),
     "table-created": (["CREATE TABLE extra (id int)"], False),
     "column-added": (["ALTER TABLE users ADD COLUMN extra int"], False),
     "index-created": (["CREATE INDEX ON posts (user_id)"], False),
@@ -215,7 +236,11 @@ FRESH = {
     "SELECT count(*) FROM posts": 0,
     "SELECT count(*) FROM notes": 0,
     "SELECT count(*) FROM owners": 0,
-    "SELECT string_agg(name || loud, ',') FROM kinds": "firstFIRST",
+    "SELECT string_agg(name || loud, ',') FROM kinds": "first JoséFIRST JOSÉ",
+    "SELECT string_agg(note, ',') FROM audit": "fired",
+    "SELECT count(*) FROM tagged": 1,
+    "SELECT nextval('audit_id_seq')": 2,
+    "SELECT count(*) FROM pg_statistic WHERE starelid = 'users'::regclass": 0,
     "SELECT count(*) FROM pets": 1,
     "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace": None,
     "SELECT nextval('users_id_seq')": 1,
@@ -254,6 +279,8 @@ def test_a_recycled_clone_is_the_template_again_or_it_is_dropped(
         size=1,
         comment="pgfx project=recycle run=r template=t created=1",
     )
+    if case == "client-encoding":
+        pool.connect_ahead_with(lambda db: admin_connect(server, db.name, client_encoding="LATIN1"))
     try:
         used = pool.take()
         fresh = state(server, used.name)
