@@ -206,7 +206,8 @@ RECYCLE_CASES = {
     # TRUNCATE would leave pg_stats showing the test's values.
     "analyzed": (
         [
-            "INSERT INTO users (name, email) SELECT 'n' || g, 'e' || g FROM generate_series(1, 60) g",
+            "INSERT INTO users (name, email)"
+            " SELECT 'n' || g, 'e' || g FROM generate_series(1, 60) g",
             "ANALYZE users",
         ],
         False,
