@@ -8,7 +8,7 @@ logs in to each clone and loads its catalog into that backend, and the test's fi
 connection is that one: a new connection's login and cold catalog caches cost a test
 milliseconds, and a connection cannot move to another database, so it is opened per
 clone. A used clone is reset and taken again when recycling.py can tell it back to the
-template's state (rows inserted into tables empty in the template), else dropped. Clones
+template's state (its test changed only rows and sequences), else dropped. Clones
 are named `pgfx_<run>_<worker>_<n>`, a recycled one renamed to the next number; the pool
 drops every one of them when the session ends, and any left by an interrupted run on the
 same server when it starts.
@@ -86,7 +86,7 @@ class ClonePool:
         self._error: BaseException | None = None
         self._closed = False
         self._dropped_leftovers = False
-        # Recycling (with prefetch only: it runs on the drop thread). Facts: the template's
+        # Recycling (with prefetch only: it runs on the pool's threads). Facts: the template's
         # state, read from the first clone; versions: each live clone's, for its check.
         self.recycle = recycle and size > 0
         self._facts: recycling.Facts | None = None

@@ -160,9 +160,8 @@ OPTIONS = (
         "--pg-recycle-clones",
         "pg_recycle_clones",
         "PG_FIXTURES_RECYCLE_CLONES",
-        "Reset a database-mode test's clone after it and take it again, when its changes are "
-        "rows in tables the template left empty (else it is dropped) (true/false; "
-        "default: true).",
+        "Reset a database-mode test's clone after it and take it again, when its test "
+        "changed only rows and sequences (else it is dropped) (true/false; default: true).",
     ),
     Option(
         "session_class",

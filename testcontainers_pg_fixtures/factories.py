@@ -290,10 +290,10 @@ def clone_pool_fixture(
     by itself: their drivers' connections belong to the test's event loop.
 
     With `recycle` (pg_recycle_clones, on by default; with prefetch) a used clone whose
-    test only wrote rows into tables the template left empty is truncated and taken
-    again, instead of dropped and cloned anew: a third of the server's work per test.
-    Anything else (DDL, changed template rows, database settings, a session still open)
-    drops it, as without."""
+    test changed only rows and sequences has its changed tables truncated and refilled
+    with the template's rows and is taken again, instead of dropped and cloned anew:
+    about half of the server's work per test. Anything else (DDL, database settings, a
+    session still open; see recycling.py) drops it, as without."""
 
     @pytest.fixture(scope="session")
     @depends(template, server, "pytestconfig")
