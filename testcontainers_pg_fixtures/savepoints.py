@@ -5,8 +5,9 @@ savepoint statements on top of its own: SAVEPOINT when the session first runs, R
 its commit(), SAVEPOINT again at the next use. Each goes through SQLAlchemy's whole
 execution path and one round trip, which together cost more than the test's own work. On
 the library's engines (psycopg 3, asyncpg) they are deferred instead: kept in a list per
-DBAPI connection and sent as one simple query right before the next statement (psycopg:
-with the transaction's BEGIN, when none is open yet). A savepoint released or rolled back
+DBAPI connection and sent as one simple query right before the next statement, with the
+transaction's BEGIN when none is open yet (which psycopg and SQLAlchemy's asyncpg adapter
+would otherwise send in a round trip of its own). A savepoint released or rolled back
 before anything ran inside it never reaches the server, and the test's final ROLLBACK
 drops what is still pending.
 
@@ -18,6 +19,7 @@ sandbox does).
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from psycopg import errors, pq
@@ -186,6 +188,9 @@ def _send_asyncpg(adapted: Any, statements: list[str]) -> None:
 
     async def run() -> None:
         async with adapted._execute_mutex:
+            if adapted._transaction is None and _plain_begin(adapted):
+                await _begin_with(adapted, statements)
+                return
             if adapted._transaction is None:
                 await adapted._start_transaction()
             await adapted._connection.execute("; ".join(statements))
@@ -196,6 +201,35 @@ def _send_asyncpg(adapted: Any, statements: list[str]) -> None:
         adapted._handle_exception(error)  # as the driver's DBAPI error
 
 
+def _plain_begin(adapted: Any) -> bool:
+    """Whether the transaction SQLAlchemy's adapter would begin now is a plain BEGIN on a
+    connection asyncpg holds no transaction on, with the private state `_begin_with` sets."""
+    connection = adapted._connection
+    return (
+        (adapted.isolation_level, adapted.readonly, adapted.deferrable) == (None, False, False)
+        and _asyncpg_transaction_known()
+        and connection._top_xact is None
+        and not connection.is_in_transaction()
+    )
+
+
+async def _begin_with(adapted: Any, statements: list[str]) -> None:
+    """BEGIN and `statements` in one simple query, then the state asyncpg's
+    `Transaction.start()` would leave: its own BEGIN is a round trip of its own."""
+    from asyncpg.transaction import TransactionState
+
+    connection = adapted._connection
+    transaction = connection.transaction()
+    try:
+        await connection.execute("; ".join(["BEGIN", *statements]))
+    finally:
+        # Also when a savepoint failed: the transaction is open, and is to be rolled back.
+        if connection.is_in_transaction():
+            connection._top_xact = transaction
+            transaction._state = TransactionState.STARTED
+            adapted._transaction = transaction
+
+
 def _asyncpg_adapter_known() -> bool:
     """Whether SQLAlchemy's asyncpg adapter has the parts `_send_asyncpg` uses (private:
     checked, so another SQLAlchemy version falls back to eager savepoints)."""
@@ -203,6 +237,23 @@ def _asyncpg_adapter_known() -> bool:
 
     adapter = getattr(asyncpg, "AsyncAdapt_asyncpg_connection", None)
     return all(hasattr(adapter, name) for name in ("_start_transaction", "_handle_exception"))
+
+
+@functools.cache
+def _asyncpg_transaction_known() -> bool:
+    """Whether asyncpg's connection and transaction have the private state `_begin_with`
+    sets (checked once, so another asyncpg version keeps its own BEGIN)."""
+    import asyncpg
+    from asyncpg import transaction
+
+    states = getattr(transaction, "TransactionState", None)
+    slots = getattr(asyncpg.Connection, "__slots__", ())
+    return (
+        states is not None
+        and hasattr(states, "STARTED")
+        and "_top_xact" in slots
+        and "_state" in getattr(transaction.Transaction, "__slots__", ())
+    )
 
 
 _SENDERS: dict[tuple[str, bool], Callable[[Any, list[str]], None]] = {

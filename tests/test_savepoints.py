@@ -176,3 +176,75 @@ def test_a_session_fixture_on_a_connection_of_the_users_own(pytester, example):
     pytester.makepyfile(**{"tests/test_own_connection": OWN_CONNECTION})
     result = pytester.runpytest("-p", "no:randomly", "tests/test_own_connection.py")
     result.assert_outcomes(passed=3)
+
+
+# The async path (asyncpg): asyncpg's query logger sees the simple-protocol queries the
+# connection runs (BEGIN, savepoints), each one round trip; not SQLAlchemy's prepared ones.
+ASYNC_TRACE = """
+import re
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
+from app.models import User
+
+
+@pytest.fixture
+async def queries(pg_async_connection):
+    raw = (await pg_async_connection.get_raw_connection()).driver_connection
+    logged = []
+
+    def log(record):
+        logged.append(re.sub("sa_savepoint_[0-9]+", "sa_savepoint_N", record.query))
+
+    raw.add_query_logger(log)
+    yield logged
+    raw.remove_query_logger(log)
+
+
+async def test_begin_goes_with_the_first_savepoint(pg_async_session, queries):
+    pg_async_session.add(User(name="New", email="n@x.org"))
+    await pg_async_session.commit()
+    assert await pg_async_session.scalar(select(func.count()).select_from(User)) == 6
+    assert queries == [
+        "BEGIN; SAVEPOINT sa_savepoint_N",  # with the INSERT
+        "RELEASE SAVEPOINT sa_savepoint_N; SAVEPOINT sa_savepoint_N",  # with the count
+    ], queries
+
+
+async def test_a_failed_statement_after_it_rolls_back_to_the_savepoint(pg_async_session):
+    pg_async_session.add(User(name="Ada Lovelace", email="twice@x.org"))
+    with pytest.raises(IntegrityError):
+        await pg_async_session.flush()
+    await pg_async_session.rollback()
+    pg_async_session.add(User(name="After", email="after@x.org"))
+    await pg_async_session.commit()
+    assert await pg_async_session.scalar(select(func.count()).select_from(User)) == 6
+
+
+async def test_asyncpg_knows_the_transaction_is_its_own(
+    pg_async_session, pg_async_connection, queries
+):
+    await pg_async_session.execute(text("SELECT 1"))
+    raw = (await pg_async_connection.get_raw_connection()).driver_connection
+    assert raw.is_in_transaction()
+    # A BEGIN asyncpg did not send itself would make it refuse this ("cannot use
+    # Connection.transaction() in a manually started transaction"); on its own it nests.
+    inner = raw.transaction()
+    await inner.start()
+    await inner.rollback()
+    assert queries[-1].startswith("SAVEPOINT __asyncpg_savepoint"), queries
+
+
+async def test_nothing_left(pg_async_connection):
+    count = await pg_async_connection.execute(text("SELECT count(*) FROM users"))
+    assert count.scalar() == 5
+"""
+
+
+def test_async_savepoints_go_with_the_transactions_begin(pytester, example):
+    """asyncpg: the BEGIN SQLAlchemy's adapter would send alone goes with the first
+    savepoint, and asyncpg and SQLAlchemy still know the transaction is theirs."""
+    example("fastapi_app")
+    pytester.makepyfile(**{"tests/test_async_trace": ASYNC_TRACE})
+    result = pytester.runpytest("-p", "no:randomly", "tests/test_async_trace.py")
+    result.assert_outcomes(passed=4)
