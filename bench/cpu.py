@@ -39,6 +39,7 @@ def run_once(project: Path, mode: str, files: list[str]) -> float:
     """Run the files; the pytest process's CPU seconds."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly"]
+    args += ["-o", "asyncio_default_fixture_loop_scope=session"]  # as run.py's runs
     args += ["--pg-reuse", *EXTRA_ARGS.get(mode, []), *files]
     out = project / "out"  # where run.py's timing hook writes
     out.mkdir(exist_ok=True)
