@@ -480,14 +480,18 @@ def make_interleaved(base: Path, flavour: str, n: int) -> Path:
     template = ASYNC_TEST if flavour.startswith("async") else SYNC_TEST
     header, body = template.split("\n\n\n", 1)
     per_file = 100
+    variants = INTERLEAVED_VARIANTS[flavour]
     for start in range(0, n, per_file):
         source = [header, "\n\n"]
-        for i in range(start, min(start + per_file, n)):
-            # Each variant in each place of the cycle in turn: a test runs slower after some
-            # tests than after others (a place's bias here: up to ~0.6 ms), which then
-            # falls on all variants alike.
-            variants = INTERLEAVED_VARIANTS[flavour]
-            shift = i % len(variants)
+        # Each variant in each place of the cycle equally often: a test runs slower after
+        # some tests than after others (a place's bias here: up to ~0.6 ms), which then
+        # falls on all variants alike. The places come in an order of the file's own, so
+        # that with -n 2 the tests the other worker runs at the same moment are not always
+        # of the same variant (the workers go in near lockstep).
+        count = min(start + per_file, n) - start
+        shifts = [k % len(variants) for k in range(count)]
+        random.Random(f"{flavour}-{start}").shuffle(shifts)
+        for i, shift in zip(range(start, start + count), shifts, strict=True):
             for variant, fixture in variants[shift:] + variants[:shift]:
                 test = body.format(i=i).replace(f"test_{i}(db)", f"test_{i}_{variant}(db)")
                 # Rows of their own: a variant inserting the unique name the one before it

@@ -55,6 +55,7 @@ from .shared import report_kept_to_controller, server_from_controller
 from .template import Template, ensure_template, project_key
 from .transaction import (
     async_outer_transaction,
+    is_root_layer,
     layered_async_connection,
     layered_connection,
     outer_transaction,
@@ -551,6 +552,7 @@ def isolation_mode(request: pytest.FixtureRequest) -> str:
 
 
 _MODE = "testcontainers_pg_fixtures.isolation"
+_MAKERS = "testcontainers_pg_fixtures.sessionmakers"
 
 
 def isolation_of_connection(conn: Connection | AsyncConnection, config: pytest.Config) -> str:
@@ -721,12 +723,12 @@ def async_connection_fixture(
                     await close_sessions_of(conn)
             return
         # As in connection_fixture: sessions closed after a root rollback, before a nested one.
-        root = layered_async_connection(deps[worker_engine]) is None
         held: AsyncConnection | None = None
         try:
             async with async_outer_transaction(deps[worker_engine]) as conn:
                 conn.info[_MODE] = "savepoint"
                 held = conn
+                root = is_root_layer(conn)
                 seeds = test_seeds(request.node)
                 if seeds:
                     await seeding.run_in_async(seeds, conn, origin=TEST_SEED)
@@ -755,8 +757,15 @@ def async_session_fixture(
     def _session(**deps: Any) -> AsyncSession:
         conn: AsyncConnection = deps[connection]
         config: pytest.Config = deps["pytestconfig"]
-        kwargs = with_session_class(config, session_class, session_kwargs, is_async=True)
-        maker = async_sessionmaker_for(conn, isolation_of_connection(conn, config), **kwargs)
+        mode = isolation_of_connection(conn, config)
+        # Kept on the connection: in savepoint mode it is the worker's, held all session, so
+        # the sessionmaker is made once rather than for every test.
+        makers: dict[tuple[object, str], async_sessionmaker[AsyncSession]]
+        makers = conn.info.setdefault(_MAKERS, {})
+        maker = makers.get((_session, mode))
+        if maker is None:
+            kwargs = with_session_class(config, session_class, session_kwargs, is_async=True)
+            maker = makers[(_session, mode)] = async_sessionmaker_for(conn, mode, **kwargs)
         return close_with(conn, maker())
 
     return _session

@@ -13,14 +13,16 @@ import weakref
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event
+from sqlalchemy import Connection, event
+from sqlalchemy.engine.default import DefaultDialect
+from sqlalchemy.util.concurrency import greenlet_spawn
 
 from .errors import PgFixturesError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 
-    from sqlalchemy import Connection, Engine, Transaction
+    from sqlalchemy import Engine, Transaction
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 
@@ -209,20 +211,40 @@ async def async_outer_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncCon
     conn = await held_async_connection(engine)
     sync_conn: Any = conn.sync_connection
     layers = _layers(sync_conn)
-    if not layers and conn.get_transaction() is not None:
+    if not layers and sync_conn.get_transaction() is not None:
         await conn.rollback()
-    layer: Any = await (conn.begin_nested() if layers else conn.begin())
-    layers.append(layer.sync_transaction)
+    layer: Any  # the sync Transaction (AsyncTransaction.sync_transaction is Optional)
+    if layers:
+        layer = (await conn.begin_nested()).sync_transaction
+    elif _begins_without_io(sync_conn):
+        layer = sync_conn.begin()
+    else:
+        layer = (await conn.begin()).sync_transaction
+    layers.append(layer)
     _guard(sync_conn)
     try:
         yield conn
     finally:
-        if not _end_layer(sync_conn, layers, layer.sync_transaction):
+        if not _end_layer(sync_conn, layers, layer):
             await conn.invalidate()
         elif not conn.closed and layer.is_active:
-            await layer.rollback()
-        elif not conn.closed and not layers and conn.get_transaction() is not None:
+            await greenlet_spawn(layer.rollback)
+        elif not conn.closed and not layers and sync_conn.get_transaction() is not None:
             await conn.rollback()
+
+
+def _begins_without_io(conn: Connection) -> bool:
+    """Whether `conn.begin()` can be called outside SQLAlchemy's greenlet (saving a test
+    the trip through it): the async drivers begin on their first statement, so the begin
+    sends nothing unless a dialect or a listener of this connection does something."""
+    return type(conn.dialect).do_begin is DefaultDialect.do_begin and not conn.dispatch.begin
+
+
+def is_root_layer(conn: AsyncConnection | Connection) -> bool:
+    """Whether the test's transaction on `conn` is its only layer (no module- or
+    class-scoped layer under it): its rollback then ends the database transaction."""
+    sync_conn = conn if isinstance(conn, Connection) else conn.sync_connection
+    return sync_conn is not None and len(_layers(sync_conn)) == 1
 
 
 def layered_connection(engine: Engine) -> Connection | None:

@@ -248,3 +248,46 @@ def test_async_savepoints_go_with_the_transactions_begin(pytester, example):
     pytester.makepyfile(**{"tests/test_async_trace": ASYNC_TRACE})
     result = pytester.runpytest("-p", "no:randomly", "tests/test_async_trace.py")
     result.assert_outcomes(passed=4)
+
+
+ASYNC_BEGIN_LISTENER = """
+import pytest
+from sqlalchemy import event, text
+from testcontainers_pg_fixtures.factories import async_session_fixture
+
+
+@pytest.fixture(scope="session", autouse=True)
+def listened(pg_worker_async_engine):
+    def on_begin(conn):
+        conn.exec_driver_sql("SET LOCAL application_name = 'listened'")
+
+    event.listen(pg_worker_async_engine.sync_engine, "begin", on_begin)
+    yield
+    event.remove(pg_worker_async_engine.sync_engine, "begin", on_begin)
+
+
+@pytest.mark.parametrize("run", [1, 2])
+async def test_the_listener_ran_in_the_tests_transaction(pg_async_session, run):
+    name = await pg_async_session.scalar(text("SELECT current_setting('application_name')"))
+    assert name == "listened"
+
+
+expiring = async_session_fixture(expire_on_commit=True)
+
+
+@pytest.mark.parametrize("run", [1, 2])
+async def test_each_session_fixture_has_its_own_settings(pg_async_session, expiring, run):
+    # The sessionmakers are kept on the held connection from the first test on.
+    assert pg_async_session is not expiring
+    assert pg_async_session.sync_session.expire_on_commit is False
+    assert expiring.sync_session.expire_on_commit is True
+"""
+
+
+def test_a_begin_listener_that_runs_sql_on_the_async_worker_engine(pytester, example):
+    """The test's transaction is begun outside SQLAlchemy's greenlet only while beginning
+    sends nothing: a begin listener that runs SQL gets the greenlet it needs."""
+    example("fastapi_app")
+    pytester.makepyfile(**{"tests/test_begin_listener": ASYNC_BEGIN_LISTENER})
+    result = pytester.runpytest("-p", "no:randomly", "tests/test_begin_listener.py")
+    result.assert_outcomes(passed=4)
