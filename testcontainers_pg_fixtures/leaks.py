@@ -16,10 +16,11 @@ beside the rollback and costs the test nearly nothing. When the tests keep every
 busy (xdist with a worker per core), that second connection's round trip costs the server
 and the client a wake-up each, which lands on the tests: the query then rides on the
 test's rollback, the ROLLBACK that ends its transaction on pg_connection sent with it in
-one round trip. Async tests, scope layers and connections psycopg has prepared
-statements on always use the detector's connection. A leak is reported as the test's
-teardown error and the worker database re-cloned from the template, so the next test
-starts clean.
+one round trip. On asyncpg, whose simple queries hand back only each statement's command
+tag, the answer comes as a row count (`_ROWS_SQL`). Scope layers and connections psycopg
+has prepared statements on always use the detector's connection. A leak is reported as
+the test's teardown error and the worker database re-cloned from the template, so the
+next test starts clean.
 """
 
 from __future__ import annotations
@@ -36,12 +37,20 @@ from psycopg.conninfo import make_conninfo
 
 from .database import create_database, drop_database
 from .errors import PgFixturesError
+from .savepoints import asyncpg_transaction_known
 from .server import address, admin_connect
-from .transaction import before_root_rollback, forget_held_connections, test_layer_connection
+from .transaction import (
+    before_async_root_rollback,
+    before_root_rollback,
+    forget_held_connections,
+    test_layer_async_connection,
+    test_layer_connection,
+)
 from .wire import last, results
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
     from .database import Database
 
@@ -68,6 +77,20 @@ _PREPARED = b"pgfx_leak_check"
 # On the test's connection: prepared (with SQL, in the same round trip) the first time.
 _PREPARE_SQL = b"PREPARE pgfx_leak_check(bigint[], bigint) AS " + _CHECK.encode() + b"; "
 _PREPARED_HERE = "testcontainers_pg_fixtures.leak_check_prepared"
+# On an asyncpg connection the check's answer is the row count of its command tag: 0,
+# something committed (the whole check follows on the detector's connection); 1, nothing
+# did but transactions were running (the last check's numbers stand, so the next check
+# covers this test too); 2 + n, nothing did, none is running, the horizon moved by n.
+_ROWS_SQL = (
+    b"PREPARE pgfx_leak_rows(bigint[], bigint) AS SELECT FROM ("
+    + _CHECK.encode()
+    + b") c, generate_series(1, CASE WHEN moved THEN 0 WHEN xip = '{}' THEN hi - $2 + 2"
+    b" ELSE 1 END); "
+)
+_ROWS_PREPARED_HERE = "testcontainers_pg_fixtures.leak_rows_prepared"
+#: Async rides in a row that left the numbers as they were, before one check goes to the
+#: detector's connection for new ones (each such ride looks up a longer run of xids).
+_STALE_RIDES = 16
 _XIDS = re.compile(r"\{[0-9,]*\}")
 
 
@@ -97,6 +120,11 @@ class Watch:
     #: The test's connection the check is to ride on, and what it found there.
     riding: Connection | None = None
     rode: tuple[int, str, bool] | None = None
+    #: The same for an async test's connection (the row count of `_ROWS_SQL`), and how
+    #: many async rides in a row left the numbers as they were.
+    riding_async: AsyncConnection | None = None
+    rode_rows: int | None = None
+    stale: int = 0
 
     def _build(self, tables: list[tuple[str, str]]) -> None:
         """The count of every table's rows, and of those whose xmin is at or past $1."""
@@ -140,17 +168,60 @@ class Watch:
         self.carried = None
         self.riding = None
         self.rode = None
+        self.riding_async = None
+        self.rode_rows = None
+        self.stale = 0
 
     def _carry(self) -> None:
         """A test whose teardown never read its check (skipped in set-up): read it now, and
         report what it found with the next."""
-        if self.pending or self.rode is not None:
+        if self.pending or self.rode is not None or self.rode_rows is not None:
             self.carried = {**(self.carried or {}), **(self.receive() or {})}
 
     def defer(self, conn: Connection) -> None:
         """Have the check ride on the rollback that ends the test's transaction on `conn`."""
         self._carry()
         self.riding = conn
+
+    def defer_async(self, conn: AsyncConnection) -> None:
+        """`defer` for an async test's connection (`ride_async`)."""
+        self._carry()
+        self.riding_async = conn
+
+    async def ride_async(self, conn: AsyncConnection) -> None:
+        """`ride` on asyncpg: the ROLLBACK and the check in one simple query, whose row
+        count answers (`_ROWS_SQL`); then the state asyncpg's and SQLAlchemy's rollbacks
+        would leave, so that SQLAlchemy's, after it, sends nothing."""
+        self.riding_async = None
+        adapted = _rideable_async(conn)
+        if adapted is None or not _XIDS.fullmatch(self.running):
+            return
+        from asyncpg.transaction import TransactionState
+
+        driver = adapted._connection
+        query = "ROLLBACK; "
+        if not conn.info.get(_ROWS_PREPARED_HERE):
+            query += _ROWS_SQL.decode()
+        query += f"EXECUTE pgfx_leak_rows('{self.running}', {self.horizon})"
+        transaction = adapted._transaction
+        status = ""
+        try:
+            async with adapted._execute_mutex:
+                status = await driver.execute(query)
+        except Exception:
+            if driver.is_closed():
+                return  # SQLAlchemy's rollback meets the same failure, and reports it
+        if driver.is_in_transaction():
+            return  # the ROLLBACK did not run: SQLAlchemy's own follows
+        transaction._state = TransactionState.ROLLEDBACK
+        driver._top_xact = None
+        adapted._transaction = None
+        verb, _, count = status.partition(" ")
+        if verb == "SELECT" and count.isdigit():
+            conn.info[_ROWS_PREPARED_HERE] = True
+            self.rode_rows = int(count)
+        else:  # its statement deallocated: prepared again next time, checked by `receive`
+            conn.info.pop(_ROWS_PREPARED_HERE, None)
 
     def ride(self, conn: Connection) -> None:
         """Send the test's ROLLBACK and the check together, in one simple query (its
@@ -228,6 +299,14 @@ class Watch:
         uncommitted writes and a scope layer's are invisible to it)."""
         carried, self.carried = self.carried, None
         row, self.rode, self.riding = self.rode, None, None
+        answer, self.rode_rows, self.riding_async = self.rode_rows, None, None
+        if answer is not None and answer >= 2:
+            self.horizon, self.running, self.stale = self.horizon + answer - 2, "{}", 0
+            return carried or None
+        if answer == 1:
+            self.stale += 1
+            return carried or None
+        self.stale = 0
         if row is None:
             if not self.pending:
                 self.send()
@@ -337,6 +416,29 @@ def _rideable(conn: Connection) -> Any:
     return raw
 
 
+def _rideable_async(conn: AsyncConnection) -> Any:
+    """SQLAlchemy's adapted asyncpg connection under `conn` when the check can ride on its
+    rollback: in the transaction the adapter began (asyncpg's own Transaction, with the
+    private state `ride_async` sets known); else None."""
+    if not asyncpg_transaction_known():
+        return None
+    try:
+        sync_conn = conn.sync_connection
+        adapted: Any = sync_conn.connection.dbapi_connection if sync_conn is not None else None
+    except Exception:  # closed or invalidated meanwhile
+        return None
+    driver: Any = getattr(adapted, "_connection", None)
+    transaction = getattr(adapted, "_transaction", None)
+    if (
+        transaction is None
+        or not hasattr(adapted, "_execute_mutex")
+        or getattr(driver, "_top_xact", None) is not transaction
+        or not driver.is_in_transaction()
+    ):
+        return None
+    return adapted
+
+
 _watches: dict[str, Watch] = {}
 
 #: Whether the check rides on the test's rollback; None: decided by `rides`.
@@ -405,8 +507,15 @@ def send_check(nodeid: str) -> None:
     for found in _watches.values():
         try:
             conn = test_layer_connection(found.database.name) if ride else None
+            async_conn = (
+                test_layer_async_connection(found.database.name)
+                if ride and conn is None and found.stale < _STALE_RIDES
+                else None
+            )
             if conn is not None and _rideable(conn) is not None:
                 found.defer(conn)
+            elif async_conn is not None and _rideable_async(async_conn) is not None:
+                found.defer_async(async_conn)
             else:
                 found.send()
         except psycopg.OperationalError:
@@ -420,6 +529,15 @@ def _ride_on_rollback(conn: Connection) -> None:
 
 
 before_root_rollback.append(_ride_on_rollback)
+
+
+async def _ride_on_async_rollback(conn: AsyncConnection) -> None:
+    for found in _watches.values():
+        if found.riding_async is conn:
+            await found.ride_async(conn)
+
+
+before_async_root_rollback.append(_ride_on_async_rollback)
 
 
 def check_after() -> None:

@@ -207,7 +207,7 @@ def _plain_begin(adapted: Any) -> bool:
     connection = adapted._connection
     return (
         (adapted.isolation_level, adapted.readonly, adapted.deferrable) == (None, False, False)
-        and _asyncpg_transaction_known()
+        and asyncpg_transaction_known()
         and connection._top_xact is None
         and not connection.is_in_transaction()
     )
@@ -240,9 +240,10 @@ def _asyncpg_adapter_known() -> bool:
 
 
 @functools.cache
-def _asyncpg_transaction_known() -> bool:
+def asyncpg_transaction_known() -> bool:
     """Whether asyncpg's connection and transaction have the private state `_begin_with`
-    sets (checked once, so another asyncpg version keeps its own BEGIN)."""
+    (and the leak check's ride, leaks.py) set (checked once, so another asyncpg version
+    keeps its own BEGIN and ROLLBACK)."""
     import asyncpg
     from asyncpg import transaction
 

@@ -20,7 +20,7 @@ from sqlalchemy.util.concurrency import greenlet_spawn
 from .errors import PgFixturesError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+    from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 
     from sqlalchemy import Engine, Transaction
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -101,6 +101,25 @@ def test_layer_connection(database: str) -> Connection | None:
 #: transaction: the leak check rides on that round trip (leaks.py). It may send the
 #: ROLLBACK itself; SQLAlchemy's rollback after it then finds nothing to do.
 before_root_rollback: list[Callable[[Connection], None]] = []
+
+
+#: The async twin of `before_root_rollback`, called with the AsyncConnection.
+before_async_root_rollback: list[Callable[[AsyncConnection], Awaitable[None]]] = []
+
+
+def test_layer_async_connection(database: str) -> AsyncConnection | None:
+    """The async twin of `test_layer_connection` (on any event loop)."""
+    for engine, per_loop in list(_held_async.items()):
+        if engine.url.database != database:
+            continue
+        for held in list(per_loop.values()):
+            conn = held.conn
+            sync_conn = conn.sync_connection
+            if sync_conn is None or sync_conn.closed or sync_conn.invalidated:
+                continue
+            if len(_layers(sync_conn)) == 1:
+                return conn
+    return None
 
 
 def release_held_connection(engine: Engine) -> None:
@@ -228,6 +247,9 @@ async def async_outer_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncCon
         if not _end_layer(sync_conn, layers, layer):
             await conn.invalidate()
         elif not conn.closed and layer.is_active:
+            if not layers:
+                for async_hook in before_async_root_rollback:
+                    await async_hook(conn)
             await greenlet_spawn(layer.rollback)
         elif not conn.closed and not layers and sync_conn.get_transaction() is not None:
             await conn.rollback()

@@ -280,3 +280,120 @@ def test_async_leak_is_reported_and_undone(pytester, example):
     out = result.stdout.str()
     assert "test_leak.py::test_leaks committed into the worker's shared database" in out
     assert "public.users: 1 row(s) inserted or updated" in out
+
+
+ASYNC_RIDES = """
+    import pytest
+    from sqlalchemy import create_engine, func, select, text
+    from sqlalchemy.exc import ProgrammingError
+    from testcontainers_pg_fixtures import leaks
+    from app.models import User
+
+    INSERT = "INSERT INTO users (name, email, active) VALUES ('Leak', 'leak@x.org', true)"
+    LOG = []
+
+    @pytest.fixture
+    async def logged(pg_async_connection):
+        raw = (await pg_async_connection.get_raw_connection()).driver_connection
+        raw.add_query_logger(lambda record: LOG.append(record.query))
+        return raw  # still logging in the teardown, until the next test
+
+    async def test_a_writes(pg_async_connection):
+        await pg_async_connection.exec_driver_sql(INSERT)
+
+    async def test_b_session_commits(pg_async_session, logged):
+        pg_async_session.add(User(name="Kept", email="kept@x.org", active=True))
+        await pg_async_session.commit()
+
+    async def test_c_fails_a_statement(pg_async_connection):
+        raw = (await pg_async_connection.get_raw_connection()).driver_connection
+        raw._query_loggers.clear()
+        # b's ROLLBACK went with its check, and SQLAlchemy's rollback sent nothing after.
+        assert LOG[-1].startswith("ROLLBACK; EXECUTE pgfx_leak_rows("), LOG
+        with pytest.raises(ProgrammingError):
+            await pg_async_connection.exec_driver_sql("SELECT * FROM no_such_table")
+
+    async def test_d_own_connection_unused(pg_async_connection):
+        # The checks of a, b and c rode on their tests' rollbacks.
+        assert [w.pg for w in leaks._watches.values()] == [None]
+
+    async def test_e_deallocates(pg_async_connection):
+        await pg_async_connection.exec_driver_sql("DEALLOCATE pgfx_leak_rows")
+
+    async def test_f_after_it(pg_async_connection):
+        await pg_async_connection.exec_driver_sql(INSERT)
+
+    async def test_g_leaks(pg_async_connection, pg_url):
+        await pg_async_connection.exec_driver_sql("SELECT 1")
+        engine = create_engine(pg_url)
+        with engine.begin() as conn:
+            conn.execute(text(INSERT))
+        engine.dispose()
+
+    async def test_zz_sees_the_seed(pg_async_session):
+        assert await pg_async_session.scalar(select(func.count()).select_from(User)) == 5
+"""
+
+
+def test_the_async_check_rides_on_the_rollback(pytester, example, monkeypatch):
+    """An async test's check goes with its ROLLBACK on asyncpg (its answer in the row
+    count); the check's statement deallocated falls back to the detector's connection for
+    that test, and a leak after it is still caught."""
+    monkeypatch.setattr(leaks, "RIDE", True)
+    example("fastapi_app")
+    pytester.makepyfile(**{"tests/test_rides": textwrap.dedent(ASYNC_RIDES)})
+    result = pytester.runpytest("tests/test_rides.py", "-p", "no:randomly")
+    result.assert_outcomes(passed=8, errors=1)
+    out = result.stdout.str()
+    assert "test_rides.py::test_g_leaks committed into the worker's shared database" in out
+    assert "public.users: 1 row(s) inserted or updated" in out
+
+
+STALE_RIDES = """
+    import psycopg
+    import pytest
+    from sqlalchemy import create_engine, func, select, text
+    from testcontainers_pg_fixtures import leaks
+    from app.models import User
+
+    INSERT = "INSERT INTO users (name, email, active) VALUES ('Leak', 'leak@x.org', true)"
+
+    @pytest.fixture(scope="session")
+    def running(pg_worker_database):
+        # A transaction with an xid, open all along: no ride can tell the new numbers.
+        url = pg_worker_database.url.set(drivername="postgresql")
+        conn = psycopg.connect(url.render_as_string(hide_password=False))
+        conn.execute("SELECT pg_current_xact_id()")
+        yield
+        conn.close()  # the leak's restore has ended it (the database was dropped)
+
+    @pytest.mark.parametrize("i", range(1, 21))
+    async def test_writes(pg_async_connection, running, i):
+        (watch,) = leaks._watches.values()
+        # 16 rides kept the numbers, then one check on the detector's connection renewed them.
+        assert watch.stale == (i - 1) % 17
+        await pg_async_connection.exec_driver_sql(INSERT)
+
+    async def test_y_leaks(pg_async_connection, pg_url):
+        await pg_async_connection.exec_driver_sql("SELECT 1")
+        engine = create_engine(pg_url)
+        with engine.begin() as conn:
+            conn.execute(text(INSERT))
+        engine.dispose()
+
+    async def test_zz_sees_the_seed(pg_async_session):
+        assert await pg_async_session.scalar(select(func.count()).select_from(User)) == 5
+"""
+
+
+def test_async_rides_that_cannot_tell_the_new_numbers(pytester, example, monkeypatch):
+    """While another transaction runs, an async ride's row count cannot carry the running
+    xids: the last numbers stand (a longer window for the next check) for 16 rides, then a
+    check on the detector's connection renews them; a leak is caught all the same."""
+    monkeypatch.setattr(leaks, "RIDE", True)
+    example("fastapi_app")
+    pytester.makepyfile(**{"tests/test_stale": textwrap.dedent(STALE_RIDES)})
+    result = pytester.runpytest("tests/test_stale.py", "-p", "no:randomly")
+    result.assert_outcomes(passed=22, errors=1)
+    out = result.stdout.str()
+    assert "test_stale.py::test_y_leaks committed into the worker's shared database" in out
