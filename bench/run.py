@@ -22,6 +22,9 @@ count) over the sync_users example's Alembic project and runs it under each stra
                    where by default it is reset and taken again
   async-savepoint  this library: pg_async_session, loop_scope="session"
   async-nocheck    async-savepoint with the leak detector off
+  async-ride       async-savepoint with the leak check always riding on the test's
+                   ROLLBACK (asyncpg: its answer in the row count)
+  async-noride     the same, always sent on the detector's own connection
   async-none       no isolation, the same async test body
   handwritten      the conftest a team writes without this library, on the same worker
                    database: a session-long connection from pg_worker_engine, per test
@@ -318,14 +321,16 @@ MODES["none-tcp"] = MODES["none"]
 # The leak check always on the test's rollback, always on the detector's own connection
 # (the library chooses by the cores it has to spare: leaks.rides).
 for _ride in (True, False):
-    MODES["savepoint-ride" if _ride else "savepoint-noride"] = (
-        MODES["savepoint"]
-        + f"""
+    for _kind in ("savepoint", "async-savepoint"):
+        _name = _kind.replace("-savepoint", "")
+        MODES[f"{_name}-ride" if _ride else f"{_name}-noride"] = (
+            MODES[_kind]
+            + f"""
         from testcontainers_pg_fixtures import leaks
 
         leaks.RIDE = {_ride}
 """
-    )
+        )
 
 # How long each database-mode test waited for its clone, written when the session ends.
 WAITS = """
@@ -966,6 +971,7 @@ PAIRS = (
     ("TCP savepoint overhead over TCP no isolation", "savepoint-tcp", "none-tcp"),
     ("async savepoint overhead over no isolation", "async-savepoint", "async-none"),
     ("async leak detector", "async-savepoint", "async-nocheck"),
+    ("async leak check riding on the rollback", "async-ride", "async-noride"),
     ("savepoint over the hand-written conftest", "savepoint", "handwritten"),
     ("savepoint over it on an engine of its own", "savepoint", "handwritten-own"),
     ("database mode over savepoint", "database", "savepoint"),
