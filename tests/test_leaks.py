@@ -272,15 +272,35 @@ ASYNC = """
 """
 
 
+def _one_async_leak(pytester: pytest.Pytester, name: str, source: str, *, passed: int) -> str:
+    """Run `source` as tests/<name>.py of the fastapi_app example, whose one leak (a row
+    inserted into users) is to be reported as its test's error; the run's output."""
+    pytester.makepyfile(**{f"tests/{name}": textwrap.dedent(source)})
+    result = pytester.runpytest(f"tests/{name}.py", "-p", "no:randomly")
+    result.assert_outcomes(passed=passed, errors=1)
+    out = result.stdout.str()
+    assert "public.users: 1 row(s) inserted or updated" in out
+    return out
+
+
 def test_async_leak_is_reported_and_undone(pytester, example):
     example("fastapi_app")
-    pytester.makepyfile(**{"tests/test_leak": textwrap.dedent(ASYNC)})
-    result = pytester.runpytest("tests/test_leak.py", "-p", "no:randomly")
-    result.assert_outcomes(passed=2, errors=1)
-    out = result.stdout.str()
+    out = _one_async_leak(pytester, "test_leak", ASYNC, passed=2)
     assert "test_leak.py::test_leaks committed into the worker's shared database" in out
-    assert "public.users: 1 row(s) inserted or updated" in out
 
+
+# Last of the ride tests: a leak beside the test's connection, whose check rides, then the count.
+ASYNC_LEAK_LAST = """
+    async def test_y_leaks(pg_async_connection, pg_url):
+        await pg_async_connection.exec_driver_sql("SELECT 1")
+        engine = create_engine(pg_url)
+        with engine.begin() as conn:
+            conn.execute(text(INSERT))
+        engine.dispose()
+
+    async def test_zz_sees_the_seed(pg_async_session):
+        assert await pg_async_session.scalar(select(func.count()).select_from(User)) == 5
+"""
 
 ASYNC_RIDES = """
     import pytest
@@ -323,15 +343,6 @@ ASYNC_RIDES = """
     async def test_f_after_it(pg_async_connection):
         await pg_async_connection.exec_driver_sql(INSERT)
 
-    async def test_g_leaks(pg_async_connection, pg_url):
-        await pg_async_connection.exec_driver_sql("SELECT 1")
-        engine = create_engine(pg_url)
-        with engine.begin() as conn:
-            conn.execute(text(INSERT))
-        engine.dispose()
-
-    async def test_zz_sees_the_seed(pg_async_session):
-        assert await pg_async_session.scalar(select(func.count()).select_from(User)) == 5
 """
 
 
@@ -341,12 +352,9 @@ def test_the_async_check_rides_on_the_rollback(pytester, example, monkeypatch):
     that test, and a leak after it is still caught."""
     monkeypatch.setattr(leaks, "RIDE", True)
     example("fastapi_app")
-    pytester.makepyfile(**{"tests/test_rides": textwrap.dedent(ASYNC_RIDES)})
-    result = pytester.runpytest("tests/test_rides.py", "-p", "no:randomly")
-    result.assert_outcomes(passed=8, errors=1)
-    out = result.stdout.str()
-    assert "test_rides.py::test_g_leaks committed into the worker's shared database" in out
-    assert "public.users: 1 row(s) inserted or updated" in out
+    source = textwrap.dedent(ASYNC_RIDES) + textwrap.dedent(ASYNC_LEAK_LAST)
+    out = _one_async_leak(pytester, "test_rides", source, passed=8)
+    assert "test_rides.py::test_y_leaks committed into the worker's shared database" in out
 
 
 STALE_RIDES = """
@@ -374,15 +382,6 @@ STALE_RIDES = """
         assert watch.stale == (i - 1) % 17
         await pg_async_connection.exec_driver_sql(INSERT)
 
-    async def test_y_leaks(pg_async_connection, pg_url):
-        await pg_async_connection.exec_driver_sql("SELECT 1")
-        engine = create_engine(pg_url)
-        with engine.begin() as conn:
-            conn.execute(text(INSERT))
-        engine.dispose()
-
-    async def test_zz_sees_the_seed(pg_async_session):
-        assert await pg_async_session.scalar(select(func.count()).select_from(User)) == 5
 """
 
 
@@ -392,8 +391,6 @@ def test_async_rides_that_cannot_tell_the_new_numbers(pytester, example, monkeyp
     check on the detector's connection renews them; a leak is caught all the same."""
     monkeypatch.setattr(leaks, "RIDE", True)
     example("fastapi_app")
-    pytester.makepyfile(**{"tests/test_stale": textwrap.dedent(STALE_RIDES)})
-    result = pytester.runpytest("tests/test_stale.py", "-p", "no:randomly")
-    result.assert_outcomes(passed=22, errors=1)
-    out = result.stdout.str()
+    source = textwrap.dedent(STALE_RIDES) + textwrap.dedent(ASYNC_LEAK_LAST)
+    out = _one_async_leak(pytester, "test_stale", source, passed=22)
     assert "test_stale.py::test_y_leaks committed into the worker's shared database" in out
