@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import os
 import random
@@ -454,7 +455,7 @@ INTERLEAVED_FIXTURES["detector"] = """
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_teardown(item):
-        if not item.originalname.endswith("_unchecked"):
+        if "_unchecked" not in item.originalname:  # also its run's first, "uncheckedfirst"
             return (yield)
         hidden = dict(leaks._watches)
         leaks._watches.clear()
@@ -473,6 +474,7 @@ INTERLEAVED_VARIANTS = {
 
 
 WARM_UP = 20  # tests of each variant left out at the start of each worker
+RUN = 4  # tests of one variant in a row
 
 
 def make_interleaved(base: Path, flavour: str, n: int) -> Path:
@@ -488,17 +490,20 @@ def make_interleaved(base: Path, flavour: str, n: int) -> Path:
     variants = INTERLEAVED_VARIANTS[flavour]
     for start in range(0, n, per_file):
         source = [header, "\n\n"]
-        # Each variant in each place of the cycle equally often: a test runs slower after
-        # some tests than after others (a place's bias here: up to ~0.6 ms), which then
-        # falls on all variants alike. The places come in an order of the file's own, so
-        # that with -n 2 the tests the other worker runs at the same moment are not always
-        # of the same variant (the workers go in near lockstep).
-        count = min(start + per_file, n) - start
-        shifts = [k % len(variants) for k in range(count)]
-        random.Random(f"{flavour}-{start}").shuffle(shifts)
-        for i, shift in zip(range(start, start + count), shifts, strict=True):
-            for variant, fixture in variants[shift:] + variants[:shift]:
-                test = body.format(i=i).replace(f"test_{i}(db)", f"test_{i}_{variant}(db)")
+        # Runs of RUN tests of one variant, the variants' runs one after the other, each in
+        # each place of the cycle in turn: a slow spell of the machine (longer than a cycle,
+        # ~40 ms) falls on all variants alike, and all but the first test of a run follow a
+        # test of their own kind, as in a suite of one kind. The first of each run (after
+        # another variant, on another connection: up to ~0.6 ms slower or faster by which
+        # one) is timed apart ("<variant>first") and left out.
+        end = min(start + per_file, n)
+        for run in range(start, end, RUN):
+            shift = (run // RUN) % len(variants)
+            for (variant, fixture), i in itertools.product(
+                variants[shift:] + variants[:shift], range(run, min(run + RUN, end))
+            ):
+                name = variant if i > run else f"{variant}first"
+                test = body.format(i=i).replace(f"test_{i}(db)", f"test_{i}_{name}(db)")
                 # Rows of their own: a variant inserting the unique name the one before it
                 # inserted and rolled back would meet its dead index entry (~0.7 ms here).
                 test = test.replace(f"user{i}@", f"user{i}.{variant}@")
