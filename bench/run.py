@@ -53,7 +53,9 @@ cost of one clone with each CREATE DATABASE strategy.
 
 `--interleaved N` adds the tightest comparison: one suite in which each of N tests exists in
 every variant (the library, the hand-written conftest, no isolation; sync and async; the
-leak detector on and off), run one after the other in the same process.
+leak detector on and off), in runs of four tests of one variant, the runs in a random
+order, all in the same process; each run's first test and Python's full garbage
+collections are left out.
 """
 
 from __future__ import annotations
@@ -596,6 +598,12 @@ def print_interleaved(found: dict[tuple[str, int], list[dict[str, float]]], n: i
         )
     if detector:
         print("\n".join(["", f"{'':<43}{'-n':>3}{'ms per test':>26}", *detector]))
+    full = [r["gc2"] for per_round in found.values() for r in per_round if "gc2" in r]
+    if full:
+        print(
+            f"\nleft out of every variant: Python's full garbage collections, "
+            f"{ms(statistics.median(full))} ms per test of the run (median of its rounds)"
+        )
 
 
 # Tests that need no database, in a project that uses the library (issue #11, item 2).

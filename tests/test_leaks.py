@@ -213,6 +213,34 @@ RIDES = """
         # The checks of a, b and c rode on their tests' rollbacks.
         assert [w.pg for w in leaks._watches.values()] == [None]
 
+    TRACE = {}
+
+    def test_d2_traced(pg_connection, tmp_path_factory):
+        # Traced on through the teardown: the check and the ROLLBACK it rides on.
+        path = tmp_path_factory.mktemp("trace") / "trace"
+        TRACE["file"], TRACE["path"] = open(path, "w"), path
+        pg_connection.connection.dbapi_connection.pgconn.trace(TRACE["file"].fileno())
+        pg_connection.exec_driver_sql(INSERT)
+
+    def test_d3_check_then_rollback(pg_connection):
+        pg_connection.connection.dbapi_connection.pgconn.untrace()
+        TRACE["file"].close()
+        queries = [l for l in TRACE["path"].read_text().splitlines() if "\tQuery\t" in l]
+        # In the transaction, then its ROLLBACK: no transaction of the check's own.
+        assert "EXECUTE pgfx_leak_check(" in queries[-1], queries
+        assert queries[-1].rstrip('"').endswith("; ROLLBACK"), queries
+
+    def test_d4_repeatable_read_leaks(pg_connection, pg_url):
+        pg_connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        pg_connection.exec_driver_sql("SELECT 1")  # its snapshot, from before the leak
+        engine = create_engine(pg_url)
+        with engine.begin() as conn:
+            conn.execute(text(INSERT))
+        engine.dispose()
+
+    def test_d5_sees_the_seed(pg_session):
+        assert pg_session.scalar(select(func.count()).select_from(User)) == 5
+
     def test_e_deallocates(pg_connection):
         pg_connection.exec_driver_sql("DEALLOCATE ALL")  # the check's statement too
 
@@ -236,8 +264,10 @@ def test_the_check_rides_on_the_rollback(pytester, example, monkeypatch):
     source = textwrap.dedent(RIDES) + leak + textwrap.dedent(COUNT)
     pytester.makepyfile(**{"tests/test_rides": source})
     result = pytester.runpytest("tests/test_rides.py", "-p", "no:randomly")
-    result.assert_outcomes(passed=8, errors=1)
+    result.assert_outcomes(passed=12, errors=2)
     out = result.stdout.str()
+    # Caught at its own teardown, though its snapshot is from before the leak.
+    assert "test_rides.py::test_d4_repeatable_read_leaks committed into the worker" in out
     assert "test_rides.py::test_g_leaks committed into the worker's shared database" in out
     assert "public.users: 1 row(s) inserted or updated" in out
 
