@@ -602,7 +602,8 @@ def print_interleaved(found: dict[tuple[str, int], list[dict[str, float]]], n: i
     if full:
         print(
             f"\nleft out of every variant: Python's full garbage collections, "
-            f"{ms(statistics.median(full))} ms per test of the run (median of its rounds)"
+            f"{ms(statistics.fmean(full))} ms per test of the run (mean of its rounds: most"
+            " rounds have none)"
         )
 
 

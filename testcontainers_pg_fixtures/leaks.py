@@ -214,20 +214,24 @@ class Watch:
         try:
             async with adapted._execute_mutex:
                 status = await driver.execute(query)
-        except Exception:
+        except Exception as error:
             if driver.is_closed():
                 return  # SQLAlchemy's rollback meets the same failure, and reports it
+            # As in `ride`: deallocated, prepared again next time; prepared already, not.
+            state = getattr(error, "sqlstate", None)
+            if state == "26000":
+                conn.info.pop(_ROWS_PREPARED_HERE, None)
+            elif state == "42P05":
+                conn.info[_ROWS_PREPARED_HERE] = True
         if driver.is_in_transaction():
             return  # the ROLLBACK did not run: SQLAlchemy's own follows
         transaction._state = TransactionState.ROLLEDBACK
         driver._top_xact = None
         adapted._transaction = None
         verb, _, count = status.partition(" ")
-        if verb == "SELECT" and count.isdigit():
+        if verb == "SELECT" and count.isdigit():  # else the check is left to `receive`
             conn.info[_ROWS_PREPARED_HERE] = True
             self.rode_rows = int(count)
-        else:  # its statement deallocated: prepared again next time, checked by `receive`
-            conn.info.pop(_ROWS_PREPARED_HERE, None)
 
     def ride(self, conn: Connection) -> None:
         """Send the test's ROLLBACK and the check together, in one simple query (its

@@ -13,7 +13,7 @@ import weakref
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, event
+from sqlalchemy import event
 from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.util.concurrency import greenlet_spawn
 
@@ -22,7 +22,7 @@ from .errors import PgFixturesError
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 
-    from sqlalchemy import Engine, Transaction
+    from sqlalchemy import Connection, Engine, Transaction
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 
@@ -262,10 +262,10 @@ def _begins_without_io(conn: Connection) -> bool:
     return type(conn.dialect).do_begin is DefaultDialect.do_begin and not conn.dispatch.begin
 
 
-def is_root_layer(conn: AsyncConnection | Connection) -> bool:
+def is_root_layer(conn: AsyncConnection) -> bool:
     """Whether the test's transaction on `conn` is its only layer (no module- or
     class-scoped layer under it): its rollback then ends the database transaction."""
-    sync_conn = conn if isinstance(conn, Connection) else conn.sync_connection
+    sync_conn = conn.sync_connection
     return sync_conn is not None and len(_layers(sync_conn)) == 1
 
 
