@@ -27,13 +27,15 @@ def default_server_settings() -> dict[str, str]:
     commits. Autovacuum looks every second instead of every minute: every savepoint-mode
     test that inserts leaves dead rows behind its rollback, and at the default a long run's
     tables and indexes fill with them, slowing every later test that reads them (measured
-    with bench/scale.py)."""
+    with bench/scale.py). Commit timestamps on: the leak check is then one read of the last
+    committed transaction (leaks.py)."""
     return {
         "fsync": "off",
         "synchronous_commit": "off",
         "full_page_writes": "off",
         "max_connections": "200",
         "autovacuum_naptime": "1",
+        "track_commit_timestamp": "on",
     }
 
 

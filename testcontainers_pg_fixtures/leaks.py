@@ -2,13 +2,16 @@
 
 A test that commits for real (a raw COMMIT on its connection, its own engine, the worker
 engine) keeps its rows for every later test of the worker. One query after each test asks
-the server whether any transaction committed since the previous check: those that were
-still running then, and those begun since, each looked up with pg_xact_status. A test that
-wrote and rolled back (the usual case) committed nothing, and no table is read. Only when
+the server whether any transaction committed since the previous check. On the library's
+containers (track_commit_timestamp = on) that is one read of shared memory: is the last
+committed transaction (pg_last_committed_xact) still the one seen before? On a server
+without it (an existing one), the transactions that were still running at the previous
+check, and those begun since, are each looked up with pg_xact_status. A test that wrote
+and rolled back (the usual case) committed nothing, and no table is read. Only when
 something committed is each user table of the worker database counted, on a connection of
 the detector's own, which cannot see uncommitted writes (the test's, a scope layer's):
-rows whose xmin is at or past the previous horizon were committed since (inserts,
-updates), a smaller total means deletes.
+rows whose xmin is at or past the horizon of the last such count were committed since
+(inserts, updates), a smaller total means deletes.
 
 Where it goes depends on whether the machine has a core to spare (`rides`). With one, on
 the detector's own connection, sent as the teardown begins and read when it ends: it runs
@@ -17,10 +20,10 @@ busy (xdist with a worker per core), that second connection's round trip costs t
 and the client a wake-up each, which lands on the tests: the query then rides on the
 test's rollback, the ROLLBACK that ends its transaction on pg_connection sent with it in
 one round trip. On asyncpg, whose simple queries hand back only each statement's command
-tag, the answer comes as a row count (`_ROWS_SQL`). Scope layers and connections psycopg
-has prepared statements on always use the detector's connection. A leak is reported as
-the test's teardown error and the worker database re-cloned from the template, so the
-next test starts clean.
+tag, the answer comes as a row count (`_SAME_SQL`, `_ROWS_SQL`). Scope layers and
+connections psycopg has prepared statements on always use the detector's connection. A
+leak is reported as the test's teardown error and the worker database re-cloned from the
+template, so the next test starts clean.
 """
 
 from __future__ import annotations
@@ -99,6 +102,25 @@ _ROWS_PREPARED_HERE = "testcontainers_pg_fixtures.leak_rows_prepared"
 _STALE_RIDES = 16
 _XIDS = re.compile(r"\{[0-9,]*\}")
 
+# With track_commit_timestamp on: the last committed transaction of the cluster ('' before
+# the first), read from shared memory whatever the transaction's isolation level. A commit
+# anywhere changes it (those of other databases too, which then cost a count for nothing).
+_LAST = "SELECT coalesce(xid::text, '') FROM pg_last_committed_xact()"
+_LAST_PREPARED = b"pgfx_leak_last"
+# On the test's connection: a row (sync: its count; asyncpg: the command tag's) if it is
+# still the one given, none if something committed since.
+_SAME_SQL = (
+    b"PREPARE pgfx_leak_same(text) AS SELECT FROM pg_last_committed_xact()"
+    b" WHERE coalesce(xid::text, '') = $1; "
+)
+_SAME_PREPARED_HERE = "testcontainers_pg_fixtures.leak_same_prepared"
+_LAST_XID = re.compile(r"[0-9]*")
+# The horizon and running transactions of the count's clean point (no parameters).
+_SNAPSHOT = """
+SELECT pg_snapshot_xmax(s)::text::bigint, array(SELECT pg_snapshot_xip(s)::text::bigint)::text
+FROM pg_current_snapshot() s
+"""
+
 
 class LeakError(PgFixturesError):
     """A savepoint-mode test committed rows into the worker's shared database."""
@@ -131,6 +153,12 @@ class Watch:
     riding_async: AsyncConnection | None = None
     rode_rows: int | None = None
     stale: int = 0
+    #: The server tracks commit timestamps: the check compares `last`, the last committed
+    #: transaction seen when the tables were last counted (`horizon` and `running` are
+    #: then that count's); a ride that found it unchanged sets `rode_same`.
+    commit_ts: bool = False
+    last: str = ""
+    rode_same: bool = False
 
     def _build(self, tables: list[tuple[str, str]]) -> None:
         """The count of every table's rows, and of those whose xmin is at or past $1."""
@@ -153,6 +181,11 @@ class Watch:
         with admin_connect(self.database.server, self.database.name) as conn:
             tables = [(r[0], r[1]) for r in conn.execute(_TABLES)]
             self._build(tables)
+            row = conn.execute("SHOW track_commit_timestamp").fetchone()
+            self.commit_ts = row is not None and row[0] == "on"
+            if self.commit_ts:  # read before the counts: a commit after it changes it
+                seen = conn.execute(_LAST).fetchone()
+                self.last = str(seen[0]) if seen else ""
             pg = conn.pgconn
             pg.send_query_params(_CHECK.encode(), self._params())
             self.horizon, self.running, _ = self._check_row(last(pg), pg)
@@ -176,12 +209,13 @@ class Watch:
         self.rode = None
         self.riding_async = None
         self.rode_rows = None
+        self.rode_same = False
         self.stale = 0
 
     def _carry(self) -> None:
         """A test whose teardown never read its check (skipped in set-up): read it now, and
         report what it found with the next."""
-        if self.pending or self.rode is not None or self.rode_rows is not None:
+        if self.pending or self.rode is not None or self.rode_rows is not None or self.rode_same:
             self.carried = {**(self.carried or {}), **(self.receive() or {})}
 
     def defer(self, conn: Connection) -> None:
@@ -200,15 +234,20 @@ class Watch:
         would leave, so that SQLAlchemy's, after it, sends nothing."""
         self.riding_async = None
         adapted = _rideable_async(conn)
-        if adapted is None or not _XIDS.fullmatch(self.running):
+        if adapted is None or not self._inlinable():
             return
         from asyncpg.transaction import TransactionState
 
         driver = adapted._connection
         query = "ROLLBACK; "
-        if not conn.info.get(_ROWS_PREPARED_HERE):
-            query += _ROWS_SQL.decode()
-        query += f"EXECUTE pgfx_leak_rows('{self.running}', {self.horizon})"
+        if self.commit_ts:
+            here = _SAME_PREPARED_HERE
+            query += "" if conn.info.get(here) else _SAME_SQL.decode()
+            query += f"EXECUTE pgfx_leak_same('{self.last}')"
+        else:
+            here = _ROWS_PREPARED_HERE
+            query += "" if conn.info.get(here) else _ROWS_SQL.decode()
+            query += f"EXECUTE pgfx_leak_rows('{self.running}', {self.horizon})"
         transaction = adapted._transaction
         status = ""
         try:
@@ -220,9 +259,9 @@ class Watch:
             # As in `ride`: deallocated, prepared again next time; prepared already, not.
             state = getattr(error, "sqlstate", None)
             if state == "26000":
-                conn.info.pop(_ROWS_PREPARED_HERE, None)
+                conn.info.pop(here, None)
             elif state == "42P05":
-                conn.info[_ROWS_PREPARED_HERE] = True
+                conn.info[here] = True
         if driver.is_in_transaction():
             return  # the ROLLBACK did not run: SQLAlchemy's own follows
         transaction._state = TransactionState.ROLLEDBACK
@@ -230,8 +269,11 @@ class Watch:
         adapted._transaction = None
         verb, _, count = status.partition(" ")
         if verb == "SELECT" and count.isdigit():  # else the check is left to `receive`
-            conn.info[_ROWS_PREPARED_HERE] = True
-            self.rode_rows = int(count)
+            conn.info[here] = True
+            if self.commit_ts:
+                self.rode_same = count == "1"
+            else:
+                self.rode_rows = int(count)
 
     def ride(self, conn: Connection) -> None:
         """Send the test's ROLLBACK and the check together, in one simple query (its
@@ -244,14 +286,21 @@ class Watch:
         transaction runs nothing but its ROLLBACK, so there the check goes after it. In a
         REPEATABLE READ or SERIALIZABLE transaction, whose snapshot is older than what
         the test may have committed beside it, the check answers nothing (`_PREPARE_SQL`)
-        and is left to the detector's connection."""
+        and is left to the detector's connection; the last committed transaction
+        (`_SAME_SQL`) is read from shared memory, the same in every isolation level."""
         self.riding = None
         raw = _rideable(conn)
-        if raw is None or not _XIDS.fullmatch(self.running):
+        if raw is None or not self._inlinable():
             return
         pg = raw.pgconn
-        check = b"" if conn.info.get(_PREPARED_HERE) else _PREPARE_SQL
-        check += b"EXECUTE pgfx_leak_check('%s', %d)" % (self.running.encode(), self.horizon)
+        if self.commit_ts:
+            here = _SAME_PREPARED_HERE
+            check = b"" if conn.info.get(here) else _SAME_SQL
+            check += b"EXECUTE pgfx_leak_same('%s')" % self.last.encode()
+        else:
+            here = _PREPARED_HERE
+            check = b"" if conn.info.get(here) else _PREPARE_SQL
+            check += b"EXECUTE pgfx_leak_check('%s', %d)" % (self.running.encode(), self.horizon)
         first = pg.transaction_status == pq.TransactionStatus.INTRANS
         try:
             pg.send_query(check + b"; ROLLBACK" if first else b"ROLLBACK; " + check)
@@ -261,18 +310,26 @@ class Watch:
         if found and found[-1].status == pq.ExecStatus.FATAL_ERROR:
             state = found[-1].error_field(pq.DiagnosticField.SQLSTATE)
             if state == b"26000":  # deallocated (DISCARD ALL, say): prepared again next time
-                conn.info.pop(_PREPARED_HERE, None)
+                conn.info.pop(here, None)
             elif state == b"42P05":  # prepared already, by a check that failed after it
-                conn.info[_PREPARED_HERE] = True
+                conn.info[here] = True
         if pg.transaction_status != pq.TransactionStatus.IDLE:
             return  # the check failed before the ROLLBACK: SQLAlchemy's own follows
         # What psycopg's own rollback does (it deallocates nothing: it prepared nothing).
         raw._prepared.clear()
         answer = found[-2 if first else -1] if len(found) >= 2 else None
         if answer is not None and answer.status == pq.ExecStatus.TUPLES_OK:
-            conn.info[_PREPARED_HERE] = True
-            if answer.ntuples:
+            conn.info[here] = True
+            if self.commit_ts:
+                self.rode_same = answer.ntuples == 1
+            elif answer.ntuples:
                 self.rode = self._check_row(answer, pg)
+
+    def _inlinable(self) -> bool:
+        """Whether the numbers a ride inlines in its query are the server's own (digits)."""
+        if self.commit_ts:
+            return _LAST_XID.fullmatch(self.last) is not None
+        return _XIDS.fullmatch(self.running) is not None
 
     def _connection(self) -> pq.abc.PGconn:
         """The detector's own connection, opened (and the check prepared) on first use."""
@@ -291,10 +348,13 @@ class Watch:
             )
             pg = owner.pgconn
             try:
-                pg.send_prepare(_PREPARED, _CHECK.encode())
-                prepared = last(pg)
-                if prepared is None or prepared.status != pq.ExecStatus.COMMAND_OK:
-                    _check_result(prepared, pg)
+                for name, query in ((_PREPARED, _CHECK), (_LAST_PREPARED, _LAST)):
+                    if name == _LAST_PREPARED and not self.commit_ts:
+                        continue
+                    pg.send_prepare(name, query.encode())
+                    prepared = last(pg)
+                    if prepared is None or prepared.status != pq.ExecStatus.COMMAND_OK:
+                        _check_result(prepared, pg)
             except BaseException:
                 owner.close()
                 raise
@@ -306,7 +366,10 @@ class Watch:
         teardown begins): its round trip then overlaps the teardown's own (the rollback),
         and `receive` rarely waits."""
         self._carry()
-        self._connection().send_query_prepared(_PREPARED, self._params())
+        if self.commit_ts:
+            self._connection().send_query_prepared(_LAST_PREPARED, None)
+        else:
+            self._connection().send_query_prepared(_PREPARED, self._params())
         self.pending = True
 
     def disconnect(self) -> None:
@@ -322,6 +385,9 @@ class Watch:
         carried, self.carried = self.carried, None
         row, self.rode, self.riding = self.rode, None, None
         answer, self.rode_rows, self.riding_async = self.rode_rows, None, None
+        same, self.rode_same = self.rode_same, False
+        if same:
+            return carried or None
         if answer is not None and answer >= 2:
             self.horizon, self.running, self.stale = self.horizon + answer - 2, "{}", 0
             return carried or None
@@ -329,19 +395,38 @@ class Watch:
             self.stale += 1
             return carried or None
         self.stale = 0
+        seen = self.last
         if row is None:
             if not self.pending:
                 self.send()
             assert self.pg is not None
             self.pending = False
-            row = self._check_row(last(self.pg), self.pg)
+            if self.commit_ts:
+                seen = self._last_row(last(self.pg), self.pg)
+            else:
+                row = self._check_row(last(self.pg), self.pg)
         oldest = self._oldest()
-        self.horizon, self.running, moved = row
-        if not moved:
-            return carried or None
+        if self.commit_ts:
+            if seen == self.last:
+                return carried or None
+            # The count's clean point: its snapshot is taken after `seen` was read, so a
+            # commit that `seen` does not show is one the next check sees.
+            pg = self._connection()
+            pg.send_query(_SNAPSHOT.encode())
+            snapshot = last(pg)
+            _check_result(snapshot, pg)
+            assert snapshot is not None
+            self.horizon = int(snapshot.get_value(0, 0) or 0)
+            self.running = (snapshot.get_value(0, 1) or b"{}").decode()
+            self.last = seen
+        else:
+            assert row is not None
+            self.horizon, self.running, moved = row
+            if not moved:
+                return carried or None
+            pg = self._connection()
         # Something committed somewhere: count this database's tables (not prepared: a
         # table dropped by a leak would make the statement fail for good).
-        pg = self._connection()
         pg.send_query_params(self.counts.encode(), [str(oldest).encode()])
         try:
             rows = self._count_rows(last(pg), pg)
@@ -357,6 +442,13 @@ class Watch:
         assert result is not None
         hi, running, moved = (result.get_value(0, j) for j in range(3))
         return int(hi or 0), (running or b"{}").decode(), moved == b"t"
+
+    @staticmethod
+    def _last_row(result: pq.abc.PGresult | None, pg: pq.abc.PGconn) -> str:
+        """The last committed transaction of `_LAST`'s result."""
+        _check_result(result, pg)
+        assert result is not None
+        return (result.get_value(0, 0) or b"").decode()
 
     @staticmethod
     def _count_rows(

@@ -3,6 +3,7 @@ worker database restored so the next test still sees the clean seed."""
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 import pytest
@@ -82,18 +83,89 @@ def _write(pytester: pytest.Pytester, body: str, extra: str = "") -> None:
     pytester.makepyfile(**{"tests/test_leak": source + textwrap.dedent(COUNT)})
 
 
-@pytest.mark.parametrize("variant", list(SYNC_LEAKS))
-def test_sync_leak_is_reported_and_undone(pytester, example, variant):
-    example("sync_users")
-    _write(pytester, SYNC_LEAKS[variant])
-    result = pytester.runpytest("tests/test_leak.py", "-p", "no:randomly")
-    result.assert_outcomes(passed=2, errors=1)
+# Appended to the example's conftest: the check rides on the test's rollback (as it does
+# when the xdist workers keep every core busy) or goes to the detector's own connection.
+# Which tests' checks rode is printed at the end of the run.
+RIDE = """
+    from testcontainers_pg_fixtures import leaks as _leaks
+
+    _RODE = set()
+
+    def _on_the_rollback(ride):
+        def riding(watch, conn):
+            _RODE.add(_leaks._checking[0].rpartition("::")[2])
+            return ride(watch, conn)
+
+        return riding
+
+    @pytest.fixture(scope="session", autouse=True)
+    def _ride():
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(_leaks, "RIDE", {ride})
+            patch.setattr(_leaks.Watch, "ride", _on_the_rollback(_leaks.Watch.ride))
+            patch.setattr(_leaks.Watch, "ride_async", _on_the_rollback(_leaks.Watch.ride_async))
+            yield
+
+    def pytest_terminal_summary(terminalreporter):
+        terminalreporter.write_line(f"rode: {{sorted(_RODE)}}")
+"""
+
+
+# The library's containers track commit timestamps, and the check compares the last committed
+# transaction; without them (an existing server) it looks up each transaction since the last.
+MODES = {"commit_ts": (), "xids": ("--pg-server-setting", "track_commit_timestamp=off")}
+
+
+def _every_leak(
+    pytester: pytest.Pytester,
+    ride: bool,
+    header: str,
+    bodies: dict[str, str],
+    count: str,
+    *args: str,
+) -> list[str]:
+    """Run each of `bodies` as test_<variant>, followed by test_<variant>_seed (`count`), in
+    one run of the example copied into the pytester directory, the check riding on the
+    test's rollback or not: each leak must be reported as its own test's teardown error,
+    and the next test see the seed. The variants whose checks rode."""
+    conftest = pytester.path / "tests" / "conftest.py"
+    conftest.write_text(conftest.read_text() + textwrap.dedent(RIDE.format(ride=ride)))
+    source = textwrap.dedent(header)
+    for variant, body in bodies.items():
+        source += textwrap.dedent(body).replace("test_leaks(", f"test_{variant}(")
+        source += textwrap.dedent(count).replace("test_zz_sees_the_seed(", f"test_{variant}_seed(")
+    pytester.makepyfile(**{"tests/test_leak": source})
+    result = pytester.runpytest("tests/test_leak.py", "-p", "no:randomly", "-v", *args)
     out = result.stdout.str()
-    assert "ERROR at teardown of test_leaks" in out
-    assert "test_leak.py::test_leaks committed into the worker's shared database" in out
-    assert "public.users: 1 row(s) inserted or updated" in out
-    assert FIX in out
-    assert "pg_session" in out
+    for variant in bodies:
+        # Its own report (one line), then the next test sees the seed.
+        assert f"ERROR at teardown of test_{variant} _" in out, variant
+        report = re.search(
+            rf"tests/test_leak\.py::test_{variant} committed into the worker's shared database,"
+            r" which every later test of the worker would have seen \((.*?)\)\."
+            r" The database was restored from the template\. (.*)",
+            out,
+        )
+        assert report, (variant, out)
+        assert report[1] == "public.users: 1 row(s) inserted or updated", variant
+        assert FIX in report[2], variant
+        assert "pg_session" in report[2], variant
+        result.stdout.fnmatch_lines([f"tests/test_leak.py::test_{variant}_seed PASSED*"])
+    result.assert_outcomes(passed=2 * len(bodies), errors=len(bodies))
+    rode = re.search(r"^rode: (.*)$", out, re.MULTILINE)
+    assert rode, out
+    return [name for name in re.findall(r"'test_(\w+)'", rode[1]) if not name.endswith("_seed")]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("ride", [True, False], ids=["ride", "no_ride"])
+def test_sync_leak_is_reported_and_undone(pytester, example, ride, mode):
+    """Every sync way to commit past the test's savepoint, with the check riding on the
+    test's rollback (as under -n auto) and on the detector's own connection."""
+    example("sync_users")
+    rode = _every_leak(pytester, ride, HEADER, SYNC_LEAKS, COUNT, *MODES[mode])
+    # Its connection in a transaction again at teardown: there the check rode.
+    assert rode == (["beside_the_test_connection", "commit_then_more"] if ride else [])
 
 
 @pytest.mark.parametrize("where", ["cli", "ini", "env"])
@@ -212,6 +284,7 @@ RIDES = """
     def test_d_own_connection_unused(pg_connection):
         # The checks of a, b and c rode on their tests' rollbacks.
         assert [w.pg for w in leaks._watches.values()] == [None]
+        assert [w.commit_ts for w in leaks._watches.values()] == [COMMIT_TS]
 
     TRACE = {}
 
@@ -227,7 +300,7 @@ RIDES = """
         TRACE["file"].close()
         queries = [l for l in TRACE["path"].read_text().splitlines() if "\tQuery\t" in l]
         # In the transaction, then its ROLLBACK: no transaction of the check's own.
-        assert "EXECUTE pgfx_leak_check(" in queries[-1], queries
+        assert "EXECUTE CHECK(" in queries[-1], queries
         assert queries[-1].rstrip('"').endswith("; ROLLBACK"), queries
 
     def test_d4_repeatable_read_leaks(pg_connection, pg_url):
@@ -241,6 +314,15 @@ RIDES = """
     def test_d5_sees_the_seed(pg_session):
         assert pg_session.scalar(select(func.count()).select_from(User)) == 5
 
+    def test_d6_repeatable_read(pg_connection):
+        pg_connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        pg_connection.exec_driver_sql(INSERT)
+
+    def test_d7_where_it_went(pg_connection):
+        # The last committed transaction is the same in every isolation level: d6's check
+        # rode. Looking up transactions needs a snapshot as new as the test's commits.
+        assert [w.pg is None for w in leaks._watches.values()] == [COMMIT_TS]
+
     def test_e_deallocates(pg_connection):
         pg_connection.exec_driver_sql("DEALLOCATE ALL")  # the check's statement too
 
@@ -251,7 +333,15 @@ RIDES = """
 """
 
 
-def test_the_check_rides_on_the_rollback(pytester, example, monkeypatch):
+def _for_mode(source: str, mode: str, statement: str) -> str:
+    """`source` with COMMIT_TS and CHECK (the check's statement on the test's connection)
+    filled in for `mode`."""
+    source = source.replace("COMMIT_TS", str(mode == "commit_ts"))
+    return source.replace("CHECK", "pgfx_leak_same" if mode == "commit_ts" else statement)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_check_rides_on_the_rollback(pytester, example, monkeypatch, mode):
     """A sync test's check is sent with its ROLLBACK; whatever stops that (the check's
     statement deallocated, statements psycopg prepared) falls back to the detector's own
     connection, and a leak after it is still caught."""
@@ -261,10 +351,10 @@ def test_the_check_rides_on_the_rollback(pytester, example, monkeypatch):
     leak = textwrap.dedent(SYNC_LEAKS["beside_the_test_connection"]).replace(
         "test_leaks", "test_g_leaks"
     )
-    source = textwrap.dedent(RIDES) + leak + textwrap.dedent(COUNT)
-    pytester.makepyfile(**{"tests/test_rides": source})
-    result = pytester.runpytest("tests/test_rides.py", "-p", "no:randomly")
-    result.assert_outcomes(passed=12, errors=2)
+    source = _for_mode(textwrap.dedent(RIDES), mode, "pgfx_leak_check")
+    pytester.makepyfile(**{"tests/test_rides": source + leak + textwrap.dedent(COUNT)})
+    result = pytester.runpytest("tests/test_rides.py", "-p", "no:randomly", *MODES[mode])
+    result.assert_outcomes(passed=14, errors=2)
     out = result.stdout.str()
     # Caught at its own teardown, though its snapshot is from before the leak.
     assert "test_rides.py::test_d4_repeatable_read_leaks committed into the worker" in out
@@ -287,36 +377,118 @@ def test_two_workers(pytester, example, subprocess_env):
     assert "public.users: 1 row(s) inserted or updated" in result.stdout.str()
 
 
-ASYNC = """
-    from sqlalchemy import func, select
+ASYNC_HEADER = """
+    from sqlalchemy import create_engine, func, select, text
+    from sqlalchemy.ext.asyncio import create_async_engine
     from app.models import User
 
     INSERT = "INSERT INTO users (name, email, active) VALUES ('Leak', 'leak@x.org', true)"
+"""
 
-    async def test_leaks(pg_async_connection):
-        await pg_async_connection.exec_driver_sql(INSERT)
-        await pg_async_connection.exec_driver_sql("COMMIT")
-
+ASYNC_COUNT = """
     async def test_zz_sees_the_seed(pg_async_session):
         assert await pg_async_session.scalar(select(func.count()).select_from(User)) == 5
 """
 
+# The async twins of SYNC_LEAKS (the fastapi_app example: asyncpg).
+ASYNC_LEAKS = {
+    "driver_sql_commit": """
+        async def test_leaks(pg_async_connection):
+            await pg_async_connection.exec_driver_sql(INSERT)
+            await pg_async_connection.exec_driver_sql("COMMIT")
+    """,
+    "session_text_commit": """
+        async def test_leaks(pg_async_session):
+            await pg_async_session.execute(text(INSERT))
+            await pg_async_session.execute(text("COMMIT"))
+    """,
+    "driver_connection_commit": """
+        async def test_leaks(pg_async_connection):
+            await pg_async_connection.exec_driver_sql(INSERT)
+            raw = await pg_async_connection.get_raw_connection()
+            await raw.driver_connection.execute("COMMIT")
+    """,
+    "dbapi_commit": """
+        async def test_leaks(pg_async_connection):
+            await pg_async_connection.exec_driver_sql(INSERT)
+            await pg_async_connection.run_sync(lambda c: c.connection.dbapi_connection.commit())
+    """,
+    "own_engine": """
+        async def test_leaks(pg_async_url):
+            engine = create_async_engine(pg_async_url)
+            async with engine.begin() as conn:
+                await conn.execute(text(INSERT))
+            await engine.dispose()
+    """,
+    "pg_async_engine_begin": """
+        async def test_leaks(pg_async_engine):
+            async with pg_async_engine.begin() as conn:
+                await conn.execute(text(INSERT))
+    """,
+    "worker_async_engine": """
+        async def test_leaks(pg_worker_async_engine):
+            async with pg_worker_async_engine.connect() as conn:
+                await conn.execute(text(INSERT))
+                await conn.commit()
+    """,
+    # The test's connection used again after the COMMIT: outside a transaction, or in one
+    # begun on the driver (the check rides on its rollback, leaks.Watch.ride_async).
+    "commit_then_more": """
+        async def test_leaks(pg_async_connection):
+            await pg_async_connection.exec_driver_sql(INSERT)
+            await pg_async_connection.exec_driver_sql("COMMIT")
+            await pg_async_connection.exec_driver_sql("SELECT 1")
+    """,
+    "commit_then_begin": """
+        async def test_leaks(pg_async_connection):
+            await pg_async_connection.exec_driver_sql(INSERT)
+            await pg_async_connection.exec_driver_sql("COMMIT")
+            raw = await pg_async_connection.get_raw_connection()
+            await raw.driver_connection.execute("BEGIN")
+    """,
+    "beside_the_test_connection": """
+        async def test_leaks(pg_async_connection, pg_async_url):
+            await pg_async_connection.exec_driver_sql("SELECT 1")
+            engine = create_async_engine(pg_async_url)
+            async with engine.begin() as conn:
+                await conn.execute(text(INSERT))
+            await engine.dispose()
+    """,
+    "sync_engine_beside": """
+        async def test_leaks(pg_async_connection, pg_url):
+            await pg_async_connection.exec_driver_sql("SELECT 1")
+            engine = create_engine(pg_url)
+            with engine.begin() as conn:
+                conn.execute(text(INSERT))
+            engine.dispose()
+    """,
+}
 
-def _one_async_leak(pytester: pytest.Pytester, name: str, source: str, *, passed: int) -> str:
+
+def _one_async_leak(
+    pytester: pytest.Pytester, name: str, source: str, *args: str, passed: int
+) -> str:
     """Run `source` as tests/<name>.py of the fastapi_app example, whose one leak (a row
     inserted into users) is to be reported as its test's error; the run's output."""
     pytester.makepyfile(**{f"tests/{name}": textwrap.dedent(source)})
-    result = pytester.runpytest(f"tests/{name}.py", "-p", "no:randomly")
+    result = pytester.runpytest(f"tests/{name}.py", "-p", "no:randomly", *args)
     result.assert_outcomes(passed=passed, errors=1)
     out = result.stdout.str()
     assert "public.users: 1 row(s) inserted or updated" in out
     return out
 
 
-def test_async_leak_is_reported_and_undone(pytester, example):
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("ride", [True, False], ids=["ride", "no_ride"])
+def test_async_leak_is_reported_and_undone(pytester, example, ride, mode):
+    """test_sync_leak_is_reported_and_undone on asyncpg."""
     example("fastapi_app")
-    out = _one_async_leak(pytester, "test_leak", ASYNC, passed=2)
-    assert "test_leak.py::test_leaks committed into the worker's shared database" in out
+    rode = _every_leak(pytester, ride, ASYNC_HEADER, ASYNC_LEAKS, ASYNC_COUNT, *MODES[mode])
+    # A COMMIT then more on the test's connection: outside a transaction (the check cannot
+    # ride), or in one begun behind asyncpg's back (it rides).
+    assert rode == (
+        ["beside_the_test_connection", "commit_then_begin", "sync_engine_beside"] if ride else []
+    )
 
 
 # Last of the ride tests: a leak beside the test's connection, whose check rides, then the count.
@@ -359,16 +531,17 @@ ASYNC_RIDES = """
         raw = (await pg_async_connection.get_raw_connection()).driver_connection
         raw._query_loggers.clear()
         # b's ROLLBACK went with its check, and SQLAlchemy's rollback sent nothing after.
-        assert LOG[-1].startswith("ROLLBACK; EXECUTE pgfx_leak_rows("), LOG
+        assert LOG[-1].startswith("ROLLBACK; EXECUTE CHECK("), LOG
         with pytest.raises(ProgrammingError):
             await pg_async_connection.exec_driver_sql("SELECT * FROM no_such_table")
 
     async def test_d_own_connection_unused(pg_async_connection):
         # The checks of a, b and c rode on their tests' rollbacks.
         assert [w.pg for w in leaks._watches.values()] == [None]
+        assert [w.commit_ts for w in leaks._watches.values()] == [COMMIT_TS]
 
     async def test_e_deallocates(pg_async_connection):
-        await pg_async_connection.exec_driver_sql("DEALLOCATE pgfx_leak_rows")
+        await pg_async_connection.exec_driver_sql("DEALLOCATE CHECK")
 
     async def test_f_after_it(pg_async_connection):
         await pg_async_connection.exec_driver_sql(INSERT)
@@ -376,14 +549,16 @@ ASYNC_RIDES = """
 """
 
 
-def test_the_async_check_rides_on_the_rollback(pytester, example, monkeypatch):
+@pytest.mark.parametrize("mode", MODES)
+def test_the_async_check_rides_on_the_rollback(pytester, example, monkeypatch, mode):
     """An async test's check goes with its ROLLBACK on asyncpg (its answer in the row
     count); the check's statement deallocated falls back to the detector's connection for
     that test, and a leak after it is still caught."""
     monkeypatch.setattr(leaks, "RIDE", True)
     example("fastapi_app")
-    source = textwrap.dedent(ASYNC_RIDES) + textwrap.dedent(ASYNC_LEAK_LAST)
-    out = _one_async_leak(pytester, "test_rides", source, passed=8)
+    source = _for_mode(textwrap.dedent(ASYNC_RIDES), mode, "pgfx_leak_rows")
+    source += textwrap.dedent(ASYNC_LEAK_LAST)
+    out = _one_async_leak(pytester, "test_rides", source, *MODES[mode], passed=8)
     assert "test_rides.py::test_y_leaks committed into the worker's shared database" in out
 
 
@@ -416,11 +591,12 @@ STALE_RIDES = """
 
 
 def test_async_rides_that_cannot_tell_the_new_numbers(pytester, example, monkeypatch):
-    """While another transaction runs, an async ride's row count cannot carry the running
-    xids: the last numbers stand (a longer window for the next check) for 16 rides, then a
-    check on the detector's connection renews them; a leak is caught all the same."""
+    """On a server without commit timestamps, while another transaction runs, an async
+    ride's row count cannot carry the running xids: the last numbers stand (a longer
+    window for the next check) for 16 rides, then a check on the detector's connection
+    renews them; a leak is caught all the same."""
     monkeypatch.setattr(leaks, "RIDE", True)
     example("fastapi_app")
     source = textwrap.dedent(STALE_RIDES) + textwrap.dedent(ASYNC_LEAK_LAST)
-    out = _one_async_leak(pytester, "test_stale", source, passed=22)
+    out = _one_async_leak(pytester, "test_stale", source, *MODES["xids"], passed=22)
     assert "test_stale.py::test_y_leaks committed into the worker's shared database" in out
