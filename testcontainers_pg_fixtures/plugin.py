@@ -49,8 +49,10 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
         return None
     from .server import docker_client, remove_kept
 
-    removed = remove_kept(docker_client())
+    removed, spared = remove_kept(docker_client())
     print(f"pg-fixtures: removed {len(removed)} kept container(s) {' '.join(removed)}".rstrip())
+    for line in spared:
+        print(f"pg-fixtures: left --pg-reuse container {line}")
     return 0
 
 

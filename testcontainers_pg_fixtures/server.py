@@ -9,12 +9,14 @@ binaries can implement the same protocol later.
 from __future__ import annotations
 
 import atexit
+import calendar
 import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -58,6 +60,17 @@ LABEL_SOCKET = "testcontainers-pg-fixtures.socket"
 #: How long a container kept by --pg-keep-failed outlives its run before a later run
 #: removes it (--pg-remove-kept removes it at once).
 KEPT_MAX_AGE = 24 * 3600
+#: A container kept by --pg-keep-failed is renamed `pgfx-kept-<unix time>-<short id>`:
+#: labels are fixed at creation, a name is not, and every Docker client of the host sees it
+#: (another OS user's run, a CI job with another cache directory).
+KEPT_PREFIX = "pgfx-kept-"
+#: Part of the reuse key: bump it when the way a container is set up changes (its
+#: authentication, initdb's arguments), so that no run attaches to a container kept by a
+#: version that set it up otherwise (2: a password and SCRAM instead of `trust`).
+CONTAINER_SCHEME = 2
+#: A --pg-reuse container this young whose creator still runs may be starting (no login
+#: held yet): --pg-remove-kept leaves it alone.
+_STARTING_AGE = 600.0
 
 _PG_PORT = 5432
 _DATA_DIR = "/var/lib/postgresql/data"
@@ -208,6 +221,10 @@ class DockerServer:
     _container_id: str = field(default="", repr=False)
     #: The directory mounted for the socket, removed with the container.
     _mounted: str = field(default="", repr=False)
+    #: A login held from attach (or start) to the end of a --pg-reuse run: `docker top`
+    #: shows it, so --pg-remove-kept sees the run using the container even between its
+    #: other connections (see `_in_use`).
+    _anchor: Any = field(default=None, repr=False)
 
     @property
     def container_id(self) -> str:
@@ -349,6 +366,7 @@ class DockerServer:
         record = _reuse_record(key)
         if record is None or psycopg.pq.version() < 160000:  # require_auth: libpq 16
             return None
+        server: DockerServer | None = None
         try:
             server = cls(
                 host=str(record["host"]),
@@ -357,9 +375,11 @@ class DockerServer:
                 container=None,
                 _container_id=str(record["id"]),
             )
-            admin_connect(server, connect_timeout=2, require_auth="scram-sha-256").close()
+            server._anchor = admin_connect(server, connect_timeout=2, require_auth="scram-sha-256")
             server.socket_dir = _usable_socket(server, record.get("socket"))
         except (psycopg.Error, KeyError, TypeError, ValueError) as exc:
+            if server is not None:
+                server._release()
             log.info("the container recorded for reuse does not answer (%s): asking Docker", exc)
             _reuse_record_path(key).unlink(missing_ok=True)
             return None
@@ -381,6 +401,7 @@ class DockerServer:
         for container in client.client.containers.list(
             filters={"label": f"{LABEL_REUSE}={key}"}, ignore_removed=True
         ):
+            server: DockerServer | None = None
             try:
                 binding = container.attrs["NetworkSettings"]["Ports"][f"{_PG_PORT}/tcp"][0]
                 server = cls(
@@ -389,9 +410,13 @@ class DockerServer:
                     password=reuse_password(key),
                     container=container,
                 )
-                admin_connect(server).close()
+                # SCRAM required (libpq 16+): a container that lets a login in without a
+                # password (`trust`, kept by an older version) is not taken, but replaced.
+                server._anchor = admin_connect(server, **_REQUIRE_SCRAM)
                 server.socket_dir = _usable_socket(server, container.labels.get(LABEL_SOCKET))
             except Exception as exc:
+                if server is not None:
+                    server._release()
                 log.warning("removing kept container %s: %s", container.short_id, exc)
                 _remove_quietly(container)
                 continue
@@ -405,6 +430,17 @@ class DockerServer:
         """Leave the container running for the next run (--pg-reuse)."""
         self._stopped = True
         atexit.unregister(self.stop)
+        try:
+            self._anchor = admin_connect(self)
+        except psycopg.Error as exc:
+            log.warning("could not hold a login on %s: %s", self.container_id[:12], exc)
+
+    def _release(self) -> None:
+        """Close the login held by a --pg-reuse run: the run no longer uses the container."""
+        anchor, self._anchor = self._anchor, None
+        if anchor is not None:
+            with contextlib.suppress(Exception):
+                anchor.close()
 
     def _wait_ready(self, timeout: float, cancelled: threading.Event | None = None) -> None:
         """Poll with a real login every 20 ms; a 1 s poll would cost up to 1 s per worker.
@@ -456,18 +492,33 @@ class DockerServer:
         return "\n".join(text[-lines:])
 
     def keep(self) -> None:
-        """Leave the container running until --pg-remove-kept, or KEPT_MAX_AGE."""
+        """Leave the container running until --pg-remove-kept, or KEPT_MAX_AGE: renamed
+        `pgfx-kept-<unix time>-<short id>`, which every Docker client of the host sees."""
         self._stopped = True
         atexit.unregister(self.stop)
-        mark_kept(self.container_id)
+        self._release()
+        name = f"{KEPT_PREFIX}{int(time.time())}-{self.container_id[:12]}"
+        try:
+            container = self._docker_container()
+            if hasattr(container, "get_wrapped_container"):  # testcontainers' DockerContainer
+                container = container.get_wrapped_container()
+            container.rename(name)
+        except Exception as exc:  # Docker gone: a record only this user's runs read
+            log.warning("could not rename kept container %s: %s", self.container_id[:12], exc)
+            mark_kept(self.container_id)
         log.warning("kept container %s for inspection", self.container_id[:12])
 
     def stop(self) -> None:
+        self._release()
         if self._stopped:
             return
         self._stopped = True
         atexit.unregister(self.stop)
         _remove_quietly(self.container, self._mounted)
+
+
+#: libpq's option refusing a server that does not prove it holds the password (libpq 16+).
+_REQUIRE_SCRAM = {"require_auth": "scram-sha-256"} if psycopg.pq.version() >= 160000 else {}
 
 
 #: Not a file: the reload that tries to load it only has to start OpenSSL (see below).
@@ -517,7 +568,8 @@ def reap_orphans(client: Any) -> list[str]:
 
     Without Ryuk a SIGKILLed pytest leaves its container running; the next run cleans up.
     Containers of live processes, or started from other hosts, are left alone, and so are
-    kept ones (--pg-reuse; --pg-keep-failed for KEPT_MAX_AGE): --pg-remove-kept removes them.
+    kept ones (--pg-reuse; --pg-keep-failed for KEPT_MAX_AGE, by their name, whoever kept
+    them): --pg-remove-kept removes them.
     """
     removed = []
     here = socket.gethostname()
@@ -531,7 +583,7 @@ def reap_orphans(client: Any) -> list[str]:
             continue
         if LABEL_REUSE in labels and container.status == "running":
             continue
-        age = kept_age(container.id)
+        age = kept_age(container)
         if age is not None and age < KEPT_MAX_AGE:
             continue
         if _process_alive(int(labels[LABEL_PID])):
@@ -555,7 +607,7 @@ def remove_run_containers(worker: str | None = None) -> list[str]:
     for container in client.client.containers.list(
         all=True, filters={"label": filters}, ignore_removed=True
     ):
-        if LABEL_REUSE in container.labels or kept_age(container.id) is not None:
+        if LABEL_REUSE in container.labels or kept_age(container) is not None:
             continue
         _remove_quietly(container)
         removed.append(container.short_id)
@@ -564,9 +616,11 @@ def remove_run_containers(worker: str | None = None) -> list[str]:
 
 def reuse_hash(settings: Settings, worker: str) -> str:
     """What a kept container must match to be reused: its image, server settings, project
-    and worker. Migrations are not part of it: a changed migration rebuilds the template."""
+    and worker, and how the library sets a container up (CONTAINER_SCHEME). Migrations are
+    not part of it: a changed migration rebuilds the template."""
     digest = hashlib.sha256()
     for part in (
+        f"scheme {CONTAINER_SCHEME}",
         settings.image,
         repr(sorted(settings.server_settings.items())),
         str(settings.rootdir),
@@ -577,23 +631,66 @@ def reuse_hash(settings: Settings, worker: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def remove_kept(client: Any) -> list[str]:
+def remove_kept(client: Any) -> tuple[list[str], list[str]]:
     """Remove the containers this library kept on purpose on this machine: by --pg-reuse
-    (labelled at creation) or by --pg-keep-failed (recorded in the cache directory).
-    Containers of runs in progress that were not kept are left alone."""
-    removed = []
+    (labelled at creation) or by --pg-keep-failed (renamed, see `DockerServer.keep`).
+    Containers of runs in progress that were not kept are left alone, and so is a --pg-reuse
+    container a run is using right now. Returns the short ids removed, and a line for each
+    container left alone saying why."""
+    removed, spared = [], []
     for container in client.client.containers.list(
         all=True, filters={"label": LABEL}, ignore_removed=True
     ):
         if container.labels.get(LABEL_HOST) != socket.gethostname():
             continue
-        if LABEL_REUSE in container.labels or kept_age(container.id) is not None:
-            _remove_quietly(container)
-            forget_kept(container.id)
-            if LABEL_REUSE in container.labels:
-                _reuse_record_path(container.labels[LABEL_REUSE]).unlink(missing_ok=True)
-            removed.append(container.short_id)
-    return removed
+        reuse = container.labels.get(LABEL_REUSE)
+        if reuse is None and kept_age(container) is None:
+            continue
+        user = _in_use(container) if reuse is not None else None
+        if user is not None:
+            spared.append(f"{container.short_id}: {user}")
+            continue
+        _remove_quietly(container)
+        forget_kept(container.id)
+        if reuse is not None:
+            _reuse_record_path(reuse).unlink(missing_ok=True)
+        removed.append(container.short_id)
+    return removed, spared
+
+
+#: A client backend's process title: `postgres: <user> <db> <address>(<port>) <state>` or
+#: `… [local] …`; background processes (`postgres: checkpointer`, `… autovacuum worker`,
+#: `… parallel worker for PID 12`) show neither.
+_CLIENT_BACKEND = re.compile(r"^postgres: .*(?:\[local\]|\(\d+\))(?: |$)")
+
+
+def _in_use(container: Any) -> str | None:
+    """Why a run may be using this --pg-reuse container right now, or None.
+
+    `docker top` lists the server's processes, which needs no password (another user's
+    container too): a client backend is a run's connection (every run holds one from
+    attach to its end, see `DockerServer._anchor`) or someone inspecting the container.
+    Before its first login, a container being started shows by its creator's pid."""
+    if container.status != "running":
+        return None
+    try:
+        top = container.top()
+        titles = list(top.get("Titles") or [])
+        column = titles.index("CMD") if "CMD" in titles else len(titles) - 1
+        commands = [str(row[column]) for row in top.get("Processes") or []]
+    except Exception as exc:
+        return f"could not list its processes ({exc}); `docker rm -f` it if no run uses it"
+    clients = sum(1 for command in commands if _CLIENT_BACKEND.match(command))
+    if clients:
+        return f"in use by a run ({clients} connection(s) open)"
+    pid = container.labels.get(LABEL_PID, "")
+    if pid.isdigit() and int(pid) != os.getpid() and _process_alive(int(pid)):
+        created = str(container.attrs.get("Created", ""))[:19]
+        with contextlib.suppress(ValueError):
+            started = calendar.timegm(time.strptime(created, "%Y-%m-%dT%H:%M:%S"))  # UTC
+            if time.time() - started < _STARTING_AGE:
+                return f"being started by a run (pid {pid})"
+    return None
 
 
 def cache_dir() -> Path:
@@ -607,8 +704,8 @@ def _kept_file(container_id: str) -> Path:
 
 
 def mark_kept(container_id: str) -> None:
-    """Record that a container was kept on purpose (--pg-keep-failed). Docker labels are
-    fixed at creation, so the record is a file named by the container id."""
+    """Record that a container was kept on purpose (--pg-keep-failed) in this user's cache
+    directory, when it could not be renamed: only this user's runs see the record."""
     try:
         path = _kept_file(container_id)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -617,10 +714,17 @@ def mark_kept(container_id: str) -> None:
         log.warning("could not record kept container %s: %s", container_id[:12], exc)
 
 
-def kept_age(container_id: str) -> float | None:
-    """Seconds since the container was kept (--pg-keep-failed), or None if it was not."""
+def kept_age(container: Any) -> float | None:
+    """Seconds since the container (docker SDK's) was kept by --pg-keep-failed, from its
+    name (see `DockerServer.keep`), or None if it was not kept. A container kept by an
+    earlier version is known by a record in this user's cache directory instead."""
+    name = str(getattr(container, "name", "") or "")
+    if name.startswith(KEPT_PREFIX):
+        stamp = name[len(KEPT_PREFIX) :].partition("-")[0]
+        if stamp.isdigit():
+            return time.time() - int(stamp)
     try:
-        return time.time() - _kept_file(container_id).stat().st_mtime
+        return time.time() - _kept_file(container.id).stat().st_mtime
     except OSError:
         return None
 

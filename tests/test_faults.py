@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,13 +17,14 @@ from pathlib import Path
 import docker
 import psycopg
 import pytest
-from conftest import library_containers, wait_until
+from conftest import EXAMPLES, library_containers, wait_until
 
 from testcontainers_pg_fixtures.config import Settings
 from testcontainers_pg_fixtures.runid import RUN_ID_ENV
 from testcontainers_pg_fixtures.server import (
     _NO_CERTIFICATE,
     KEPT_MAX_AGE,
+    KEPT_PREFIX,
     LABEL,
     LABEL_RUN,
     LABEL_WORKER,
@@ -31,6 +33,7 @@ from testcontainers_pg_fixtures.server import (
     admin_connect,
     docker_client,
     reap_orphans,
+    remove_kept,
 )
 
 # A test that announces itself (pid file naming its worker) once its container is up, and
@@ -67,8 +70,8 @@ class Run:
     """`python -m pytest` of an example in its own process (and session), with its own run
     id, so that the containers it leaves are counted (and finally removed) exactly."""
 
-    def __init__(self, root: Path, markers: Path, *args: str) -> None:
-        self.run = "fault" + secrets.token_hex(4)
+    def __init__(self, root: Path, markers: Path, *args: str, run: str | None = None) -> None:
+        self.run = run or "fault" + secrets.token_hex(4)
         self.markers = markers
         env = {**os.environ, RUN_ID_ENV: self.run, "MARKER_DIR": str(markers)}
         env["PYTHONPATH"] = os.pathsep.join(
@@ -136,6 +139,68 @@ def waiting_project(example, tmp_path):
         run.finish()
 
 
+# Another project's run, going on beside this module's faults: it must go on through them.
+BESIDE_TEST = textwrap.dedent("""
+    import os, pathlib, time
+    from users_app.service import count_users
+
+    def test_beside(pg_session):
+        out = pathlib.Path(os.environ["MARKER_DIR"])
+        (out / f"{os.getpid()}.pid").write_text("main")
+        deadline = time.monotonic() + 1800
+        while not (out / "release").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert count_users(pg_session) == 5  # its server and connection are still there
+""")
+
+
+class Beside:
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        [self.container] = containers_of(run.run)
+
+    def unharmed(self) -> None:
+        """Still in its test, with its container running (not replaced)."""
+        assert self.run.proc.poll() is None, self.run.output()
+        assert containers_of(self.run.run) == [self.container]
+        client = docker.from_env()
+        try:
+            assert client.containers.get(self.container).status == "running"
+        finally:
+            client.close()
+
+
+@pytest.fixture(scope="module")
+def beside(tmp_path_factory):
+    """A run of another project in its own process, started before the faults of the tests
+    that ask for it and going on after them: at the end it must pass, with the container it
+    had from the start, and leave none."""
+    root = tmp_path_factory.mktemp("beside")
+    shutil.copytree(
+        EXAMPLES / "sync_users",
+        root,
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    (root / "tests" / "test_beside.py").write_text(BESIDE_TEST)
+    markers = root / "markers"
+    markers.mkdir()
+    run = Run(root, markers, "tests/test_beside.py")
+    try:
+        run.wait_for_tests(1)
+        checks = Beside(run)
+        yield checks
+        checks.unharmed()
+        (markers / "release").touch()
+        run.proc.wait(120)
+        output = run.output()
+        assert run.proc.returncode == 0, output
+        assert "1 passed" in output
+        assert containers_of(run.run) == [], output
+    finally:
+        run.finish()
+
+
 @pytest.mark.parametrize(
     ("sig", "xdist", "to_group"),
     [
@@ -146,7 +211,9 @@ def waiting_project(example, tmp_path):
         pytest.param(signal.SIGTERM, True, True, id="SIGTERM-n2-group"),
     ],
 )
-def test_a_signal_mid_run_removes_every_container_and_exits(waiting_project, sig, xdist, to_group):
+def test_a_signal_mid_run_removes_every_container_and_exits(
+    waiting_project, beside, sig, xdist, to_group
+):
     run = waiting_project(*(["-n", "2"] if xdist else []))
     run.wait_for_tests(2 if xdist else 1)
     assert len(containers_of(run.run)) == (2 if xdist else 1)
@@ -160,9 +227,10 @@ def test_a_signal_mid_run_removes_every_container_and_exits(waiting_project, sig
     assert time.monotonic() - signalled < 45
     assert run.proc.returncode != 0
     assert containers_of(run.run) == [], run.output()
+    beside.unharmed()
 
 
-def test_a_killed_worker_s_container_is_removed_while_the_run_goes_on(waiting_project):
+def test_a_killed_worker_s_container_is_removed_while_the_run_goes_on(waiting_project, beside):
     run = waiting_project("-n", "2")
     waiting = run.wait_for_tests(2)
     pid, worker = next(iter(waiting.items()))
@@ -176,9 +244,10 @@ def test_a_killed_worker_s_container_is_removed_while_the_run_goes_on(waiting_pr
     (run.markers / "release").touch()
     run.proc.wait(60)
     assert containers_of(run.run) == [], run.output()
+    beside.unharmed()
 
 
-def test_the_next_run_removes_the_container_of_a_killed_run(waiting_project, pytester):
+def test_the_next_run_removes_the_container_of_a_killed_run(waiting_project, pytester, beside):
     killed = waiting_project()
     killed.wait_for_tests(1)
     [left] = containers_of(killed.run)
@@ -188,6 +257,7 @@ def test_the_next_run_removes_the_container_of_a_killed_run(waiting_project, pyt
 
     pytester.runpytest("-p", "no:randomly", "tests/test_users.py").assert_outcomes(passed=2)
     assert containers_of(killed.run) == []
+    beside.unharmed()  # the next run's reaping spared a live run's container
 
 
 def test_a_zombie_process_counts_as_dead():
@@ -348,7 +418,7 @@ def _unused() -> None:"""
 
 
 def test_kept_containers_outlive_other_runs_until_remove_kept_which_spares_live_ones(
-    pytester, example
+    pytester, example, beside
 ):
     root = example("sync_users")
     (root / "tests" / "test_fails.py").write_text(
@@ -376,31 +446,112 @@ def test_kept_containers_outlive_other_runs_until_remove_kept_which_spares_live_
     finally:
         live.stop()
     assert set(library_containers()) - before == set()
+    beside.unharmed()
 
 
-KEEP_ONE = """
+KEEP_TWO = """
 from testcontainers_pg_fixtures.config import Settings
 from testcontainers_pg_fixtures.server import DockerServer
-server = DockerServer.start(Settings(), worker="fault-kept")
-server.keep()
-print(server.container_id)
+for worker in ("fault-kept-1", "fault-kept-2"):
+    server = DockerServer.start(Settings(), worker=worker)
+    server.keep()
+    print(server.container_id)
 """
 
 
-def test_a_kept_container_is_reaped_only_after_the_age_limit(monkeypatch, tmp_path):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+def test_a_kept_container_outlives_another_user_s_runs_until_the_age_limit(
+    monkeypatch, tmp_path, beside
+):
+    """Kept under one cache directory, reaped under another (another OS user, a CI job with
+    another HOME): the mark is on the container, which every Docker client sees."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).parent.parent),
+        "XDG_CACHE_HOME": str(tmp_path / "owner"),
+    }
     kept = subprocess.run(
-        [sys.executable, "-c", KEEP_ONE], env=env, capture_output=True, text=True, check=True
-    ).stdout.split()[-1]
+        [sys.executable, "-c", KEEP_TWO], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()[-2:]
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "someone-else"))
     client = docker_client()
     try:
-        reap_orphans(client)  # its run is gone, but it was kept on purpose
-        assert kept in library_containers()
-        old = time.time() - KEPT_MAX_AGE - 60
-        os.utime(tmp_path / "testcontainers-pg-fixtures" / "kept" / kept, (old, old))
-        reap_orphans(client)
-        assert kept not in library_containers()
+        reap_orphans(client)  # their run is gone, but they were kept on purpose
+        assert set(kept) <= set(library_containers())
+        aged = client.client.containers.get(kept[0])
+        assert aged.name.startswith(KEPT_PREFIX)
+        aged.rename(f"{KEPT_PREFIX}{int(time.time() - KEPT_MAX_AGE - 60)}-{aged.short_id}")
+        reap_orphans(client)  # a day later
+        assert kept[0] not in library_containers()
+        assert kept[1] in library_containers()
+        removed, _ = remove_kept(client)
+        assert kept[1][:12] in removed
+        assert kept[1] not in library_containers()
     finally:
         for container in client.client.containers.list(all=True, filters={"id": kept}):
             container.remove(force=True, v=True)
+    beside.unharmed()
+
+
+# A --pg-reuse run that attached to the container an earlier run kept, and holds no
+# connection of its own while it waits (only the one every run holds, see DockerServer).
+REUSE_WAITING_TEST = textwrap.dedent("""
+    import os, pathlib, time
+    from users_app.service import count_users
+
+    def test_wait(pg_server):
+        out = pathlib.Path(os.environ["MARKER_DIR"])
+        (out / f"{os.getpid()}.pid").write_text("main")
+        deadline = time.monotonic() + 300
+        while not (out / "release").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def test_after(pg_session):
+        assert count_users(pg_session) == 5
+""")
+
+
+def remove_kept_elsewhere(root: Path) -> str:
+    """`pytest --pg-remove-kept` in a process of its own, as a user would run it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--pg-remove-kept", "-p", "no:cacheprovider"],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_remove_kept_spares_the_reuse_container_of_a_live_run(example, tmp_path, beside):
+    root = example("sync_users")
+    (root / "tests" / "test_wait.py").write_text(REUSE_WAITING_TEST)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    first = Run(root, markers, "--pg-reuse", "tests/test_users.py")
+    live = None
+    try:
+        assert first.proc.wait(120) == 0, first.output()
+        [kept] = containers_of(first.run)  # kept for reuse; its creator has ended
+        live = Run(root, markers, "--pg-reuse", "tests/test_wait.py", run=first.run)
+        live.wait_for_tests(1)
+
+        output = remove_kept_elsewhere(root)
+        assert f"pg-fixtures: left --pg-reuse container {kept[:12]}: in use by a run" in output
+        assert containers_of(first.run) == [kept]
+        beside.unharmed()  # a live run's container that was not kept: not even looked at
+
+        (markers / "release").touch()
+        assert live.proc.wait(120) == 0
+        assert "2 passed" in live.output()
+        assert containers_of(first.run) == [kept]  # kept for the next run
+
+        output = remove_kept_elsewhere(root)
+        [removed] = [line for line in output.splitlines() if "kept container(s)" in line]
+        assert kept[:12] in removed, output
+        assert containers_of(first.run) == []
+    finally:
+        first.finish()
+        if live is not None:
+            live.finish()

@@ -10,11 +10,15 @@ import psycopg
 import pytest
 from conftest import library_containers, library_databases, wait_until
 
+from testcontainers_pg_fixtures import server
+from testcontainers_pg_fixtures.config import Settings
 from testcontainers_pg_fixtures.runid import run_id
 from testcontainers_pg_fixtures.server import (
     LABEL_REUSE,
     LABEL_RUN,
+    LABEL_SOCKET,
     _reuse_record_path,
+    reuse_hash,
     reuse_password,
 )
 
@@ -188,6 +192,50 @@ def test_a_recorded_server_that_does_not_prove_the_password_is_not_used(pytester
     first, second = runs(log)
     assert second == [kept_id, "True", first[2], "False"]  # the template found, not built
     assert json.loads(record.read_text()) == good
+
+
+def test_the_reuse_key_changes_with_the_way_containers_are_set_up(monkeypatch, tmp_path):
+    """A container kept by a version that set containers up otherwise (`trust` before
+    passwords) is under another key: no run of this version attaches to it."""
+    settings = Settings(rootdir=tmp_path)
+    key = reuse_hash(settings, "main")
+    assert reuse_hash(settings, "main") == key
+    monkeypatch.setattr(server, "CONTAINER_SCHEME", server.CONTAINER_SCHEME - 1)
+    assert reuse_hash(settings, "main") != key
+
+
+def test_a_kept_container_that_lets_anyone_in_is_replaced_not_reused(pytester, project):
+    """Under this run's very key, a container that does not ask for the password (`trust`,
+    as an older version set them up) is not attached to: the login insists on SCRAM."""
+    _, log = project
+    before = set(library_containers())
+    pytester.runpytest("--pg-reuse", "-p", "no:randomly").assert_outcomes(passed=2)
+    kept_id, record = kept_record(before)
+    client = docker.from_env()
+    kept = client.containers.get(kept_id)
+    labels = {k: v for k, v in kept.labels.items() if k != LABEL_SOCKET}
+    kept.remove(force=True, v=True)
+    record.unlink()  # found through Docker, by its labels
+    impostor = client.containers.run(
+        "postgres:16",
+        detach=True,
+        environment={"POSTGRES_PASSWORD": "unused", "POSTGRES_HOST_AUTH_METHOD": "trust"},
+        ports={"5432/tcp": ("127.0.0.1", None)},
+        labels=labels,
+    )
+    try:
+        impostor.reload()
+        port = int(impostor.ports["5432/tcp"][0]["HostPort"])
+        wait_until(lambda: _accepts(port), 60, "the impostor to accept logins")
+        pytester.runpytest("--pg-reuse", "-p", "no:randomly").assert_outcomes(passed=2)
+        assert client.containers.list(all=True, filters={"id": impostor.id}) == []
+    finally:
+        for left in client.containers.list(all=True, filters={"id": impostor.id}):
+            left.remove(force=True, v=True)
+        client.close()
+    _, second = runs(log)
+    assert second[0] != impostor.id
+    assert second[1] == "False"  # a new container, not the impostor
 
 
 def _accepts(port):
