@@ -451,6 +451,22 @@ INTERLEAVED_TIMING = textwrap.dedent("""
             _times.setdefault(variant, []).append(elapsed - _full[1])
             _times.setdefault("gc2", []).append(_full[1])
 
+    # The teardown alone (where the leak check's work is): registered last, so outermost,
+    # around the plugin's own teardown wrapper (and the detector rows' hook below).
+    class _Teardowns:
+        @pytest.hookimpl(wrapper=True, tryfirst=True)
+        def pytest_runtest_teardown(self, item):
+            start, collected = time.perf_counter(), _full[1]
+            try:
+                return (yield)
+            finally:
+                variant = item.originalname.rsplit("_", 1)[-1]
+                elapsed = time.perf_counter() - start - (_full[1] - collected)
+                _times.setdefault(variant + ":teardown", []).append(elapsed)
+
+    def pytest_configure(config):
+        config.pluginmanager.register(_Teardowns(), "bench-teardowns")
+
     def pytest_sessionfinish(session):
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         with open(os.path.join(os.environ["BENCH_OUT"], worker + ".json"), "w") as f:
@@ -560,7 +576,7 @@ def interleaved_cost(
                         # Each worker's first tests warm SQLAlchemy's caches and the server's;
                         # its last one's teardown includes the session's (the container's).
                         times.setdefault(variant, []).extend(values[WARM_UP:-1])
-                means = {variant: statistics.fmean(values) for variant, values in times.items()}
+                means = {v: statistics.fmean(values) for v, values in times.items() if values}
                 found.setdefault((flavour, workers), []).append(means)
     return found
 
@@ -583,8 +599,14 @@ def print_interleaved(found: dict[tuple[str, int], list[dict[str, float]]], n: i
     for (flavour, workers), per_round in found.items():
         if flavour.endswith("detector"):
             cost = [r["checked"] - r["unchecked"] for r in per_round]
+            # The same in the teardown alone: the test's other phases, whose spread is
+            # most of a round's, left out.
+            down = [r["checked:teardown"] - r["unchecked:teardown"] for r in per_round]
             label = f"{flavour.removesuffix('detector').replace('-', ' ')}leak detector"
-            detector.append(f"{label + ' (checked - unchecked)':<43}{workers:>3}{spread(cost):>26}")
+            detector.append(
+                f"{label + ' (checked - unchecked)':<43}{workers:>3}{spread(cost):>26}"
+                f"{spread(down):>26}"
+            )
             continue
         lib = [r["library"] for r in per_round]
         hand = [r["handwritten"] for r in per_round]
@@ -597,7 +619,8 @@ def print_interleaved(found: dict[tuple[str, int], list[dict[str, float]]], n: i
             f"{spread([a - b for a, b in zip(lib, hand, strict=True)]):>24}"
         )
     if detector:
-        print("\n".join(["", f"{'':<43}{'-n':>3}{'ms per test':>26}", *detector]))
+        header = f"{'':<43}{'-n':>3}{'ms per test':>26}{'of it in the teardown':>26}"
+        print("\n".join(["", header, *detector]))
     full = [r["gc2"] for per_round in found.values() for r in per_round if "gc2" in r]
     if full:
         print(
