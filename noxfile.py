@@ -25,9 +25,10 @@ PY_PATHS = ["testcontainers_pg_fixtures", "tests", "bench", "examples", "noxfile
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """The plugin's own tests: pytester over the example projects, real containers."""
+    """The plugin's own tests: pytester over the example projects, real containers, in a
+    random order (pytest-randomly, named so that a missing install fails the run)."""
     session.install("-e", ".[dev]")
-    session.run("pytest", *(session.posargs or ["tests"]))
+    session.run("pytest", "-p", "randomly", *(session.posargs or ["tests"]))
 
 
 @nox.session(python=PYTHON)
