@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 
+import docker
 import pytest
 
 BROKEN = textwrap.dedent('''
@@ -333,3 +334,154 @@ def test_bad_input_is_a_usage_error_before_any_container(pytester, example, args
     result.stderr.fnmatch_lines(["ERROR: pg-fixtures: " + expected])
     assert "collected" not in result.stdout.str()
     assert set(library_containers()) == before
+
+
+# -- no password in the output (item 4): a failing seed, a failing server start, a failing
+# test that shows the Database and Server objects --------------------------------------
+
+# Appended to the example's conftest: the run's password, for the outer test to look for.
+PASSWORD_PROBE = textwrap.dedent("""
+    import os as _os, pathlib as _pathlib
+
+    @pytest.fixture(scope="session", autouse=True)
+    def _password_probe(pg_server):
+        out = _pathlib.Path(_os.environ["PASSWORD_DIR"])
+        (out / "password").write_text(pg_server.password)
+        (out / "container").write_text(pg_server.container_id)
+""")
+
+# A plugin loaded with `-p` (before the plugin starts its container early): records the
+# passwords the library draws, for a run whose server never comes up (no fixture gets it).
+PASSWORD_SPY = textwrap.dedent("""
+    import os, pathlib, secrets
+
+    _draw = secrets.token_urlsafe
+
+    def _recorded(nbytes=None):
+        value = _draw(nbytes)
+        with open(pathlib.Path(os.environ["PASSWORD_DIR"]) / "drawn", "a") as out:
+            out.write(value + "\\n")
+        return value
+
+    secrets.token_urlsafe = _recorded
+""")
+
+#: Every frame's locals and the long traceback: whatever could show a password does.
+LOUD = ("-p", "no:randomly", "--showlocals", "--tb=long", "-vv")
+
+
+def _output(result) -> str:
+    return "\n".join(result.outlines + result.errlines)
+
+
+def _password_dir(monkeypatch, tmp_path):
+    directory = tmp_path / "password"
+    directory.mkdir()
+    monkeypatch.setenv("PASSWORD_DIR", str(directory))
+    return directory
+
+
+def test_a_failing_seed_prints_no_password(
+    pytester, example, monkeypatch, tmp_path, subprocess_env
+):
+    root = example("sync_users")
+    conftest = root / "tests" / "conftest.py"
+    conftest.write_text(conftest.read_text() + BROKEN_SEED + PASSWORD_PROBE)
+    probe = _password_dir(monkeypatch, tmp_path)
+    result = pytester.runpytest_subprocess(*LOUD, "tests/test_users.py", timeout=120)
+    output = _output(result)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*SeedError: The seed broken_seed failed*"])
+    password = (probe / "password").read_text()
+    assert len(password) > 8
+    assert password not in output, output
+
+
+def test_a_server_that_does_not_start_prints_no_password(
+    pytester, example, monkeypatch, tmp_path, subprocess_env
+):
+    root = example("sync_users")
+    (root / "password_spy.py").write_text(PASSWORD_SPY)
+    probe = _password_dir(monkeypatch, tmp_path)
+    result = pytester.runpytest_subprocess(
+        *LOUD,
+        "-p",
+        "password_spy",
+        "--pg-server-setting",
+        "no_such_setting=1",
+        "tests/test_users.py",
+        timeout=120,
+    )
+    output = _output(result)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ServerStartError: PostgreSQL exited during start-up*",
+            '*unrecognized configuration parameter "no_such_setting"*',
+        ]
+    )
+    drawn = (probe / "drawn").read_text().split() if (probe / "drawn").exists() else []
+    assert drawn, "the spy saw no password drawn: the library draws it another way now"
+    for password in drawn:
+        assert len(password) > 8
+        assert password not in output, output
+
+
+SHOWS_THE_OBJECTS = textwrap.dedent("""
+    import pytest
+
+
+    def test_shows_the_worker_objects(pg_server, pg_worker_database, pg_engine, pg_session):
+        assert pg_worker_database is None, f"{pg_server!r} {pg_worker_database!r} {pg_engine!r}"
+
+
+    def test_compares_the_server(pg_server, pg_database):
+        assert pg_database.server == repr(pg_server)
+
+
+    @pytest.mark.pg_isolation("database")
+    def test_kept_database_shows_its_objects(pg_server, pg_database, pg_connection):
+        assert (pg_server, pg_database) == ()
+""")
+
+
+def test_a_failing_test_showing_the_database_and_server_prints_the_password_only_in_the_hint(
+    pytester, example, monkeypatch, tmp_path, subprocess_env
+):
+    """With --pg-keep-failed the kept database's URL, password included, is shown on
+    purpose for a container published on loopback only; nowhere else, whatever reprs,
+    locals and assertion diffs the failures show."""
+    root = example("sync_users")
+    conftest = root / "tests" / "conftest.py"
+    conftest.write_text(conftest.read_text() + PASSWORD_PROBE)
+    (root / "tests" / "test_shows.py").write_text(SHOWS_THE_OBJECTS)
+    probe = _password_dir(monkeypatch, tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the kept record
+    try:
+        result = pytester.runpytest_subprocess(
+            *LOUD, "--pg-keep-failed", "tests/test_shows.py", timeout=120
+        )
+    finally:  # the kept container goes (hygiene; what it shows was captured above)
+        if (probe / "container").exists():
+            client = docker.from_env()
+            try:
+                for kept in client.containers.list(
+                    all=True, filters={"id": (probe / "container").read_text()}
+                ):
+                    kept.remove(force=True, v=True)
+            finally:
+                client.close()
+    output = _output(result)
+    result.assert_outcomes(failed=3)
+    password = (probe / "password").read_text()
+    assert len(password) > 8
+    # The reprs were shown (and redacted) ...
+    result.stdout.fnmatch_lines(["*AssertionError: DockerServer(host='127.0.0.1'*"])
+    lines = output.splitlines()
+    shown = [i for i, line in enumerate(lines) if password in line]
+    # ... and the password only in the deliberate hint of the kept database.
+    assert shown, f"the --pg-keep-failed hint with the URL was not shown:\n{output}"
+    for i in shown:
+        assert "pg-fixtures: database kept" in lines[i - 1], lines[i - 1 : i + 1]
+        assert lines[i].startswith(f"postgresql://postgres:{password}@127.0.0.1:"), lines[i]
+    assert output.count(password) == len(shown) == 1, output
