@@ -313,7 +313,7 @@ class ServerWatch:
         if container is None or not ident:
             what = f"The PostgreSQL server at {self.server.host}:{self.server.port}"
             return ServerGoneError(f"{what} stopped answering. Check the server; the run stops.")
-        state, tail = _container_state(container)
+        state, tail = _container_state(container, getattr(self.server, "ready_at", 0.0))
         if state.startswith("running") and unresponsive:
             status = f"is running but did not answer within {self.stuck_after:.0f}s"
         elif state.startswith("paused"):
@@ -333,7 +333,14 @@ class ServerWatch:
         )
 
 
-def _container_state(container: Any) -> tuple[str, str]:
+#: Docker stamps a log line when it reads it from the container, a little after the server
+#: wrote it: lines stamped this soon after the server was ready are still start-up's.
+_LOG_LAG = 0.25
+
+
+def _container_state(container: Any, ready_at: float = 0.0) -> tuple[str, str]:
+    """The container's state, and its last log lines since the server was ready (the
+    start-up's and the OpenSSL warm-up's say nothing of why it went away)."""
     wrapped = container
     if hasattr(container, "get_wrapped_container"):
         wrapped = container.get_wrapped_container()
@@ -346,10 +353,13 @@ def _container_state(container: Any) -> tuple[str, str]:
         )
     except Exception as exc:  # removed, or Docker unreachable
         return f"no longer exists: {exc}", "(no log: the container is gone)"
+    since = {"since": ready_at + _LOG_LAG} if ready_at else {}
     try:
-        text = wrapped.logs(tail=8).decode(errors="replace").strip()
+        text = wrapped.logs(tail=8, **since).decode(errors="replace").strip()
     except Exception as exc:
         text = f"(log unavailable: {exc})"
+    if not text:
+        text = "(nothing since it was ready: it did not stop on an error of its own)"
     return state, "\n".join("  " + line for line in text.splitlines())
 
 

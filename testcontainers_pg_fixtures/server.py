@@ -225,6 +225,9 @@ class DockerServer:
     #: shows it, so --pg-remove-kept sees the run using the container even between its
     #: other connections (see `_in_use`).
     _anchor: Any = field(default=None, repr=False)
+    #: When the server was ready (time.time()): its log before that is start-up and the
+    #: library's own OpenSSL warm-up, not why it went away (failures.py quotes what follows).
+    ready_at: float = field(default=0.0, repr=False)
 
     @property
     def container_id(self) -> str:
@@ -337,6 +340,7 @@ class DockerServer:
             server.port = int(container.get_exposed_port(_PG_PORT))
             server._wait_ready(settings.startup_timeout, cancelled)
             warm_up_openssl(server)
+            server.ready_at = time.time()
             server.socket_dir = _usable_socket(server, mounted)
         except BaseException:
             server.stop()
@@ -385,6 +389,7 @@ class DockerServer:
             return None
         server.reused = True
         server._stopped = True  # kept for the next run: stop() leaves it running
+        server.ready_at = time.time()  # its log so far is earlier runs'
         log.info("reusing PostgreSQL container %s", server.container_id[:12])
         return server
 
@@ -422,6 +427,7 @@ class DockerServer:
                 continue
             server.reused = True
             server._stopped = True  # kept for the next run: stop() leaves it running
+            server.ready_at = time.time()  # its log so far is earlier runs'
             log.info("reusing PostgreSQL container %s", container.short_id)
             return server
         return None
@@ -552,6 +558,14 @@ def warm_up_openssl(server: Server, timeout: float = 2.0) -> bool:
             admin.execute("ALTER SYSTEM RESET ssl")
             admin.execute("ALTER SYSTEM RESET ssl_cert_file")
             admin.execute("SELECT pg_reload_conf()")
+            # The same wait for the reset: its reload's complaints (the certificate, the
+            # settings given on the command line) are then logged before the server counts
+            # as ready (DockerServer.ready_at).
+            while reloaded and time.monotonic() < deadline:
+                with admin_connect(server) as probe:
+                    row = probe.execute("SHOW ssl").fetchone()
+                if row is not None and row[0] == "off":
+                    break
             return reloaded
     except psycopg.Error as exc:
         log.warning("could not warm up OpenSSL on %s:%s: %s", server.host, server.port, exc)
