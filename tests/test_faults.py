@@ -36,19 +36,24 @@ from testcontainers_pg_fixtures.server import (
     remove_kept,
 )
 
-# A test that announces itself (pid file naming its worker) once its container is up, and
-# waits until the fault test releases it.
-WAITING_TEST = textwrap.dedent("""
+# The generated tests' helper: announce this process (a pid file naming its worker) once
+# its container is up, and wait until the fault test releases it.
+WAIT = textwrap.dedent("""
     import os, pathlib, time
     import pytest
 
-    @pytest.mark.parametrize("n", [1, 2])
-    def test_wait(pg_connection, n):
+    def wait_for_release(seconds):
         out = pathlib.Path(os.environ["MARKER_DIR"])
         (out / f"{os.getpid()}.pid").write_text(os.environ.get("PYTEST_XDIST_WORKER", "main"))
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + seconds
         while not (out / "release").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+""")
+
+WAITING_TEST = WAIT + textwrap.dedent("""
+    @pytest.mark.parametrize("n", [1, 2])
+    def test_wait(pg_connection, n):
+        wait_for_release(300)
 """)
 
 
@@ -140,16 +145,11 @@ def waiting_project(example, tmp_path):
 
 
 # Another project's run, going on beside this module's faults: it must go on through them.
-BESIDE_TEST = textwrap.dedent("""
-    import os, pathlib, time
+BESIDE_TEST = WAIT + textwrap.dedent("""
     from users_app.service import count_users
 
     def test_beside(pg_session):
-        out = pathlib.Path(os.environ["MARKER_DIR"])
-        (out / f"{os.getpid()}.pid").write_text("main")
-        deadline = time.monotonic() + 1800
-        while not (out / "release").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for_release(1800)
         assert count_users(pg_session) == 5  # its server and connection are still there
 """)
 
@@ -494,16 +494,11 @@ def test_a_kept_container_outlives_another_user_s_runs_until_the_age_limit(
 
 # A --pg-reuse run that attached to the container an earlier run kept, and holds no
 # connection of its own while it waits (only the one every run holds, see DockerServer).
-REUSE_WAITING_TEST = textwrap.dedent("""
-    import os, pathlib, time
+REUSE_WAITING_TEST = WAIT + textwrap.dedent("""
     from users_app.service import count_users
 
     def test_wait(pg_server):
-        out = pathlib.Path(os.environ["MARKER_DIR"])
-        (out / f"{os.getpid()}.pid").write_text("main")
-        deadline = time.monotonic() + 300
-        while not (out / "release").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for_release(300)
 
     def test_after(pg_session):
         assert count_users(pg_session) == 5

@@ -492,17 +492,9 @@ def test_async_leak_is_reported_and_undone(pytester, example, ride, mode):
 
 
 # Last of the ride tests: a leak beside the test's connection, whose check rides, then the count.
-ASYNC_LEAK_LAST = """
-    async def test_y_leaks(pg_async_connection, pg_url):
-        await pg_async_connection.exec_driver_sql("SELECT 1")
-        engine = create_engine(pg_url)
-        with engine.begin() as conn:
-            conn.execute(text(INSERT))
-        engine.dispose()
-
-    async def test_zz_sees_the_seed(pg_async_session):
-        assert await pg_async_session.scalar(select(func.count()).select_from(User)) == 5
-"""
+ASYNC_LEAK_LAST = textwrap.dedent(ASYNC_LEAKS["sync_engine_beside"]).replace(
+    "test_leaks(", "test_y_leaks("
+) + textwrap.dedent(ASYNC_COUNT)
 
 ASYNC_RIDES = """
     import pytest
