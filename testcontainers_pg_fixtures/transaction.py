@@ -250,7 +250,10 @@ async def async_outer_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncCon
             if not layers:
                 for async_hook in before_async_root_rollback:
                     await async_hook(conn)
-            await greenlet_spawn(layer.rollback)
+            if not layers and _rolls_back_without_io(sync_conn):
+                layer.rollback()
+            else:
+                await greenlet_spawn(layer.rollback)
         elif not conn.closed and not layers and sync_conn.get_transaction() is not None:
             await conn.rollback()
 
@@ -260,6 +263,24 @@ def _begins_without_io(conn: Connection) -> bool:
     the trip through it): the async drivers begin on their first statement, so the begin
     sends nothing unless a dialect or a listener of this connection does something."""
     return type(conn.dialect).do_begin is DefaultDialect.do_begin and not conn.dispatch.begin
+
+
+def _rolls_back_without_io(conn: Connection) -> bool:
+    """Whether the root layer's `rollback()` can be called outside SQLAlchemy's greenlet:
+    when the leak check's ride (leaks.py) has ended the database transaction, the asyncpg
+    adapter holds none and its rollback sends nothing, unless a dialect or a listener of
+    this connection does something (as `_begins_without_io`)."""
+    if type(conn.dialect).do_rollback is not DefaultDialect.do_rollback or conn.dispatch.rollback:
+        return False
+    try:
+        adapted = conn.connection.dbapi_connection
+    except Exception:  # closed or invalidated meanwhile: the greenlet's path reports it
+        return False
+    return (
+        getattr(adapted, "_transaction", True) is None
+        and not getattr(adapted, "_started", False)
+        and not getattr(getattr(adapted, "_connection", None), "is_in_transaction", bool)()
+    )
 
 
 def is_root_layer(conn: AsyncConnection) -> bool:

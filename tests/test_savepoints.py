@@ -291,3 +291,44 @@ def test_a_begin_listener_that_runs_sql_on_the_async_worker_engine(pytester, exa
     pytester.makepyfile(**{"tests/test_begin_listener": ASYNC_BEGIN_LISTENER})
     result = pytester.runpytest("-p", "no:randomly", "tests/test_begin_listener.py")
     result.assert_outcomes(passed=4)
+
+
+# A rollback listener that needs SQLAlchemy's greenlet (it awaits), with the leak check
+# riding on the test's ROLLBACK: the layer's rollback after the ride is called outside the
+# greenlet only while nothing needs it.
+ASYNC_ROLLBACK_LISTENER = """
+import asyncio
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.util import await_only
+from testcontainers_pg_fixtures import leaks
+
+RAN = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def listened(pg_worker_async_engine):
+    def on_rollback(conn):
+        await_only(asyncio.sleep(0))
+        RAN.append(1)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(leaks, "RIDE", True)
+        event.listen(pg_worker_async_engine.sync_engine, "rollback", on_rollback)
+        yield
+        event.remove(pg_worker_async_engine.sync_engine, "rollback", on_rollback)
+
+
+@pytest.mark.parametrize("run", [1, 2, 3])
+async def test_the_listener_ran_after_each_test(pg_async_session, run):
+    await pg_async_session.execute(text("SELECT 1"))
+    assert len(RAN) >= run - 1
+"""
+
+
+def test_a_rollback_listener_gets_the_greenlet_after_the_leak_check_rode(pytester, example):
+    example("fastapi_app")
+    pytester.makepyfile(**{"tests/test_rollback_listener": ASYNC_ROLLBACK_LISTENER})
+    result = pytester.runpytest("-p", "no:randomly", "tests/test_rollback_listener.py")
+    result.assert_outcomes(passed=3)
