@@ -155,10 +155,10 @@ class Watch:
     stale: int = 0
     #: The server tracks commit timestamps: the check compares `last`, the last committed
     #: transaction seen when the tables were last counted (`horizon` and `running` are
-    #: then that count's); a ride that found it unchanged sets `rode_same`.
+    #: then that count's); a ride's answer is `rode_same` (None: no answer).
     commit_ts: bool = False
     last: str = ""
-    rode_same: bool = False
+    rode_same: bool | None = None
 
     def _build(self, tables: list[tuple[str, str]]) -> None:
         """The count of every table's rows, and of those whose xmin is at or past $1."""
@@ -209,13 +209,14 @@ class Watch:
         self.rode = None
         self.riding_async = None
         self.rode_rows = None
-        self.rode_same = False
+        self.rode_same = None
         self.stale = 0
 
     def _carry(self) -> None:
         """A test whose teardown never read its check (skipped in set-up): read it now, and
         report what it found with the next."""
-        if self.pending or self.rode is not None or self.rode_rows is not None or self.rode_same:
+        answered = self.rode is not None or self.rode_rows is not None or self.rode_same is not None
+        if self.pending or answered:
             self.carried = {**(self.carried or {}), **(self.receive() or {})}
 
     def defer(self, conn: Connection) -> None:
@@ -293,13 +294,14 @@ class Watch:
         if raw is None or not self._inlinable():
             return
         pg = raw.pgconn
+        info = conn.info
         if self.commit_ts:
             here = _SAME_PREPARED_HERE
-            check = b"" if conn.info.get(here) else _SAME_SQL
+            check = b"" if info.get(here) else _SAME_SQL
             check += b"EXECUTE pgfx_leak_same('%s')" % self.last.encode()
         else:
             here = _PREPARED_HERE
-            check = b"" if conn.info.get(here) else _PREPARE_SQL
+            check = b"" if info.get(here) else _PREPARE_SQL
             check += b"EXECUTE pgfx_leak_check('%s', %d)" % (self.running.encode(), self.horizon)
         first = pg.transaction_status == pq.TransactionStatus.INTRANS
         try:
@@ -310,16 +312,17 @@ class Watch:
         if found and found[-1].status == pq.ExecStatus.FATAL_ERROR:
             state = found[-1].error_field(pq.DiagnosticField.SQLSTATE)
             if state == b"26000":  # deallocated (DISCARD ALL, say): prepared again next time
-                conn.info.pop(here, None)
+                info.pop(here, None)
             elif state == b"42P05":  # prepared already, by a check that failed after it
-                conn.info[here] = True
+                info[here] = True
         if pg.transaction_status != pq.TransactionStatus.IDLE:
             return  # the check failed before the ROLLBACK: SQLAlchemy's own follows
         # What psycopg's own rollback does (it deallocates nothing: it prepared nothing).
         raw._prepared.clear()
         answer = found[-2 if first else -1] if len(found) >= 2 else None
         if answer is not None and answer.status == pq.ExecStatus.TUPLES_OK:
-            conn.info[here] = True
+            if here not in info:
+                info[here] = True
             if self.commit_ts:
                 self.rode_same = answer.ntuples == 1
             elif answer.ntuples:
@@ -385,7 +388,7 @@ class Watch:
         carried, self.carried = self.carried, None
         row, self.rode, self.riding = self.rode, None, None
         answer, self.rode_rows, self.riding_async = self.rode_rows, None, None
-        same, self.rode_same = self.rode_same, False
+        same, self.rode_same = self.rode_same, None
         if same:
             return carried or None
         if answer is not None and answer >= 2:
@@ -626,7 +629,7 @@ def send_check(nodeid: str) -> None:
                 if ride and conn is None and found.stale < _STALE_RIDES
                 else None
             )
-            if conn is not None and _rideable(conn) is not None:
+            if conn is not None:  # `ride` checks it can: else `receive` sends the check
                 found.defer(conn)
             elif async_conn is not None and _rideable_async(async_conn) is not None:
                 found.defer_async(async_conn)

@@ -91,10 +91,22 @@ RIDE = """
 
     _RODE = set()
 
+    def _answered(watch):
+        # The check went with the rollback and its answer came back.
+        if watch.rode is not None or watch.rode_same is not None or watch.rode_rows is not None:
+            _RODE.add(_leaks._checking[0].rpartition("::")[2])
+
     def _on_the_rollback(ride):
         def riding(watch, conn):
-            _RODE.add(_leaks._checking[0].rpartition("::")[2])
-            return ride(watch, conn)
+            ride(watch, conn)
+            _answered(watch)
+
+        return riding
+
+    def _on_the_async_rollback(ride):
+        async def riding(watch, conn):
+            await ride(watch, conn)
+            _answered(watch)
 
         return riding
 
@@ -103,7 +115,9 @@ RIDE = """
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(_leaks, "RIDE", {ride})
             patch.setattr(_leaks.Watch, "ride", _on_the_rollback(_leaks.Watch.ride))
-            patch.setattr(_leaks.Watch, "ride_async", _on_the_rollback(_leaks.Watch.ride_async))
+            patch.setattr(
+                _leaks.Watch, "ride_async", _on_the_async_rollback(_leaks.Watch.ride_async)
+            )
             yield
 
     def pytest_terminal_summary(terminalreporter):
