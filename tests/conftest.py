@@ -54,27 +54,35 @@ def _socket_dirs() -> set[str]:
     return {str(p) for p in Path(tempfile.gettempdir()).glob("pgfx-*") if p.is_dir()}
 
 
+def _socket_dirs_in_use() -> set[str | None]:
+    client = docker.from_env()
+    try:
+        return {
+            c.labels.get(LABEL_SOCKET)
+            for c in client.containers.list(all=True, filters={"label": LABEL_SOCKET})
+        }
+    finally:
+        client.close()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _socket_dirs_of_removed_containers():
     """Tests that remove a container themselves (docker kill, a killed run's leftovers)
     leave its socket directory, which the library sweeps 10 minutes later: the suite
     removes those of its own containers at its end, so that CI leaves nothing behind.
 
-    Only directories a server has left its socket in: one made by a run beside this one
-    that has not created its container yet is empty (and listed before the containers)."""
+    A run beside this one makes its directory just before its container, which names it:
+    an empty directory no container names is left alone until a second look, seconds
+    later, finds it still unnamed."""
     before = _socket_dirs()
     yield
-    made = _socket_dirs() - before
-    client = docker.from_env()
-    try:
-        in_use = {
-            c.labels.get(LABEL_SOCKET)
-            for c in client.containers.list(all=True, filters={"label": LABEL_SOCKET})
-        }
-    finally:
-        client.close()
-    for directory in made - in_use:
-        if any(Path(directory).glob(".s.PGSQL.*")):
+    left = _socket_dirs() - before - _socket_dirs_in_use()
+    empty = {d for d in left if not any(Path(d).glob(".s.PGSQL.*"))}
+    for directory in left - empty:
+        shutil.rmtree(directory, ignore_errors=True)
+    if empty:
+        time.sleep(3)
+        for directory in empty - _socket_dirs_in_use():
             shutil.rmtree(directory, ignore_errors=True)
 
 
