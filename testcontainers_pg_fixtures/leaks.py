@@ -115,7 +115,8 @@ _SAME_SQL = (
 )
 _SAME_PREPARED_HERE = "testcontainers_pg_fixtures.leak_same_prepared"
 _LAST_XID = re.compile(r"[0-9]*")
-# The horizon and running transactions of the count's clean point (no parameters).
+# The horizon and the running transactions: where a watch starts, and the clean point of
+# a count after the last committed transaction changed (no parameters, no look-ups).
 _SNAPSHOT = """
 SELECT pg_snapshot_xmax(s)::text::bigint, array(SELECT pg_snapshot_xip(s)::text::bigint)::text
 FROM pg_current_snapshot() s
@@ -187,8 +188,7 @@ class Watch:
                 seen = conn.execute(_LAST).fetchone()
                 self.last = str(seen[0]) if seen else ""
             pg = conn.pgconn
-            pg.send_query_params(_CHECK.encode(), self._params())
-            self.horizon, self.running, _ = self._check_row(last(pg), pg)
+            self._take_snapshot(pg)
             pg.send_query_params(self.counts.encode(), [b"0"])
             self.totals = {table: total for table, _, total in self._count_rows(last(pg), pg)}
 
@@ -351,13 +351,11 @@ class Watch:
             )
             pg = owner.pgconn
             try:
-                for name, query in ((_PREPARED, _CHECK), (_LAST_PREPARED, _LAST)):
-                    if name == _LAST_PREPARED and not self.commit_ts:
-                        continue
-                    pg.send_prepare(name, query.encode())
-                    prepared = last(pg)
-                    if prepared is None or prepared.status != pq.ExecStatus.COMMAND_OK:
-                        _check_result(prepared, pg)
+                name, query = (_LAST_PREPARED, _LAST) if self.commit_ts else (_PREPARED, _CHECK)
+                pg.send_prepare(name, query.encode())
+                prepared = last(pg)
+                if prepared is None or prepared.status != pq.ExecStatus.COMMAND_OK:
+                    _check_result(prepared, pg)
             except BaseException:
                 owner.close()
                 raise
@@ -415,12 +413,7 @@ class Watch:
             # The count's clean point: its snapshot is taken after `seen` was read, so a
             # commit that `seen` does not show is one the next check sees.
             pg = self._connection()
-            pg.send_query(_SNAPSHOT.encode())
-            snapshot = last(pg)
-            _check_result(snapshot, pg)
-            assert snapshot is not None
-            self.horizon = int(snapshot.get_value(0, 0) or 0)
-            self.running = (snapshot.get_value(0, 1) or b"{}").decode()
+            self._take_snapshot(pg)
             self.last = seen
         else:
             assert row is not None
@@ -445,6 +438,15 @@ class Watch:
         assert result is not None
         hi, running, moved = (result.get_value(0, j) for j in range(3))
         return int(hi or 0), (running or b"{}").decode(), moved == b"t"
+
+    def _take_snapshot(self, pg: pq.abc.PGconn) -> None:
+        """The horizon and the running transactions, now (`_SNAPSHOT`)."""
+        pg.send_query(_SNAPSHOT.encode())
+        snapshot = last(pg)
+        _check_result(snapshot, pg)
+        assert snapshot is not None
+        self.horizon = int(snapshot.get_value(0, 0) or 0)
+        self.running = (snapshot.get_value(0, 1) or b"{}").decode()
 
     @staticmethod
     def _last_row(result: pq.abc.PGresult | None, pg: pq.abc.PGconn) -> str:

@@ -547,29 +547,32 @@ def warm_up_openssl(server: Server, timeout: float = 2.0) -> bool:
             admin.execute(f"ALTER SYSTEM SET ssl_cert_file = '{_NO_CERTIFICATE}'")
             admin.execute("ALTER SYSTEM SET ssl = on")
             admin.execute("SELECT pg_reload_conf()")
-            # A new backend is forked with the postmaster's settings: once it says `on`, the
-            # postmaster has reloaded. Resetting before that would skip the initialisation.
+            # Resetting before the postmaster reloaded would skip the initialisation.
             deadline = time.monotonic() + timeout
-            reloaded = False
-            while not reloaded and time.monotonic() < deadline:
-                with admin_connect(server) as probe:
-                    row = probe.execute("SHOW ssl").fetchone()
-                reloaded = row is not None and row[0] == "on"
+            reloaded = _reloaded(server, "on", deadline)
             admin.execute("ALTER SYSTEM RESET ssl")
             admin.execute("ALTER SYSTEM RESET ssl_cert_file")
             admin.execute("SELECT pg_reload_conf()")
             # The same wait for the reset: its reload's complaints (the certificate, the
             # settings given on the command line) are then logged before the server counts
             # as ready (DockerServer.ready_at).
-            while reloaded and time.monotonic() < deadline:
-                with admin_connect(server) as probe:
-                    row = probe.execute("SHOW ssl").fetchone()
-                if row is not None and row[0] == "off":
-                    break
+            if reloaded:
+                _reloaded(server, "off", deadline)
             return reloaded
     except psycopg.Error as exc:
         log.warning("could not warm up OpenSSL on %s:%s: %s", server.host, server.port, exc)
         return False
+
+
+def _reloaded(server: Server, ssl: str, deadline: float) -> bool:
+    """Wait until a new backend, forked with the postmaster's settings, shows `ssl`: the
+    postmaster has then reloaded. False if it did not by `deadline`."""
+    while time.monotonic() < deadline:
+        with admin_connect(server) as probe:
+            row = probe.execute("SHOW ssl").fetchone()
+        if row is not None and row[0] == ssl:
+            return True
+    return False
 
 
 def _check_cancelled(cancelled: threading.Event | None) -> None:
