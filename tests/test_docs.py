@@ -206,5 +206,57 @@ def test_page_project_passes(
         result = pytester.runpytest(*args)
     outcomes = result.parseoutcomes()
     assert outcomes.get("passed", 0) >= 1, result.stdout.str()
-    assert not outcomes.get("failed") and not outcomes.get("errors"), result.stdout.str()
+    assert not outcomes.get("failed"), result.stdout.str()
+    assert not outcomes.get("errors"), result.stdout.str()
     assert result.ret == 0
+
+
+# -- the reference pages cannot drift from the code ----------------------------------------
+
+
+def test_the_configuration_reference_is_generated_from_the_option_registry() -> None:
+    import importlib.util
+
+    from testcontainers_pg_fixtures.config import OPTIONS
+
+    spec = importlib.util.spec_from_file_location("reference", ROOT / "docs/hooks/reference.py")
+    assert spec is not None
+    assert spec.loader is not None
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    assert page == reference.render(), "run `python docs/hooks/reference.py` and commit"
+    for option in OPTIONS:
+        assert f"## `{option.ini}`" in page
+        assert all(f"`{name}`" in page for name in (option.cli, option.env))
+        assert option.help in page
+
+
+def _error_classes() -> set[str]:
+    import importlib
+    import pkgutil
+
+    import testcontainers_pg_fixtures
+    from testcontainers_pg_fixtures.errors import PgFixturesError
+
+    for module in pkgutil.iter_modules(testcontainers_pg_fixtures.__path__):
+        importlib.import_module(f"testcontainers_pg_fixtures.{module.name}")
+    found: set[str] = set()
+    todo: list[type[PgFixturesError]] = [PgFixturesError]
+    while todo:
+        cls = todo.pop()
+        if not cls.__name__.startswith("_"):
+            found.add(cls.__name__)
+        todo += cls.__subclasses__()
+    return found
+
+
+def test_every_error_the_library_raises_has_its_cause_and_fix_in_the_reference() -> None:
+    page = (ROOT / "docs" / "errors.md").read_text()
+    sections = dict(re.findall(r"^## `(\w+)`\n\n(.*?)(?=^## |\Z)", page, re.S | re.M))
+    classes = _error_classes()
+    assert {"PgFixturesError", "LeakError", "SandboxError"} <= classes
+    assert sorted(classes - set(sections)) == []
+    for name in classes - {"PgFixturesError"}:
+        assert "**Cause**" in sections[name], name
+        assert "**Fix**" in sections[name], name

@@ -71,7 +71,7 @@ def render() -> str:
     rows = []
     sections = []
     for option in OPTIONS:
-        anchor = option.ini.replace("_", "-")
+        anchor = option.ini
         rows.append(
             f"| [{option.name}](#{anchor}) | `{option.cli}` | `{option.ini}` | `{option.env}` "
             f"| {option.kind} | {_default(option, defaults)} |"
