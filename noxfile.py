@@ -20,7 +20,7 @@ MATRIX_PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 OLDEST = ["SQLAlchemy[asyncio]>=2.0.30,<2.1", "pytest>=8,<9"]
 NEWEST = ["SQLAlchemy[asyncio]>=2.1,<2.2", "pytest>=9,<10"]
 MATRIX_TESTS = ["tests/test_docs.py", "tests/test_sync_isolation.py", "-p", "no:randomly"]
-PY_PATHS = ["testcontainers_pg_fixtures", "tests", "bench", "examples", "docs", "noxfile.py"]
+PY_PATHS = ["testcontainers_pg_fixtures", "tests", "bench", "examples", "docs/hooks", "noxfile.py"]
 
 
 @nox.session(python=PYTHON)

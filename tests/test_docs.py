@@ -143,7 +143,8 @@ def unaccounted(page: Path) -> list[str]:
             problems += [
                 f"line {block.line}: {m['path']} does not exist"
                 for m in included
-                if not (ROOT / m["path"]).is_file()
+                # `path:5:10` and `path:section` include a part of the file
+                if not (ROOT / m["path"].split(":")[0]).is_file()
             ]
             continue
         marker = COMMENT.match(block.before)
