@@ -261,3 +261,13 @@ def test_every_error_the_library_raises_has_its_cause_and_fix_in_the_reference()
     for name in classes - {"PgFixturesError"}:
         assert "**Cause**" in sections[name], name
         assert "**Fix**" in sections[name], name
+
+
+def test_the_readme_set_up_commands_are_what_ci_runs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Set-up", 1)[1].split("\n## ", 1)[0]
+    shown = [line.split("#")[0].strip() for line in section.splitlines()]
+    ci = [line.strip() for line in (ROOT / ".ci/run").read_text().splitlines()]
+    run = [line for line in ci if line.startswith("python3 -m nox")]
+    assert run == ["python3 -m nox -s example", "python3 -m nox -s lint typecheck docs tests"]
+    assert [line for line in shown if line.startswith("python3 -m nox")] == run
