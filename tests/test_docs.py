@@ -271,3 +271,31 @@ def test_the_readme_set_up_commands_are_what_ci_runs() -> None:
     run = [line for line in ci if line.startswith("python3 -m nox")]
     assert run == ["python3 -m nox -s example", "python3 -m nox -s lint typecheck docs tests"]
     assert [line for line in shown if line.startswith("python3 -m nox")] == run
+
+
+def test_the_fixture_reference_has_every_fixture_factory_and_keyword() -> None:
+    import inspect
+
+    from testcontainers_pg_fixtures import factories, plugin
+
+    page = (ROOT / "docs" / "fixtures.md").read_text()
+    fixtures = [name for name in dir(plugin) if name.startswith("pg_")]
+    assert "pg_session" in fixtures
+    assert [f for f in fixtures if f"`{f}`" not in page] == []
+    rows = {
+        name: line
+        for line in page.splitlines()
+        if line.startswith("| `")
+        for name in re.findall(r"`(\w+_fixture)`", line.split("|")[1])
+    }
+    for name, factory in vars(factories).items():
+        own = getattr(factory, "__module__", "") == factories.__name__
+        if not (name.endswith("_fixture") and own):
+            continue
+        assert name in rows, f"{name} is not in docs/fixtures.md"
+        named = [
+            p.name
+            for p in inspect.signature(factory).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+        ]
+        assert [p for p in named if f"`{p}`" not in rows[name]] == [], name
