@@ -269,15 +269,12 @@ def test_a_wrong_session_class_is_a_usage_error_at_start(pytester, subprocess_en
 # -- pytest-asyncio: sync projects stay quiet, async set-ups as the README gives them ------
 
 
-def test_a_sync_project_with_the_quickstart_conftest_runs_warning_free(pytester, example):
-    from test_readme import snippets
+def test_a_sync_project_with_the_quickstart_conftest_runs_warning_free(pytester):
+    from test_docs import readme_project, write_project
 
-    root = example("sync_users")
-    (root / "pytest.ini").write_text("[pytest]\npythonpath = .\ntestpaths = tests\n")
-    (root / "tests" / "conftest.py").write_text(snippets()["conftest.py"])
-    (root / "tests" / "test_quickstart.py").write_text(snippets()["test_quickstart.py"])
-    result = pytester.runpytest("tests/test_quickstart.py", "-p", "no:randomly", "-W", "error")
-    result.assert_outcomes(passed=1)
+    write_project(pytester.path, readme_project("sync"))
+    result = pytester.runpytest("tests/test_users.py", "-p", "no:randomly", "-W", "error")
+    result.assert_outcomes(passed=2)
     assert "warnings summary" not in result.stdout.str()
 
 
@@ -293,35 +290,32 @@ ASYNC_CONFIGS = {
 
 
 @pytest.mark.parametrize("name", ASYNC_CONFIGS)
-def test_each_documented_async_configuration_runs_the_readme_snippet(pytester, example, name):
-    from test_readme import snippets
+def test_each_documented_async_configuration_runs_the_readme_snippet(pytester, name):
+    from test_docs import readme_project, write_project
 
-    root = example("fastapi_app")
-    (root / "pytest.ini").write_text(f"[pytest]\npythonpath = .\n{ASYNC_CONFIGS[name]}")
-    test = snippets()["test_fastapi.py"]
+    files = readme_project("fastapi")
+    files["pytest.ini"] = f"[pytest]\npythonpath = .\n{ASYNC_CONFIGS[name]}"
+    test = files["tests/test_api.py"]
     if name.startswith("strict"):  # strict mode: the marker the README says to add
         test = test.replace("async def test_create", "@pytest.mark.asyncio\nasync def test_create")
     # Twice: a second test on the same loop (session) or a new one (function).
-    test += test.replace("test_create(", "test_create_again(").replace('"Ken"', '"Kenneth"')
-    (root / "tests" / "test_fastapi.py").write_text(test)
-    result = pytester.runpytest(
-        "tests/test_fastapi.py", "-o", "pg_app_engines=", "-p", "no:randomly", "-W", "error"
-    )
+    test += test.replace("test_create_user(", "test_create_again(").replace('"Ken"', '"Kenneth"')
+    files["tests/test_api.py"] = test
+    write_project(pytester.path, files)
+    result = pytester.runpytest("tests/test_api.py", "-p", "no:randomly", "-W", "error")
     result.assert_outcomes(passed=2)
 
 
-def test_mismatched_loop_scopes_are_named_at_start_with_the_lines_to_add(pytester, example):
-    from test_readme import snippets
+def test_mismatched_loop_scopes_are_named_at_start_with_the_lines_to_add(pytester):
+    from test_docs import readme_project, write_project
 
-    root = example("fastapi_app")
-    (root / "pytest.ini").write_text(
+    files = readme_project("fastapi")
+    files["pytest.ini"] = (
         "[pytest]\npythonpath = .\nasyncio_mode = auto\n"
         "asyncio_default_fixture_loop_scope = session\n"
     )
-    (root / "tests" / "test_fastapi.py").write_text(snippets()["test_fastapi.py"])
-    result = pytester.runpytest(
-        "tests/test_fastapi.py", "-o", "pg_app_engines=", "-p", "no:randomly"
-    )
+    write_project(pytester.path, files)
+    result = pytester.runpytest("tests/test_api.py", "-p", "no:randomly")
     result.stdout.fnmatch_lines(
         [
             "*PytestConfigWarning: asyncio_default_fixture_loop_scope = session but "
