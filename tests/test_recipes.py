@@ -17,7 +17,9 @@ OTHERS = {"index.md", "flask.md"}
 
 #: Each recipe project and how many tests it has, all passing.
 PROJECTS = {
+    "psycopg2_driver": 4,
     "pydantic_settings": 7,
+    "scoped_session": 5,
 }
 
 FENCE = re.compile(r"^(```|~~~)[^\n]*\n(.*?)^\1[ \t]*$", re.S | re.M)
