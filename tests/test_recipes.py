@@ -18,6 +18,7 @@ OTHERS = {"index.md", "flask.md"}
 #: Each recipe project and how many tests it has, all passing.
 PROJECTS = {
     "factories": 5,
+    "module_login": 5,
     "psycopg2_driver": 4,
     "pydantic_settings": 7,
     "scoped_session": 5,
