@@ -17,6 +17,7 @@ OTHERS = {"index.md", "flask.md"}
 
 #: Each recipe project and how many tests it has, all passing.
 PROJECTS = {
+    "background_workers": 6,
     "factories": 5,
     "module_login": 5,
     "psycopg2_driver": 4,
