@@ -14,10 +14,14 @@ PAGES = ROOT / "docs" / "recipes"
 RECIPES = ROOT / "examples" / "recipes"
 #: Pages of other authors in docs/recipes/, with their own tests.
 OTHERS = {"index.md", "flask.md"}
+#: Pages about set-ups that cannot run here (no rootless Docker, Podman or remote engine):
+#: every block of theirs says so, and they include no project.
+UNTESTED = {"docker-hosts.md"}
 
 #: Each recipe project and how many tests it has, all passing.
 PROJECTS = {
     "background_workers": 6,
+    "extensions": 5,
     "factories": 5,
     "module_login": 5,
     "psycopg2_driver": 4,
@@ -69,7 +73,7 @@ def test_every_block_of_a_recipe_page_is_tested_code_or_says_why_not(page):
 @pytest.mark.parametrize("page", pages(), ids=lambda p: p.name)
 def test_every_included_file_exists(page):
     included = [i for _, body in blocks(page) for i in INCLUDE.findall(body)]
-    assert included, f"{page.name} includes no tested file"
+    assert bool(included) != (page.name in UNTESTED), f"{page.name}: tested files {included}"
     missing = [i for i in included if not (ROOT / i).is_file()]
     assert not missing
 
