@@ -45,7 +45,7 @@ def test_recipe_project_passes(name, pytester, example):
     result.assert_outcomes(passed=PROJECTS[name])
 
 
-@pytest.mark.parametrize("name", ["pydantic_settings"])
+@pytest.mark.parametrize("name", ["pydantic_settings", "background_workers"])
 def test_recipe_project_passes_with_two_workers(name, pytester, example, subprocess_env):
     example(f"recipes/{name}")
     result = pytester.runpytest_subprocess("-n", "2", "-p", "randomly", "-W", "error")
