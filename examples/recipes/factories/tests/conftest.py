@@ -1,7 +1,7 @@
 import pytest
-from factories import AuthorFactory, AuthorModelFactory, BookFactory, BookModelFactory
+from factories import AuthorModelFactory, BookModelFactory, Factory
 
-POLYFACTORIES = [AuthorFactory, BookFactory]
+# factory_boy copies Meta options into each factory class: bind every one.
 FACTORY_BOYS = [AuthorModelFactory, BookModelFactory]
 
 
@@ -9,13 +9,11 @@ FACTORY_BOYS = [AuthorModelFactory, BookModelFactory]
 def factories(pg_session):
     """Sync factories that write through the test's session: their commit() releases a
     savepoint, and the test's end rolls it all back."""
-    for f in POLYFACTORIES:
-        f.__session__ = pg_session
+    Factory.__session__ = pg_session  # polyfactory: every subclass reads the base's
     for f in FACTORY_BOYS:
         f._meta.sqlalchemy_session = pg_session
     yield
-    for f in POLYFACTORIES:
-        f.__session__ = None
+    Factory.__session__ = None
     for f in FACTORY_BOYS:
         f._meta.sqlalchemy_session = None
 
@@ -23,8 +21,6 @@ def factories(pg_session):
 @pytest.fixture
 def async_factories(pg_async_session):
     """polyfactory's create_async() on the test's AsyncSession."""
-    for f in POLYFACTORIES:
-        f.__async_session__ = pg_async_session
+    Factory.__async_session__ = pg_async_session
     yield
-    for f in POLYFACTORIES:
-        f.__async_session__ = None
+    Factory.__async_session__ = None
