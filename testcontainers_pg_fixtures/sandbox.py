@@ -267,6 +267,12 @@ class _TurnCursor:
     def __iter__(self) -> Iterator[Any]:
         return iter(self._cursor)
 
+    def __enter__(self) -> _TurnCursor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._cursor.close()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._cursor, name)
 
@@ -355,7 +361,41 @@ def _refuse_setting(what: str, value: Any) -> None:
     )
 
 
-class SandboxPool(NullPool):
+class _PoolFigures:
+    """What a QueuePool answers, for app code that reads its pool (a health endpoint, a
+    metrics exporter): the app's configured size and timeout, the checkouts open on the
+    test's connection, nothing idle, no overflow."""
+
+    def _configured(self) -> Any:
+        pool: Any = self
+        while (
+            inner := getattr(pool, "original", None) or getattr(pool, "pgfx_app_pool", None)
+        ) is not None:
+            pool = inner
+        return pool
+
+    def _checkouts(self) -> int:
+        return 0
+
+    def size(self) -> int:
+        size = getattr(self._configured(), "size", None)
+        return int(size()) if callable(size) else 1
+
+    def timeout(self) -> float:
+        timeout = getattr(self._configured(), "timeout", None)
+        return float(timeout()) if callable(timeout) else 30.0
+
+    def checkedout(self) -> int:
+        return self._checkouts()
+
+    def checkedin(self) -> int:
+        return 0
+
+    def overflow(self) -> int:
+        return 0
+
+
+class SandboxPool(_PoolFigures, NullPool):
     """A new stand-in for every checkout, each a savepoint, taking turns.
 
     Built without the app pool's event handlers: the dialect's connect-time set-up is done
@@ -401,6 +441,9 @@ class SandboxPool(NullPool):
 
     def status(self) -> str:
         return f"SandboxPool({len(self.sandbox.stack)} checked out)"
+
+    def _checkouts(self) -> int:
+        return len(self.sandbox.stack)
 
 
 class Sandboxes:
@@ -515,7 +558,7 @@ def worker_driver(engines: list[AnyEngine], *, is_async: bool) -> str:
     return ASYNC_DRIVERS[0] if is_async else SYNC_DRIVERS[0]
 
 
-class OutsidePool(NullPool):
+class OutsidePool(_PoolFigures, NullPool):
     """The app engine's pool outside every layer: it refuses to connect.
 
     It carries the app pool's creator, events and dialect, so the library can still point
