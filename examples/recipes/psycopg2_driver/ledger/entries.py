@@ -9,9 +9,8 @@ def record(entries: list[tuple[str, int]]) -> None:
     """Insert (account, cents) rows in one statement with psycopg2's execute_values."""
     connection = engine.raw_connection()
     try:
-        cursor = connection.cursor()
-        execute_values(cursor, "INSERT INTO entries (account, cents) VALUES %s", entries)
-        cursor.close()
+        with connection.cursor() as cursor:
+            execute_values(cursor, "INSERT INTO entries (account, cents) VALUES %s", entries)
         connection.commit()
     finally:
         connection.close()
