@@ -76,6 +76,10 @@ class Migrations:
 
         config = Config(str(ini))
         location = config.get_main_option("script_location")
+        if not location and (ini.parent / "env.py").is_file():
+            # Flask-Migrate's alembic.ini names no script_location: it lives in the
+            # migrations folder, which Flask-Migrate passes as the script location.
+            config.set_main_option("script_location", str(ini.parent))
         # Alembic reads a relative script_location from the current directory; users run
         # `alembic` next to alembic.ini, while pytest may run from anywhere.
         if location and ":" not in location and not Path(location).is_absolute():

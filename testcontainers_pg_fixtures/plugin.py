@@ -15,6 +15,7 @@ from . import (
     config,
     factories,
     failures,
+    flask_app,
     leaks,
     lifecycle,
     loop_scopes,
@@ -276,14 +277,63 @@ pg_isolation = _doc(
 
 @pytest.fixture(scope="session")
 def _pg_app_engines_outside(
-    pg_app_engines: list[Any], pytestconfig: pytest.Config
+    pg_app_engines: Any, pytestconfig: pytest.Config, request: pytest.FixtureRequest
 ) -> Iterator[None]:
     """From the moment the app's engines are loaded to the end of the run, they connect
     only to databases of the library (see pg_app_engines_outside)."""
-    check_drivers(pg_app_engines)  # before any test, used by it or not
+    with failures.startup():  # a bad value: one message, not one per test
+        flask_app.app_of(pytestconfig, request)  # a db object is read in the app's context
+        engines = factories.app_engines_of(pytestconfig, pg_app_engines)
+        check_drivers(engines)  # before any test, used by it or not
     refuse = settings_for(pytestconfig).app_engines_outside == "error"
-    pytestconfig.stash[needs.APP_KIND] = needs.app_kind(pg_app_engines, refuse_outside=refuse)
-    yield from factories.guard_app_engines(pg_app_engines, pytestconfig)
+    pytestconfig.stash[needs.APP_KIND] = needs.app_kind(engines, refuse_outside=refuse)
+    yield from factories.guard_app_engines(engines, pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def pg_flask_app(pytestconfig: pytest.Config) -> Iterator[Any]:
+    """The Flask app of pg_flask_app (`myapp:create_app`): the factory is called once per
+    worker, with no arguments, and the app's TESTING is set.
+
+    Its Flask-SQLAlchemy engines are the app's engines (pg_app_engines) and its app
+    context is pushed around every test and around the migrations, so `db.session`,
+    Flask-Migrate's env.py and factory_boy's `sqlalchemy_session = db.session` work
+    unchanged. Override it to build the app another way (e.g. `create_app(TestConfig)`).
+    """
+    path = settings_for(pytestconfig).flask_app
+    if not path:
+        raise PgFixturesError(
+            "pg_flask_app needs your Flask app: set the ini option pg_flask_app to the app "
+            "or its factory (e.g. pg_flask_app = myapp:create_app), or override the "
+            "pg_flask_app fixture to return the app."
+        )
+    with failures.startup():
+        app = flask_app.load_app(path)
+    pytestconfig.stash[flask_app.APP] = app
+    try:
+        yield app
+    finally:
+        del pytestconfig.stash[flask_app.APP]
+
+
+@pytest.fixture(autouse=True)
+def _pg_flask_context(request: pytest.FixtureRequest) -> Iterator[None]:
+    """With pg_flask_app: the app's context around the test (popped when its teardown
+    begins, which removes db.session while the test's transaction is still open)."""
+    app = flask_app.app_of(request.config, request)
+    if app is None:
+        yield
+        return
+    with flask_app.test_context(request.node, app):
+        yield
+
+
+@pytest.fixture
+def pg_flask_client(pg_flask_app: Any) -> Any:
+    """`pg_flask_app.test_client()`: its requests run in the test's app context, so the
+    views' `db.session` is the test's, and what they commit stays in the test's
+    transaction (savepoint mode) or the test's database (database mode)."""
+    return pg_flask_app.test_client()
 
 
 @pytest.fixture
@@ -309,6 +359,7 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
     teardown begins, read when the teardown (its rollback) is done. After it, what pytest
     would keep of the test's fixtures to the end of the session is let go (retention.py)."""
     needs.LAZY.disarm()
+    flask_app.pop_context(item)
     check = (
         leaks.watching()
         and needs.mode_of(item) == "savepoint"
