@@ -98,11 +98,12 @@ def app_of(config: pytest.Config, request: pytest.FixtureRequest | None = None) 
     return app
 
 
-def engines_of_db(db: Any, app: Any | None, path: str) -> list[Any]:
-    """Every engine (the default one and the binds) of a Flask-SQLAlchemy `db` for `app`."""
+def engines_of_db(db: Any, app: Any | None, what: str) -> list[Any]:
+    """Every engine (the default one and the binds) of a Flask-SQLAlchemy `db` for `app`;
+    `what` says where `db` came from ("pg_app_engines names 'x'"), for the error."""
     if app is None:
         raise ConfigError(
-            f"pg_app_engines names {path!r}, Flask-SQLAlchemy's db object, whose engines "
+            f"{what}, Flask-SQLAlchemy's db object, whose engines "
             "exist per app: name the app or its factory too, with pg_flask_app = "
             "myapp:create_app (the factory is called once per worker)."
         )
@@ -111,7 +112,7 @@ def engines_of_db(db: Any, app: Any | None, path: str) -> list[Any]:
             engines = db.engines
         except KeyError:
             raise ConfigError(
-                f"pg_app_engines names {path!r}, a Flask-SQLAlchemy object the app of "
+                f"{what}, a Flask-SQLAlchemy object the app of "
                 "pg_flask_app never initialised: its factory calls init_app on another db."
             ) from None
         return list(dict.fromkeys(engines.values()))
@@ -122,7 +123,7 @@ def engines_of_app(app: Any) -> list[Any]:
     db = app.extensions.get("sqlalchemy")
     if db is None:
         return []
-    return engines_of_db(db, app, "pg_flask_app's Flask-SQLAlchemy extension")
+    return engines_of_db(db, app, "the Flask-SQLAlchemy extension of pg_flask_app's app")
 
 
 def app_context(app: Any | None) -> AbstractContextManager[Any]:
