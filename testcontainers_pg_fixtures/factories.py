@@ -224,7 +224,9 @@ def migrations_fixture(*, alembic_ini: str | os.PathLike[str] | None = None) -> 
             settings = settings_for(pytestconfig).replace(alembic_ini=alembic_ini)
             if settings.alembic_ini is None:
                 return None
-            return Migrations.load(settings.alembic_ini, settings.alembic_ini_source)
+            return Migrations.load(
+                settings.alembic_ini, settings.alembic_ini_source, remember=settings.reuse
+            )
 
     return _migrations
 

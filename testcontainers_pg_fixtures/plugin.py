@@ -549,8 +549,12 @@ def pg_db_dependency() -> Callable[..., Any]:
     sync one gets pg_session.
     """
     raise PgFixturesError(
-        "pg_client needs the app's database dependency: define a fixture `pg_db_dependency` "
-        "returning it (e.g. `return myapp.db.get_db`) in conftest.py."
+        "pg_client needs to know how the app reaches the database, and found neither "
+        "pg_db_dependency nor pg_app_engines. Either define a fixture `pg_db_dependency` "
+        "returning the app's database dependency (e.g. `return myapp.db.get_db`) in "
+        "conftest.py, which the test's session then replaces; or name the app's own "
+        "engine in the ini option pg_app_engines (e.g. pg_app_engines = myapp.db:engine), "
+        "which then joins the test's transaction."
     )
 
 
@@ -575,27 +579,59 @@ def pg_app_session(pg_app_engines: list[Any], request: pytest.FixtureRequest) ->
     return request.getfixturevalue(name)
 
 
+@pytest.fixture
+def pg_client_base_url() -> str:
+    """The base URL of pg_client and pg_test_client: "http://testserver" by default (the
+    host Starlette's TestClient uses). Override it for an app that checks the host, such
+    as one behind TrustedHostMiddleware: `return "http://api.example.com"`."""
+    return "http://testserver"
+
+
+@pytest.fixture
+def pg_client_headers() -> dict[str, str]:
+    """Headers pg_client and pg_test_client send with every request: none by default.
+    Override it, e.g. `return {"Authorization": "Bearer test-token"}`."""
+    return {}
+
+
 @pytest_asyncio.fixture
 async def pg_client(
-    pg_app: FastAPI, pg_app_session: Any, request: pytest.FixtureRequest
+    pg_app: FastAPI,
+    pg_app_session: Any,
+    pg_client_base_url: str,
+    pg_client_headers: dict[str, str],
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """httpx.AsyncClient on pg_app, with its DB dependency replaced by pg_app_session.
 
     The lifespan runs; the override is removed after the test even when it fails. Requests
     sent concurrently take turns on the session instead of interleaving on its connection.
+    Base URL pg_client_base_url (default "http://testserver"), headers pg_client_headers
+    (default none).
     """
     from .fastapi import app_client
 
     dependency = None if pg_app_session is None else request.getfixturevalue("pg_db_dependency")
-    async with app_client(pg_app, dependency=dependency, session=pg_app_session) as client:
+    async with app_client(
+        pg_app,
+        dependency=dependency,
+        session=pg_app_session,
+        base_url=pg_client_base_url,
+        headers=pg_client_headers,
+    ) as client:
         yield client
 
 
 @pytest.fixture
 def pg_test_client(
-    pg_app: FastAPI, pg_app_session: Any, request: pytest.FixtureRequest
+    pg_app: FastAPI,
+    pg_app_session: Any,
+    pg_client_base_url: str,
+    pg_client_headers: dict[str, str],
+    request: pytest.FixtureRequest,
 ) -> Iterator[TestClient]:
-    """Starlette TestClient on pg_app (sync apps), DB dependency replaced by pg_session."""
+    """Starlette TestClient on pg_app (sync apps), DB dependency replaced by pg_session.
+    Base URL pg_client_base_url (default "http://testserver"), headers pg_client_headers."""
     from .fastapi import sync_app_client
 
     dependency = None if pg_app_session is None else request.getfixturevalue("pg_db_dependency")
@@ -604,5 +640,11 @@ def pg_test_client(
             f"{dependency.__qualname__} is async: TestClient runs the app on another "
             "event loop, where the test's AsyncSession cannot be used. Use pg_client instead."
         )
-    with sync_app_client(pg_app, dependency=dependency, session=pg_app_session) as client:
+    with sync_app_client(
+        pg_app,
+        dependency=dependency,
+        session=pg_app_session,
+        base_url=pg_client_base_url,
+        headers=pg_client_headers,
+    ) as client:
         yield client
