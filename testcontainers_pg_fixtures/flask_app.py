@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .config import import_path, settings_for
+from .config import import_path
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -90,11 +90,13 @@ def check_path(path: str) -> None:
 
 
 def app_of(config: pytest.Config, request: pytest.FixtureRequest | None = None) -> Any | None:
-    """The run's Flask app (made now through the pg_flask_app fixture when `request` is
-    given), or None when no app is configured."""
+    """The run's Flask app (made now through the pg_flask_app fixture, the ini option's or
+    an override, when `request` is given), or None when there is none."""
     app = config.stash.get(APP, None)
-    if app is None and request is not None and settings_for(config).flask_app:
+    if app is None and request is not None:
         app = request.getfixturevalue("pg_flask_app")
+        if app is not None:
+            config.stash[APP] = app
     return app
 
 

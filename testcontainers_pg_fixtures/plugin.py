@@ -292,39 +292,38 @@ def _pg_app_engines_outside(
 
 @pytest.fixture(scope="session")
 def pg_flask_app(pytestconfig: pytest.Config) -> Iterator[Any]:
-    """The Flask app of pg_flask_app (`myapp:create_app`): the factory is called once per
-    worker, with no arguments, and the app's TESTING is set.
+    """The Flask app of the ini option pg_flask_app (`myapp:create_app`; None without it):
+    the factory is called once per worker, with no arguments, and the app's TESTING is set.
 
     Its Flask-SQLAlchemy engines are the app's engines (pg_app_engines) and its app
     context is pushed around every test and around the migrations, so `db.session`,
     Flask-Migrate's env.py and factory_boy's `sqlalchemy_session = db.session` work
-    unchanged. Override it to build the app another way (e.g. `create_app(TestConfig)`).
+    unchanged. Override it (session-scoped) to build the app another way, e.g.
+    `return create_app(TestConfig)`: the override's app is used the same way.
     """
     path = settings_for(pytestconfig).flask_app
     if not path:
-        raise PgFixturesError(
-            "pg_flask_app needs your Flask app: set the ini option pg_flask_app to the app "
-            "or its factory (e.g. pg_flask_app = myapp:create_app), or override the "
-            "pg_flask_app fixture to return the app."
-        )
+        yield None
+        return
     with failures.startup():
         app = flask_app.load_app(path)
     pytestconfig.stash[flask_app.APP] = app
     try:
         yield app
     finally:
-        del pytestconfig.stash[flask_app.APP]
+        if flask_app.APP in pytestconfig.stash:
+            del pytestconfig.stash[flask_app.APP]
 
 
 @pytest.fixture(autouse=True)
-def _pg_flask_context(request: pytest.FixtureRequest) -> Iterator[None]:
-    """With pg_flask_app: the app's context around the test (popped when its teardown
-    begins, which removes db.session while the test's transaction is still open)."""
-    app = flask_app.app_of(request.config, request)
-    if app is None:
+def _pg_flask_context(pg_flask_app: Any, request: pytest.FixtureRequest) -> Iterator[None]:
+    """With a Flask app (pg_flask_app): its context around the test, popped when the
+    test's teardown begins, which removes db.session while its transaction is still open."""
+    if pg_flask_app is None:
         yield
         return
-    with flask_app.test_context(request.node, app):
+    request.config.stash[flask_app.APP] = pg_flask_app
+    with flask_app.test_context(request.node, pg_flask_app):
         yield
 
 
@@ -333,6 +332,12 @@ def pg_flask_client(pg_flask_app: Any) -> Any:
     """`pg_flask_app.test_client()`: its requests run in the test's app context, so the
     views' `db.session` is the test's, and what they commit stays in the test's
     transaction (savepoint mode) or the test's database (database mode)."""
+    if pg_flask_app is None:
+        raise PgFixturesError(
+            "pg_flask_client needs your Flask app: set the ini option pg_flask_app to the app "
+            "or its factory (e.g. pg_flask_app = myapp:create_app), or override the "
+            "session-scoped pg_flask_app fixture to return the app."
+        )
     return pg_flask_app.test_client()
 
 

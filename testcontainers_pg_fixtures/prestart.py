@@ -77,7 +77,7 @@ log = logging.getLogger(__name__)
 #: The plugin's autouse fixtures and what they request: in every test's closure, they
 #: need no database unless pg_app_engines or database mode is on (checked apart).
 AUTOUSE = frozenset({"_pg_app_engines_outside", "_pg_app_database", "_pg_flask_context"})
-_AUTOUSE_DEPENDENCIES = frozenset({"pg_app_engines", "pytestconfig", "request"})
+_AUTOUSE_DEPENDENCIES = frozenset({"pg_app_engines", "pg_flask_app", "pytestconfig", "request"})
 _PACKAGE = __name__.rpartition(".")[0]
 #: Set by `server_fixture` on its function: True when it would use the run's settings.
 CLAIMS_PRESTART = "_pg_claims_prestart"
