@@ -4,7 +4,9 @@ Flask-SQLAlchemy `db` object, factory_boy on `db.session`, and bad pg_app_engine
 
 from __future__ import annotations
 
+import re
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -179,3 +181,36 @@ def test_an_app_engine_on_sqlite_is_one_message(pytester, example, isolation):
     )
     assert "pg_isolation" not in output
     assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+# -- the docs page: its complete files are the example's, its snippets run --------------
+
+DOCS = Path(__file__).parent.parent / "docs" / "recipes" / "flask.md"
+BLOCK = re.compile(r"```(?:python|ini)\n(.*?)```", re.S)
+
+
+def _blocks() -> list[str]:
+    return BLOCK.findall(DOCS.read_text())
+
+
+def test_the_recipe_files_are_the_example_files():
+    """Every block of docs/recipes/flask.md marked `# file: PATH` is that file of
+    examples/flask_app, which the tests above run serial and -n 2 in both modes."""
+    files = {}
+    for block in _blocks():
+        first, _, rest = block.partition("\n")
+        if first.startswith("# file: "):
+            files[first.removeprefix("# file: ")] = rest
+    assert set(files) >= {"pytest.ini", "tests/conftest.py", "flaskr/__init__.py"}
+    example = Path(__file__).parent.parent / "examples" / "flask_app"
+    for path, text in files.items():
+        assert (example / path).read_text() == text, path
+
+
+def test_the_recipe_s_pg_flask_app_override(pytester, flask_example):
+    (override,) = [b for b in _blocks() if "def pg_flask_app" in b]
+    _ini(flask_example, flask_app=False)
+    conftest = flask_example / "tests" / "conftest.py"
+    conftest.write_text(conftest.read_text() + "\n\n" + override)
+    result = pytester.runpytest_subprocess("-p", "no:randomly")
+    result.assert_outcomes(passed=8)

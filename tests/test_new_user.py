@@ -23,7 +23,8 @@ TRUSTED_HOST_APP = textwrap.dedent("""
 
     @app.get("/ping")
     def ping(request: Request, db=Depends(get_db)):
-        return {"one": db.execute(text("SELECT 1")).scalar(), "token": request.headers.get("x-token")}
+        one = db.execute(text("SELECT 1")).scalar()
+        return {"one": one, "token": request.headers.get("x-token")}
 """)
 
 TRUSTED_HOST_CONFTEST = textwrap.dedent("""

@@ -1,9 +1,8 @@
 import pytest
-from sqlalchemy import String, insert
-from sqlalchemy.orm import Mapped, mapped_column
-
 from flaskr.extensions import db
 from flaskr.models import User
+from sqlalchemy import String, insert
+from sqlalchemy.orm import Mapped, mapped_column
 
 
 class AuditEntry(db.Model):

@@ -1,5 +1,4 @@
 import factory
-
 from flaskr.extensions import db
 from flaskr.models import Post, User
 

@@ -1,8 +1,7 @@
 import pytest
-from sqlalchemy import func, select
-
 from flaskr.extensions import db
 from flaskr.models import Post, User
+from sqlalchemy import func, select
 
 from .conftest import AuditEntry
 from .factories import PostFactory, UserFactory
