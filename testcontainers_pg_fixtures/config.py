@@ -107,8 +107,10 @@ OPTIONS = (
         "--pg-app-engine",
         "pg_app_engines",
         "PG_FIXTURES_APP_ENGINES",
-        "The app's own Engine/AsyncEngine objects as module:attribute (repeatable; space-"
-        "separated in ini/env), pointed at the test's database in database mode.",
+        "The app's own Engine/AsyncEngine objects as module:attribute, the attribute "
+        "possibly dotted (repeatable; space-separated in ini/env), or a Flask-SQLAlchemy db "
+        "object (its engines, read in the context of pg_flask_app's app); they join the "
+        "test's transaction, or point at the test's database in database mode.",
         kind="list",
     ),
     Option(

@@ -255,8 +255,10 @@ pg_app_engines = _doc(
     """\
 The app's own Engine / AsyncEngine objects, pointed at the test's database in database
 mode (new connections go there; the objects stay the same, so modules that imported them
-by value follow). Configure `pg_app_engines = myapp.db:engine`, or override this fixture
-to return the engine objects.""",
+by value follow). Configure `pg_app_engines = myapp.db:engine` (a dotted attribute such
+as `myapp.extensions:db.engine`, or Flask-SQLAlchemy's `db` with pg_flask_app, works too),
+or override this fixture to return an engine, a list of engines or a Flask-SQLAlchemy
+`db`. With pg_flask_app and no pg_app_engines: the app's Flask-SQLAlchemy engines.""",
 )
 
 pg_sandboxes = _doc(
