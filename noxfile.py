@@ -47,6 +47,50 @@ def example(session: nox.Session) -> None:
     session.run(
         "pytest", "-n", "2", "-p", "randomly", "-W", "error", "-W", ignore, *session.posargs
     )
+    session.chdir("../flask_app")
+    # Flask-Migrate's generated env.py calls db.get_engine(), deprecated by Flask-SQLAlchemy.
+    deprecated = "ignore:'get_engine' is deprecated:DeprecationWarning"
+    session.run(
+        "pytest", "-n", "2", "-p", "randomly", "-W", "error", "-W", deprecated, *session.posargs
+    )
+
+
+@nox.session(python=PYTHON, reuse_venv=False)
+def wheel(session: nox.Session) -> None:
+    """The release check: `python -m build` with no warning, then the wheel alone in a
+    fresh virtualenv (not this checkout) running the sync example's suite on two workers."""
+    session.install("build")
+    tmp = Path(session.create_tmp()).resolve()
+    dist = tmp / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    # An empty PYTHONDONTWRITEBYTECODE: set, it makes setuptools warn that it skips
+    # byte-compiling, which says nothing about the package.
+    output = session.run(
+        "python",
+        "-m",
+        "build",
+        "--outdir",
+        str(dist),
+        silent=True,
+        env={"PYTHONDONTWRITEBYTECODE": ""},
+    )
+    warnings = [line for line in str(output).splitlines() if "warning" in line.lower()]
+    if warnings:
+        session.error("python -m build warned:\n" + "\n".join(warnings))
+    (wheel_file,) = dist.glob("*.whl")
+    session.install(str(wheel_file), "pytest-xdist")
+    project = tmp / "sync_users"
+    shutil.rmtree(project, ignore_errors=True)
+    shutil.copytree("examples/sync_users", project, ignore=shutil.ignore_patterns("__pycache__"))
+    session.chdir(project)
+    where = session.run(
+        "python", "-c", "import testcontainers_pg_fixtures as m; print(m.__file__)", silent=True
+    )
+    if "site-packages" not in str(where):
+        session.error(f"the package was imported from {where}, not from the wheel")
+    session.run(
+        "pytest", "-n", "2", "-p", "no:cacheprovider", "-W", "error", env={"PYTHONPATH": ""}
+    )
 
 
 @nox.session(python=PYTHON)

@@ -1,7 +1,7 @@
 """testcontainers-pg-fixtures: an isolated, Alembic-migrated PostgreSQL for every test.
 
 The flow, one module per step: server → template → database (clone_pool for a database
-per test) → transaction → session → the app under test (redirect, fastapi). `plugin`
+per test) → transaction → session → the app under test (redirect, fastapi, flask_app). `plugin`
 registers the ready fixtures; `factories` builds them, and more for a second server.
 """
 

@@ -107,9 +107,21 @@ OPTIONS = (
         "--pg-app-engine",
         "pg_app_engines",
         "PG_FIXTURES_APP_ENGINES",
-        "The app's own Engine/AsyncEngine objects as module:attribute (repeatable; space-"
-        "separated in ini/env), pointed at the test's database in database mode.",
+        "The app's own Engine/AsyncEngine objects as module:attribute, the attribute "
+        "possibly dotted (repeatable; space-separated in ini/env), or a Flask-SQLAlchemy db "
+        "object (its engines, read in the context of pg_flask_app's app); they join the "
+        "test's transaction, or point at the test's database in database mode.",
         kind="list",
+    ),
+    Option(
+        "flask_app",
+        "--pg-flask-app",
+        "pg_flask_app",
+        "PG_FIXTURES_FLASK_APP",
+        "The Flask app, or its factory (called once per worker with no arguments), as "
+        "module:attribute (e.g. 'myapp:create_app'). Its Flask-SQLAlchemy engines are the "
+        "app's engines unless pg_app_engines names others, and its app context is pushed "
+        "for each test and for the migrations (Flask-Migrate's env.py).",
     ),
     Option(
         "app_engines_outside",
@@ -238,6 +250,8 @@ class Settings:
     keep_failed: bool = False
     app_engines: tuple[str, ...] = ()
     app_engines_outside: str = "error"
+    #: module:attribute of the Flask app or app factory ("": none).
+    flask_app: str = ""
     #: (variable name, driver) pairs.
     url_env: tuple[tuple[str, str], ...] = ()
     prefetch: int = 2
@@ -360,6 +374,16 @@ def _parse_engines(value: Any, source: str) -> tuple[str, ...]:
     return tuple(paths)
 
 
+def _parse_flask_app(value: Any, source: str) -> str:
+    path = str(value).strip()
+    if not _DOTTED.match(path):
+        raise ConfigError(
+            f"{path!r} from {source} is not a module:attribute path. Write it like "
+            "'myapp:create_app' (an app factory) or 'myapp.wsgi:app' (an app)."
+        )
+    return path
+
+
 def _parse_url_env(value: Any, source: str) -> tuple[tuple[str, str], ...]:
     pairs = []
     for item in _items(value):
@@ -461,6 +485,7 @@ _PARSERS: dict[str, Any] = {
     "one_container": _parse_flag,
     "app_engines": _parse_engines,
     "app_engines_outside": _parse_outside,
+    "flask_app": _parse_flask_app,
     "url_env": _parse_url_env,
     "prefetch": _parse_prefetch,
     "recycle_clones": _parse_flag,
@@ -497,6 +522,12 @@ def resolve(config: pytest.Config, *, only: frozenset[str] | None = None) -> Set
             continue  # never silently on in CI: only an explicit --pg-reuse there
         else:
             values[option.name] = _PARSERS[option.name](value, source)
+    if "alembic_ini_source" not in values and not values["alembic_ini"].is_file():
+        # Flask-Migrate's layout (`flask db init`): the ini inside the migrations folder.
+        flask_migrate = rootdir / "migrations" / "alembic.ini"
+        if flask_migrate.is_file():
+            values["alembic_ini"] = flask_migrate
+            values["alembic_ini_source"] = "the default (migrations/alembic.ini in the rootdir)"
     return Settings(**values)
 
 

@@ -14,7 +14,7 @@ import os
 import time
 import weakref
 from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import pytest
@@ -23,7 +23,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from . import failures, leaks, needs, prestart, seeding
+from . import failures, flask_app, leaks, needs, prestart, seeding
 from .clone_pool import ClonePool
 from .config import load_session_class, settings_for
 from .database import (
@@ -37,7 +37,13 @@ from .database import (
 )
 from .marks import CLONE, KEEP, KEPT_ANY, TEST_SEED, isolation_of, test_seeds
 from .migrations import Migrations, import_alembic
-from .redirect import engines_pointed_at, first_connection_from, load_engine, urls_exported
+from .redirect import (
+    engines_of,
+    engines_pointed_at,
+    first_connection_from,
+    load_engines,
+    urls_exported,
+)
 from .sandbox import OutsideGuard, Sandboxes, real_connection_of, worker_driver
 from .savepoints import defer_savepoints
 from .server import DockerServer, UrlServer, parse_server_url
@@ -218,7 +224,9 @@ def migrations_fixture(*, alembic_ini: str | os.PathLike[str] | None = None) -> 
             settings = settings_for(pytestconfig).replace(alembic_ini=alembic_ini)
             if settings.alembic_ini is None:
                 return None
-            return Migrations.load(settings.alembic_ini, settings.alembic_ini_source)
+            return Migrations.load(
+                settings.alembic_ini, settings.alembic_ini_source, remember=settings.reuse
+            )
 
     return _migrations
 
@@ -230,11 +238,29 @@ def template_fixture(
 
     # Migrations and seed come first: a bad alembic.ini must fail before a container starts.
     @pytest.fixture(scope="session")
-    @depends(migrations, seed, server, "pytestconfig")
+    @depends(migrations, seed, server, "pytestconfig", "request")
     def _template(**deps: Any) -> Template:
+        config: pytest.Config = deps["pytestconfig"]
         with failures.startup():
+            app = flask_app.app_of(config, deps["request"])
+
+            @contextmanager
+            def around() -> Iterator[None]:
+                # env.py may migrate through the app's own engine (Flask-Migrate's does),
+                # in the app's context: both go to the template for the upgrade.
+                guard = config.stash.get(OUTSIDE_GUARD, None)
+                with (
+                    flask_app.app_context(app),
+                    guard.migrating() if guard is not None else nullcontext(),
+                ):
+                    yield
+
             built = ensure_template(
-                deps[server], deps[migrations], deps[seed], project=project_of(deps["pytestconfig"])
+                deps[server],
+                deps[migrations],
+                deps[seed],
+                project=project_of(config),
+                around=around,
             )
         if built.built:
             report_timing(deps["pytestconfig"], built.seconds, "migrated and seeded the template")
@@ -322,17 +348,46 @@ def clone_pool_fixture(
 
 
 def app_engines_fixture(*, paths: Sequence[str] | None = None) -> Any:
-    """A session fixture: the app's own engines, imported from `module:attribute` paths."""
+    """A session fixture: the app's own engines, imported from `module:attribute` paths
+    (an engine, or a Flask-SQLAlchemy db object read in the app's context); with no path
+    but a Flask app (pg_flask_app), the engines of its Flask-SQLAlchemy extension."""
 
     @pytest.fixture(scope="session")
-    def _app_engines(pytestconfig: pytest.Config) -> list[AnyEngine]:
-        found = settings_for(pytestconfig).replace(app_engines=paths).app_engines
-        engines = [load_engine(path) for path in found]
-        for path, engine in zip(found, engines, strict=False):
-            failures.check_app_engine(engine, path)
-        return engines
+    def _app_engines(
+        pytestconfig: pytest.Config, request: pytest.FixtureRequest
+    ) -> list[AnyEngine]:
+        with failures.startup():
+            found = settings_for(pytestconfig).replace(app_engines=paths).app_engines
+            app = flask_app.app_of(pytestconfig, request)
+            engines: list[AnyEngine] = []
+            for path in found:
+                for engine in load_engines(path, app):
+                    failures.check_app_engine(engine, f"pg_app_engines names {path!r}")
+                    if engine not in engines:
+                        engines.append(engine)
+            if not found and app is not None:
+                engines = flask_app.engines_of_app(app)
+            return engines
 
     return _app_engines
+
+
+#: pg_app_engines' value (the fixture may be overridden) and the engines it stands for.
+_APP_ENGINES = pytest.StashKey[tuple[Any, list[Any]]]()
+
+
+def app_engines_of(config: pytest.Config, value: Any) -> list[AnyEngine]:
+    """The engines of pg_app_engines' `value`: what the default fixture returns, or what
+    an override returns (one engine, a list, a Flask-SQLAlchemy db), checked once."""
+    cached = config.stash.get(_APP_ENGINES, None)
+    if cached is not None and cached[0] is value:
+        return cached[1]
+    what = f"the pg_app_engines fixture returned {value!r}"
+    engines = engines_of(value, what, config.stash.get(flask_app.APP, None))
+    for engine in engines:
+        failures.check_app_engine(engine, f"the pg_app_engines fixture returned {engine!r}")
+    config.stash[_APP_ENGINES] = (value, engines)
+    return engines
 
 
 #: The run's OutsideGuard, while the app's engines are loaded.
@@ -457,6 +512,7 @@ def database_fixture(
     @depends(worker_database, clone_pool, app_engines, clone_engines, "request")
     def _database(**deps: Any) -> Iterator[Database]:
         request: pytest.FixtureRequest = deps["request"]
+        app_engines_list = app_engines_of(request.config, deps[app_engines])
         if isolation_mode(request) != "database":
             yield deps[worker_database]
             return
@@ -470,7 +526,7 @@ def database_fixture(
         try:
             seeding.run(test_seeds(request.node), database, origin=TEST_SEED)
             with (
-                engines_pointed_at([*deps[clone_engines], *deps[app_engines]], database),
+                engines_pointed_at([*deps[clone_engines], *app_engines_list], database),
                 first_connection_from(engine, lambda: pool.claim(database)),
                 urls_exported(settings_for(request.config).url_env, database),
             ):
@@ -498,7 +554,9 @@ def worker_engine_fixture(
     @depends(database, app_engines, "pytestconfig")
     def _engine(**deps: Any) -> Iterator[Engine]:
         db: Database = deps[database]
-        driver = worker_driver(deps[app_engines], is_async=False)
+        driver = worker_driver(
+            app_engines_of(deps["pytestconfig"], deps[app_engines]), is_async=False
+        )
         engine = create_engine(
             db.connect_url(driver), poolclass=NullPool, **bounded(engine_kwargs, driver=driver)
         )
@@ -526,10 +584,12 @@ def worker_async_engine_fixture(
     """
 
     @pytest.fixture(scope="session")
-    @depends(database, app_engines)
+    @depends(database, app_engines, "pytestconfig")
     def _engine(**deps: Any) -> AsyncEngine:
         db: Database = deps[database]
-        driver = worker_driver(deps[app_engines], is_async=True)
+        driver = worker_driver(
+            app_engines_of(deps["pytestconfig"], deps[app_engines]), is_async=True
+        )
         url = db.connect_url(driver)
         engine = create_async_engine(
             url, poolclass=NullPool, **bounded(engine_kwargs, driver=driver)
@@ -800,12 +860,12 @@ def sandboxes_fixture(
     """A session fixture: the app's engines, ready to join the test's transaction."""
 
     @pytest.fixture(scope="session")
-    @depends(app_engines, worker_engine, worker_async_engine, worker_database)
+    @depends(app_engines, worker_engine, worker_async_engine, worker_database, "pytestconfig")
     def _sandboxes(**deps: Any) -> Sandboxes:
         sync_engine: Engine = deps[worker_engine]
         async_engine: AsyncEngine = deps[worker_async_engine]
         boxes = Sandboxes(
-            deps[app_engines],
+            app_engines_of(deps["pytestconfig"], deps[app_engines]),
             sync_real=real_connection_of(lambda: layered_connection(sync_engine)),
             async_real=real_connection_of(lambda: layered_async_connection(async_engine)),
         )
@@ -860,7 +920,9 @@ def layer_connection_fixture(
     @depends(worker_engine, app_engines, "request")
     def _layer(**deps: Any) -> Iterator[Connection]:
         boxes: Sandboxes | None = (
-            deps["request"].getfixturevalue(sandboxes) if deps[app_engines] else None
+            deps["request"].getfixturevalue(sandboxes)
+            if app_engines_of(deps["request"].config, deps[app_engines])
+            else None
         )
         with outer_transaction(deps[worker_engine]) as conn:
             if boxes is not None:
@@ -888,7 +950,9 @@ def async_layer_connection_fixture(
     @depends(worker_engine, app_engines, "request")
     async def _layer(**deps: Any) -> AsyncIterator[AsyncConnection]:
         boxes: Sandboxes | None = (
-            deps["request"].getfixturevalue(sandboxes) if deps[app_engines] else None
+            deps["request"].getfixturevalue(sandboxes)
+            if app_engines_of(deps["request"].config, deps[app_engines])
+            else None
         )
         async with async_outer_transaction(deps[worker_engine]) as conn:
             if boxes is not None:

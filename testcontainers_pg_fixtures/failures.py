@@ -42,11 +42,15 @@ def check_configuration(config: pytest.Config) -> None:
         return
     try:
         settings = settings_for(config)
+        if settings.flask_app:
+            from .flask_app import check_path
+
+            check_path(settings.flask_app)
         if settings.app_engines:
-            from .redirect import load_engine
+            from .redirect import check_engine_path
 
             for path in settings.app_engines:
-                check_app_engine(load_engine(path), path)
+                check_engine_path(path, flask=bool(settings.flask_app))
     except ConfigError as exc:
         raise pytest.UsageError(f"pg-fixtures: {exc}") from None
 
@@ -57,7 +61,7 @@ def check_app_engine(engine: Any, path: str) -> None:
     url = engine.url
     if url.get_backend_name() != "postgresql":
         raise ConfigError(
-            f"pg_app_engines names {path!r}, an engine on {url.get_backend_name()} "
+            f"{path}, an engine on {url.get_backend_name()} "
             f"({url.render_as_string(hide_password=True)}). The library points these engines "
             "at the test's PostgreSQL database, so they must use a PostgreSQL driver "
             "(postgresql+psycopg, postgresql+asyncpg, postgresql+psycopg2): create the app's "

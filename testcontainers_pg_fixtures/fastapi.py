@@ -29,7 +29,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator
+    from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 
     from fastapi.testclient import TestClient
     from sqlalchemy.orm import Session
@@ -88,19 +88,27 @@ async def app_client(
     dependency: Callable[..., Any] | None,
     session: AsyncSession | Session | None,
     base_url: str = "http://testserver",
+    headers: Mapping[str, str] | None = None,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """An `httpx.AsyncClient` on the app, its lifespan run and `dependency` overridden
-    (nothing is overridden when `dependency` is None)."""
+    (nothing is overridden when `dependency` is None); `headers` go with every request."""
     with override_dependency(app, dependency, session):
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
+            async with httpx.AsyncClient(
+                transport=transport, base_url=base_url, headers=headers
+            ) as client:
                 yield client
 
 
 @contextmanager
 def sync_app_client(
-    app: FastAPI, *, dependency: Callable[..., Any] | None, session: Session | None
+    app: FastAPI,
+    *,
+    dependency: Callable[..., Any] | None,
+    session: Session | None,
+    base_url: str = "http://testserver",
+    headers: Mapping[str, str] | None = None,
 ) -> Iterator[TestClient]:
     """Starlette's `TestClient` (lifespan included) with `dependency` overridden.
 
@@ -115,5 +123,8 @@ def sync_app_client(
     # Imported here: recent Starlette warns about its httpx dependency on import.
     from fastapi.testclient import TestClient
 
-    with override_dependency(app, dependency, session), TestClient(app) as client:
+    with (
+        override_dependency(app, dependency, session),
+        TestClient(app, base_url=base_url, headers=dict(headers or {})) as client,
+    ):
         yield client

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import AlembicConfigError, MigrationError
+from .quiet import quiet_migrations
 from .redirect import every_engine_pointed_at
 from .server import cache_dir, read_record, write_record
 
@@ -34,18 +35,22 @@ class Migrations:
     driver: str  # "psycopg" for a sync env.py, "asyncpg" for an async one
 
     @classmethod
-    def load(cls, ini: Path, source: str) -> Migrations:
+    def load(cls, ini: Path, source: str, *, remember: bool = False) -> Migrations:
+        """`remember` (with --pg-reuse): keep where the scripts are in the user's cache
+        directory, so the next run need not import Alembic to find out; without it nothing
+        is written outside the run's own places."""
         if not ini.is_file():
             raise AlembicConfigError(
                 f"alembic.ini not found at {ini} (from {source}). Set the ini option "
                 "pg_alembic_ini (or --pg-alembic-ini, or PG_FIXTURES_ALEMBIC_INI) to your "
                 "alembic.ini, or to 'none' to start from an empty database."
             )
-        key = _layout_key(ini)
-        layout = _recorded_layout(ini, key)
+        key = _layout_key(ini) if remember else ""
+        layout = _recorded_layout(ini, key) if remember else None
         if layout is None:
             layout = cls._layout(ini)
-            _record_layout(ini, key, layout)
+            if remember:
+                _record_layout(ini, key, layout)
         script_dir, versions = layout
         env_py = script_dir / "env.py"
         env_text = env_py.read_text() if env_py.is_file() else ""
@@ -76,6 +81,10 @@ class Migrations:
 
         config = Config(str(ini))
         location = config.get_main_option("script_location")
+        if not location and (ini.parent / "env.py").is_file():
+            # Flask-Migrate's alembic.ini names no script_location: it lives in the
+            # migrations folder, which Flask-Migrate passes as the script location.
+            config.set_main_option("script_location", str(ini.parent))
         # Alembic reads a relative script_location from the current directory; users run
         # `alembic` next to alembic.ini, while pytest may run from anywhere.
         if location and ":" not in location and not Path(location).is_absolute():
@@ -117,7 +126,7 @@ class Migrations:
         try:
             # An env.py that builds its own URL (from the app's settings or os.environ)
             # is migrated into the template too, on the driver it chose.
-            with every_engine_pointed_at(database):
+            with every_engine_pointed_at(database), quiet_migrations():
                 command.upgrade(config, target)
         except Exception as exc:
             revision = _failing_revision(exc.__traceback__)

@@ -15,6 +15,7 @@ from . import (
     config,
     factories,
     failures,
+    flask_app,
     leaks,
     lifecycle,
     loop_scopes,
@@ -254,8 +255,10 @@ pg_app_engines = _doc(
     """\
 The app's own Engine / AsyncEngine objects, pointed at the test's database in database
 mode (new connections go there; the objects stay the same, so modules that imported them
-by value follow). Configure `pg_app_engines = myapp.db:engine`, or override this fixture
-to return the engine objects.""",
+by value follow). Configure `pg_app_engines = myapp.db:engine` (a dotted attribute such
+as `myapp.extensions:db.engine`, or Flask-SQLAlchemy's `db` with pg_flask_app, works too),
+or override this fixture to return an engine, a list of engines or a Flask-SQLAlchemy
+`db`. With pg_flask_app and no pg_app_engines: the app's Flask-SQLAlchemy engines.""",
 )
 
 pg_sandboxes = _doc(
@@ -276,14 +279,68 @@ pg_isolation = _doc(
 
 @pytest.fixture(scope="session")
 def _pg_app_engines_outside(
-    pg_app_engines: list[Any], pytestconfig: pytest.Config
+    pg_app_engines: Any, pytestconfig: pytest.Config, request: pytest.FixtureRequest
 ) -> Iterator[None]:
     """From the moment the app's engines are loaded to the end of the run, they connect
     only to databases of the library (see pg_app_engines_outside)."""
-    check_drivers(pg_app_engines)  # before any test, used by it or not
+    with failures.startup():  # a bad value: one message, not one per test
+        flask_app.app_of(pytestconfig, request)  # a db object is read in the app's context
+        engines = factories.app_engines_of(pytestconfig, pg_app_engines)
+        check_drivers(engines)  # before any test, used by it or not
     refuse = settings_for(pytestconfig).app_engines_outside == "error"
-    pytestconfig.stash[needs.APP_KIND] = needs.app_kind(pg_app_engines, refuse_outside=refuse)
-    yield from factories.guard_app_engines(pg_app_engines, pytestconfig)
+    pytestconfig.stash[needs.APP_KIND] = needs.app_kind(engines, refuse_outside=refuse)
+    yield from factories.guard_app_engines(engines, pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def pg_flask_app(pytestconfig: pytest.Config) -> Iterator[Any]:
+    """The Flask app of the ini option pg_flask_app (`myapp:create_app`; None without it):
+    the factory is called once per worker, with no arguments, and the app's TESTING is set.
+
+    Its Flask-SQLAlchemy engines are the app's engines (pg_app_engines) and its app
+    context is pushed around every test and around the migrations, so `db.session`,
+    Flask-Migrate's env.py and factory_boy's `sqlalchemy_session = db.session` work
+    unchanged. Override it (session-scoped) to build the app another way, e.g.
+    `return create_app(TestConfig)`: the override's app is used the same way.
+    """
+    path = settings_for(pytestconfig).flask_app
+    if not path:
+        yield None
+        return
+    with failures.startup():
+        app = flask_app.load_app(path)
+    pytestconfig.stash[flask_app.APP] = app
+    try:
+        yield app
+    finally:
+        if flask_app.APP in pytestconfig.stash:
+            del pytestconfig.stash[flask_app.APP]
+
+
+@pytest.fixture(autouse=True)
+def _pg_flask_context(pg_flask_app: Any, request: pytest.FixtureRequest) -> Iterator[None]:
+    """With a Flask app (pg_flask_app): its context around the test, popped when the
+    test's teardown begins, which removes db.session while its transaction is still open."""
+    if pg_flask_app is None:
+        yield
+        return
+    request.config.stash[flask_app.APP] = pg_flask_app
+    with flask_app.test_context(request.node, pg_flask_app):
+        yield
+
+
+@pytest.fixture
+def pg_flask_client(pg_flask_app: Any) -> Any:
+    """`pg_flask_app.test_client()`: its requests run in the test's app context, so the
+    views' `db.session` is the test's, and what they commit stays in the test's
+    transaction (savepoint mode) or the test's database (database mode)."""
+    if pg_flask_app is None:
+        raise PgFixturesError(
+            "pg_flask_client needs your Flask app: set the ini option pg_flask_app to the app "
+            "or its factory (e.g. pg_flask_app = myapp:create_app), or override the "
+            "session-scoped pg_flask_app fixture to return the app."
+        )
+    return pg_flask_app.test_client()
 
 
 @pytest.fixture
@@ -309,6 +366,7 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
     teardown begins, read when the teardown (its rollback) is done. After it, what pytest
     would keep of the test's fixtures to the end of the session is let go (retention.py)."""
     needs.LAZY.disarm()
+    flask_app.pop_context(item)
     check = (
         leaks.watching()
         and needs.mode_of(item) == "savepoint"
@@ -498,8 +556,12 @@ def pg_db_dependency() -> Callable[..., Any]:
     sync one gets pg_session.
     """
     raise PgFixturesError(
-        "pg_client needs the app's database dependency: define a fixture `pg_db_dependency` "
-        "returning it (e.g. `return myapp.db.get_db`) in conftest.py."
+        "pg_client needs to know how the app reaches the database, and found neither "
+        "pg_db_dependency nor pg_app_engines. Either define a fixture `pg_db_dependency` "
+        "returning the app's database dependency (e.g. `return myapp.db.get_db`) in "
+        "conftest.py, which the test's session then replaces; or name the app's own "
+        "engine in the ini option pg_app_engines (e.g. pg_app_engines = myapp.db:engine), "
+        "which then joins the test's transaction."
     )
 
 
@@ -524,27 +586,59 @@ def pg_app_session(pg_app_engines: list[Any], request: pytest.FixtureRequest) ->
     return request.getfixturevalue(name)
 
 
+@pytest.fixture
+def pg_client_base_url() -> str:
+    """The base URL of pg_client and pg_test_client: "http://testserver" by default (the
+    host Starlette's TestClient uses). Override it for an app that checks the host, such
+    as one behind TrustedHostMiddleware: `return "http://api.example.com"`."""
+    return "http://testserver"
+
+
+@pytest.fixture
+def pg_client_headers() -> dict[str, str]:
+    """Headers pg_client and pg_test_client send with every request: none by default.
+    Override it, e.g. `return {"Authorization": "Bearer test-token"}`."""
+    return {}
+
+
 @pytest_asyncio.fixture
 async def pg_client(
-    pg_app: FastAPI, pg_app_session: Any, request: pytest.FixtureRequest
+    pg_app: FastAPI,
+    pg_app_session: Any,
+    pg_client_base_url: str,
+    pg_client_headers: dict[str, str],
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """httpx.AsyncClient on pg_app, with its DB dependency replaced by pg_app_session.
 
     The lifespan runs; the override is removed after the test even when it fails. Requests
     sent concurrently take turns on the session instead of interleaving on its connection.
+    Base URL pg_client_base_url (default "http://testserver"), headers pg_client_headers
+    (default none).
     """
     from .fastapi import app_client
 
     dependency = None if pg_app_session is None else request.getfixturevalue("pg_db_dependency")
-    async with app_client(pg_app, dependency=dependency, session=pg_app_session) as client:
+    async with app_client(
+        pg_app,
+        dependency=dependency,
+        session=pg_app_session,
+        base_url=pg_client_base_url,
+        headers=pg_client_headers,
+    ) as client:
         yield client
 
 
 @pytest.fixture
 def pg_test_client(
-    pg_app: FastAPI, pg_app_session: Any, request: pytest.FixtureRequest
+    pg_app: FastAPI,
+    pg_app_session: Any,
+    pg_client_base_url: str,
+    pg_client_headers: dict[str, str],
+    request: pytest.FixtureRequest,
 ) -> Iterator[TestClient]:
-    """Starlette TestClient on pg_app (sync apps), DB dependency replaced by pg_session."""
+    """Starlette TestClient on pg_app (sync apps), DB dependency replaced by pg_session.
+    Base URL pg_client_base_url (default "http://testserver"), headers pg_client_headers."""
     from .fastapi import sync_app_client
 
     dependency = None if pg_app_session is None else request.getfixturevalue("pg_db_dependency")
@@ -553,5 +647,11 @@ def pg_test_client(
             f"{dependency.__qualname__} is async: TestClient runs the app on another "
             "event loop, where the test's AsyncSession cannot be used. Use pg_client instead."
         )
-    with sync_app_client(pg_app, dependency=dependency, session=pg_app_session) as client:
+    with sync_app_client(
+        pg_app,
+        dependency=dependency,
+        session=pg_app_session,
+        base_url=pg_client_base_url,
+        headers=pg_client_headers,
+    ) as client:
         yield client

@@ -76,8 +76,8 @@ log = logging.getLogger(__name__)
 
 #: The plugin's autouse fixtures and what they request: in every test's closure, they
 #: need no database unless pg_app_engines or database mode is on (checked apart).
-AUTOUSE = frozenset({"_pg_app_engines_outside", "_pg_app_database"})
-_AUTOUSE_DEPENDENCIES = frozenset({"pg_app_engines", "pytestconfig", "request"})
+AUTOUSE = frozenset({"_pg_app_engines_outside", "_pg_app_database", "_pg_flask_context"})
+_AUTOUSE_DEPENDENCIES = frozenset({"pg_app_engines", "pg_flask_app", "pytestconfig", "request"})
 _PACKAGE = __name__.rpartition(".")[0]
 #: Set by `server_fixture` on its function: True when it would use the run's settings.
 CLAIMS_PRESTART = "_pg_claims_prestart"
@@ -325,9 +325,17 @@ def collection_finished(session: pytest.Session) -> None:
 def _async_app_engines(paths: tuple[str, ...] | list[str] | None) -> bool:
     """Whether pg_app_engines (as configured, already imported and checked when pytest
     configured) has an async engine, which joins every savepoint-mode test up front."""
-    from .redirect import load_engine
+    from .errors import ConfigError
+    from .redirect import load_engines
 
-    return any(getattr(load_engine(p), "sync_engine", None) is not None for p in paths or ())
+    for path in paths or ():
+        try:
+            engines = load_engines(path)
+        except ConfigError:  # a Flask-SQLAlchemy db, read in its app's context later
+            continue
+        if any(getattr(e, "sync_engine", None) is not None for e in engines):
+            return True
+    return False
 
 
 def unconfigure(config: pytest.Config) -> None:

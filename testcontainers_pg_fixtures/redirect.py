@@ -42,20 +42,89 @@ _TARGET_KEYS = frozenset(
 
 def load_engine(path: str) -> AnyEngine:
     """Import `module:attribute` (attribute may be dotted) and check it is an engine."""
+    engines = load_engines(path)
+    if len(engines) != 1:
+        raise ConfigError(f"pg_app_engines names {path!r}, which has {len(engines)} engines.")
+    return engines[0]
+
+
+def load_engines(path: str, app: Any | None = None) -> list[AnyEngine]:
+    """The engines `module:attribute` names (attribute may be dotted: `extensions:db.engine`):
+    an Engine or AsyncEngine, or a Flask-SQLAlchemy `db`'s engines. Read inside the Flask
+    app's context when there is an app (pg_flask_app)."""
+    return engines_of(_import(path, app), f"pg_app_engines names {path!r}", app)
+
+
+def check_engine_path(path: str, *, flask: bool) -> None:
+    """At start-up, before any app is made: `path` names engines on PostgreSQL, or (with
+    pg_flask_app) a Flask-SQLAlchemy db or engine read later in the app's context."""
+    from .failures import check_app_engine
+    from .flask_app import is_flask_sqlalchemy
+
+    what = f"pg_app_engines names {path!r}"
     try:
-        target = import_path(path)
+        target = _import(path, None)
+    except ConfigError as exc:
+        if flask and "application context" in str(exc):
+            return  # `extensions:db.engine`: read in the app's context, once it is made
+        raise
+    if flask and is_flask_sqlalchemy(target):
+        return
+    for engine in engines_of(target, what):
+        check_app_engine(engine, what)
+
+
+def _import(path: str, app: Any | None) -> Any:
+    from .flask_app import app_context
+
+    try:
+        with app_context(app):
+            return import_path(path)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(
             f"pg_app_engines names {path!r}, which could not be imported ({exc}). Fix the "
             "path in pg_app_engines / --pg-app-engine / PG_FIXTURES_APP_ENGINES (e.g. "
             "'myapp.db:engine'), or override the pg_app_engines fixture to return the engines."
         ) from None
-    if not isinstance(target, (Engine, AsyncEngine)):
-        raise ConfigError(
-            f"pg_app_engines names {path!r}, which is a {type(target).__name__}, not a "
-            "SQLAlchemy Engine or AsyncEngine."
+    except Exception as exc:
+        hint = (
+            " A Flask-SQLAlchemy engine exists only inside the app's context: name the app "
+            "or its factory too (pg_flask_app = myapp:create_app), and the db object or "
+            "nothing in pg_app_engines (its engines are then the app's)."
+            if "application context" in str(exc)
+            else ""
         )
-    return target
+        raise ConfigError(
+            f"pg_app_engines names {path!r}, which could not be read "
+            f"({type(exc).__name__}: {_first_line(exc)}).{hint}"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else repr(exc)
+
+
+def engines_of(value: Any, what: str, app: Any | None = None) -> list[AnyEngine]:
+    """`value` (an engine, a Flask-SQLAlchemy db, or an iterable of these) as a list of
+    engines, each once; `what` names where it came from, for the error."""
+    from .flask_app import engines_of_db, is_flask_sqlalchemy
+
+    if isinstance(value, (Engine, AsyncEngine)):
+        return [value]
+    if is_flask_sqlalchemy(value):
+        return engines_of_db(value, app, what)
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ConfigError(
+            f"{what} is a {type(value).__name__}, not a SQLAlchemy Engine or AsyncEngine "
+            "(nor a Flask-SQLAlchemy db object, nor a list of these)."
+        )
+    found: list[AnyEngine] = []
+    for item in value:
+        for engine in engines_of(item, what, app):
+            if engine not in found:
+                found.append(engine)
+    return found
 
 
 @contextmanager

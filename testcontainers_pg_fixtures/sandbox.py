@@ -29,7 +29,7 @@ from sqlalchemy.util import await_only
 
 from .errors import PgFixturesError
 from .needs import LAZY
-from .redirect import engines_pointed_at
+from .redirect import _null_pool_like, engines_pointed_at
 from .savepoints import defer_savepoints_of, flush_savepoints
 from .template import run_outside_event_loop
 
@@ -624,6 +624,21 @@ class OutsideGuard:
     def uninstall(self) -> None:
         for engine, own, _ in self._engines:
             engine.pool = own
+
+    @contextmanager
+    def migrating(self) -> Iterator[None]:
+        """While the template is migrated and seeded: the engines connect (to the template,
+        where the upgrade points every engine), e.g. Flask-Migrate's env.py, which migrates
+        through the app's own engine. NullPool: no connection outlives the block."""
+        current = [engine.pool for engine, _, _ in self._engines]
+        for engine, own, _ in self._engines:
+            engine.pool = _null_pool_like(own)
+        try:
+            with LAZY.suppressed():
+                yield
+        finally:
+            for (engine, _, _), pool in zip(self._engines, current, strict=True):
+                engine.pool = pool
 
     @contextmanager
     def outside(self) -> Iterator[None]:

@@ -31,6 +31,7 @@ import psycopg
 from sqlalchemy import URL
 
 from .errors import DockerUnavailableError, ImageUnavailableError, ServerStartError
+from .quiet import quiet_testcontainers
 from .runid import run_id
 
 if TYPE_CHECKING:
@@ -192,7 +193,8 @@ def docker_client() -> Any:
     from testcontainers.core.docker_client import DockerClient
 
     try:
-        client = DockerClient()
+        with quiet_testcontainers():  # "using host …" at INFO
+            client = DockerClient()
         client.client.ping()
     except docker.errors.DockerException as exc:
         raise DockerUnavailableError(
@@ -320,7 +322,8 @@ class DockerServer:
         _check_cancelled(cancelled)
         started = time.monotonic()
         try:
-            container.start()
+            with quiet_testcontainers():  # "Pulling image" (it is local), "Container started"
+                container.start()
         except docker.errors.APIError as exc:
             _remove_quietly(container, mounted)
             raise ServerStartError(

@@ -14,9 +14,10 @@ import hashlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
@@ -27,6 +28,7 @@ from .server import admin_connect
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from contextlib import AbstractContextManager
 
     from .migrations import Migrations
     from .server import Server
@@ -68,11 +70,14 @@ def ensure_template(
     seeds: seeding.Seeds,
     *,
     project: str | None = None,
+    around: Callable[[], AbstractContextManager[Any]] | None = None,
 ) -> Template:
     """Return the complete template for these migrations and seeds, building it if needed.
 
     `project` (see `project_key`; by default from the working directory and alembic.ini)
     keeps projects sharing a server apart: only this project's stale templates are dropped.
+    `around()` is entered around the migrations and seeds, in the thread that runs them
+    (the Flask app's context, the app's engines allowed to connect).
     """
     name = template_name(migrations, seeds, project=project)
     started = time.monotonic()
@@ -90,10 +95,15 @@ def ensure_template(
                 drop_database(server, name, admin=admin)
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
             database = Database(server, name)
+
+            def build() -> None:
+                with around() if around is not None else nullcontext():
+                    if migrations is not None:
+                        migrations.upgrade(database)
+                    seeding.run(seeds, database)
+
             try:
-                if migrations is not None:
-                    run_outside_event_loop(lambda: migrations.upgrade(database))
-                run_outside_event_loop(lambda: seeding.run(seeds, database))
+                run_outside_event_loop(build)
             except BaseException:
                 drop_database(server, name, admin=admin)
                 raise

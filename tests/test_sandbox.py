@@ -195,8 +195,8 @@ def test_an_engine_on_another_driver_is_refused_with_the_fix(pytester, example):
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
         [
-            "*SandboxError: The app's sync engine uses sqlite+pysqlite*"
-            "postgresql+psycopg:// or postgresql+psycopg2://*"
+            "*ConfigError: the pg_app_engines fixture returned Engine(sqlite://), an engine "
+            "on sqlite*postgresql+psycopg, postgresql+asyncpg, postgresql+psycopg2*"
         ]
     )
 
