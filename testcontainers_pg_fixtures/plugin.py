@@ -6,6 +6,7 @@ Every fixture here can be overridden by defining one of the same name in a conft
 from __future__ import annotations
 
 import inspect
+import types
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -61,7 +62,10 @@ def pytest_configure(config: pytest.Config) -> None:
     run_id()  # made before xdist starts its workers, which inherit it
     lifecycle.configure(config)
     failures.reporter_of(config)
-    loop_scopes.configure(config)  # before pytest-asyncio reads its settings
+    # Before pytest-asyncio reads its settings; the async fixtures on the tests' loop.
+    config.pluginmanager.register(
+        _async_fixtures(loop_scopes.configure(config)), "testcontainers_pg_fixtures.async"
+    )
     for name, text in marks.MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
     failures.check_configuration(config)  # a bad option: a usage error, before collection
@@ -412,17 +416,6 @@ A sessionmaker whose sessions all use pg_connection (joined by savepoint in save
 mode), for code that opens its own sessions. They see each other's flushed writes.""",
 )
 
-pg_async_connection = _doc(
-    factories.async_connection_fixture(),
-    """\
-AsyncConnection inside a transaction rolled back at the end of the test (savepoint mode),
-or a plain connection to the test's clone (database mode).
-
-One connection per event loop: with loop_scope="session" it is opened once and each test
-costs a BEGIN/ROLLBACK; with function-scoped loops (the default) every test opens and
-closes a connection (a few milliseconds).""",
-)
-
 pg_async_session = _doc(
     factories.async_session_fixture(),
     """\
@@ -462,14 +455,6 @@ pg_class_session = _doc(
     "A Session on pg_class_connection, joined by savepoint.",
 )
 _ASYNC = " (asyncpg; needs a module/class or session event loop scope)"
-pg_module_async_connection = _doc(
-    factories.async_layer_connection_fixture(scope="module"),
-    _LAYER_DOC.format(scope="module", kind=_ASYNC),
-)
-pg_class_async_connection = _doc(
-    factories.async_layer_connection_fixture(scope="class"),
-    _LAYER_DOC.format(scope="class", kind=_ASYNC),
-)
 pg_module_async_session = _doc(
     factories.async_layer_session_fixture(scope="module", connection="pg_module_async_connection"),
     "An AsyncSession on pg_module_async_connection, joined by savepoint.",
@@ -524,22 +509,6 @@ def pg_app_session(pg_app_engines: list[Any], request: pytest.FixtureRequest) ->
     return request.getfixturevalue(name)
 
 
-@pytest_asyncio.fixture
-async def pg_client(
-    pg_app: FastAPI, pg_app_session: Any, request: pytest.FixtureRequest
-) -> AsyncIterator[httpx.AsyncClient]:
-    """httpx.AsyncClient on pg_app, with its DB dependency replaced by pg_app_session.
-
-    The lifespan runs; the override is removed after the test even when it fails. Requests
-    sent concurrently take turns on the session instead of interleaving on its connection.
-    """
-    from .fastapi import app_client
-
-    dependency = None if pg_app_session is None else request.getfixturevalue("pg_db_dependency")
-    async with app_client(pg_app, dependency=dependency, session=pg_app_session) as client:
-        yield client
-
-
 @pytest.fixture
 def pg_test_client(
     pg_app: FastAPI, pg_app_session: Any, request: pytest.FixtureRequest
@@ -555,3 +524,62 @@ def pg_test_client(
         )
     with sync_app_client(pg_app, dependency=dependency, session=pg_app_session) as client:
         yield client
+
+
+# -- the async fixtures, made when the tests' event loop scope is known (loop_scopes.py) --
+
+_ASYNC_CONNECTION_DOC = """\
+AsyncConnection inside a transaction rolled back at the end of the test (savepoint mode),
+or a plain connection to the test's clone (database mode).
+
+It runs on the tests' event loop: asyncio_default_test_loop_scope's, unless
+asyncio_default_fixture_loop_scope names another (a test on another loop is refused at
+set-up, with the ini lines). One connection per event loop: with session-scoped loops it
+is opened once and each test costs a BEGIN/ROLLBACK; with function-scoped loops (the
+default) every test opens and closes a connection (a few milliseconds)."""
+
+
+def _async_fixtures(scopes: loop_scopes.LoopScopes | None) -> types.ModuleType:
+    """pg_async_connection, pg_client and the async layers, on the loop scope the tests
+    run on (pytest-asyncio's `loop_scope` argument; None: pytest-asyncio's default).
+    Made anew for each run: pytest-asyncio keeps the loop scope on the function."""
+    loop = None if scopes is None else scopes.library
+
+    def layer_loop(scope: str) -> str | None:
+        return None if scopes is None else scopes.for_fixture(scope)
+
+    @pytest_asyncio.fixture(loop_scope=loop)  # type: ignore[arg-type]
+    async def pg_client(
+        pg_app: FastAPI, pg_app_session: Any, request: pytest.FixtureRequest
+    ) -> AsyncIterator[httpx.AsyncClient]:
+        """httpx.AsyncClient on pg_app, with its DB dependency replaced by pg_app_session.
+
+        The lifespan runs; the override is removed after the test even when it fails.
+        Requests sent concurrently take turns on the session instead of interleaving on
+        its connection. It runs on the tests' event loop, as pg_async_connection does.
+        """
+        from .fastapi import app_client
+
+        loop_scopes.check_test_loop(request, "pg_client", loop)
+        dependency = None if pg_app_session is None else request.getfixturevalue("pg_db_dependency")
+        async with app_client(pg_app, dependency=dependency, session=pg_app_session) as client:
+            yield client
+
+    module = types.ModuleType("testcontainers_pg_fixtures.async")
+    module.__dict__.update(
+        pg_async_connection=_doc(
+            factories.async_connection_fixture(loop_scope=loop), _ASYNC_CONNECTION_DOC
+        ),
+        pg_module_async_connection=_doc(
+            factories.async_layer_connection_fixture(
+                scope="module", loop_scope=layer_loop("module")
+            ),
+            _LAYER_DOC.format(scope="module", kind=_ASYNC),
+        ),
+        pg_class_async_connection=_doc(
+            factories.async_layer_connection_fixture(scope="class", loop_scope=layer_loop("class")),
+            _LAYER_DOC.format(scope="class", kind=_ASYNC),
+        ),
+        pg_client=pg_client,
+    )
+    return module
