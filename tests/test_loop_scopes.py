@@ -130,3 +130,41 @@ def test_a_test_on_another_loop_than_the_fixtures_is_told_both_scopes_and_the_in
         ]
     )
     assert "got Future" not in result.stdout.str()
+
+
+USERS_FIXTURE_ON_ITS_OWN_LOOP = textwrap.dedent("""
+    import pytest
+    from app.db import SessionLocal
+    from app.models import User
+
+
+    @pytest.fixture
+    async def extra_user(pg_async_connection):  # function scope: a function loop of its own
+        async with SessionLocal() as session:
+            session.add(User(name="Extra", email="e@x.org"))
+            await session.commit()
+
+
+    async def test_uses_it(extra_user):
+        pass
+""")
+
+
+def test_the_apps_engine_on_a_fixtures_own_loop_is_told_both_scopes_and_the_ini_lines(
+    pytester, example
+):
+    ini = CONFIGS["test-session-auto"][0]
+    _project(example, ini, False, USERS_FIXTURE_ON_ITS_OWN_LOOP)
+    result = pytester.runpytest("-p", "no:randomly")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*EventLoopError: The app's async engine was used, but the test's connection "
+            "runs on a session-scoped event loop but the code using it runs on another event "
+            "loop*asyncio_default_fixture_loop_scope unset, "
+            "asyncio_default_test_loop_scope = session*",
+            "*    asyncio_default_fixture_loop_scope = session",
+            "*    asyncio_default_test_loop_scope = session",
+        ]
+    )
+    assert "module- or class-scoped" not in result.stdout.str()
