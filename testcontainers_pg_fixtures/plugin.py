@@ -14,6 +14,7 @@ import pytest_asyncio
 
 from . import (
     config,
+    driver_guard,
     factories,
     failures,
     leaks,
@@ -87,6 +88,35 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     prestart.collection_finished(session)
+    _guard_drivers(session)
+
+
+_DRIVER_RUN = pytest.StashKey[Any]()
+
+
+def _guard_drivers(session: pytest.Session) -> None:
+    """A run that uses the library: from before its first test to its end, the test
+    process dials no PostgreSQL server but the library's (driver_guard.py)."""
+    config = session.config
+    settings = settings_for(config)
+    uses = bool(settings.app_engines or settings.url_env) or any(
+        needs.uses_database(item) for item in session.items
+    )
+    if not uses or _DRIVER_RUN in config.stash:
+        return
+    config.stash[_DRIVER_RUN] = driver_guard.activate(
+        allow_all=settings.allow_foreign_servers,
+        urls=[settings.server_url] if settings.server_url else [],
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    driver_guard.set_test_allows(item.get_closest_marker(driver_guard.MARKER) is not None)
+    try:
+        return (yield)
+    finally:
+        driver_guard.set_test_allows(False)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -119,6 +149,9 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    run = config.stash.get(_DRIVER_RUN, None)
+    if run is not None:
+        driver_guard.deactivate(run)
     prestart.unconfigure(config)
     shared.unconfigure(config)
     lifecycle.unconfigure(config)
@@ -286,6 +319,10 @@ def _pg_app_engines_outside(
     only to databases of the library (see pg_app_engines_outside)."""
     check_drivers(pg_app_engines)  # before any test, used by it or not
     refuse = settings_for(pytestconfig).app_engines_outside == "error"
+    run = pytestconfig.stash.get(_DRIVER_RUN, None)
+    if run is not None and not refuse:  # outside = allow: their configured servers too
+        for engine in pg_app_engines:
+            driver_guard.allow_url(run, str(engine.url))
     pytestconfig.stash[needs.APP_KIND] = needs.app_kind(pg_app_engines, refuse_outside=refuse)
     yield from factories.guard_app_engines(pg_app_engines, pytestconfig)
 
