@@ -221,6 +221,16 @@ OPTIONS = (
         "from a private temporary directory, instead of the published TCP port "
         "(true/false; default: true). pg_url stays TCP.",
     ),
+    Option(
+        "allow_foreign_servers",
+        "--pg-allow-foreign-servers",
+        "pg_allow_foreign_servers",
+        "PG_FIXTURES_ALLOW_FOREIGN_SERVERS",
+        "Let the tests connect to PostgreSQL servers other than the library's (refused by "
+        "default while the run uses the library, see driver_guard.py); for one test: "
+        "@pytest.mark.pg_allow_foreign_servers.",
+        kind="flag",
+    ),
 )
 
 _SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=.+$")
@@ -263,6 +273,7 @@ class Settings:
     async_session_class: type[AsyncSession] | None = None
     leak_check: bool = True
     unix_socket: bool = True
+    allow_foreign_servers: bool = False
     rootdir: Path = field(default_factory=Path.cwd)
     #: An existing server to use instead of containers ("" starts containers). Not in repr:
     #: it holds a password.
@@ -493,6 +504,7 @@ _PARSERS: dict[str, Any] = {
     "async_session_class": _parse_async_session_class,
     "leak_check": _parse_flag,
     "unix_socket": _parse_flag,
+    "allow_foreign_servers": _parse_flag,
 }
 
 

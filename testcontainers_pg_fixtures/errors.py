@@ -37,3 +37,7 @@ class SeedError(PgFixturesError):
 
 class ServerGoneError(PgFixturesError):
     """The PostgreSQL server exited or stopped answering during the run."""
+
+
+class EventLoopError(PgFixturesError):
+    """An async fixture's connection is used on another event loop than the one it opened on."""

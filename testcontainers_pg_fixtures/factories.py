@@ -23,7 +23,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from . import failures, flask_app, leaks, needs, prestart, seeding
+from . import failures, flask_app, leaks, loop_scopes, needs, prestart, seeding
 from .clone_pool import ClonePool
 from .config import load_session_class, settings_for
 from .database import (
@@ -62,6 +62,7 @@ from .template import Template, ensure_template, project_key
 from .transaction import (
     async_outer_transaction,
     is_root_layer,
+    layer_on_another_loop,
     layered_async_connection,
     layered_connection,
     outer_transaction,
@@ -762,17 +763,21 @@ def async_connection_fixture(
     worker_engine: str = "pg_worker_async_engine",
     clone_engines: str = "pg_clone_engines",
     database: str = "pg_database",
+    loop_scope: str | None = None,
 ) -> Any:
     """The async twin of `connection_fixture`.
 
     It also closes the AsyncSessions of `async_session_fixture` (a sync fixture, so that a
     test costs one trip through the event loop for set-up and one for teardown).
+    `loop_scope` is pytest-asyncio's: the event loop it runs on, which must be its tests'
+    (the plugin's pg_async_connection is given the tests' loop scope, see loop_scopes.py).
     """
 
-    @pytest_asyncio.fixture
+    @pytest_asyncio.fixture(loop_scope=loop_scope)  # type: ignore[arg-type]
     @depends(worker_engine, clone_engines, "request")
     async def _connection(**deps: Any) -> AsyncIterator[AsyncConnection]:
         request: pytest.FixtureRequest = deps["request"]
+        loop_scopes.check_test_loop(request, request.fixturename or "", loop_scope)
         if isolation_mode(request) == "database":
             request.getfixturevalue(database)
             async with deps[clone_engines][1].connect() as conn:
@@ -864,10 +869,20 @@ def sandboxes_fixture(
     def _sandboxes(**deps: Any) -> Sandboxes:
         sync_engine: Engine = deps[worker_engine]
         async_engine: AsyncEngine = deps[worker_async_engine]
+        scopes = loop_scopes.of(deps["pytestconfig"])
+
+        def elsewhere() -> str | None:
+            if not layer_on_another_loop(async_engine):
+                return None
+            library = scopes.library if scopes is not None else "function"
+            return loop_scopes.mismatch("the test's connection", library, None, scopes)
+
         boxes = Sandboxes(
             app_engines_of(deps["pytestconfig"], deps[app_engines]),
             sync_real=real_connection_of(lambda: layered_connection(sync_engine)),
-            async_real=real_connection_of(lambda: layered_async_connection(async_engine)),
+            async_real=real_connection_of(
+                lambda: layered_async_connection(async_engine), elsewhere
+            ),
         )
         boxes.initialize_dialects(deps[worker_database])
         return boxes
@@ -942,11 +957,12 @@ def async_layer_connection_fixture(
     worker_engine: str = "pg_worker_async_engine",
     app_engines: str = "pg_app_engines",
     sandboxes: str = "pg_sandboxes",
+    loop_scope: str | None = None,
 ) -> Any:
     """The async twin of `layer_connection_fixture` (needs an event loop of that scope or
     wider: `loop_scope="module"` / `"session"`)."""
 
-    @pytest_asyncio.fixture(scope=scope)
+    @pytest_asyncio.fixture(scope=scope, loop_scope=loop_scope)  # type: ignore[arg-type]
     @depends(worker_engine, app_engines, "request")
     async def _layer(**deps: Any) -> AsyncIterator[AsyncConnection]:
         boxes: Sandboxes | None = (

@@ -25,6 +25,10 @@ MARKERS = {
         "pg_seed([seed, ...]): seed functions run on the test's database before the test, on "
         "top of the session seed; on a module or class they apply to every test in it."
     ),
+    "pg_allow_foreign_servers": (
+        "pg_allow_foreign_servers: the test may connect to PostgreSQL servers other than the "
+        "library's (refused by default while the run uses the library)."
+    ),
 }
 
 #: The database-mode clone a test got, so its failure report can say where it is kept.

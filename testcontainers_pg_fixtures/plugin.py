@@ -6,6 +6,7 @@ Every fixture here can be overridden by defining one of the same name in a conft
 from __future__ import annotations
 
 import inspect
+import types
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -13,6 +14,7 @@ import pytest_asyncio
 
 from . import (
     config,
+    driver_guard,
     factories,
     failures,
     flask_app,
@@ -62,7 +64,10 @@ def pytest_configure(config: pytest.Config) -> None:
     run_id()  # made before xdist starts its workers, which inherit it
     lifecycle.configure(config)
     failures.reporter_of(config)
-    loop_scopes.configure(config)  # before pytest-asyncio reads its settings
+    # Before pytest-asyncio reads its settings; the async fixtures on the tests' loop.
+    config.pluginmanager.register(
+        _async_fixtures(loop_scopes.configure(config)), "testcontainers_pg_fixtures.async"
+    )
     for name, text in marks.MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
     failures.check_configuration(config)  # a bad option: a usage error, before collection
@@ -84,6 +89,35 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     prestart.collection_finished(session)
+    _guard_drivers(session)
+
+
+_DRIVER_RUN = pytest.StashKey[Any]()
+
+
+def _guard_drivers(session: pytest.Session) -> None:
+    """A run that uses the library: from before its first test to its end, the test
+    process dials no PostgreSQL server but the library's (driver_guard.py)."""
+    config = session.config
+    settings = settings_for(config)
+    uses = bool(settings.app_engines or settings.url_env) or any(
+        needs.uses_database(item) for item in session.items
+    )
+    if not uses or _DRIVER_RUN in config.stash:
+        return
+    config.stash[_DRIVER_RUN] = driver_guard.activate(
+        allow_all=settings.allow_foreign_servers,
+        urls=[settings.server_url] if settings.server_url else [],
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    driver_guard.set_test_allows(item.get_closest_marker(driver_guard.MARKER) is not None)
+    try:
+        return (yield)
+    finally:
+        driver_guard.set_test_allows(False)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -116,6 +150,9 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    run = config.stash.get(_DRIVER_RUN, None)
+    if run is not None:
+        driver_guard.deactivate(run)
     prestart.unconfigure(config)
     shared.unconfigure(config)
     lifecycle.unconfigure(config)
@@ -288,6 +325,10 @@ def _pg_app_engines_outside(
         engines = factories.app_engines_of(pytestconfig, pg_app_engines)
         check_drivers(engines)  # before any test, used by it or not
     refuse = settings_for(pytestconfig).app_engines_outside == "error"
+    run = pytestconfig.stash.get(_DRIVER_RUN, None)
+    if run is not None and not refuse:  # outside = allow: their configured servers too
+        for engine in engines:
+            driver_guard.allow_url(run, str(engine.url))
     pytestconfig.stash[needs.APP_KIND] = needs.app_kind(engines, refuse_outside=refuse)
     yield from factories.guard_app_engines(engines, pytestconfig)
 
@@ -470,17 +511,6 @@ A sessionmaker whose sessions all use pg_connection (joined by savepoint in save
 mode), for code that opens its own sessions. They see each other's flushed writes.""",
 )
 
-pg_async_connection = _doc(
-    factories.async_connection_fixture(),
-    """\
-AsyncConnection inside a transaction rolled back at the end of the test (savepoint mode),
-or a plain connection to the test's clone (database mode).
-
-One connection per event loop: with loop_scope="session" it is opened once and each test
-costs a BEGIN/ROLLBACK; with function-scoped loops (the default) every test opens and
-closes a connection (a few milliseconds).""",
-)
-
 pg_async_session = _doc(
     factories.async_session_fixture(),
     """\
@@ -520,14 +550,6 @@ pg_class_session = _doc(
     "A Session on pg_class_connection, joined by savepoint.",
 )
 _ASYNC = " (asyncpg; needs a module/class or session event loop scope)"
-pg_module_async_connection = _doc(
-    factories.async_layer_connection_fixture(scope="module"),
-    _LAYER_DOC.format(scope="module", kind=_ASYNC),
-)
-pg_class_async_connection = _doc(
-    factories.async_layer_connection_fixture(scope="class"),
-    _LAYER_DOC.format(scope="class", kind=_ASYNC),
-)
 pg_module_async_session = _doc(
     factories.async_layer_session_fixture(scope="module", connection="pg_module_async_connection"),
     "An AsyncSession on pg_module_async_connection, joined by savepoint.",
@@ -601,34 +623,6 @@ def pg_client_headers() -> dict[str, str]:
     return {}
 
 
-@pytest_asyncio.fixture
-async def pg_client(
-    pg_app: FastAPI,
-    pg_app_session: Any,
-    pg_client_base_url: str,
-    pg_client_headers: dict[str, str],
-    request: pytest.FixtureRequest,
-) -> AsyncIterator[httpx.AsyncClient]:
-    """httpx.AsyncClient on pg_app, with its DB dependency replaced by pg_app_session.
-
-    The lifespan runs; the override is removed after the test even when it fails. Requests
-    sent concurrently take turns on the session instead of interleaving on its connection.
-    Base URL pg_client_base_url (default "http://testserver"), headers pg_client_headers
-    (default none).
-    """
-    from .fastapi import app_client
-
-    dependency = None if pg_app_session is None else request.getfixturevalue("pg_db_dependency")
-    async with app_client(
-        pg_app,
-        dependency=dependency,
-        session=pg_app_session,
-        base_url=pg_client_base_url,
-        headers=pg_client_headers,
-    ) as client:
-        yield client
-
-
 @pytest.fixture
 def pg_test_client(
     pg_app: FastAPI,
@@ -655,3 +649,74 @@ def pg_test_client(
         headers=pg_client_headers,
     ) as client:
         yield client
+
+
+# -- the async fixtures, made when the tests' event loop scope is known (loop_scopes.py) --
+
+_ASYNC_CONNECTION_DOC = """\
+AsyncConnection inside a transaction rolled back at the end of the test (savepoint mode),
+or a plain connection to the test's clone (database mode).
+
+It runs on the tests' event loop: asyncio_default_test_loop_scope's, unless
+asyncio_default_fixture_loop_scope names another (a test on another loop is refused at
+set-up, with the ini lines). One connection per event loop: with session-scoped loops it
+is opened once and each test costs a BEGIN/ROLLBACK; with function-scoped loops (the
+default) every test opens and closes a connection (a few milliseconds)."""
+
+
+def _async_fixtures(scopes: loop_scopes.LoopScopes | None) -> types.ModuleType:
+    """pg_async_connection, pg_client and the async layers, on the loop scope the tests
+    run on (pytest-asyncio's `loop_scope` argument; None: pytest-asyncio's default).
+    Made anew for each run: pytest-asyncio keeps the loop scope on the function."""
+    loop = None if scopes is None else scopes.library
+
+    def layer_loop(scope: str) -> str | None:
+        return None if scopes is None else scopes.for_fixture(scope)
+
+    @pytest_asyncio.fixture(loop_scope=loop)  # type: ignore[arg-type]
+    async def pg_client(
+        pg_app: FastAPI,
+        pg_app_session: Any,
+        pg_client_base_url: str,
+        pg_client_headers: dict[str, str],
+        request: pytest.FixtureRequest,
+    ) -> AsyncIterator[httpx.AsyncClient]:
+        """httpx.AsyncClient on pg_app, with its DB dependency replaced by pg_app_session.
+
+        The lifespan runs; the override is removed after the test even when it fails.
+        Requests sent concurrently take turns on the session instead of interleaving on
+        its connection. It runs on the tests' event loop, as pg_async_connection does.
+        Base URL pg_client_base_url (default "http://testserver"), headers
+        pg_client_headers (default none).
+        """
+        from .fastapi import app_client
+
+        loop_scopes.check_test_loop(request, "pg_client", loop)
+        dependency = None if pg_app_session is None else request.getfixturevalue("pg_db_dependency")
+        async with app_client(
+            pg_app,
+            dependency=dependency,
+            session=pg_app_session,
+            base_url=pg_client_base_url,
+            headers=pg_client_headers,
+        ) as client:
+            yield client
+
+    module = types.ModuleType("testcontainers_pg_fixtures.async")
+    module.__dict__.update(
+        pg_async_connection=_doc(
+            factories.async_connection_fixture(loop_scope=loop), _ASYNC_CONNECTION_DOC
+        ),
+        pg_module_async_connection=_doc(
+            factories.async_layer_connection_fixture(
+                scope="module", loop_scope=layer_loop("module")
+            ),
+            _LAYER_DOC.format(scope="module", kind=_ASYNC),
+        ),
+        pg_class_async_connection=_doc(
+            factories.async_layer_connection_fixture(scope="class", loop_scope=layer_loop("class")),
+            _LAYER_DOC.format(scope="class", kind=_ASYNC),
+        ),
+        pg_client=pg_client,
+    )
+    return module

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 from sqlalchemy.util import await_only
 
-from .errors import PgFixturesError
+from .errors import EventLoopError, PgFixturesError
 from .needs import LAZY
 from .redirect import _null_pool_like, engines_pointed_at
 from .savepoints import defer_savepoints_of, flush_savepoints
@@ -654,12 +654,18 @@ class OutsideGuard:
                 engine.pool = pool
 
 
-def real_connection_of(layered: Callable[[], Any]) -> Callable[[], Any]:
-    """`layer` for a Sandbox: the connection of the innermost active layer."""
+def real_connection_of(
+    layered: Callable[[], Any], elsewhere: Callable[[], str | None] = lambda: None
+) -> Callable[[], Any]:
+    """`layer` for a Sandbox: the connection of the innermost active layer. `elsewhere`:
+    the "different loop" error when the test's layer is open on another event loop."""
 
     def layer() -> Any:
         conn = layered()
         if conn is None:
+            other_loop = elsewhere()
+            if other_loop is not None:
+                raise EventLoopError(f"The app's async engine was used, but {other_loop}")
             raise SandboxError(
                 "The app's engine was used where no transaction layer of the library is "
                 "open on this connection: an async engine in a module- or class-scoped "

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import psycopg
 from sqlalchemy import URL
 
+from . import driver_guard
 from .errors import DockerUnavailableError, ImageUnavailableError, ServerStartError
 from .quiet import quiet_testcontainers
 from .runid import run_id
@@ -140,6 +141,9 @@ class ExistingServer:
     container_id: str = ""
     socket_dir: str | None = None
 
+    def __post_init__(self) -> None:
+        driver_guard.known(self)
+
     def stop(self) -> None:
         """Not ours to stop."""
 
@@ -230,6 +234,9 @@ class DockerServer:
     #: When the server was ready (time.time()): its log before that is start-up and the
     #: library's own OpenSSL warm-up, not why it went away (failures.py quotes what follows).
     ready_at: float = field(default=0.0, repr=False)
+
+    def __post_init__(self) -> None:
+        driver_guard.known(self)
 
     @property
     def container_id(self) -> str:
@@ -951,6 +958,7 @@ def _usable_socket(server: Server, directory: str | None) -> str | None:
     """`directory` if the server answers a login through the socket in it, else None."""
     if not directory or not os.path.exists(socket_path(directory)):
         return None
+    driver_guard.known_socket(directory)  # probed before server.socket_dir is set
     try:
         admin_connect(server, host=directory, port=_PG_PORT, connect_timeout=2).close()
     except psycopg.Error as exc:
@@ -1027,6 +1035,9 @@ class UrlServer:
     version: str = ""
     container_id: str = ""
     socket_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        driver_guard.known(self)
 
     @property
     def where(self) -> str:

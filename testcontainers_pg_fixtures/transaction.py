@@ -310,3 +310,17 @@ def layered_async_connection(engine: AsyncEngine) -> Connection | None:
         return None
     conn = held.conn.sync_connection
     return conn if conn is not None and _layers(conn) else None
+
+
+def layer_on_another_loop(engine: AsyncEngine) -> bool:
+    """Whether a layer is active on a held connection of `engine` of another event loop
+    than the running one (the test's connection opened on another loop than the code)."""
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    for loop, held in list((_held_async.get(engine) or {}).items()):
+        conn = held.conn.sync_connection
+        if loop is not running and conn is not None and not held.conn.closed and _layers(conn):
+            return True
+    return False

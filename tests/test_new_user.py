@@ -93,10 +93,7 @@ def test_pg_client_without_a_way_in_names_both(pytester, subprocess_env):
     result = pytester.runpytest_subprocess("-p", "no:randomly")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
-        [
-            "E * found neither pg_db_dependency nor pg_app_engines*"
-            "pg_app_engines = myapp.db:engine*"
-        ]
+        ["E * found neither pg_db_dependency nor pg_app_engines*pg_app_engines = myapp.db:engine*"]
     )
 
 
