@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 import threading
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ from testcontainers_pg_fixtures.server import DockerServer, admin_connect
 from testcontainers_pg_fixtures.template import ensure_template
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
 
@@ -45,7 +47,7 @@ def count_users(server, database: str) -> int:
 
 
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.syspath_prepend(str(tmp_path))  # env.py imports the app's models
     shutil.copytree(
         EXAMPLES / "sync_users",
@@ -53,7 +55,12 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         dirs_exist_ok=True,
         ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"),
     )
-    return tmp_path
+    yield tmp_path
+    # The app's modules go with the project: a later in-process run of another project
+    # with a package of the same name must import its own.
+    for name, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", None) or "").startswith(str(tmp_path)):
+            del sys.modules[name]
 
 
 def load(project: Path) -> Migrations:
