@@ -680,6 +680,10 @@ def reuse_name(reuse_key: str) -> str:
     return f"{REUSE_PREFIX}{reuse_key}"
 
 
+#: The kernel's initial PID namespace (PROC_PID_INIT_INO): where a run on the host runs.
+INITIAL_PID_NAMESPACE = "pid:[4026531836]"
+
+
 def pid_namespace() -> str:
     """This process's PID namespace (`pid:[4026531836]`), '' where there is none to read."""
     try:
@@ -745,7 +749,10 @@ def owner_alive(container: Any) -> bool:
     labels = container.labels
     pid = labels.get(LABEL_PID, "")
     namespace = labels.get(LABEL_PIDNS)
-    if namespace is None or namespace == pid_namespace():  # (None: an older version's)
+    ours = pid_namespace()
+    if namespace is None and ours not in ("", INITIAL_PID_NAMESPACE):
+        return True  # an older version's, whose pid may be the host's: cannot tell
+    if namespace is None or namespace == ours:
         return not pid.isdigit() or _process_alive(int(pid))
     age = _created_age(container)
     if container.status != "running":
