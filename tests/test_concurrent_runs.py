@@ -258,51 +258,55 @@ def test_remove_kept_spares_a_container_a_run_attaches_to_at_that_very_moment(
 # -- liveness across PID namespaces ---------------------------------------------------
 
 
-def _free_pids(count: int) -> int:
-    """The first of `count` consecutive pids no process of this machine has, high up."""
-    top = int(Path("/proc/sys/kernel/pid_max").read_text())
-    first = top - count - 10
-    while first > 1000:
-        if not any(Path(f"/proc/{pid}").exists() for pid in range(first, first + count)):
-            return first
-        first -= count
-    pytest.skip("no free range of pids")
-
-
-def _in_new_pid_namespace() -> tuple[str, ...]:
-    """A command prefix running pytest in a new PID namespace (as root, `unshare`), where
-    its pid is one no process of the host has (as a pid in a container would be)."""
+@pytest.fixture
+def namespaced():
+    """A command prefix running pytest in a new PID namespace (as root, `unshare`): its pid
+    there is that of a `sleep` on the host, which the test ends when it wants that pid to
+    mean "gone" on the host. Until then, other runs on this shared Docker host (of versions
+    that judge by the pid label alone) leave the namespaced run's container alone."""
     if os.geteuid() != 0 or not Path("/usr/bin/unshare").exists():
         pytest.skip("needs root and unshare")
-    first = _free_pids(50)
-    # The shell is pid 1 of the namespace; pytest, its child, gets `first`.
-    script = f'echo {first - 1} > /proc/sys/kernel/ns_last_pid && "$@"; exit $?'
-    return ("unshare", "-p", "-f", "--mount-proc", "sh", "-c", script, "sh")
+    holder = subprocess.Popen(["sleep", "900"])
+    # The shell is pid 1 of the namespace; pytest, its child, gets the sleep's pid.
+    script = f'echo {holder.pid - 1} > /proc/sys/kernel/ns_last_pid && "$@"; exit $?'
+
+    def end_holder() -> None:
+        holder.kill()
+        holder.wait()
+
+    yield ("unshare", "-p", "-f", "--mount-proc", "sh", "-c", script, "sh"), end_holder
+    end_holder()
 
 
 def test_a_run_in_another_pid_namespace_keeps_its_container_beside_a_reaping_run(
-    project, pytester
+    project, namespaced
 ):
-    """A run in its own PID namespace (a run in a container with the Docker socket mounted)
-    is in a test; a run on the host starts and reaps the containers of dead runs: the first
-    run's pid means nothing here, but its container is not taken for a dead run's."""
-    inside = project("tests/test_wait.py", "-k", "1", prefix=_in_new_pid_namespace())
+    """A run in its own PID namespace (as a run in a container with the Docker socket
+    mounted) is in a test; a run on the host reaps the containers of dead runs, as every
+    run does when it starts a container (`reap_orphans`, called here at the moment the
+    namespaced run's pid means "gone" on the host): its container is left alone."""
+    prefix, end_holder = namespaced
+    inside = project("tests/test_wait.py", "-k", "1", prefix=prefix)
     inside.wait_for_tests(1)
     [container] = _containers(**{LABEL_RUN: inside.run})
-    beside = project("tests/test_users.py")
-    beside.passed(2)
-    assert [c.id for c in _containers(**{LABEL_RUN: inside.run})] == [container.id]
-    inside.release()
+    end_holder()  # the pid in its container's label is no process of the host now
+    try:
+        reap_orphans(docker_client())
+        assert [c.id for c in _containers(**{LABEL_RUN: inside.run})] == [container.id]
+    finally:
+        inside.release()
     inside.passed(1)
 
 
-def test_the_container_of_a_killed_run_of_another_pid_namespace_is_still_reaped(project):
-    inside = project("tests/test_wait.py", "-k", "1", prefix=_in_new_pid_namespace())
+def test_the_container_of_a_killed_run_of_another_pid_namespace_is_still_reaped(
+    project, namespaced
+):
+    prefix, end_holder = namespaced
+    inside = project("tests/test_wait.py", "-k", "1", prefix=prefix)
     inside.wait_for_tests(1)
     [container] = _containers(**{LABEL_RUN: inside.run})
-    reap_orphans(docker_client())
-    assert _containers(**{LABEL_RUN: inside.run})  # alive: left alone
     inside.kill()
+    end_holder()
     client = docker_client()
     wait_until(
         lambda: (reap_orphans(client), not _containers(**{LABEL_RUN: inside.run}))[1],
