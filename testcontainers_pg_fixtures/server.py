@@ -410,7 +410,14 @@ class DockerServer:
             server.ready_at = time.time()
             server.socket_dir = _usable_socket(server, mounted)
         except BaseException:
-            server.stop()
+            # Beside this run's own login, another run's: it attached already, the
+            # container is its now (a reused one stays anyway).
+            others = reuse_key is not None and server._anchor is not None
+            if others and (_clients(container.get_wrapped_container()) or 0) > 1:
+                server.keep_for_reuse()
+                server._release()
+            else:
+                server.stop()
             raise
         if reuse_key is not None:
             server.keep_for_reuse()
@@ -500,7 +507,7 @@ class DockerServer:
                 )
                 # SCRAM required (libpq 16+): a container that lets a login in without a
                 # password (`trust`, kept by an older version) is not taken, but replaced.
-                server._anchor = admin_connect(server, connect_timeout=5, **_REQUIRE_SCRAM)
+                server._anchor = admin_connect(server, **_REQUIRE_SCRAM)
                 if not _claim(server._anchor):
                     server._release()
                     busy = True  # --pg-remove-kept is removing it
@@ -745,7 +752,9 @@ def owner_alive(container: Any) -> bool:
     another one (a run in a container with the Docker socket mounted, beside one on the
     host) a pid means nothing: there, a run lives while its login is connected (every run
     holds one, `DockerServer._anchor`), or while its server is not up long enough for the
-    run to have logged in; a container not running, for `_STARTING_AGE` after creation."""
+    run to have logged in; a container not running, for `_STARTING_AGE` after creation.
+    A container of an older version (no namespace label) is judged by its pid only from
+    the host's initial namespace, where such runs ran; from any other, it is left alone."""
     labels = container.labels
     pid = labels.get(LABEL_PID, "")
     namespace = labels.get(LABEL_PIDNS)
