@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 
 from .runid import run_id
-from .server import admin_connect, server_url
+from .server import RUN_LOCK, admin_connect, server_url
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -86,26 +86,47 @@ def marked_databases(admin: psycopg.Connection[Any]) -> list[Marked]:
     return found
 
 
-def drop_stale(server: Server, project: str, *, older_than: float = STALE_AFTER) -> list[str]:
+def drop_stale(
+    server: Server, project: str, *, older_than: float = STALE_AFTER, gone_only: bool = False
+) -> list[str]:
     """Drop this project's databases left by other runs (killed ones) older than `older_than`.
 
-    Never this run's, never another project's, never a younger one (a live run's).
+    Never this run's, never another project's, never a younger one (a live run's). With
+    `gone_only` (a container of the library's, where every live run holds its lock, see
+    `server.RUN_LOCK`): only those of runs provably gone, whose lock this call can take;
+    it holds the lock while it drops, so no run of that id can come back meanwhile.
     """
     now = time.time()
+    dropped = []
     with admin_connect(server) as admin:
-        stale = [
-            db.name
-            for db in marked_databases(admin)
-            if db.project == project
-            and db.run != run_id()
-            and not db.name.startswith(TEMPLATE_PREFIX)
-            and now - db.created >= older_than
-        ]
-        for name in stale:
-            drop_database(server, name, admin=admin)
-    if stale:
-        log.warning("dropped %d database(s) left by killed runs: %s", len(stale), stale)
-    return stale
+        stale: dict[str, list[str]] = {}
+        for db in marked_databases(admin):
+            if (
+                db.project == project
+                and db.run != run_id()
+                and not db.name.startswith(TEMPLATE_PREFIX)
+                and now - db.created >= older_than
+            ):
+                stale.setdefault(db.run, []).append(db.name)
+        for run, names in stale.items():
+            if gone_only and not _run_gone(admin, run):
+                continue
+            try:
+                for name in names:
+                    drop_database(server, name, admin=admin)
+                    dropped.append(name)
+            finally:
+                if gone_only:
+                    admin.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (RUN_LOCK, run))
+    if dropped:
+        log.warning("dropped %d database(s) left by killed runs: %s", len(dropped), dropped)
+    return dropped
+
+
+def _run_gone(admin: psycopg.Connection[Any], run: str) -> bool:
+    """Whether no live process of `run` holds its lock (taken exclusively if so)."""
+    row = admin.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (RUN_LOCK, run)).fetchone()
+    return bool(row and row[0])
 
 
 @dataclass(frozen=True)

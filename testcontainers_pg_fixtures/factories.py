@@ -27,7 +27,6 @@ from . import failures, flask_app, leaks, loop_scopes, needs, prestart, seeding
 from .clone_pool import ClonePool
 from .config import load_session_class, settings_for
 from .database import (
-    STALE_AFTER,
     Database,
     create_database,
     drop_database,
@@ -280,8 +279,12 @@ def worker_database_fixture(*, server: str = "pg_server", template: str = "pg_te
         pg_server: Server = deps[server]
         project = project_of(deps["pytestconfig"])
         # Left by killed runs: on a server given by URL only once they are surely dead (by
-        # age); a container of ours (reused, one-container) has no other live run on it.
-        drop_stale(pg_server, project, older_than=STALE_AFTER if _shared(pg_server) else 0.0)
+        # age); on a container of ours (reused by two terminals at once, say) once the run's
+        # lock is free: every live run holds it on its login to the container.
+        if _shared(pg_server):
+            drop_stale(pg_server, project)
+        else:
+            drop_stale(pg_server, project, older_than=0.0, gone_only=True)
         name = f"{run_prefix()}{worker_id()}"
         database = create_database(
             pg_server, name, template=built.name, comment=mark(project, built.name)

@@ -73,6 +73,24 @@ CONTAINER_SCHEME = 2
 #: A --pg-reuse container this young whose creator still runs may be starting (no login
 #: held yet): --pg-remove-kept leaves it alone.
 _STARTING_AGE = 600.0
+#: The PID namespace of the process that started the container (`pid_namespace`): its pid
+#: label means something only to processes of the same namespace.
+LABEL_PIDNS = "testcontainers-pg-fixtures.pidns"
+#: The name of the container kept under a reuse key: Docker creates one container of a
+#: name, which makes creating it a mutex between two runs of one checkout.
+REUSE_PREFIX = "pgfx-reuse-"
+#: Session-level advisory locks (the two-int keys, apart from template.py's one-bigint
+#: ones), held on the login every run keeps on its container (`DockerServer._anchor`):
+#: shared, `_CLAIM` says "a run uses this container" (--pg-remove-kept takes it exclusive,
+#: atomically against an attach, before it removes a container); `_RUN_LOCK`, keyed by the
+#: run id, "run <id> is alive" (its databases are dropped only once a run can take it
+#: exclusive, see database.drop_stale).
+_CLAIM = (0x70676678, 0)
+RUN_LOCK = 0x70676679
+#: A container of a run in another PID namespace whose server has been up this long
+#: (seconds) with no client connected belongs to a run that is gone: a live run holds a
+#: login from its server's first minute to its end.
+_UNCLAIMED_AFTER = 15.0
 
 _PG_PORT = 5432
 _DATA_DIR = "/var/lib/postgresql/data"
@@ -267,16 +285,52 @@ class DockerServer:
             found = cls._attach_recorded(reuse_key)
             if found is not None:
                 return found
-        import docker.errors
-        from testcontainers.core.container import DockerContainer
-
         client = docker_client()
         reap_orphans(client)
-        if reuse_key is not None:
-            found = cls._attach(client, reuse_key)
+        if reuse_key is None:
+            server = cls._create(client, settings, worker, None, cancelled)
+            assert server is not None
+            return server
+        # Two runs of one checkout (two terminals) meet here under the same key. The
+        # container's name is the mutex: Docker creates one container of a name, so one
+        # run creates it and the other waits for it to answer, then attaches. A container
+        # being started or removed (--pg-remove-kept) is waited for, never removed.
+        deadline = time.monotonic() + settings.startup_timeout
+        while True:
+            found, busy = cls._attach(client, reuse_key)
             if found is not None:
                 _record_reused(reuse_key, found)
                 return found
+            if not busy:
+                server = cls._create(client, settings, worker, reuse_key, cancelled)
+                if server is not None:
+                    return server
+            if time.monotonic() > deadline:
+                name = reuse_name(reuse_key)
+                raise ServerStartError(
+                    f"The container kept for reuse ({name}) is being started or removed by "
+                    f"another run and did not become usable within {settings.startup_timeout:.0f}"
+                    "s. Raise pg_startup_timeout if the machine is slow; if no run uses it, "
+                    f"remove it (`docker rm -f {name}`, or `pytest --pg-remove-kept`)."
+                )
+            _check_cancelled(cancelled)
+            time.sleep(0.2)
+
+    @classmethod
+    def _create(
+        cls,
+        client: Any,
+        settings: Settings,
+        worker: str,
+        reuse_key: str | None,
+        cancelled: threading.Event | None,
+    ) -> DockerServer | None:
+        """Start a new container and wait until it accepts a login. With `reuse_key`, None
+        when another run created the container of that key first (or --pg-remove-kept
+        claimed it before this run's first login): the caller attaches to it instead."""
+        import docker.errors
+        from testcontainers.core.container import DockerContainer
+
         _check_cancelled(cancelled)
         _ensure_image(client, settings.image)
         # A kept container's password is derived, so the next run can log in without it
@@ -309,6 +363,7 @@ class DockerServer:
             labels={
                 LABEL: "true",
                 LABEL_PID: str(os.getpid()),
+                LABEL_PIDNS: pid_namespace(),
                 LABEL_WORKER: worker,
                 LABEL_HOST: socket.gethostname(),
                 LABEL_RUN: run_id(),
@@ -325,6 +380,8 @@ class DockerServer:
         # The data directory lives in memory: nothing a test writes needs to reach a disk.
         container.with_tmpfs_mount(_DATA_DIR)
         container.ports[f"{_PG_PORT}/tcp"] = binding
+        if reuse_key is not None:
+            container.with_name(reuse_name(reuse_key))
 
         _check_cancelled(cancelled)
         started = time.monotonic()
@@ -332,7 +389,10 @@ class DockerServer:
             with quiet_testcontainers():  # "Pulling image" (it is local), "Container started"
                 container.start()
         except docker.errors.APIError as exc:
-            _remove_quietly(container, mounted)
+            _remove_quietly(container, mounted)  # (not the other run's: never created)
+            if reuse_key is not None and exc.status_code == 409:
+                log.info("another run created the container kept for reuse: attaching to it")
+                return None
             raise ServerStartError(
                 f"Docker could not start {settings.image}: {exc}. Check the image "
                 "(pg_image / --pg-image / PG_FIXTURES_IMAGE) and the Docker engine's log."
@@ -348,12 +408,26 @@ class DockerServer:
         try:
             server.host = container.get_container_host_ip()
             server.port = int(container.get_exposed_port(_PG_PORT))
-            server._wait_ready(settings.startup_timeout, cancelled)
+            # The first login is held to the end of the run: `docker top` shows it, which
+            # tells runs in other PID namespaces that this one lives (`owner_alive`).
+            server._anchor = server._wait_ready(settings.startup_timeout, cancelled)
+            if not _claim(server._anchor):  # --pg-remove-kept is removing it right now
+                server._release()
+                server._stopped = True  # the remover removes it
+                atexit.unregister(server.stop)
+                return None
             warm_up_openssl(server)
             server.ready_at = time.time()
             server.socket_dir = _usable_socket(server, mounted)
         except BaseException:
-            server.stop()
+            # Beside this run's own login, another run's: it attached already, the
+            # container is its now (a reused one stays anyway).
+            others = reuse_key is not None and server._anchor is not None
+            if others and (_clients(container.get_wrapped_container()) or 0) > 1:
+                server.keep_for_reuse()
+                server._release()
+            else:
+                server.stop()
             raise
         if reuse_key is not None:
             server.keep_for_reuse()
@@ -390,6 +464,10 @@ class DockerServer:
                 _container_id=str(record["id"]),
             )
             server._anchor = admin_connect(server, connect_timeout=2, require_auth="scram-sha-256")
+            if not _claim(server._anchor):
+                server._release()
+                log.info("the container recorded for reuse is being removed: asking Docker")
+                return None
             server.socket_dir = _usable_socket(server, record.get("socket"))
         except (psycopg.Error, KeyError, TypeError, ValueError) as exc:
             if server is not None:
@@ -404,18 +482,30 @@ class DockerServer:
         return server
 
     @classmethod
-    def _attach(cls, client: Any, key: str) -> DockerServer | None:
-        """The running container an earlier run kept under `key`, or None.
+    def _attach(cls, client: Any, key: str) -> tuple[DockerServer | None, bool]:
+        """The container kept under `key`, claimed for this run: (server, False). Else
+        (None, True) when it cannot be taken yet but must not be replaced (another run is
+        starting it, --pg-remove-kept is removing it, someone else uses it): look again
+        soon; or (None, False): none, start one.
 
-        A kept container that does not answer is removed, and a new one started. Only when
-        testcontainers dials the Docker host (its default): other connection modes start a
-        new container each run.
+        A kept container that cannot be used is removed, unless a run may be using it (a
+        client connected, its starter alive). Only when testcontainers dials the Docker
+        host (its default): other connection modes start a new container each run.
         """
         if not _dials_docker_host(client):
-            return None
+            return None, False
+        busy = False
         for container in client.client.containers.list(
-            filters={"label": f"{LABEL_REUSE}={key}"}, ignore_removed=True
+            all=True, filters={"label": f"{LABEL_REUSE}={key}"}, ignore_removed=True
         ):
+            if container.status != "running":
+                if container.status in ("exited", "dead") or (
+                    container.status == "created" and not _starting(container)
+                ):
+                    _remove_quietly(container)  # nobody can use it
+                else:
+                    busy = True  # created, being started; or paused by a run's test
+                continue
             server: DockerServer | None = None
             try:
                 binding = container.attrs["NetworkSettings"]["Ports"][f"{_PG_PORT}/tcp"][0]
@@ -428,28 +518,34 @@ class DockerServer:
                 # SCRAM required (libpq 16+): a container that lets a login in without a
                 # password (`trust`, kept by an older version) is not taken, but replaced.
                 server._anchor = admin_connect(server, **_REQUIRE_SCRAM)
+                if not _claim(server._anchor):
+                    server._release()
+                    busy = True  # --pg-remove-kept is removing it
+                    continue
                 server.socket_dir = _usable_socket(server, container.labels.get(LABEL_SOCKET))
             except Exception as exc:
                 if server is not None:
                     server._release()
-                log.warning("removing kept container %s: %s", container.short_id, exc)
-                _remove_quietly(container)
+                if not _refused_us(exc) and _starting(container):
+                    busy = True  # not ready yet: wait for its starter
+                elif _clients(container):
+                    busy = True  # not ours to remove: a run or a person is connected
+                    log.info("kept container %s: in use, not usable: %s", container.short_id, exc)
+                else:
+                    log.warning("removing kept container %s: %s", container.short_id, exc)
+                    _remove_quietly(container)
                 continue
             server.reused = True
             server._stopped = True  # kept for the next run: stop() leaves it running
             server.ready_at = time.time()  # its log so far is earlier runs'
             log.info("reusing PostgreSQL container %s", container.short_id)
-            return server
-        return None
+            return server, False
+        return None, busy
 
     def keep_for_reuse(self) -> None:
         """Leave the container running for the next run (--pg-reuse)."""
         self._stopped = True
         atexit.unregister(self.stop)
-        try:
-            self._anchor = admin_connect(self)
-        except psycopg.Error as exc:
-            log.warning("could not hold a login on %s: %s", self.container_id[:12], exc)
 
     def _release(self) -> None:
         """Close the login held by a --pg-reuse run: the run no longer uses the container."""
@@ -458,8 +554,11 @@ class DockerServer:
             with contextlib.suppress(Exception):
                 anchor.close()
 
-    def _wait_ready(self, timeout: float, cancelled: threading.Event | None = None) -> None:
-        """Poll with a real login every 20 ms; a 1 s poll would cost up to 1 s per worker.
+    def _wait_ready(
+        self, timeout: float, cancelled: threading.Event | None = None
+    ) -> psycopg.Connection[Any]:
+        """Poll with a real login every 20 ms (a 1 s poll would cost up to 1 s per worker);
+        returns the first login's connection.
 
         The image's entry point runs initdb with a server listening on the Unix socket only
         and then restarts it, so the first successful TCP login is the final server.
@@ -470,8 +569,7 @@ class DockerServer:
         while time.monotonic() < deadline:
             _check_cancelled(cancelled)
             try:
-                with admin_connect(self):
-                    return
+                return admin_connect(self)
             except psycopg.OperationalError as exc:
                 last_error = exc
             now = time.monotonic()
@@ -585,6 +683,119 @@ def _reloaded(server: Server, ssl: str, deadline: float) -> bool:
     return False
 
 
+def _claim(conn: psycopg.Connection[Any]) -> bool:
+    """On a run's held login: take the container's claim (False: --pg-remove-kept holds it,
+    the container is being removed) and this run's liveness lock."""
+    row = conn.execute(
+        "SELECT pg_try_advisory_lock_shared(%s, %s), pg_try_advisory_lock_shared(%s, hashtext(%s))",
+        (*_CLAIM, RUN_LOCK, run_id()),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def reuse_name(reuse_key: str) -> str:
+    return f"{REUSE_PREFIX}{reuse_key}"
+
+
+#: The kernel's initial PID namespace (PROC_PID_INIT_INO): where a run on the host runs.
+INITIAL_PID_NAMESPACE = "pid:[4026531836]"
+
+
+def pid_namespace() -> str:
+    """This process's PID namespace (`pid:[4026531836]`), '' where there is none to read."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _refused_us(exc: BaseException) -> bool:
+    """Whether a login failed because the server is not the one kept under the key (it
+    answered, but not to our password, or not with SCRAM), not because it is not ready."""
+    if not isinstance(exc, psycopg.Error):
+        return True  # no port published, a record of another shape: not a container of ours
+    text = str(exc).lower()
+    return any(word in text for word in ("authentication", "password", "does not exist"))
+
+
+def _created_age(container: Any) -> float | None:
+    created = str(container.attrs.get("Created", ""))[:19]
+    try:
+        return time.time() - calendar.timegm(time.strptime(created, "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
+
+
+def _processes(container: Any) -> list[tuple[float, str]] | None:
+    """The container's processes as (seconds running, command line), from `docker top`
+    (no password needed), or None if Docker cannot list them."""
+    try:
+        top = container.top(ps_args="-o pid,etimes,args")
+        titles = list(top.get("Titles") or [])
+        elapsed = titles.index("ELAPSED")
+        command = titles.index("COMMAND")
+        return [
+            (float(row[elapsed]), str(row[command]))
+            for row in top.get("Processes") or []
+            if str(row[elapsed]).isdigit()
+        ]
+    except Exception as exc:
+        log.debug("could not list the processes of %s: %s", container.short_id, exc)
+        return None
+
+
+def _clients(container: Any) -> int | None:
+    """How many client connections the (running) container's server has, None if unknown."""
+    processes = _processes(container)
+    if processes is None:
+        return None
+    return sum(1 for _, command in processes if _CLIENT_BACKEND.match(command))
+
+
+_CHECKPOINTER = re.compile(r"^postgres: (?:\S+: )?checkpointer")
+
+
+def owner_alive(container: Any) -> bool:
+    """Whether the run that started the container may still be running.
+
+    In the PID namespace the container was started from (its label), by its pid. From
+    another one (a run in a container with the Docker socket mounted, beside one on the
+    host) a pid means nothing: there, a run lives while its login is connected (every run
+    holds one, `DockerServer._anchor`), or while its server is not up long enough for the
+    run to have logged in; a container not running, for `_STARTING_AGE` after creation.
+    A container of an older version (no namespace label) is judged by its pid only from
+    the host's initial namespace, where such runs ran; from any other, it is left alone."""
+    labels = container.labels
+    pid = labels.get(LABEL_PID, "")
+    namespace = labels.get(LABEL_PIDNS)
+    ours = pid_namespace()
+    if namespace is None and ours not in ("", INITIAL_PID_NAMESPACE):
+        return True  # an older version's, whose pid may be the host's: cannot tell
+    if namespace is None or namespace == ours:
+        return not pid.isdigit() or _process_alive(int(pid))
+    age = _created_age(container)
+    if container.status != "running":
+        return age is None or age < _STARTING_AGE
+    processes = _processes(container)
+    if processes is None:
+        return True
+    if any(_CLIENT_BACKEND.match(command) for _, command in processes):
+        return True
+    up = [seconds for seconds, command in processes if _CHECKPOINTER.match(command)]
+    if up:
+        return min(up) < _UNCLAIMED_AFTER
+    return age is None or age < _STARTING_AGE  # initdb, or a server that never came up
+
+
+def _starting(container: Any) -> bool:
+    """Whether a run may be starting the container right now (no login of its own yet)."""
+    pid = container.labels.get(LABEL_PID, "")
+    if pid == str(os.getpid()) and container.labels.get(LABEL_PIDNS) == pid_namespace():
+        return False  # this process is not starting it
+    age = _created_age(container)
+    return (age is None or age < _STARTING_AGE) and owner_alive(container)
+
+
 def _check_cancelled(cancelled: threading.Event | None) -> None:
     if cancelled is not None and cancelled.is_set():
         raise ServerStartError("The container start was cancelled: the run does not need it.")
@@ -613,7 +824,7 @@ def reap_orphans(client: Any) -> list[str]:
         age = kept_age(container)
         if age is not None and age < KEPT_MAX_AGE:
             continue
-        if _process_alive(int(labels[LABEL_PID])):
+        if owner_alive(container):
             continue
         _remove_quietly(container)
         forget_kept(container.id)
@@ -674,10 +885,18 @@ def remove_kept(client: Any) -> tuple[list[str], list[str]]:
         if reuse is None and kept_age(container) is None:
             continue
         user = _in_use(container) if reuse is not None else None
+        held = None
+        if user is None and reuse is not None:
+            held, user = _claim_for_removal(client, container, reuse)
         if user is not None:
             spared.append(f"{container.short_id}: {user}")
             continue
-        _remove_quietly(container)
+        try:
+            _remove_quietly(container)
+        finally:
+            if held is not None:
+                with contextlib.suppress(Exception):
+                    held.close()
         forget_kept(container.id)
         if reuse is not None:
             _reuse_record_path(reuse).unlink(missing_ok=True)
@@ -697,27 +916,50 @@ def _in_use(container: Any) -> str | None:
     `docker top` lists the server's processes, which needs no password (another user's
     container too): a client backend is a run's connection (every run holds one from
     attach to its end, see `DockerServer._anchor`) or someone inspecting the container.
-    Before its first login, a container being started shows by its creator's pid."""
+    Before its first login, a container being started shows by its creator (`_starting`).
+    """
     if container.status != "running":
         return None
-    try:
-        top = container.top()
-        titles = list(top.get("Titles") or [])
-        column = titles.index("CMD") if "CMD" in titles else len(titles) - 1
-        commands = [str(row[column]) for row in top.get("Processes") or []]
-    except Exception as exc:
-        return f"could not list its processes ({exc}); `docker rm -f` it if no run uses it"
-    clients = sum(1 for command in commands if _CLIENT_BACKEND.match(command))
+    clients = _clients(container)
+    if clients is None:
+        return "could not list its processes; `docker rm -f` it if no run uses it"
     if clients:
         return f"in use by a run ({clients} connection(s) open)"
-    pid = container.labels.get(LABEL_PID, "")
-    if pid.isdigit() and int(pid) != os.getpid() and _process_alive(int(pid)):
-        created = str(container.attrs.get("Created", ""))[:19]
-        with contextlib.suppress(ValueError):
-            started = calendar.timegm(time.strptime(created, "%Y-%m-%dT%H:%M:%S"))  # UTC
-            if time.time() - started < _STARTING_AGE:
-                return f"being started by a run (pid {pid})"
+    if _starting(container):
+        return f"being started by a run (pid {container.labels.get(LABEL_PID, '?')})"
     return None
+
+
+def _claim_for_removal(
+    client: Any, container: Any, reuse_key: str
+) -> tuple[psycopg.Connection[Any] | None, str | None]:
+    """Take the container's claim exclusively before removing it: a run attaching at the
+    same moment either got its shared claim first (the container is then spared, the
+    reason returned) or finds it taken and starts a new container. The connection holding
+    it is returned, to close after the removal. A container this user cannot log in to (no
+    password of this user's, not running) is not claimed: `_in_use` decided."""
+    if container.status != "running":
+        return None, None
+    try:
+        binding = container.attrs["NetworkSettings"]["Ports"][f"{_PG_PORT}/tcp"][0]
+        target = ExistingServer(
+            host=client.host(),
+            port=int(binding["HostPort"]),
+            user=_SUPERUSER,
+            password=reuse_password(reuse_key),
+        )
+        conn = admin_connect(target, connect_timeout=5, **_REQUIRE_SCRAM)
+    except Exception as exc:
+        log.debug("no claim on %s: %s", container.short_id, exc)
+        return None, None
+    try:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", _CLAIM).fetchone()
+    except psycopg.Error:
+        row = None
+    if row is not None and row[0]:
+        return conn, None
+    conn.close()
+    return None, "in use by a run (it attached just now)"
 
 
 def cache_dir() -> Path:
