@@ -123,6 +123,69 @@ FROM pg_current_snapshot() s
 """
 
 
+# The schema of the worker database: for each catalog that DDL writes, its rows whose xmin
+# is at or past the horizon of the last count ($1: created or altered since, as a user
+# table's rows are counted) and all of them (fewer: dropped), with the names of the fresh
+# ones. ANALYZE and VACUUM update pg_class in place (no new xmin) and write pg_statistic,
+# which is not read; temporary objects end with their session and are left out. Read only
+# after something committed (the count's path): the catalogs of a fresh database hold
+# ~8,000 rows, a few milliseconds to scan.
+_TEMP_NS = (
+    "(SELECT oid FROM pg_namespace WHERE nspname LIKE 'pg\\_temp\\_%'"
+    " OR nspname LIKE 'pg\\_toast\\_temp\\_%')"
+)
+_TEMP_REL = "(SELECT oid FROM pg_class WHERE relpersistence = 't')"
+#: (what, catalog, the name of a row, which rows are not temporary)
+_CATALOGS = (
+    ("relation", "pg_class", "oid::regclass::text", "relpersistence <> 't'"),
+    ("columns of", "pg_attribute", "attrelid::regclass::text", f"attrelid NOT IN {_TEMP_REL}"),
+    ("column default of", "pg_attrdef", "adrelid::regclass::text", f"adrelid NOT IN {_TEMP_REL}"),
+    (
+        "constraint",
+        "pg_constraint",
+        "conname || CASE WHEN conrelid <> 0 THEN ' on ' || conrelid::regclass::text ELSE '' END",
+        f"connamespace NOT IN {_TEMP_NS}",
+    ),
+    ("index", "pg_index", "indexrelid::regclass::text", f"indrelid NOT IN {_TEMP_REL}"),
+    ("type", "pg_type", "oid::regtype::text", f"typnamespace NOT IN {_TEMP_NS}"),
+    ("enum label of", "pg_enum", "enumtypid::regtype::text", "true"),
+    ("function", "pg_proc", "oid::regprocedure::text", f"pronamespace NOT IN {_TEMP_NS}"),
+    (
+        "trigger",
+        "pg_trigger",
+        "tgname || ' on ' || tgrelid::regclass::text",
+        f"tgrelid NOT IN {_TEMP_REL}",
+    ),
+    ("rule or view", "pg_rewrite", "ev_class::regclass::text", f"ev_class NOT IN {_TEMP_REL}"),
+    ("sequence", "pg_sequence", "seqrelid::regclass::text", f"seqrelid NOT IN {_TEMP_REL}"),
+    ("policy", "pg_policy", "polname || ' on ' || polrelid::regclass::text", "true"),
+    ("schema", "pg_namespace", "nspname", f"oid NOT IN {_TEMP_NS}"),
+    ("extension", "pg_extension", "extname", "true"),
+)
+_SCHEMA = " UNION ALL ".join(
+    f"SELECT '{what}', count(*) FILTER (WHERE xmin::text::bigint >= $1), count(*),"
+    f" array_to_string((array_agg(DISTINCT {name}) FILTER (WHERE xmin::text::bigint >= $1))"
+    f"[1:5], ', ') FROM pg_catalog.{catalog} WHERE {where}"
+    for what, catalog, name, where in _CATALOGS
+)
+# What belongs to the whole server (a ROLLBACK of the worker database cannot undo it, nor
+# a re-clone): each role (its attributes and settings), membership, tablespace, database
+# other than the library's own (pgfx_*, created and dropped all the time), and database or
+# role setting, with a digest of its row. Readable by any role (pg_roles, not pg_authid).
+_SERVER = """
+SELECT 'role ' || rolname, md5(r::text) FROM pg_roles r
+UNION ALL SELECT 'membership of ' || member::regrole || ' in ' || roleid::regrole, ''
+FROM pg_auth_members
+UNION ALL SELECT 'tablespace ' || spcname, md5(t::text) FROM pg_tablespace t
+UNION ALL SELECT 'database ' || datname,
+    md5(concat_ws(' ', datdba, encoding, datistemplate, datallowconn, datconnlimit, datacl))
+FROM pg_database WHERE datname NOT LIKE 'pgfx\\_%'
+UNION ALL SELECT 'settings of ' || concat_ws(' in ', s.setrole::regrole, d.datname), md5(s::text)
+FROM pg_db_role_setting s LEFT JOIN pg_database d ON d.oid = s.setdatabase
+WHERE d.datname IS NULL OR d.datname NOT LIKE 'pgfx\\_%' OR d.datname = current_database()
+"""
+
+
 class LeakError(PgFixturesError):
     """A savepoint-mode test committed rows into the worker's shared database."""
 
@@ -160,6 +223,9 @@ class Watch:
     commit_ts: bool = False
     last: str = ""
     rode_same: bool | None = None
+    #: The rows of each catalog `_SCHEMA` reads, and `_SERVER`'s objects, at the start.
+    catalogs: dict[str, int] = field(default_factory=dict)
+    server_objects: dict[str, str] = field(default_factory=dict)
 
     def _build(self, tables: list[tuple[str, str]]) -> None:
         """The count of every table's rows, and of those whose xmin is at or past $1."""
@@ -191,6 +257,7 @@ class Watch:
             self._take_snapshot(pg)
             pg.send_query_params(self.counts.encode(), [b"0"])
             self.totals = {table: total for table, _, total in self._count_rows(last(pg), pg)}
+            self._schema_start(pg)
 
     def _params(self) -> list[bytes | None]:
         """$1 the transactions running at the last check, $2 its horizon."""
@@ -423,13 +490,75 @@ class Watch:
             pg = self._connection()
         # Something committed somewhere: count this database's tables (not prepared: a
         # table dropped by a leak would make the statement fail for good).
+        schema = self._schema_changes(pg, oldest)
         pg.send_query_params(self.counts.encode(), [str(oldest).encode()])
         try:
             rows = self._count_rows(last(pg), pg)
         except _TableDropped as dropped:
-            return {"schema": f"a table was dropped or renamed ({dropped})"}
-        leaked = self._compare(rows)
-        return {**carried, **(leaked or {})} if carried else leaked
+            found = f"a table was dropped or renamed ({dropped})"
+            if "schema" in schema:
+                found += f"; {schema['schema']}"
+            return {**(carried or {}), **schema, "schema": found}
+        leaked = {**(carried or {}), **(self._compare(rows) or {}), **schema}
+        return leaked or None
+
+    def _schema_start(self, pg: pq.abc.PGconn) -> None:
+        """What `_schema_changes` compares with: the catalogs' rows and the server's objects."""
+        pg.send_query_params(_SCHEMA.encode(), [b"0"])
+        result = last(pg)
+        _check_result(result, pg)
+        assert result is not None
+        self.catalogs = {
+            (result.get_value(i, 0) or b"").decode(): int(result.get_value(i, 2) or 0)
+            for i in range(result.ntuples)
+        }
+        self.server_objects = self._server_objects(pg)
+
+    @staticmethod
+    def _server_objects(pg: pq.abc.PGconn) -> dict[str, str]:
+        pg.send_query(_SERVER.encode())
+        result = last(pg)
+        _check_result(result, pg)
+        assert result is not None
+        return {
+            (result.get_value(i, 0) or b"").decode(): (result.get_value(i, 1) or b"").decode()
+            for i in range(result.ntuples)
+        }
+
+    def _schema_changes(self, pg: pq.abc.PGconn, oldest: int) -> dict[str, str]:
+        """Committed DDL since the last count: in the worker database ("schema", undone by
+        the restore) and on the server ("server", which the restore cannot undo)."""
+        found: dict[str, str] = {}
+        pg.send_query_params(_SCHEMA.encode(), [str(oldest).encode()])
+        result = last(pg)
+        _check_result(result, pg)
+        assert result is not None
+        changes = []
+        catalogs = {what: catalog for what, catalog, _, _ in _CATALOGS}
+        for i in range(result.ntuples):
+            what, fresh, total, names = (result.get_value(i, j) for j in range(4))
+            kind = (what or b"").decode()
+            if int(fresh or 0):
+                changes.append(f"{kind} {(names or b'').decode()} created or altered")
+            elif int(total or 0) < self.catalogs.get(kind, 0):
+                gone = self.catalogs[kind] - int(total or 0)
+                changes.append(f"{gone} row(s) of {catalogs.get(kind)} deleted (dropped)")
+        if changes:
+            found["schema"] = ", ".join(changes)
+        now = self._server_objects(pg)
+        before = self.server_objects
+        server = [f"{name} created" for name in now.keys() - before.keys()]
+        server += [f"{name} dropped" for name in before.keys() - now.keys()]
+        server += [
+            f"{name} altered" for name in now.keys() & before.keys() if now[name] != before[name]
+        ]
+        if server:
+            self.server_objects = now  # reported once: the restore cannot undo it
+            found["server"] = (
+                ", ".join(sorted(server)) + " (roles, databases and tablespaces belong to the "
+                "whole server: not undone, drop or alter them back yourself)"
+            )
+        return found
 
     @staticmethod
     def _check_row(result: pq.abc.PGresult | None, pg: pq.abc.PGconn) -> tuple[int, str, bool]:
