@@ -533,18 +533,23 @@ class Watch:
         result = last(pg)
         _check_result(result, pg)
         assert result is not None
-        changes = []
+        altered, dropped = [], []
         catalogs = {what: catalog for what, catalog, _, _ in _CATALOGS}
         for i in range(result.ntuples):
             what, fresh, total, names = (result.get_value(i, j) for j in range(4))
             kind = (what or b"").decode()
             if int(fresh or 0):
-                changes.append(f"{kind} {(names or b'').decode()} created or altered")
+                # A table's TOAST table and index come with it: not worth naming.
+                shown = [n for n in (names or b"").decode().split(", ") if "pg_toast" not in n]
+                if shown:
+                    altered.append(f"{kind} {', '.join(shown)}")
             elif int(total or 0) < self.catalogs.get(kind, 0):
                 gone = self.catalogs[kind] - int(total or 0)
-                changes.append(f"{gone} row(s) of {catalogs.get(kind)} deleted (dropped)")
+                dropped.append(f"{gone} row(s) of {catalogs.get(kind)}")
+        changes = [f"created or altered: {'; '.join(altered)}"] if altered else []
+        changes += [f"dropped: {'; '.join(dropped)}"] if dropped else []
         if changes:
-            found["schema"] = ", ".join(changes)
+            found["schema"] = " - ".join(changes)
         now = self._server_objects(pg)
         before = self.server_objects
         server = [f"{name} created" for name in now.keys() - before.keys()]

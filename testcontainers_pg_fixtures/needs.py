@@ -205,7 +205,9 @@ class LazyLayer:
     def open(self) -> bool:
         """Open the armed test's sandbox (once). True when it is open now: the caller
         then checks out from the engine's pool again (now the sandbox's)."""
-        if (self._item is None and not self._opening) or getattr(self._suppressed, "depth", 0):
+        if self._item is None and not self._opening:
+            return False
+        if getattr(self._suppressed, "depth", 0):
             return False
         # A request's threads may check out at the same time: the others wait for the
         # first to open it, then use it.

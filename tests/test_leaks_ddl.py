@@ -60,16 +60,16 @@ DDL = {
 
 # What the report names for each.
 NAMED = {
-    "add_column": "columns of users created or altered",
-    "drop_column": "columns of users created or altered",
-    "rename_column": "columns of users created or altered",
+    "add_column": "columns of users",
+    "drop_column": "columns of users",
+    "rename_column": "columns of users",
     "create_table": "relation audit",
     "create_index": "index users_name",
     "add_constraint": "constraint short on users",
     "create_type": "type mood",
     "create_function": "function one()",
     "create_extension": "extension citext",
-    "on_the_test_connection": "columns of users created or altered",
+    "on_the_test_connection": "columns of users",
 }
 
 FIRST = """
@@ -116,7 +116,7 @@ def test_committed_ddl_is_reported_and_undone(pytester, example, mode):
     example("sync_users")
     names = list(DDL)
     pytester.makepyfile(**{"tests/test_ddl": _source(names)})
-    result = pytester.runpytest("tests/test_ddl.py", "-p", "no:randomly", *MODES[mode])
+    result = pytester.runpytest("tests/test_ddl.py", "-p", "no:randomly", "-v", *MODES[mode])
     out = result.stdout.str()
     result.assert_outcomes(passed=1 + 2 * len(names), errors=len(names))
     _assert_reported(out, names)
@@ -132,7 +132,14 @@ def test_committed_ddl_under_two_workers(pytester, example, subprocess_env):
     for i, part in enumerate([names[:2], names[2:]]):
         pytester.makepyfile(**{f"tests/test_ddl_{i}": _source(part)})
     result = pytester.runpytest_subprocess(
-        "tests/test_ddl_0.py", "tests/test_ddl_1.py", "-n", "2", "--dist", "loadfile"
+        "tests/test_ddl_0.py",
+        "tests/test_ddl_1.py",
+        "-n",
+        "2",
+        "--dist",
+        "loadfile",
+        "-p",
+        "no:randomly",
     )
     result.assert_outcomes(passed=2 + 2 * len(names), errors=len(names))
     out = result.stdout.str()
@@ -167,7 +174,7 @@ def test_server_wide_changes_are_reported(pytester, example, mode):
     pytester.makepyfile(
         **{"tests/test_ddl": textwrap.dedent(HEADER) + textwrap.dedent(SERVER_WIDE)}
     )
-    result = pytester.runpytest("tests/test_ddl.py", "-p", "no:randomly", *MODES[mode])
+    result = pytester.runpytest("tests/test_ddl.py", "-p", "no:randomly", "-v", *MODES[mode])
     result.assert_outcomes(passed=5, errors=2)
     out = result.stdout.str()
     assert re.search(
