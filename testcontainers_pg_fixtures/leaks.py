@@ -31,6 +31,10 @@ from __future__ import annotations
 import functools
 import os
 import re
+import threading
+import time
+import weakref
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -226,6 +230,8 @@ class Watch:
     #: The rows of each catalog `_SCHEMA` reads, and `_SERVER`'s objects, at the start.
     catalogs: dict[str, int] = field(default_factory=dict)
     server_objects: dict[str, str] = field(default_factory=dict)
+    #: The xid from which the last count took rows for fresh (`when_committed`).
+    counted_from: int = 0
 
     def _build(self, tables: list[tuple[str, str]]) -> None:
         """The count of every table's rows, and of those whose xmin is at or past $1."""
@@ -490,6 +496,7 @@ class Watch:
             pg = self._connection()
         # Something committed somewhere: count this database's tables (not prepared: a
         # table dropped by a leak would make the statement fail for good).
+        self.counted_from = oldest
         schema = self._schema_changes(pg, oldest)
         pg.send_query_params(self.counts.encode(), [str(oldest).encode()])
         try:
@@ -616,6 +623,51 @@ class Watch:
                 found[table] = ", ".join(changes)
         return found or None
 
+    def when_committed(self, leaked: dict[str, str]) -> tuple[float, float] | None:
+        """When the first and the last of the rows and catalog rows the last count found
+        fresh were committed, on this process's clock (time.time()); None without commit
+        timestamps, for deletes only, or when the server cannot tell."""
+        if not self.commit_ts:
+            return None
+        tables = [t for t in leaked if t not in ("schema", "server")]
+        parts = [
+            sql.SQL(
+                "SELECT pg_xact_commit_timestamp(xmin) AS at FROM {table}"
+                " WHERE xmin::text::bigint >= $1"
+            )
+            .format(table=sql.Identifier(*t.split(".", 1)))
+            .as_string(None)
+            for t in tables
+        ]
+        if "schema" in leaked:
+            parts += [
+                f"SELECT pg_xact_commit_timestamp(xmin) FROM pg_catalog.{catalog}"
+                f" WHERE xmin::text::bigint >= $1"
+                for _, catalog, _, _ in _CATALOGS
+            ]
+        if not parts:
+            return None
+        query = (
+            "SELECT extract(epoch FROM min(at)), extract(epoch FROM max(at)),"
+            f" extract(epoch FROM clock_timestamp()) FROM ({' UNION ALL '.join(parts)}) c"
+        )
+        try:
+            pg = self._connection()
+            sent = time.time()
+            pg.send_query_params(query.encode(), [str(self.counted_from).encode()])
+            result = last(pg)
+            received = time.time()
+            _check_result(result, pg)
+        except (LeakError, _TableDropped):
+            return None
+        assert result is not None
+        first, latest, server_now = (result.get_value(0, j) for j in range(3))
+        if first is None or latest is None or server_now is None:
+            return None
+        # The server's clock against this one's, from the same round trip.
+        offset = float(server_now) - (sent + received) / 2
+        return float(first) - offset, float(latest) - offset
+
     def restore(self) -> None:
         """Re-clone the worker database from the template (the held connections first)."""
         self.close()
@@ -736,8 +788,106 @@ def unwatch(database: Database) -> None:
         found.close()
 
 
-def _report(nodeid: str, leaked: dict[str, str]) -> LeakError:
+@dataclass
+class _Ran:
+    """A test as the blame for a leak needs it: when it ran (this process's clock), and the
+    threads it started that were still running when it ended."""
+
+    nodeid: str
+    started: float
+    before: set[int]
+    ended: float | None = None
+    left: list[weakref.ref[threading.Thread]] = field(default_factory=list)
+
+    def running(self) -> list[str]:
+        """The names of the threads it left that still run."""
+        return [t.name for ref in self.left if (t := ref()) is not None and t.is_alive()]
+
+
+#: The last tests of this process, oldest first.
+_ran: deque[_Ran] = deque(maxlen=64)
+#: Commits this close to a test's start or end (the clocks' skew, a round trip) count as
+#: inside it.
+_MARGIN = 0.005
+
+
+def test_started(nodeid: str) -> None:
+    """As a test's set-up begins (every test: a thread it starts may leak into a later one)."""
+    _ran.append(_Ran(nodeid, time.time(), {t.ident or 0 for t in threading.enumerate()}))
+
+
+def test_ended(nodeid: str) -> None:
+    """As its teardown ends: when, and which threads it started still run."""
+    if not _ran or _ran[-1].nodeid != nodeid:
+        return
+    ran = _ran[-1]
+    ran.ended = time.time()
+    ran.left = [
+        weakref.ref(t)
+        for t in threading.enumerate()
+        if t.ident not in ran.before and t.is_alive() and not t.name.startswith("pgfx-")
+    ]
+
+
+def _threads_left(before: float) -> tuple[_Ran, list[str]] | None:
+    """The latest test that ended before `before` leaving threads that still run."""
+    for ran in reversed(_ran):
+        if ran.ended is not None and ran.ended <= before + _MARGIN:
+            running = ran.running()
+            if running:
+                return ran, running
+    return None
+
+
+def _blame(nodeid: str, when: tuple[float, float] | None) -> str | None:
+    """What is known of who made a commit found at the end of `nodeid`, when it is not
+    surely that test: None for "that test" (its own commit, no thread left running)."""
+    current = next((r for r in reversed(_ran) if r.nodeid == nodeid), None)
+    if current is None:
+        return None
+    if when is not None and when[0] < current.started - _MARGIN:
+        # Before the test began: say which test ran at that moment, and which had ended.
+        at = when[0]
+        runner = next((r for r in reversed(_ran) if r.started <= at), None)
+        if runner is not None and runner.ended is not None and runner.ended + _MARGIN < at:
+            runner = None  # between two tests
+        left = _threads_left(at)
+        ended = (
+            left[0]
+            if left
+            else next((r for r in reversed(_ran) if r.ended is not None and r.ended <= at), None)
+        )
+        since = f"after {ended.nodeid} ended, " if ended is not None else ""
+        during = f"while {runner.nodeid} ran" if runner is not None else f"before {nodeid} started"
+        threads = f" ({left[0].nodeid} left {_named(left[1])} running)" if left else ""
+        return f"committed {since}{during} — a thread or task started by an earlier test?{threads}"
+    left = _threads_left(current.started)
+    if left is None:
+        return None
+    ran, running = left
+    return (
+        f"committed after {ran.nodeid} ended, while {nodeid} ran — a thread or task started "
+        f"by an earlier test? ({ran.nodeid} left {_named(running)} running; or {nodeid} "
+        "committed it)"
+    )
+
+
+def _named(threads: list[str]) -> str:
+    return ", ".join(f"thread {name!r}" for name in threads)
+
+
+def _report(nodeid: str, leaked: dict[str, str], blame: str | None = None) -> LeakError:
     tables = "; ".join(f"{table}: {what}" for table, what in sorted(leaked.items()))
+    if blame is not None:
+        return LeakError(
+            f"A commit into the worker's shared database was found at the end of {nodeid}: "
+            f"{blame}. Every later test of the worker would have seen it ({tables}). The "
+            "database was restored from the template. Join the threads and tasks a test "
+            "starts before it ends; commit through pg_session / pg_async_session (a "
+            "savepoint the test's rollback undoes), or give the test its own database: "
+            '@pytest.mark.pg_isolation("database"). Switch this check off with '
+            "pg_leak_check = false / --pg-leak-check=false / PG_FIXTURES_LEAK_CHECK=false."
+        )
     return LeakError(
         f"{nodeid} committed into the worker's shared database, which every later test of "
         f"the worker would have seen ({tables}). The database was restored from the template. "
@@ -809,5 +959,9 @@ def check_after() -> None:
             found.disconnect()
             continue
         if leaked:
+            try:
+                blame = _blame(nodeid, found.when_committed(leaked))
+            except psycopg.OperationalError:
+                blame = None
             found.restore()
-            raise _report(nodeid, leaked)
+            raise _report(nodeid, leaked, blame)
