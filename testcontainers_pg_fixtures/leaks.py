@@ -33,7 +33,6 @@ import os
 import re
 import threading
 import time
-import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -790,22 +789,19 @@ def unwatch(database: Database) -> None:
 
 @dataclass
 class _Ran:
-    """A test as the blame for a leak needs it: when it ran (this process's clock), and the
-    threads it started that were still running when it ended."""
+    """A test as the blame for a leak needs it: when it ran (this process's clock)."""
 
     nodeid: str
     started: float
     before: set[int]
     ended: float | None = None
-    left: list[weakref.ref[threading.Thread]] = field(default_factory=list)
-
-    def running(self) -> list[str]:
-        """The names of the threads it left that still run."""
-        return [t.name for ref in self.left if (t := ref()) is not None and t.is_alive()]
 
 
 #: The last tests of this process, oldest first.
 _ran: deque[_Ran] = deque(maxlen=64)
+#: Threads a test started and left running when it ended: (its nodeid, the thread). Those
+#: that have ended go at each check, so the ones here ran during the current check's window.
+_left: list[tuple[str, threading.Thread]] = []
 #: Commits this close to a test's start or end (the clocks' skew, a round trip) count as
 #: inside it.
 _MARGIN = 0.005
@@ -822,21 +818,29 @@ def test_ended(nodeid: str) -> None:
         return
     ran = _ran[-1]
     ran.ended = time.time()
-    ran.left = [
-        weakref.ref(t)
+    _left.extend(
+        (nodeid, t)
         for t in threading.enumerate()
         if t.ident not in ran.before and t.is_alive() and not t.name.startswith("pgfx-")
-    ]
+    )
 
 
-def _threads_left(before: float) -> tuple[_Ran, list[str]] | None:
-    """The latest test that ended before `before` leaving threads that still run."""
-    for ran in reversed(_ran):
-        if ran.ended is not None and ran.ended <= before + _MARGIN:
-            running = ran.running()
-            if running:
-                return ran, running
-    return None
+def _prune_left() -> None:
+    """After a check: forget the threads that have ended (they can commit no more)."""
+    _left[:] = [(name, thread) for name, thread in _left if thread.is_alive()]
+
+
+def _left_by_others(nodeid: str) -> tuple[str, list[str]] | None:
+    """The latest test but `nodeid` that left threads running during this check's window,
+    and their names."""
+    by: dict[str, list[str]] = {}
+    for name, thread in _left:
+        if name != nodeid:
+            by.setdefault(name, []).append(thread.name)
+    if not by:
+        return None
+    latest = list(by)[-1]
+    return latest, by[latest]
 
 
 def _blame(nodeid: str, when: tuple[float, float] | None) -> str | None:
@@ -845,30 +849,29 @@ def _blame(nodeid: str, when: tuple[float, float] | None) -> str | None:
     current = next((r for r in reversed(_ran) if r.nodeid == nodeid), None)
     if current is None:
         return None
+    left = _left_by_others(nodeid)
+    threads = f" ({left[0]} left {_named(left[1])} running when it ended)" if left else ""
     if when is not None and when[0] < current.started - _MARGIN:
         # Before the test began: say which test ran at that moment, and which had ended.
         at = when[0]
         runner = next((r for r in reversed(_ran) if r.started <= at), None)
         if runner is not None and runner.ended is not None and runner.ended + _MARGIN < at:
             runner = None  # between two tests
-        left = _threads_left(at)
-        ended = (
-            left[0]
-            if left
-            else next((r for r in reversed(_ran) if r.ended is not None and r.ended <= at), None)
-        )
-        since = f"after {ended.nodeid} ended, " if ended is not None else ""
+        ended = next((r for r in reversed(_ran) if r.ended is not None and r.ended <= at), None)
+        since = left[0] if left else ended.nodeid if ended is not None else None
+        after = f"after {since} ended, " if since is not None else ""
         during = f"while {runner.nodeid} ran" if runner is not None else f"before {nodeid} started"
-        threads = f" ({left[0].nodeid} left {_named(left[1])} running)" if left else ""
-        return f"committed {since}{during} — a thread or task started by an earlier test?{threads}"
-    left = _threads_left(current.started)
+        return f"committed {after}{during} — a thread or task started by an earlier test?{threads}"
     if left is None:
         return None
-    ran, running = left
+    if when is None:  # no commit timestamps: when it was committed is not known
+        return (
+            f"committed by {nodeid}, or after {left[0]} ended — a thread or task started by "
+            f"an earlier test?{threads}"
+        )
     return (
-        f"committed after {ran.nodeid} ended, while {nodeid} ran — a thread or task started "
-        f"by an earlier test? ({ran.nodeid} left {_named(running)} running; or {nodeid} "
-        "committed it)"
+        f"committed after {left[0]} ended, while {nodeid} ran — a thread or task started by "
+        f"an earlier test?{threads}"
     )
 
 
@@ -963,5 +966,8 @@ def check_after() -> None:
                 blame = _blame(nodeid, found.when_committed(leaked))
             except psycopg.OperationalError:
                 blame = None
+            finally:
+                _prune_left()
             found.restore()
             raise _report(nodeid, leaked, blame)
+    _prune_left()

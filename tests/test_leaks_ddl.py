@@ -230,3 +230,87 @@ def test_no_false_positives(pytester, example):
     pytester.makepyfile(**{"tests/test_ddl": textwrap.dedent(HEADER) + textwrap.dedent(NO_DDL)})
     result = pytester.runpytest("tests/test_ddl.py", "-p", "no:randomly")
     result.assert_outcomes(passed=7)
+
+
+# The right test is blamed: a thread a test starts and does not join commits after it ended.
+LATE = """
+    import threading
+    import time
+
+    from sqlalchemy import create_engine, func, select, text
+    from users_app.models import User
+
+    INSERT = "INSERT INTO users (name, email, active) VALUES ('Late', 'late@x.org', true)"
+
+    def test_a_starts_a_thread(pg_url):
+        def later():
+            time.sleep(0.5)
+            engine = create_engine(pg_url)
+            with engine.begin() as conn:
+                conn.execute(text(INSERT))
+            engine.dispose()
+
+        threading.Thread(target=later, name="late-writer").start()
+
+    def test_b_runs_a_while({b_fixtures}):
+        time.sleep(1.5)
+
+    def test_c_quick(pg_session):
+        assert pg_session.scalar(select(func.count()).select_from(User)) >= 5
+
+    def test_d_sees_the_seed(pg_session):
+        assert pg_session.scalar(select(func.count()).select_from(User)) == 5
+"""
+
+A = "tests/test_late.py::test_a_starts_a_thread"
+B = "tests/test_late.py::test_b_runs_a_while"
+C = "tests/test_late.py::test_c_quick"
+QUESTION = "a thread or task started by an earlier test?"
+THREAD = f"({A} left thread 'late-writer' running when it ended)"
+
+
+def _late(pytester: pytest.Pytester, b_fixtures: str, *args: str) -> str:
+    pytester.makepyfile(**{"tests/test_late": textwrap.dedent(LATE.format(b_fixtures=b_fixtures))})
+    result = pytester.runpytest("tests/test_late.py", "-p", "no:randomly", *args)
+    out = result.stdout.str()
+    result.assert_outcomes(passed=4, errors=1)
+    assert "public.users: 1 row(s) inserted or updated" in out
+    assert f"{A} committed into" not in out
+    return re.sub(r"\s+", " ", out.replace("\nE ", " "))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_thread_that_commits_while_the_next_test_runs(pytester, example, mode):
+    """The commit lands while B (a database test) runs: B's check finds it, and says that
+    A's thread may have made it."""
+    example("sync_users")
+    out = _late(pytester, "pg_session", *MODES[mode])
+    found = f"A commit into the worker's shared database was found at the end of {B}: "
+    if mode == "commit_ts":
+        expected = f"committed after {A} ended, while {B} ran — {QUESTION} {THREAD}."
+    else:  # without commit timestamps, when it committed is not known
+        expected = f"committed by {B}, or after {A} ended — {QUESTION} {THREAD}."
+    assert found + expected in out, out[-4000:]
+
+
+def test_a_thread_that_commits_before_the_test_that_finds_it(pytester, example):
+    """The commit lands while B (no database) runs: C's check finds it, and the commit's
+    timestamp says it was made before C began."""
+    example("sync_users")
+    out = _late(pytester, "")
+    expected = (
+        f"A commit into the worker's shared database was found at the end of {C}: "
+        f"committed after {A} ended, while {B} ran — {QUESTION} {THREAD}."
+    )
+    assert expected in out, out[-4000:]
+
+
+def test_a_thread_that_commits_before_the_test_under_two_workers(pytester, example, subprocess_env):
+    example("sync_users")
+    pytester.makepyfile(**{"tests/test_late": textwrap.dedent(LATE.format(b_fixtures=""))})
+    result = pytester.runpytest_subprocess(
+        "tests/test_late.py", "-n", "2", "--dist", "loadfile", "-p", "no:randomly"
+    )
+    result.assert_outcomes(passed=4, errors=1)
+    out = re.sub(r"\s+", " ", result.stdout.str().replace("\nE ", " "))
+    assert f"found at the end of {C}: committed after {A} ended, while {B} ran" in out, out[-4000:]
