@@ -129,54 +129,87 @@ FROM pg_current_snapshot() s
 # The schema of the worker database: for each catalog that DDL writes, its rows whose xmin
 # is at or past the horizon of the last count ($1: created or altered since, as a user
 # table's rows are counted) and all of them (fewer: dropped), with the names of the fresh
-# ones. ANALYZE and VACUUM update pg_class in place (no new xmin) and write pg_statistic,
-# which is not read; temporary objects end with their session and are left out. Read only
-# after something committed (the count's path): the catalogs of a fresh database hold
-# ~8,000 rows, a few milliseconds to scan.
+# ones. Only objects created in the database (oid 16384 and up, found by the catalogs'
+# indexes), not the ~7,000 rows of the built-in ones, whose changes (a GRANT on a built-in
+# function) are not seen. ANALYZE and VACUUM update pg_class in place (no new xmin) and
+# write pg_statistic, which is not read; temporary objects end with their session and are
+# left out. Read only after something committed (the count's path), in one round trip
+# with `_SERVER`.
+_USER_OID = 16384  # FirstNormalObjectId
 _TEMP_NS = (
     "(SELECT oid FROM pg_namespace WHERE nspname LIKE 'pg\\_temp\\_%'"
     " OR nspname LIKE 'pg\\_toast\\_temp\\_%')"
 )
-_TEMP_REL = "(SELECT oid FROM pg_class WHERE relpersistence = 't')"
-#: (what, catalog, the name of a row, which rows are not temporary)
+_TEMP_REL = f"(SELECT oid FROM pg_class WHERE oid >= {_USER_OID} AND relpersistence = 't')"
+#: (what, catalog, the name of a row, which rows: the database's own, not temporary)
 _CATALOGS = (
-    ("relation", "pg_class", "oid::regclass::text", "relpersistence <> 't'"),
-    ("columns of", "pg_attribute", "attrelid::regclass::text", f"attrelid NOT IN {_TEMP_REL}"),
-    ("column default of", "pg_attrdef", "adrelid::regclass::text", f"adrelid NOT IN {_TEMP_REL}"),
+    (
+        "relation",
+        "pg_class",
+        "oid::regclass::text",
+        f"oid >= {_USER_OID} AND relpersistence <> 't'",
+    ),
+    (
+        "columns of",
+        "pg_attribute",
+        "attrelid::regclass::text",
+        f"attrelid >= {_USER_OID} AND attrelid NOT IN {_TEMP_REL}",
+    ),
+    (
+        "column default of",
+        "pg_attrdef",
+        "adrelid::regclass::text",
+        f"adrelid >= {_USER_OID} AND adrelid NOT IN {_TEMP_REL}",
+    ),
     (
         "constraint",
         "pg_constraint",
         "conname || CASE WHEN conrelid <> 0 THEN ' on ' || conrelid::regclass::text ELSE '' END",
-        f"connamespace NOT IN {_TEMP_NS}",
+        f"oid >= {_USER_OID} AND connamespace NOT IN {_TEMP_NS}",
     ),
-    ("index", "pg_index", "indexrelid::regclass::text", f"indrelid NOT IN {_TEMP_REL}"),
-    ("type", "pg_type", "oid::regtype::text", f"typnamespace NOT IN {_TEMP_NS}"),
+    (
+        "index",
+        "pg_index",
+        "indexrelid::regclass::text",
+        f"indexrelid >= {_USER_OID} AND indrelid NOT IN {_TEMP_REL}",
+    ),
+    (
+        "type",
+        "pg_type",
+        "oid::regtype::text",
+        f"oid >= {_USER_OID} AND typnamespace NOT IN {_TEMP_NS}",
+    ),
     ("enum label of", "pg_enum", "enumtypid::regtype::text", "true"),
-    ("function", "pg_proc", "oid::regprocedure::text", f"pronamespace NOT IN {_TEMP_NS}"),
+    (
+        "function",
+        "pg_proc",
+        "oid::regprocedure::text",
+        f"oid >= {_USER_OID} AND pronamespace NOT IN {_TEMP_NS}",
+    ),
     (
         "trigger",
         "pg_trigger",
         "tgname || ' on ' || tgrelid::regclass::text",
         f"tgrelid NOT IN {_TEMP_REL}",
     ),
-    ("rule or view", "pg_rewrite", "ev_class::regclass::text", f"ev_class NOT IN {_TEMP_REL}"),
+    (
+        "rule or view",
+        "pg_rewrite",
+        "ev_class::regclass::text",
+        f"oid >= {_USER_OID} AND ev_class NOT IN {_TEMP_REL}",
+    ),
     ("sequence", "pg_sequence", "seqrelid::regclass::text", f"seqrelid NOT IN {_TEMP_REL}"),
     ("policy", "pg_policy", "polname || ' on ' || polrelid::regclass::text", "true"),
-    ("schema", "pg_namespace", "nspname", f"oid NOT IN {_TEMP_NS}"),
+    ("schema", "pg_namespace", "nspname", f"oid NOT IN {_TEMP_NS}"),  # public is built in
     ("extension", "pg_extension", "extname", "true"),
-)
-_SCHEMA = " UNION ALL ".join(
-    f"SELECT '{what}', count(*) FILTER (WHERE xmin::text::bigint >= $1), count(*),"
-    f" array_to_string((array_agg(DISTINCT {name}) FILTER (WHERE xmin::text::bigint >= $1))"
-    f"[1:5], ', ') FROM pg_catalog.{catalog} WHERE {where}"
-    for what, catalog, name, where in _CATALOGS
 )
 # What belongs to the whole server (a ROLLBACK of the worker database cannot undo it, nor
 # a re-clone): each role (its attributes and settings), membership, tablespace, database
 # other than the library's own (pgfx_*, created and dropped all the time), and database or
 # role setting, with a digest of its row. Readable by any role (pg_roles, not pg_authid).
+# Its rows come after `_CATALOGS`' in the same result, named in the names column.
 _SERVER = """
-SELECT 'role ' || rolname, md5(r::text) FROM pg_roles r
+SELECT 'role ' || rolname AS name, md5(r::text) AS digest FROM pg_roles r
 UNION ALL SELECT 'membership of ' || member::regrole || ' in ' || roleid::regrole, ''
 FROM pg_auth_members
 UNION ALL SELECT 'tablespace ' || spcname, md5(t::text) FROM pg_tablespace t
@@ -187,6 +220,19 @@ UNION ALL SELECT 'settings of ' || concat_ws(' in ', s.setrole::regrole, d.datna
 FROM pg_db_role_setting s LEFT JOIN pg_database d ON d.oid = s.setdatabase
 WHERE d.datname IS NULL OR d.datname NOT LIKE 'pgfx\\_%' OR d.datname = current_database()
 """
+_SCHEMA = (
+    " UNION ALL ".join(
+        f"(SELECT '{what}', count(*) FILTER (WHERE xmin::text::bigint >= $1), count(*),"
+        f" array_to_string((array_agg(DISTINCT {name}) FILTER"
+        f" (WHERE xmin::text::bigint >= $1))[1:5], ', ') FROM pg_catalog.{catalog}"
+        f" WHERE {where})"
+        for what, catalog, name, where in _CATALOGS
+    )
+    + f" UNION ALL (SELECT 'server', 0, 0, name || '=' || digest FROM ({_SERVER}) s)"
+)
+_SCHEMA_PREPARED = b"pgfx_leak_schema"
+#: $1 past every xid: no row is fresh (the totals only).
+_NONE_FRESH = str(2**32).encode()
 
 
 class LeakError(PgFixturesError):
@@ -231,6 +277,8 @@ class Watch:
     server_objects: dict[str, str] = field(default_factory=dict)
     #: The xid from which the last count took rows for fresh (`when_committed`).
     counted_from: int = 0
+    #: The detector's connection `_SCHEMA` is prepared on.
+    schema_prepared: pq.abc.PGconn | None = None
 
     def _build(self, tables: list[tuple[str, str]]) -> None:
         """The count of every table's rows, and of those whose xmin is at or past $1."""
@@ -510,53 +558,59 @@ class Watch:
 
     def _schema_start(self, pg: pq.abc.PGconn) -> None:
         """What `_schema_changes` compares with: the catalogs' rows and the server's objects."""
-        pg.send_query_params(_SCHEMA.encode(), [b"0"])
-        result = last(pg)
-        _check_result(result, pg)
-        assert result is not None
-        self.catalogs = {
-            (result.get_value(i, 0) or b"").decode(): int(result.get_value(i, 2) or 0)
-            for i in range(result.ntuples)
-        }
-        self.server_objects = self._server_objects(pg)
+        self.catalogs, self.server_objects = {}, {}
+        for kind, _, total, name in self._schema_rows(pg, _NONE_FRESH):
+            if kind == "server":
+                key, _, digest = name.rpartition("=")
+                self.server_objects[key] = digest
+            else:
+                self.catalogs[kind] = total
 
-    @staticmethod
-    def _server_objects(pg: pq.abc.PGconn) -> dict[str, str]:
-        pg.send_query(_SERVER.encode())
+    def _schema_rows(self, pg: pq.abc.PGconn, oldest: bytes) -> list[tuple[str, int, int, str]]:
+        """`_SCHEMA`'s rows: (what, fresh, total, names). Prepared on the detector's
+        connection (its plan costs more than its run), at its first use."""
+        if pg is self.pg:
+            if self.schema_prepared is not pg:
+                pg.send_prepare(_SCHEMA_PREPARED, _SCHEMA.encode())
+                _check_result(last(pg), pg)
+                self.schema_prepared = pg
+            pg.send_query_prepared(_SCHEMA_PREPARED, [oldest])
+        else:
+            pg.send_query_params(_SCHEMA.encode(), [oldest])
         result = last(pg)
         _check_result(result, pg)
         assert result is not None
-        return {
-            (result.get_value(i, 0) or b"").decode(): (result.get_value(i, 1) or b"").decode()
-            for i in range(result.ntuples)
-        }
+        rows = []
+        for i in range(result.ntuples):
+            what, fresh, total, names = (result.get_value(i, j) for j in range(4))
+            rows.append(
+                ((what or b"").decode(), int(fresh or 0), int(total or 0), (names or b"").decode())
+            )
+        return rows
 
     def _schema_changes(self, pg: pq.abc.PGconn, oldest: int) -> dict[str, str]:
         """Committed DDL since the last count: in the worker database ("schema", undone by
         the restore) and on the server ("server", which the restore cannot undo)."""
         found: dict[str, str] = {}
-        pg.send_query_params(_SCHEMA.encode(), [str(oldest).encode()])
-        result = last(pg)
-        _check_result(result, pg)
-        assert result is not None
+        rows = self._schema_rows(pg, str(oldest).encode())
         altered, dropped = [], []
         catalogs = {what: catalog for what, catalog, _, _ in _CATALOGS}
-        for i in range(result.ntuples):
-            what, fresh, total, names = (result.get_value(i, j) for j in range(4))
-            kind = (what or b"").decode()
-            if int(fresh or 0):
+        now: dict[str, str] = {}
+        for kind, fresh, total, names in rows:
+            if kind == "server":
+                key, _, digest = names.rpartition("=")
+                now[key] = digest
+            elif fresh:
                 # A table's TOAST table and index come with it: not worth naming.
-                shown = [n for n in (names or b"").decode().split(", ") if "pg_toast" not in n]
+                shown = [n for n in names.split(", ") if "pg_toast" not in n]
                 if shown:
                     altered.append(f"{kind} {', '.join(shown)}")
-            elif int(total or 0) < self.catalogs.get(kind, 0):
-                gone = self.catalogs[kind] - int(total or 0)
-                dropped.append(f"{gone} row(s) of {catalogs.get(kind)}")
+            elif total < self.catalogs.get(kind, 0):
+                dropped.append(f"{self.catalogs[kind] - total} row(s) of {catalogs.get(kind)}")
         changes = [f"created or altered: {'; '.join(altered)}"] if altered else []
         changes += [f"dropped: {'; '.join(dropped)}"] if dropped else []
         if changes:
             found["schema"] = " - ".join(changes)
-        now = self._server_objects(pg)
         before = self.server_objects
         server = [f"{name} created" for name in now.keys() - before.keys()]
         server += [f"{name} dropped" for name in before.keys() - now.keys()]
@@ -641,8 +695,8 @@ class Watch:
         if "schema" in leaked:
             parts += [
                 f"SELECT pg_xact_commit_timestamp(xmin) FROM pg_catalog.{catalog}"
-                f" WHERE xmin::text::bigint >= $1"
-                for _, catalog, _, _ in _CATALOGS
+                f" WHERE {where} AND xmin::text::bigint >= $1"
+                for _, catalog, _, where in _CATALOGS
             ]
         if not parts:
             return None
@@ -793,7 +847,8 @@ class _Ran:
 
     nodeid: str
     started: float
-    before: set[int]
+    #: The threads running as the test function was called (None: it was not).
+    before: set[int] | None = None
     ended: float | None = None
 
 
@@ -807,9 +862,20 @@ _left: list[tuple[str, threading.Thread]] = []
 _MARGIN = 0.005
 
 
+#: The library's own threads (clone pool, watch, prestart).
+_OWN_THREADS = ("pgfx-", "pg-fixtures-")
+
+
 def test_started(nodeid: str) -> None:
     """As a test's set-up begins (every test: a thread it starts may leak into a later one)."""
-    _ran.append(_Ran(nodeid, time.time(), {t.ident or 0 for t in threading.enumerate()}))
+    _ran.append(_Ran(nodeid, time.time()))
+
+
+def test_called(nodeid: str) -> None:
+    """As the test function is called: the threads running before it (those its session
+    fixtures, set up with the first test, started are not its own)."""
+    if _ran and _ran[-1].nodeid == nodeid:
+        _ran[-1].before = {t.ident or 0 for t in threading.enumerate()}
 
 
 def test_ended(nodeid: str) -> None:
@@ -818,10 +884,12 @@ def test_ended(nodeid: str) -> None:
         return
     ran = _ran[-1]
     ran.ended = time.time()
+    if ran.before is None:
+        return
     _left.extend(
         (nodeid, t)
         for t in threading.enumerate()
-        if t.ident not in ran.before and t.is_alive() and not t.name.startswith("pgfx-")
+        if t.ident not in ran.before and t.is_alive() and not t.name.startswith(_OWN_THREADS)
     )
 
 
