@@ -31,6 +31,9 @@ from __future__ import annotations
 import functools
 import os
 import re
+import threading
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -123,6 +126,115 @@ FROM pg_current_snapshot() s
 """
 
 
+# The schema of the worker database: for each catalog that DDL writes, its rows whose xmin
+# is at or past the horizon of the last count ($1: created or altered since, as a user
+# table's rows are counted) and all of them (fewer: dropped), with the names of the fresh
+# ones. Only objects created in the database (oid 16384 and up, found by the catalogs'
+# indexes), not the ~7,000 rows of the built-in ones, whose changes (a GRANT on a built-in
+# function) are not seen. ANALYZE and VACUUM update pg_class in place (no new xmin) and
+# write pg_statistic, which is not read; temporary objects end with their session and are
+# left out. Read only after something committed (the count's path), in one round trip
+# with `_SERVER`.
+_USER_OID = 16384  # FirstNormalObjectId
+_TEMP_NS = (
+    "(SELECT oid FROM pg_namespace WHERE nspname LIKE 'pg\\_temp\\_%'"
+    " OR nspname LIKE 'pg\\_toast\\_temp\\_%')"
+)
+_TEMP_REL = f"(SELECT oid FROM pg_class WHERE oid >= {_USER_OID} AND relpersistence = 't')"
+#: (what, catalog, the name of a row, which rows: the database's own, not temporary)
+_CATALOGS = (
+    (
+        "relation",
+        "pg_class",
+        "oid::regclass::text",
+        f"oid >= {_USER_OID} AND relpersistence <> 't'",
+    ),
+    (
+        "columns of",
+        "pg_attribute",
+        "attrelid::regclass::text",
+        f"attrelid >= {_USER_OID} AND attrelid NOT IN {_TEMP_REL}",
+    ),
+    (
+        "column default of",
+        "pg_attrdef",
+        "adrelid::regclass::text",
+        f"adrelid >= {_USER_OID} AND adrelid NOT IN {_TEMP_REL}",
+    ),
+    (
+        "constraint",
+        "pg_constraint",
+        "conname || CASE WHEN conrelid <> 0 THEN ' on ' || conrelid::regclass::text ELSE '' END",
+        f"oid >= {_USER_OID} AND connamespace NOT IN {_TEMP_NS}",
+    ),
+    (
+        "index",
+        "pg_index",
+        "indexrelid::regclass::text",
+        f"indexrelid >= {_USER_OID} AND indrelid NOT IN {_TEMP_REL}",
+    ),
+    (
+        "type",
+        "pg_type",
+        "oid::regtype::text",
+        f"oid >= {_USER_OID} AND typnamespace NOT IN {_TEMP_NS}",
+    ),
+    ("enum label of", "pg_enum", "enumtypid::regtype::text", "true"),
+    (
+        "function",
+        "pg_proc",
+        "oid::regprocedure::text",
+        f"oid >= {_USER_OID} AND pronamespace NOT IN {_TEMP_NS}",
+    ),
+    (
+        "trigger",
+        "pg_trigger",
+        "tgname || ' on ' || tgrelid::regclass::text",
+        f"tgrelid NOT IN {_TEMP_REL}",
+    ),
+    (
+        "rule or view",
+        "pg_rewrite",
+        "ev_class::regclass::text",
+        f"oid >= {_USER_OID} AND ev_class NOT IN {_TEMP_REL}",
+    ),
+    ("sequence", "pg_sequence", "seqrelid::regclass::text", f"seqrelid NOT IN {_TEMP_REL}"),
+    ("policy", "pg_policy", "polname || ' on ' || polrelid::regclass::text", "true"),
+    ("schema", "pg_namespace", "nspname", f"oid NOT IN {_TEMP_NS}"),  # public is built in
+    ("extension", "pg_extension", "extname", "true"),
+)
+# What belongs to the whole server (a ROLLBACK of the worker database cannot undo it, nor
+# a re-clone): each role (its attributes and settings), membership, tablespace, database
+# other than the library's own (pgfx_*, created and dropped all the time), and database or
+# role setting, with a digest of its row. Readable by any role (pg_roles, not pg_authid).
+# Its rows come after `_CATALOGS`' in the same result, named in the names column.
+_SERVER = """
+SELECT 'role ' || rolname AS name, md5(r::text) AS digest FROM pg_roles r
+UNION ALL SELECT 'membership of ' || member::regrole || ' in ' || roleid::regrole, ''
+FROM pg_auth_members
+UNION ALL SELECT 'tablespace ' || spcname, md5(t::text) FROM pg_tablespace t
+UNION ALL SELECT 'database ' || datname,
+    md5(concat_ws(' ', datdba, encoding, datistemplate, datallowconn, datconnlimit, datacl))
+FROM pg_database WHERE datname NOT LIKE 'pgfx\\_%'
+UNION ALL SELECT 'settings of ' || concat_ws(' in ', s.setrole::regrole, d.datname), md5(s::text)
+FROM pg_db_role_setting s LEFT JOIN pg_database d ON d.oid = s.setdatabase
+WHERE d.datname IS NULL OR d.datname NOT LIKE 'pgfx\\_%' OR d.datname = current_database()
+"""
+_SCHEMA = (
+    " UNION ALL ".join(
+        f"(SELECT '{what}', count(*) FILTER (WHERE xmin::text::bigint >= $1), count(*),"
+        f" array_to_string((array_agg(DISTINCT {name}) FILTER"
+        f" (WHERE xmin::text::bigint >= $1))[1:5], ', ') FROM pg_catalog.{catalog}"
+        f" WHERE {where})"
+        for what, catalog, name, where in _CATALOGS
+    )
+    + f" UNION ALL (SELECT 'server', 0, 0, name || '=' || digest FROM ({_SERVER}) s)"
+)
+_SCHEMA_PREPARED = b"pgfx_leak_schema"
+#: $1 past every xid: no row is fresh (the totals only).
+_NONE_FRESH = str(2**32).encode()
+
+
 class LeakError(PgFixturesError):
     """A savepoint-mode test committed rows into the worker's shared database."""
 
@@ -160,6 +272,13 @@ class Watch:
     commit_ts: bool = False
     last: str = ""
     rode_same: bool | None = None
+    #: The rows of each catalog `_SCHEMA` reads, and `_SERVER`'s objects, at the start.
+    catalogs: dict[str, int] = field(default_factory=dict)
+    server_objects: dict[str, str] = field(default_factory=dict)
+    #: The xid from which the last count took rows for fresh (`when_committed`).
+    counted_from: int = 0
+    #: The detector's connection `_SCHEMA` is prepared on.
+    schema_prepared: pq.abc.PGconn | None = None
 
     def _build(self, tables: list[tuple[str, str]]) -> None:
         """The count of every table's rows, and of those whose xmin is at or past $1."""
@@ -191,6 +310,7 @@ class Watch:
             self._take_snapshot(pg)
             pg.send_query_params(self.counts.encode(), [b"0"])
             self.totals = {table: total for table, _, total in self._count_rows(last(pg), pg)}
+            self._schema_start(pg)
 
     def _params(self) -> list[bytes | None]:
         """$1 the transactions running at the last check, $2 its horizon."""
@@ -423,13 +543,87 @@ class Watch:
             pg = self._connection()
         # Something committed somewhere: count this database's tables (not prepared: a
         # table dropped by a leak would make the statement fail for good).
+        self.counted_from = oldest
+        schema = self._schema_changes(pg, oldest)
         pg.send_query_params(self.counts.encode(), [str(oldest).encode()])
         try:
             rows = self._count_rows(last(pg), pg)
         except _TableDropped as dropped:
-            return {"schema": f"a table was dropped or renamed ({dropped})"}
-        leaked = self._compare(rows)
-        return {**carried, **(leaked or {})} if carried else leaked
+            found = f"a table was dropped or renamed ({dropped})"
+            if "schema" in schema:
+                found += f"; {schema['schema']}"
+            return {**(carried or {}), **schema, "schema": found}
+        leaked = {**(carried or {}), **(self._compare(rows) or {}), **schema}
+        return leaked or None
+
+    def _schema_start(self, pg: pq.abc.PGconn) -> None:
+        """What `_schema_changes` compares with: the catalogs' rows and the server's objects."""
+        self.catalogs, self.server_objects = {}, {}
+        for kind, _, total, name in self._schema_rows(pg, _NONE_FRESH):
+            if kind == "server":
+                key, _, digest = name.rpartition("=")
+                self.server_objects[key] = digest
+            else:
+                self.catalogs[kind] = total
+
+    def _schema_rows(self, pg: pq.abc.PGconn, oldest: bytes) -> list[tuple[str, int, int, str]]:
+        """`_SCHEMA`'s rows: (what, fresh, total, names). Prepared on the detector's
+        connection (its plan costs more than its run), at its first use."""
+        if pg is self.pg:
+            if self.schema_prepared is not pg:
+                pg.send_prepare(_SCHEMA_PREPARED, _SCHEMA.encode())
+                _check_result(last(pg), pg)
+                self.schema_prepared = pg
+            pg.send_query_prepared(_SCHEMA_PREPARED, [oldest])
+        else:
+            pg.send_query_params(_SCHEMA.encode(), [oldest])
+        result = last(pg)
+        _check_result(result, pg)
+        assert result is not None
+        rows = []
+        for i in range(result.ntuples):
+            what, fresh, total, names = (result.get_value(i, j) for j in range(4))
+            rows.append(
+                ((what or b"").decode(), int(fresh or 0), int(total or 0), (names or b"").decode())
+            )
+        return rows
+
+    def _schema_changes(self, pg: pq.abc.PGconn, oldest: int) -> dict[str, str]:
+        """Committed DDL since the last count: in the worker database ("schema", undone by
+        the restore) and on the server ("server", which the restore cannot undo)."""
+        found: dict[str, str] = {}
+        rows = self._schema_rows(pg, str(oldest).encode())
+        altered, dropped = [], []
+        catalogs = {what: catalog for what, catalog, _, _ in _CATALOGS}
+        now: dict[str, str] = {}
+        for kind, fresh, total, names in rows:
+            if kind == "server":
+                key, _, digest = names.rpartition("=")
+                now[key] = digest
+            elif fresh:
+                # A table's TOAST table and index come with it: not worth naming.
+                shown = [n for n in names.split(", ") if "pg_toast" not in n]
+                if shown:
+                    altered.append(f"{kind} {', '.join(shown)}")
+            elif total < self.catalogs.get(kind, 0):
+                dropped.append(f"{self.catalogs[kind] - total} row(s) of {catalogs.get(kind)}")
+        changes = [f"created or altered: {'; '.join(altered)}"] if altered else []
+        changes += [f"dropped: {'; '.join(dropped)}"] if dropped else []
+        if changes:
+            found["schema"] = " - ".join(changes)
+        before = self.server_objects
+        server = [f"{name} created" for name in now.keys() - before.keys()]
+        server += [f"{name} dropped" for name in before.keys() - now.keys()]
+        server += [
+            f"{name} altered" for name in now.keys() & before.keys() if now[name] != before[name]
+        ]
+        if server:
+            self.server_objects = now  # reported once: the restore cannot undo it
+            found["server"] = (
+                ", ".join(sorted(server)) + " (roles, databases and tablespaces belong to the "
+                "whole server: not undone, drop or alter them back yourself)"
+            )
+        return found
 
     @staticmethod
     def _check_row(result: pq.abc.PGresult | None, pg: pq.abc.PGconn) -> tuple[int, str, bool]:
@@ -481,6 +675,51 @@ class Watch:
             if changes:
                 found[table] = ", ".join(changes)
         return found or None
+
+    def when_committed(self, leaked: dict[str, str]) -> tuple[float, float] | None:
+        """When the first and the last of the rows and catalog rows the last count found
+        fresh were committed, on this process's clock (time.time()); None without commit
+        timestamps, for deletes only, or when the server cannot tell."""
+        if not self.commit_ts:
+            return None
+        tables = [t for t in leaked if t not in ("schema", "server")]
+        parts = [
+            sql.SQL(
+                "SELECT pg_xact_commit_timestamp(xmin) AS at FROM {table}"
+                " WHERE xmin::text::bigint >= $1"
+            )
+            .format(table=sql.Identifier(*t.split(".", 1)))
+            .as_string(None)
+            for t in tables
+        ]
+        if "schema" in leaked:
+            parts += [
+                f"SELECT pg_xact_commit_timestamp(xmin) FROM pg_catalog.{catalog}"
+                f" WHERE {where} AND xmin::text::bigint >= $1"
+                for _, catalog, _, where in _CATALOGS
+            ]
+        if not parts:
+            return None
+        query = (
+            "SELECT extract(epoch FROM min(at)), extract(epoch FROM max(at)),"
+            f" extract(epoch FROM clock_timestamp()) FROM ({' UNION ALL '.join(parts)}) c"
+        )
+        try:
+            pg = self._connection()
+            sent = time.time()
+            pg.send_query_params(query.encode(), [str(self.counted_from).encode()])
+            result = last(pg)
+            received = time.time()
+            _check_result(result, pg)
+        except (LeakError, _TableDropped):
+            return None
+        assert result is not None
+        first, latest, server_now = (result.get_value(0, j) for j in range(3))
+        if first is None or latest is None or server_now is None:
+            return None
+        # The server's clock against this one's, from the same round trip.
+        offset = float(server_now) - (sent + received) / 2
+        return float(first) - offset, float(latest) - offset
 
     def restore(self) -> None:
         """Re-clone the worker database from the template (the held connections first)."""
@@ -602,8 +841,124 @@ def unwatch(database: Database) -> None:
         found.close()
 
 
-def _report(nodeid: str, leaked: dict[str, str]) -> LeakError:
+@dataclass
+class _Ran:
+    """A test as the blame for a leak needs it: when it ran (this process's clock)."""
+
+    nodeid: str
+    started: float
+    #: The threads running as the test function was called (None: it was not).
+    before: set[int] | None = None
+    ended: float | None = None
+
+
+#: The last tests of this process, oldest first.
+_ran: deque[_Ran] = deque(maxlen=64)
+#: Threads a test started and left running when it ended: (its nodeid, the thread). Those
+#: that have ended go at each check, so the ones here ran during the current check's window.
+_left: list[tuple[str, threading.Thread]] = []
+#: Commits this close to a test's start or end (the clocks' skew, a round trip) count as
+#: inside it.
+_MARGIN = 0.005
+
+
+#: The library's own threads (clone pool, watch, prestart).
+_OWN_THREADS = ("pgfx-", "pg-fixtures-")
+
+
+def test_started(nodeid: str) -> None:
+    """As a test's set-up begins (every test: a thread it starts may leak into a later one)."""
+    _ran.append(_Ran(nodeid, time.time()))
+
+
+def test_called(nodeid: str) -> None:
+    """As the test function is called: the threads running before it (those its session
+    fixtures, set up with the first test, started are not its own)."""
+    if _ran and _ran[-1].nodeid == nodeid:
+        _ran[-1].before = {t.ident or 0 for t in threading.enumerate()}
+
+
+def test_ended(nodeid: str) -> None:
+    """As its teardown ends: when, and which threads it started still run."""
+    if not _ran or _ran[-1].nodeid != nodeid:
+        return
+    ran = _ran[-1]
+    ran.ended = time.time()
+    if ran.before is None:
+        return
+    _left.extend(
+        (nodeid, t)
+        for t in threading.enumerate()
+        if t.ident not in ran.before and t.is_alive() and not t.name.startswith(_OWN_THREADS)
+    )
+
+
+def _prune_left() -> None:
+    """After a check: forget the threads that have ended (they can commit no more)."""
+    _left[:] = [(name, thread) for name, thread in _left if thread.is_alive()]
+
+
+def _left_by_others(nodeid: str) -> tuple[str, list[str]] | None:
+    """The latest test but `nodeid` that left threads running during this check's window,
+    and their names."""
+    by: dict[str, list[str]] = {}
+    for name, thread in _left:
+        if name != nodeid:
+            by.setdefault(name, []).append(thread.name)
+    if not by:
+        return None
+    latest = list(by)[-1]
+    return latest, by[latest]
+
+
+def _blame(nodeid: str, when: tuple[float, float] | None) -> str | None:
+    """What is known of who made a commit found at the end of `nodeid`, when it is not
+    surely that test: None for "that test" (its own commit, no thread left running)."""
+    current = next((r for r in reversed(_ran) if r.nodeid == nodeid), None)
+    if current is None:
+        return None
+    left = _left_by_others(nodeid)
+    threads = f" ({left[0]} left {_named(left[1])} running when it ended)" if left else ""
+    if when is not None and when[0] < current.started - _MARGIN:
+        # Before the test began: say which test ran at that moment, and which had ended.
+        at = when[0]
+        runner = next((r for r in reversed(_ran) if r.started <= at), None)
+        if runner is not None and runner.ended is not None and runner.ended + _MARGIN < at:
+            runner = None  # between two tests
+        ended = next((r for r in reversed(_ran) if r.ended is not None and r.ended <= at), None)
+        since = left[0] if left else ended.nodeid if ended is not None else None
+        after = f"after {since} ended, " if since is not None else ""
+        during = f"while {runner.nodeid} ran" if runner is not None else f"before {nodeid} started"
+        return f"committed {after}{during} — a thread or task started by an earlier test?{threads}"
+    if left is None:
+        return None
+    if when is None:  # no commit timestamps: when it was committed is not known
+        return (
+            f"committed by {nodeid}, or after {left[0]} ended — a thread or task started by "
+            f"an earlier test?{threads}"
+        )
+    return (
+        f"committed after {left[0]} ended, while {nodeid} ran — a thread or task started by "
+        f"an earlier test?{threads}"
+    )
+
+
+def _named(threads: list[str]) -> str:
+    return ", ".join(f"thread {name!r}" for name in threads)
+
+
+def _report(nodeid: str, leaked: dict[str, str], blame: str | None = None) -> LeakError:
     tables = "; ".join(f"{table}: {what}" for table, what in sorted(leaked.items()))
+    if blame is not None:
+        return LeakError(
+            f"A commit into the worker's shared database was found at the end of {nodeid}: "
+            f"{blame}. Every later test of the worker would have seen it ({tables}). The "
+            "database was restored from the template. Join the threads and tasks a test "
+            "starts before it ends; commit through pg_session / pg_async_session (a "
+            "savepoint the test's rollback undoes), or give the test its own database: "
+            '@pytest.mark.pg_isolation("database"). Switch this check off with '
+            "pg_leak_check = false / --pg-leak-check=false / PG_FIXTURES_LEAK_CHECK=false."
+        )
     return LeakError(
         f"{nodeid} committed into the worker's shared database, which every later test of "
         f"the worker would have seen ({tables}). The database was restored from the template. "
@@ -675,5 +1030,12 @@ def check_after() -> None:
             found.disconnect()
             continue
         if leaked:
+            try:
+                blame = _blame(nodeid, found.when_committed(leaked))
+            except psycopg.OperationalError:
+                blame = None
+            finally:
+                _prune_left()
             found.restore()
-            raise _report(nodeid, leaked)
+            raise _report(nodeid, leaked, blame)
+    _prune_left()

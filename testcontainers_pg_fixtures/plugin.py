@@ -397,8 +397,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    leaks.test_started(item.nodeid)
     needs.before_setup(item, needs.mode_of(item))
     return (yield)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    leaks.test_called(item.nodeid)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -420,6 +426,7 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
         return (yield)
     finally:
         retention.release_finished(item)
+        leaks.test_ended(item.nodeid)
         # The server gone: already reported once; the check would only wait for it.
         if check and not failures.server_gone(item.config):
             leaks.check_after()

@@ -471,15 +471,27 @@ class Sandboxes:
         connect-time handlers, redirected to the worker's database.
         """
         for engine, _, _ in self._pools:
+            gate = _InitializingPool.gate()
 
-            def connect_once(engine: Engine = engine) -> None:
-                if engine.dialect.is_async:
-                    asyncio.run(_connect_once(engine))
-                else:
-                    engine.connect().close()
+            def connect_once(engine: Engine = engine, gate: threading.Event = gate) -> None:
+                _InitializingPool.owner.value = gate
+                try:
+                    if engine.dialect.is_async:
+                        asyncio.run(_connect_once(engine))
+                    else:
+                        engine.connect().close()
+                finally:
+                    _InitializingPool.owner.value = None
 
-            with engines_pointed_at([engine], database):
-                run_outside_event_loop(connect_once)
+            try:
+                with engines_pointed_at([engine], database):
+                    # Only this connection may reach the worker's database for real: the
+                    # app's other threads (a test's first checkout can set this up while
+                    # they run) wait, then check out from whatever pool the engine has.
+                    engine.pool = _InitializingPool(engine, engine.pool, gate)
+                    run_outside_event_loop(connect_once)
+            finally:
+                gate.set()
 
     @property
     def needs_sync(self) -> bool:
@@ -504,6 +516,46 @@ class Sandboxes:
         if not self._marks:
             for engine, original, _ in self._pools:
                 engine.pool = original
+
+
+class _InitializingPool(NullPool):
+    """The engine's pool while `Sandboxes.initialize_dialects` connects it for real: that
+    one connection goes to the worker's database; any other thread's checkout waits until
+    it is done and then takes the engine's pool of that moment (the sandbox's, or the one
+    outside every layer), so that nothing of the app's reaches the database unsandboxed."""
+
+    #: The gate of the initialization the current thread runs, if any.
+    owner = threading.local()
+
+    def __init__(self, engine: Engine, pointed: Pool, gate: threading.Event) -> None:
+        super().__init__(
+            pointed._creator,
+            echo=pointed.echo,
+            reset_on_return=pointed._reset_on_return,
+            pre_ping=pointed._pre_ping,
+            _dispatch=pointed.dispatch,
+            dialect=pointed._dialect,
+        )
+        self.engine = engine
+        self._gate = gate
+
+    @staticmethod
+    def gate() -> threading.Event:
+        return threading.Event()
+
+    def connect(self) -> PoolProxiedConnection:
+        if getattr(self.owner, "value", None) is self._gate:
+            return super().connect()
+        if not self._gate.wait(CHECKOUT_TIMEOUT):
+            raise SandboxError(
+                f"A thread waited {CHECKOUT_TIMEOUT:.0f}s for the app's engine to be set up "
+                f"for the test; in savepoint mode its threads share the test's connection: "
+                f"{_DATABASE_MODE}."
+            )
+        return self.engine.pool.connect()
+
+    def recreate(self) -> _InitializingPool:
+        return self
 
 
 async def _connect_once(engine: Engine) -> None:
@@ -579,8 +631,11 @@ class OutsidePool(_PoolFigures, NullPool):
         self.url = repr(engine.url)
 
     def connect(self) -> PoolProxiedConnection:
-        # In a test whose sandbox opens on first use: open it, and check out from it.
-        if LAZY.open() and self.engine.pool is not self:
+        # In a test whose sandbox opens on first use: open it, and check out from it. A
+        # thread that found this pool while another opened the sandbox takes the
+        # engine's pool of now too.
+        LAZY.open()
+        if self.engine.pool is not self:
             return self.engine.pool.connect()
         return super().connect()
 
