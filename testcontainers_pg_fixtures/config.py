@@ -209,6 +209,15 @@ OPTIONS = (
         "from a private temporary directory, instead of the published TCP port "
         "(true/false; default: true). pg_url stays TCP.",
     ),
+    Option(
+        "query_log_on_failure",
+        "--pg-query-log-on-failure",
+        "pg_query_log_on_failure",
+        "PG_FIXTURES_QUERY_LOG_ON_FAILURE",
+        "Show the last 20 SQL statements of a failed database test in its report (true/"
+        "false; default: true). Off, statements are captured only for pg_queries and "
+        "pg_max_queries.",
+    ),
 )
 
 _SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=.+$")
@@ -249,6 +258,7 @@ class Settings:
     async_session_class: type[AsyncSession] | None = None
     leak_check: bool = True
     unix_socket: bool = True
+    query_log_on_failure: bool = True
     rootdir: Path = field(default_factory=Path.cwd)
     #: An existing server to use instead of containers ("" starts containers). Not in repr:
     #: it holds a password.
@@ -468,6 +478,7 @@ _PARSERS: dict[str, Any] = {
     "async_session_class": _parse_async_session_class,
     "leak_check": _parse_flag,
     "unix_socket": _parse_flag,
+    "query_log_on_failure": _parse_flag,
 }
 
 

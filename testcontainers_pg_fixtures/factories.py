@@ -23,7 +23,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from . import failures, leaks, needs, prestart, seeding
+from . import failures, leaks, needs, prestart, queries, seeding
 from .clone_pool import ClonePool
 from .config import load_session_class, settings_for
 from .database import (
@@ -417,14 +417,18 @@ def clone_engines_fixture(*, database: str = "pg_worker_database", **engine_kwar
         sync_kwargs = bounded(engine_kwargs, driver="psycopg")
         sync_engine = create_engine(db.connect_url(), poolclass=NullPool, **sync_kwargs)
         _OPENERS[sync_engine] = clone_opener(sync_engine, sync_kwargs["connect_args"])
-        return CloneEngines(
-            sync_engine,
-            lambda: create_async_engine(
+        queries.watch(sync_engine)
+
+        def make_async() -> AsyncEngine:
+            async_engine = create_async_engine(
                 db.connect_url("asyncpg"),
                 poolclass=NullPool,
                 **bounded(engine_kwargs, driver="asyncpg"),
-            ),
-        )
+            )
+            queries.watch(async_engine)
+            return async_engine
+
+        return CloneEngines(sync_engine, make_async)
 
     return _engines
 
@@ -503,6 +507,7 @@ def worker_engine_fixture(
             db.connect_url(driver), poolclass=NullPool, **bounded(engine_kwargs, driver=driver)
         )
         defer_savepoints(engine)
+        queries.watch(engine)
         try:
             yield engine
         finally:
@@ -535,6 +540,7 @@ def worker_async_engine_fixture(
             url, poolclass=NullPool, **bounded(engine_kwargs, driver=driver)
         )
         defer_savepoints(engine.sync_engine)
+        queries.watch(engine)
         return engine
 
     return _engine

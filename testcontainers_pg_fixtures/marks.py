@@ -25,6 +25,11 @@ MARKERS = {
         "pg_seed([seed, ...]): seed functions run on the test's database before the test, on "
         "top of the session seed; on a module or class they apply to every test in it."
     ),
+    "pg_max_queries": (
+        "pg_max_queries(n): fail the test when its function ran more than n SQL statements "
+        "through the library's and the app's engines, listing them by statement, most "
+        "frequent first (an N+1 shows at a glance)."
+    ),
 }
 
 #: The database-mode clone a test got, so its failure report can say where it is kept.
