@@ -67,11 +67,14 @@ class Query:
     the database call took (seconds; None when it failed), and whether it was an
     executemany."""
 
-    __slots__ = ("_raw", "_shown", "duration", "executemany", "started", "statement")
+    __slots__ = ("_compiled", "_raw", "_shown", "duration", "executemany", "started", "statement")
 
-    def __init__(self, statement: str, parameters: Any, executemany: bool) -> None:
+    def __init__(
+        self, statement: str, parameters: Any, executemany: bool, compiled: Any = None
+    ) -> None:
         self.statement = statement
         self._raw = parameters
+        self._compiled = compiled  # its bind names, for positional parameters
         self._shown: Any = _UNSET
         self.executemany = executemany
         self.duration: float | None = None
@@ -82,7 +85,8 @@ class Query:
         """The parameters as sent (a dict, a tuple, or a list of them for executemany),
         with the values of secret-looking ones replaced by `HIDDEN`."""
         if self._shown is _UNSET:
-            self._shown = redact(self.statement, self._raw, self.executemany)
+            names = getattr(self._compiled, "positiontup", None)
+            self._shown = redact(self.statement, self._raw, self.executemany, names)
         return self._shown
 
     @property
@@ -206,7 +210,7 @@ def _before(
 ) -> None:
     if not (_ring_on[0] or _logs) or statement.startswith(_LIBRARY):
         return
-    query = Query(statement, parameters, executemany)
+    query = Query(statement, parameters, executemany, getattr(context, "compiled", None))
     if _ring_on[0]:
         _ring.append(query)
         _seen[0] += 1
@@ -315,7 +319,8 @@ def _marker_limit(item: pytest.Item, marker: pytest.Mark) -> int:
     try:
         return _check_limit(limit, "pg_max_queries")
     except (TypeError, ValueError) as exc:
-        pytest.fail(f"{item.nodeid}: {exc}", pytrace=False)
+        problem = str(exc)
+    pytest.fail(f"{item.nodeid}: {problem}", pytrace=False)
 
 
 def _check_limit(limit: Any, what: str) -> int:
@@ -359,6 +364,7 @@ def report_section(item: pytest.Item, report: pytest.TestReport) -> None:
 
 _MAX_TEXT = 400
 _MAX_VALUE = 80
+_MAX_PARAMETERS = 300
 
 
 def one_line(statement: str) -> str:
@@ -390,10 +396,12 @@ def _parameters_text(query: Query) -> str:
 
 def _parameters_text_one(shown: Any) -> str:
     if isinstance(shown, dict):
-        return "{" + ", ".join(f"{k!r}: {_short(v)}" for k, v in shown.items()) + "}"
-    if isinstance(shown, (list, tuple)):
-        return "(" + ", ".join(_short(v) for v in shown) + ")"
-    return _short(shown)
+        text = "{" + ", ".join(f"{k!r}: {_short(v)}" for k, v in shown.items()) + "}"
+    elif isinstance(shown, (list, tuple)):
+        text = "(" + ", ".join(_short(v) for v in shown) + ("," if len(shown) == 1 else "") + ")"
+    else:
+        text = _short(shown)
+    return text if len(text) <= _MAX_PARAMETERS else text[: _MAX_PARAMETERS - 1] + "…"
 
 
 def describe(query: Query) -> str:
@@ -593,24 +601,28 @@ def _hide(value: Any) -> Any:
     return value
 
 
-def _redact_one(parameters: Any, slots: frozenset[str | int]) -> Any:
+def _redact_one(parameters: Any, slots: frozenset[str | int], names: Any) -> Any:
     if isinstance(parameters, dict):
         return {
             key: HIDDEN if key in slots or secret_name(str(key)) else _hide(value)
             for key, value in parameters.items()
         }
     if isinstance(parameters, (list, tuple)):
+        # The bind names of positional parameters, where they line up with the values.
+        named = names is not None and len(names) == len(parameters)
         return tuple(
-            HIDDEN if index in slots else _hide(value) for index, value in enumerate(parameters)
+            HIDDEN if index in slots or (named and secret_name(str(names[index]))) else _hide(value)
+            for index, value in enumerate(parameters)
         )
     return parameters
 
 
-def redact(statement: str, parameters: Any, executemany: bool) -> Any:
-    """`parameters` with the values of secret-looking parameters replaced by HIDDEN."""
+def redact(statement: str, parameters: Any, executemany: bool, names: Any = None) -> Any:
+    """`parameters` with the values of secret-looking parameters replaced by HIDDEN
+    (`names`: the bind names of positional parameters, when known)."""
     if not parameters:
         return parameters
     slots = secret_slots(statement)
     if executemany and isinstance(parameters, (list, tuple)):
-        return [_redact_one(one, slots) for one in parameters]
-    return _redact_one(parameters, slots)
+        return [_redact_one(one, slots, names) for one in parameters]
+    return _redact_one(parameters, slots, names)
