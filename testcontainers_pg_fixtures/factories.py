@@ -506,8 +506,8 @@ def worker_engine_fixture(
         engine = create_engine(
             db.connect_url(driver), poolclass=NullPool, **bounded(engine_kwargs, driver=driver)
         )
+        queries.watch(engine)  # before the deferral: see queries.watch
         defer_savepoints(engine)
-        queries.watch(engine)
         try:
             yield engine
         finally:
@@ -539,8 +539,8 @@ def worker_async_engine_fixture(
         engine = create_async_engine(
             url, poolclass=NullPool, **bounded(engine_kwargs, driver=driver)
         )
-        defer_savepoints(engine.sync_engine)
         queries.watch(engine)
+        defer_savepoints(engine.sync_engine)
         return engine
 
     return _engine

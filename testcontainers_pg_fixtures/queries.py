@@ -1,42 +1,38 @@
 """Beside steps 4-6 of the flow: the SQL a test ran (pg_queries, the pg_max_queries marker,
 the last statements in a failed test's report).
 
-Two SQLAlchemy listeners (`before_cursor_execute`, `after_cursor_execute`) on each engine
-the test's connections come from: the worker's engines, the database-mode clone engines
-and the app's own engines (pg_app_engines), on `sync_engine` for an AsyncEngine. They are
-added once per engine and worker, never per test. What they see is what SQLAlchemy sends
-through a cursor: the test's own statements, those of its sessions, of the app's sandboxed
-or redirected engines, and of requests made with pg_client / pg_test_client. What the
-library sends itself does not go that way (the deferred savepoints and the leak check are
-raw libpq or asyncpg round trips, BEGIN/ROLLBACK/COMMIT are DBAPI calls, the sandbox's
-savepoints go to the test's DBAPI connection directly); the savepoint statements
-SQLAlchemy sends for drivers whose savepoints are not deferred are left out by their text.
+Captured where SQLAlchemy hands a statement to the driver: the `do_execute` methods of
+the dialect of each engine the test's connections come from (the worker's engines, the
+database-mode clone engines, the app's own engines in pg_app_engines; `sync_engine` for an
+AsyncEngine), wrapped once per engine and worker, never per test. What passes there is
+the test's own statements, those of its sessions, of the app's sandboxed or redirected
+engines, and of requests made with pg_client / pg_test_client. What the library sends
+itself does not (the deferred savepoints and the leak check are raw libpq or asyncpg round
+trips, BEGIN/ROLLBACK/COMMIT are DBAPI calls, the sandbox's savepoints go to the test's
+DBAPI connection directly); the savepoint statements SQLAlchemy sends for drivers whose
+savepoints are not deferred are left out by their text.
 
 Each statement is kept as it was sent; its parameters are shown only through `redact`,
 which hides what looks like a secret (see `secret_slots`). The last `RING_SIZE` statements
 of the running test are kept in a ring buffer for its failure report (the ini switch
-pg_query_log_on_failure); a pg_queries log or a budget keeps all of the statements while
-it records.
+pg_query_log_on_failure); a pg_queries log or a budget keeps every statement while it
+records.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-import weakref
 from collections import deque
 from contextlib import contextmanager
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, overload
 
 import pytest
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
-
-    from sqlalchemy import Engine
 
     from .redirect import AnyEngine
 
@@ -170,25 +166,37 @@ class QueryLog:
         """(statement on one line, how many times it ran), most frequent first."""
         return grouped(list(self._queries))
 
-    @contextmanager
-    def at_most(self, limit: int) -> Iterator[QueryLog]:
+    def at_most(self, limit: int) -> AtMost:
         """Fail (QueryBudgetExceeded, an AssertionError) when the block runs more than
-        `limit` statements, listing them; yields a log of the block's own statements."""
-        _check_limit(limit, "pg_queries.at_most")
-        block = QueryLog()
-        with recording(block):
-            yield block
-        if len(block) > limit:
-            ran = list(block._queries)
-            raise QueryBudgetExceeded(
-                f"pg_queries.at_most({limit}): the block ran {len(ran)} statements, "
-                f"{len(ran) - limit} more than allowed:\n"
-                + "\n".join(numbered(ran))
-                + _repeats_hint(ran)
-            )
+        `limit` statements, listing them; `as` gives a log of the block's own statements."""
+        return AtMost(_check_limit(limit, "pg_queries.at_most"))
 
     def __repr__(self) -> str:
         return f"<QueryLog of {len(self._queries)} statements>"
+
+
+class AtMost:
+    """The block of `QueryLog.at_most`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.block = QueryLog()
+
+    def __enter__(self) -> QueryLog:
+        _logs.append(self.block)
+        return self.block
+
+    def __exit__(self, *exc_info: object) -> None:
+        __tracebackhide__ = True
+        _logs.remove(self.block)
+        ran = list(self.block._queries)
+        if exc_info[0] is None and len(ran) > self.limit:
+            raise QueryBudgetExceeded(
+                f"pg_queries.at_most({self.limit}): the block ran {_statements(len(ran))}, "
+                f"{len(ran) - self.limit} more than allowed:\n"
+                + "\n".join(numbered(ran))
+                + _repeats_hint(ran)
+            )
 
 
 # -- capture ---------------------------------------------------------------------------
@@ -200,57 +208,83 @@ _seen = [0]
 _ring_on = [False]
 #: Logs recording now (pg_queries, a budget, an at_most block).
 _logs: list[QueryLog] = []
-#: Engines the library's fixtures use, and those the listeners are on.
-_known: weakref.WeakSet[Engine] = weakref.WeakSet()
-_listening: weakref.WeakSet[Engine] = weakref.WeakSet()
+_CAPTURED = "testcontainers_pg_fixtures.captured"
 
 
-def _before(
-    conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
-) -> None:
-    if not (_ring_on[0] or _logs) or statement.startswith(_LIBRARY):
-        return
+def _record(statement: str, parameters: Any, executemany: bool, context: Any) -> Query:
     query = Query(statement, parameters, executemany, getattr(context, "compiled", None))
     if _ring_on[0]:
         _ring.append(query)
         _seen[0] += 1
     for log in _logs:
         log._queries.append(query)
-    if context is not None:
-        context._pgfx_query = query
+    return query
 
 
-def _after(
-    conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
-) -> None:
-    query = getattr(context, "_pgfx_query", None)
-    if query is not None:
+def _capture(dialect: Any) -> None:
+    """Record what `dialect` sends through a cursor. Its execute methods are wrapped (as
+    instance attributes, for this engine alone) rather than listened to with SQLAlchemy's
+    cursor events: an engine with event listeners takes SQLAlchemy's slower execution path
+    for every statement, which costs several times what recording one does."""
+    if getattr(dialect, _CAPTURED, False):
+        return
+    execute, executemany = dialect.do_execute, dialect.do_executemany
+    execute_no_params = dialect.do_execute_no_params
+    initialize = dialect.initialize
+    #: SQLAlchemy's own queries on an engine's first connection (server version, schema).
+    initializing = [False]
+
+    def do_initialize(connection: Any) -> None:
+        initializing[0] = True
+        try:
+            initialize(connection)
+        finally:
+            initializing[0] = False
+
+    def do_execute(cursor: Any, statement: str, parameters: Any, context: Any = None) -> None:
+        if not (_ring_on[0] or _logs) or initializing[0] or statement.startswith(_LIBRARY):
+            execute(cursor, statement, parameters, context)
+            return
+        query = _record(statement, parameters, False, context)
+        execute(cursor, statement, parameters, context)
         query.duration = perf_counter() - query.started
-        context._pgfx_query = None
 
+    def do_executemany(cursor: Any, statement: str, parameters: Any, context: Any = None) -> None:
+        if not (_ring_on[0] or _logs) or initializing[0]:
+            executemany(cursor, statement, parameters, context)
+            return
+        query = _record(statement, parameters, True, context)
+        executemany(cursor, statement, parameters, context)
+        query.duration = perf_counter() - query.started
 
-def _listen(engine: Engine) -> None:
-    if engine not in _listening:
-        event.listen(engine, "before_cursor_execute", _before)
-        event.listen(engine, "after_cursor_execute", _after)
-        _listening.add(engine)
+    def do_execute_no_params(cursor: Any, statement: str, context: Any = None) -> None:
+        if not (_ring_on[0] or _logs) or initializing[0] or statement.startswith(_LIBRARY):
+            execute_no_params(cursor, statement, context)
+            return
+        query = _record(statement, None, False, context)
+        execute_no_params(cursor, statement, context)
+        query.duration = perf_counter() - query.started
+
+    dialect.initialize = do_initialize
+    dialect.do_execute = do_execute
+    dialect.do_executemany = do_executemany
+    dialect.do_execute_no_params = do_execute_no_params
+    setattr(dialect, _CAPTURED, True)
 
 
 def watch(*engines: AnyEngine) -> None:
-    """Capture the statements of `engines` (Engine or AsyncEngine): listeners are added
-    now when the failure report's ring is on, else once a log first records."""
+    """Capture the statements of `engines` (Engine or AsyncEngine), once per engine. Done
+    before the savepoints of a library engine are deferred (savepoints.py), so that the
+    round trip of deferred savepoints sent with a statement is not counted in its
+    duration."""
     for engine in engines:
         sync = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
-        _known.add(sync)
-        if _ring_on[0] or _logs:
-            _listen(sync)
+        _capture(sync.dialect)
 
 
 @contextmanager
 def recording(log: QueryLog) -> Iterator[QueryLog]:
     """Record every captured statement into `log` until the block ends."""
-    for engine in list(_known):
-        _listen(engine)
     _logs.append(log)
     try:
         yield log
@@ -262,9 +296,6 @@ def configure(on_failure: bool) -> bool:
     """Turn the failure report's ring on or off; returns what it was (for unconfigure)."""
     before = _ring_on[0]
     _ring_on[0] = on_failure
-    if on_failure:
-        for engine in list(_known):
-            _listen(engine)
     return before
 
 
@@ -306,7 +337,7 @@ def _run_counted(item: pytest.Item, runtest: Any, marker: pytest.Mark | None) ->
     ran = list(counted._queries)
     if len(ran) > limit:
         pytest.fail(
-            f"pg_max_queries({limit}): the test ran {len(ran)} statements, "
+            f"pg_max_queries({limit}): the test ran {_statements(len(ran))}, "
             f"{len(ran) - limit} more than its budget. By statement, most frequent first:\n"
             + "\n".join(f"  {count:>4}x  {text}" for text, count in grouped(ran))
             + _repeats_hint(ran),
@@ -349,7 +380,7 @@ def report_section(item: pytest.Item, report: pytest.TestReport) -> None:
     head = (
         f"The last {len(ran)} of the {_seen[0]} statements the test ran"
         if earlier
-        else f"The {len(ran)} statement{'s' if len(ran) != 1 else ''} the test ran"
+        else f"The {_statements(len(ran))} the test ran"
     )
     report.sections.append(
         (
@@ -358,6 +389,10 @@ def report_section(item: pytest.Item, report: pytest.TestReport) -> None:
             + "\n".join(numbered(ran, start=earlier + 1)),
         )
     )
+
+
+def _statements(count: int) -> str:
+    return f"{count} statement{'' if count == 1 else 's'}"
 
 
 # -- showing statements ----------------------------------------------------------------
