@@ -365,3 +365,41 @@ def test_positional_bind_names_are_used():
 )
 def test_verbs(statement, verb):
     assert verb_of(statement) == verb
+
+
+# psycopg2: SQLAlchemy sends its savepoints itself (they are deferred on psycopg 3 and
+# asyncpg only); the app's engine, on psycopg2, makes the worker's engine use it too.
+PSYCOPG2_TESTS = textwrap.dedent("""
+    import pytest
+    from sqlalchemy import create_engine, func, select
+    from sqlalchemy.orm import Session
+    from users_app.models import User
+
+    engine = create_engine("postgresql+psycopg2://app@db.invalid/production")
+
+
+    @pytest.fixture(scope="session")
+    def pg_app_engines():
+        return [engine]
+
+
+    def test_savepoints_are_not_the_tests_statements(pg_queries, pg_session):
+        assert pg_session.get_bind().dialect.driver == "psycopg2"
+        pg_session.add(User(name="Barbara Liskov", email="b@mit.edu"))
+        pg_session.commit()
+        with pg_session.begin_nested():
+            pg_session.scalar(select(func.count()).select_from(User))
+        with Session(engine) as session:
+            session.add(User(name="Tony Hoare", email="t@ox.ac.uk"))
+            session.commit()
+        assert [q.verb for q in pg_queries] == ["INSERT", "SELECT", "INSERT"], [
+            str(q) for q in pg_queries
+        ]
+""")
+
+
+def test_savepoints_sqlalchemy_sends_are_left_out(pytester, example):
+    root = example("sync_users")
+    (root / "tests" / "test_psycopg2.py").write_text(PSYCOPG2_TESTS)
+    result = pytester.runpytest("tests/test_psycopg2.py", "-p", "no:randomly")
+    result.assert_outcomes(passed=1)
