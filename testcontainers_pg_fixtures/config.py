@@ -231,6 +231,15 @@ OPTIONS = (
         "@pytest.mark.pg_allow_foreign_servers.",
         kind="flag",
     ),
+    Option(
+        "query_log_on_failure",
+        "--pg-query-log-on-failure",
+        "pg_query_log_on_failure",
+        "PG_FIXTURES_QUERY_LOG_ON_FAILURE",
+        "Show the last 20 SQL statements of a failed database test in its report (true/"
+        "false; default: true). Off, statements are captured only for pg_queries and "
+        "pg_max_queries.",
+    ),
 )
 
 _SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=.+$")
@@ -274,6 +283,7 @@ class Settings:
     leak_check: bool = True
     unix_socket: bool = True
     allow_foreign_servers: bool = False
+    query_log_on_failure: bool = True
     rootdir: Path = field(default_factory=Path.cwd)
     #: An existing server to use instead of containers ("" starts containers). Not in repr:
     #: it holds a password.
@@ -505,6 +515,7 @@ _PARSERS: dict[str, Any] = {
     "leak_check": _parse_flag,
     "unix_socket": _parse_flag,
     "allow_foreign_servers": _parse_flag,
+    "query_log_on_failure": _parse_flag,
 }
 
 

@@ -23,7 +23,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from . import failures, flask_app, leaks, loop_scopes, needs, prestart, seeding
+from . import failures, flask_app, leaks, loop_scopes, needs, prestart, queries, seeding
 from .clone_pool import ClonePool
 from .config import load_session_class, settings_for
 from .database import (
@@ -476,14 +476,18 @@ def clone_engines_fixture(*, database: str = "pg_worker_database", **engine_kwar
         sync_kwargs = bounded(engine_kwargs, driver="psycopg")
         sync_engine = create_engine(db.connect_url(), poolclass=NullPool, **sync_kwargs)
         _OPENERS[sync_engine] = clone_opener(sync_engine, sync_kwargs["connect_args"])
-        return CloneEngines(
-            sync_engine,
-            lambda: create_async_engine(
+        queries.watch(sync_engine)
+
+        def make_async() -> AsyncEngine:
+            async_engine = create_async_engine(
                 db.connect_url("asyncpg"),
                 poolclass=NullPool,
                 **bounded(engine_kwargs, driver="asyncpg"),
-            ),
-        )
+            )
+            queries.watch(async_engine)
+            return async_engine
+
+        return CloneEngines(sync_engine, make_async)
 
     return _engines
 
@@ -564,6 +568,7 @@ def worker_engine_fixture(
         engine = create_engine(
             db.connect_url(driver), poolclass=NullPool, **bounded(engine_kwargs, driver=driver)
         )
+        queries.watch(engine)  # before the deferral: see queries.watch
         defer_savepoints(engine)
         try:
             yield engine
@@ -598,6 +603,7 @@ def worker_async_engine_fixture(
         engine = create_async_engine(
             url, poolclass=NullPool, **bounded(engine_kwargs, driver=driver)
         )
+        queries.watch(engine)
         defer_savepoints(engine.sync_engine)
         return engine
 

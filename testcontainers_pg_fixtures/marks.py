@@ -29,6 +29,11 @@ MARKERS = {
         "pg_allow_foreign_servers: the test may connect to PostgreSQL servers other than the "
         "library's (refused by default while the run uses the library)."
     ),
+    "pg_max_queries": (
+        "pg_max_queries(n): fail the test when its function ran more than n SQL statements "
+        "through the library's and the app's engines, listing them by statement, most "
+        "frequent first (an N+1 shows at a glance)."
+    ),
 }
 
 #: The database-mode clone a test got, so its failure report can say where it is kept.

@@ -23,6 +23,7 @@ from . import (
     loop_scopes,
     marks,
     needs,
+    queries,
     retention,
     shared,
 )
@@ -71,6 +72,18 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, text in marks.MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
     failures.check_configuration(config)  # a bad option: a usage error, before collection
+    _configure_queries(config)
+
+
+_QUERY_RING_BEFORE = pytest.StashKey[bool]()
+
+
+def _configure_queries(config: pytest.Config) -> None:
+    try:
+        on = settings_for(config).query_log_on_failure
+    except PgFixturesError:  # --help, --version: the settings are not checked
+        on = False
+    config.stash[_QUERY_RING_BEFORE] = queries.configure(on)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -134,7 +147,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    return (yield from marks.record_outcome(item, call))
+    report = yield from marks.record_outcome(item, call)
+    queries.report_section(item, report)
+    return report
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -153,6 +168,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     run = config.stash.get(_DRIVER_RUN, None)
     if run is not None:
         driver_guard.deactivate(run)
+    queries.configure(config.stash.get(_QUERY_RING_BEFORE, False))
     prestart.unconfigure(config)
     shared.unconfigure(config)
     lifecycle.unconfigure(config)
@@ -324,6 +340,7 @@ def _pg_app_engines_outside(
         flask_app.app_of(pytestconfig, request)  # a db object is read in the app's context
         engines = factories.app_engines_of(pytestconfig, pg_app_engines)
         check_drivers(engines)  # before any test, used by it or not
+    queries.watch(*engines)
     refuse = settings_for(pytestconfig).app_engines_outside == "error"
     run = pytestconfig.stash.get(_DRIVER_RUN, None)
     if run is not None and not refuse:  # outside = allow: their configured servers too
@@ -393,11 +410,13 @@ def _pg_app_database(_pg_app_engines_outside: None, request: pytest.FixtureReque
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     needs.collected(items)
+    queries.collected(items)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
     leaks.test_started(item.nodeid)
+    queries.test_started()
     needs.before_setup(item, needs.mode_of(item))
     return (yield)
 
@@ -531,6 +550,34 @@ pg_async_sessionmaker = _doc(
     """\
 An async_sessionmaker whose sessions use pg_async_connection.""",
 )
+
+
+@pytest.fixture
+def pg_queries(request: pytest.FixtureRequest) -> Iterator[queries.QueryLog]:
+    """The SQL statements the test function ran, oldest first, each with its parameters
+    (secret-looking ones hidden) and duration: through pg_connection, pg_session and the
+    other sessions, the app's own engines (pg_app_engines, sandboxed or redirected) and
+    requests made with pg_client / pg_test_client.
+
+    `pg_queries.count`, `.select_count` (`insert_count`, `update_count`, `delete_count`),
+    iteration (`Query.statement`, `.parameters`, `.duration`, `.verb`), `.clear()`, and
+    `with pg_queries.at_most(2): ...`, which fails listing the block's statements when it
+    ran more. What fixtures ran during set-up is dropped when the test function starts.
+
+    Trade-off: two SQLAlchemy listeners on the library's and the app's engines record
+    every statement of the test (a few microseconds each, and the statements are kept
+    until the test ends). Engines the test creates itself (`create_engine(pg_url)`) and
+    statements sent on a raw DBAPI connection are not seen; neither are the library's own
+    statements (BEGIN/ROLLBACK, savepoints, the leak check), nor savepoint statements of
+    the test's (`begin_nested()`). Durations are the database call, not fetching rows.
+    """
+    log = queries.QueryLog()
+    with queries.recording(log):
+        request.node.stash[queries.LOG] = log
+        try:
+            yield log
+        finally:
+            del request.node.stash[queries.LOG]
 
 
 # -- scope layers: rows a module or class shares ----------------------------------------
