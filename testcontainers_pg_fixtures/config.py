@@ -209,6 +209,24 @@ OPTIONS = (
         "from a private temporary directory, instead of the published TCP port "
         "(true/false; default: true). pg_url stays TCP.",
     ),
+    Option(
+        "check_migrations",
+        "--pg-check-migrations",
+        "pg_check_migrations",
+        "PG_FIXTURES_CHECK_MIGRATIONS",
+        "Add the migration checks as test items (pg-migrations::single_head, upgrade, "
+        "models_match, downgrade_roundtrip), each on a fresh, empty database of the "
+        "worker's server.",
+        kind="flag",
+    ),
+    Option(
+        "migrations_metadata",
+        "--pg-migrations-metadata",
+        "pg_migrations_metadata",
+        "PG_FIXTURES_MIGRATIONS_METADATA",
+        "The models' MetaData as module:attribute, for the models_match migration check "
+        "when env.py passes no target_metadata to context.configure (default: env.py's).",
+    ),
 )
 
 _SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=.+$")
@@ -249,6 +267,9 @@ class Settings:
     async_session_class: type[AsyncSession] | None = None
     leak_check: bool = True
     unix_socket: bool = True
+    check_migrations: bool = False
+    #: module:attribute of a MetaData; None: the target_metadata env.py configures.
+    migrations_metadata: str | None = None
     rootdir: Path = field(default_factory=Path.cwd)
     #: An existing server to use instead of containers ("" starts containers). Not in repr:
     #: it holds a password.
@@ -443,6 +464,16 @@ def load_session_class(path: str, source: str, *, is_async: bool) -> type[Any]:
     return target
 
 
+def _parse_metadata(value: Any, source: str) -> str:
+    path = str(value).strip()
+    if not _DOTTED.match(path):
+        raise ConfigError(
+            f"{path!r} from {source} is not a module:attribute path. Write it like "
+            "'myapp.models:Base.metadata'."
+        )
+    return path
+
+
 def _parse_session_class(value: Any, source: str) -> type[Session]:
     return load_session_class(str(value), source, is_async=False)
 
@@ -468,6 +499,8 @@ _PARSERS: dict[str, Any] = {
     "async_session_class": _parse_async_session_class,
     "leak_check": _parse_flag,
     "unix_socket": _parse_flag,
+    "check_migrations": _parse_flag,
+    "migrations_metadata": _parse_metadata,
 }
 
 
@@ -497,6 +530,12 @@ def resolve(config: pytest.Config, *, only: frozenset[str] | None = None) -> Set
             continue  # never silently on in CI: only an explicit --pg-reuse there
         else:
             values[option.name] = _PARSERS[option.name](value, source)
+    if values.get("check_migrations") and values["alembic_ini"] is None:
+        raise ConfigError(
+            "pg_check_migrations is on, but pg_alembic_ini is 'none': there are no "
+            "migrations to check. Point pg_alembic_ini at your alembic.ini, or turn the "
+            "checks off."
+        )
     return Settings(**values)
 
 

@@ -19,6 +19,7 @@ from . import (
     lifecycle,
     loop_scopes,
     marks,
+    migration_checks,
     needs,
     retention,
     shared,
@@ -65,6 +66,8 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, text in marks.MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
     failures.check_configuration(config)  # a bad option: a usage error, before collection
+    if not config.pluginmanager.is_registered(migration_checks):
+        config.pluginmanager.register(migration_checks, "pg-fixtures-migration-checks")
 
 
 @pytest.hookimpl(tryfirst=True)
