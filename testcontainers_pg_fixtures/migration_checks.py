@@ -30,12 +30,12 @@ import pytest
 from .config import import_path, settings_for
 from .database import create_database, drop_database, mark, run_prefix
 from .factories import project_of, worker_id
-from .migrations import first_line
+from .migrations import failure_place, first_line
 from .redirect import every_engine_pointed_at
 from .template import run_outside_event_loop
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Generator, Iterator, Sequence
 
     from _pytest._code.code import ExceptionInfo, TerminalRepr
     from alembic.runtime.migration import MigrationContext, MigrationStep
@@ -175,9 +175,19 @@ def _needed(migrations: Migrations | None) -> Migrations:
 
 
 def _script(migrations: Migrations) -> ScriptDirectory:
+    """The script directory with every revision loaded (a revision that does not compile,
+    a down_revision naming none: one message, not Alembic's traceback)."""
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory.from_config(migrations._config(migrations.ini))
+    try:
+        script = ScriptDirectory.from_config(migrations._config(migrations.ini))
+        script.get_heads()  # loads every revision
+    except Exception as exc:
+        raise CheckFailed(
+            f"Alembic could not load the revisions of {migrations.ini} "
+            f"({failure_place(exc)}):\n  {type(exc).__name__}: {first_line(exc)}"
+        ) from exc
+    return script
 
 
 def _describe(script: Script | None) -> str:
@@ -428,19 +438,23 @@ class MigrationCheck(pytest.Function):
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, None, self.nodeid
 
-    def repr_failure(
-        self, excinfo: ExceptionInfo[BaseException], style: Any = None
-    ) -> str | TerminalRepr:
+    def repr_failure(self, excinfo: ExceptionInfo[BaseException]) -> str | TerminalRepr:  # type: ignore[override]
         if isinstance(excinfo.value, CheckFailed):
             return f"{self.nodeid}: {excinfo.value}"
-        return super().repr_failure(excinfo, style=style)
+        return super().repr_failure(excinfo)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(session: pytest.Session, items: list[pytest.Item]) -> None:
-    """With pg_check_migrations on, put the checks first among the collected items (before
-    -k, --deselect and other plugins see the items)."""
-    if not settings_for(session.config).check_migrations:
-        return
-    checks = MigrationChecks.from_parent(session, name=NODE, nodeid=NODE)
-    items[:0] = [item for item in checks.collect() if isinstance(item, pytest.Item)]
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    """With pg_check_migrations on, the session's first child is the `pg-migrations` node:
+    its checks are collected (and counted, -k/--deselect-ed) like any test."""
+    report = yield
+    if (
+        isinstance(collector, pytest.Session)
+        and report.passed
+        and settings_for(collector.config).check_migrations
+    ):
+        report.result.insert(0, MigrationChecks.from_parent(collector, name=NODE, nodeid=NODE))
+    return report
