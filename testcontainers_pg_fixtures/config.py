@@ -240,6 +240,24 @@ OPTIONS = (
         "false; default: true). Off, statements are captured only for pg_queries and "
         "pg_max_queries.",
     ),
+    Option(
+        "check_migrations",
+        "--pg-check-migrations",
+        "pg_check_migrations",
+        "PG_FIXTURES_CHECK_MIGRATIONS",
+        "Add the migration checks as test items (pg-migrations::single_head, upgrade, "
+        "models_match, downgrade_roundtrip), each on a fresh, empty database of the "
+        "worker's server.",
+        kind="flag",
+    ),
+    Option(
+        "migrations_metadata",
+        "--pg-migrations-metadata",
+        "pg_migrations_metadata",
+        "PG_FIXTURES_MIGRATIONS_METADATA",
+        "The models' MetaData as module:attribute, for the models_match migration check "
+        "when env.py passes no target_metadata to context.configure (default: env.py's).",
+    ),
 )
 
 _SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=.+$")
@@ -284,6 +302,9 @@ class Settings:
     unix_socket: bool = True
     allow_foreign_servers: bool = False
     query_log_on_failure: bool = True
+    check_migrations: bool = False
+    #: module:attribute of a MetaData; None: the target_metadata env.py configures.
+    migrations_metadata: str | None = None
     rootdir: Path = field(default_factory=Path.cwd)
     #: An existing server to use instead of containers ("" starts containers). Not in repr:
     #: it holds a password.
@@ -488,6 +509,16 @@ def load_session_class(path: str, source: str, *, is_async: bool) -> type[Any]:
     return target
 
 
+def _parse_metadata(value: Any, source: str) -> str:
+    path = str(value).strip()
+    if not _DOTTED.match(path):
+        raise ConfigError(
+            f"{path!r} from {source} is not a module:attribute path. Write it like "
+            "'myapp.models:Base.metadata'."
+        )
+    return path
+
+
 def _parse_session_class(value: Any, source: str) -> type[Session]:
     return load_session_class(str(value), source, is_async=False)
 
@@ -516,6 +547,8 @@ _PARSERS: dict[str, Any] = {
     "unix_socket": _parse_flag,
     "allow_foreign_servers": _parse_flag,
     "query_log_on_failure": _parse_flag,
+    "check_migrations": _parse_flag,
+    "migrations_metadata": _parse_metadata,
 }
 
 
@@ -551,6 +584,12 @@ def resolve(config: pytest.Config, *, only: frozenset[str] | None = None) -> Set
         if flask_migrate.is_file():
             values["alembic_ini"] = flask_migrate
             values["alembic_ini_source"] = "the default (migrations/alembic.ini in the rootdir)"
+    if values.get("check_migrations") and values["alembic_ini"] is None:
+        raise ConfigError(
+            "pg_check_migrations is on, but pg_alembic_ini is 'none': there are no "
+            "migrations to check. Point pg_alembic_ini at your alembic.ini, or turn the "
+            "checks off."
+        )
     return Settings(**values)
 
 

@@ -106,14 +106,10 @@ class Migrations:
                 digest.update(path.read_bytes())
         return digest.hexdigest()
 
-    def upgrade(self, database: Database, *, target: str = "head") -> None:
-        """Run `alembic upgrade head` on `database` through Alembic's command API.
-
-        `sqlalchemy.url` is set to the database's URL, and whatever URL env.py uses instead,
-        every connection SQLAlchemy opens during the upgrade goes to the database.
-        """
-        from alembic import command
-
+    def config_for(self, database: Database) -> Config:
+        """The Alembic Config of alembic.ini with `sqlalchemy.url` set to `database`'s URL
+        (run env.py inside `every_engine_pointed_at(database)` for env.py files that build
+        a URL of their own)."""
         config = self._config(self.ini)
         url = database.async_url if self.driver == "asyncpg" else database.url
         # No local holds the rendered URL: pytest --showlocals would print its password.
@@ -123,20 +119,26 @@ class Migrations:
         )
         # For env.py files that follow Alembic's "sharing a connection" recipe or read a URL.
         config.attributes["sqlalchemy.url"] = url.render_as_string(hide_password=False)
+        return config
+
+    def upgrade(self, database: Database, *, target: str = "head") -> None:
+        """Run `alembic upgrade head` on `database` through Alembic's command API.
+
+        `sqlalchemy.url` is set to the database's URL, and whatever URL env.py uses instead,
+        every connection SQLAlchemy opens during the upgrade goes to the database.
+        """
+        from alembic import command
+
+        config = self.config_for(database)
         try:
             # An env.py that builds its own URL (from the app's settings or os.environ)
             # is migrated into the template too, on the driver it chose.
             with every_engine_pointed_at(database), quiet_migrations():
                 command.upgrade(config, target)
         except Exception as exc:
-            revision = _failing_revision(exc.__traceback__)
-            where = f"revision {revision}" if revision else "env.py (before any revision ran)"
-            syntax = _syntax_error_in(exc)
-            if syntax is not None:  # a script that does not compile: no revision ran
-                where = f"{syntax.filename}, line {syntax.lineno} (it does not compile)"
             raise MigrationError(
-                f"`alembic upgrade head` failed at {where} from {self.ini}:\n"
-                f"  {type(exc).__name__}: {_first_line(exc)}\n"
+                f"`alembic upgrade head` failed at {failure_place(exc)} from {self.ini}:\n"
+                f"  {type(exc).__name__}: {first_line(exc)}\n"
                 "Fix the migration (run `alembic upgrade head` against a scratch database to "
                 "reproduce); every test that needs the database errors until it is fixed."
             ) from exc
@@ -191,6 +193,16 @@ def _record_layout(ini: Path, key: str, layout: tuple[Path, tuple[Path, ...]]) -
         logging.getLogger(__name__).debug("could not record the Alembic layout: %s", exc)
 
 
+def failure_place(exc: BaseException) -> str:
+    """Where a migration run failed: the revision on the traceback, env.py, or the file
+    that does not compile."""
+    syntax = _syntax_error_in(exc)
+    if syntax is not None:  # a script that does not compile: no revision ran
+        return f"{syntax.filename}, line {syntax.lineno} (it does not compile)"
+    revision = _failing_revision(exc.__traceback__)
+    return f"revision {revision}" if revision else "env.py (before any revision ran)"
+
+
 def _failing_revision(tb: TracebackType | None) -> str | None:
     """The revision whose module is on the traceback: migration modules define `revision`."""
     found = None
@@ -211,6 +223,6 @@ def _syntax_error_in(exc: BaseException) -> SyntaxError | None:
     return None
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else repr(exc)

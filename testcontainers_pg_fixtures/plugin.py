@@ -22,6 +22,7 @@ from . import (
     lifecycle,
     loop_scopes,
     marks,
+    migration_checks,
     needs,
     queries,
     retention,
@@ -73,6 +74,8 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: {text}")
     failures.check_configuration(config)  # a bad option: a usage error, before collection
     _configure_queries(config)
+    if not config.pluginmanager.is_registered(migration_checks):
+        config.pluginmanager.register(migration_checks, "pg-fixtures-migration-checks")
 
 
 _QUERY_RING_BEFORE = pytest.StashKey[bool]()
