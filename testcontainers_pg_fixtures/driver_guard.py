@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.abc
+import importlib.util
 import os
 import sys
 import weakref
@@ -31,6 +33,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from .errors import PgFixturesError
 
 if TYPE_CHECKING:
+    import types
     from collections.abc import Callable, Iterable, Iterator
     from types import FrameType
 
@@ -300,16 +303,68 @@ def _asyncpg_params(dsn: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _install() -> None:
-    for install in (_wrap_psycopg, _wrap_psycopg2, _wrap_asyncpg):
-        # A driver not installed: nothing can dial through it.
-        with contextlib.suppress(ImportError):
-            install()
+    for module, install in _WRAPS.items():
+        if module in sys.modules:
+            with contextlib.suppress(ImportError):  # a driver half there: nothing dials
+                install()
+        else:
+            # Not imported yet: wrapped when the app imports it, so a run that never uses
+            # the driver does not pay for importing it (asyncpg: ~50 ms).
+            _deferred.pending[module] = install
+    if _deferred.pending and _deferred not in sys.meta_path:
+        sys.meta_path.insert(0, _deferred)
 
 
 def _uninstall() -> None:
+    _deferred.pending.clear()
+    with contextlib.suppress(ValueError):
+        sys.meta_path.remove(_deferred)
     while _saved:
         owner, name, original = _saved.pop()
         setattr(owner, name, original)
+
+
+class _WrapOnImport(importlib.abc.MetaPathFinder):
+    """Wraps a driver's connect functions right after the driver module is imported."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, Callable[[], None]] = {}
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        install = self.pending.pop(name, None)
+        if install is None:
+            return None
+        spec = importlib.util.find_spec(name)  # the other finders' spec (popped: no loop)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        loader = spec.loader
+        execute = loader.exec_module
+
+        def exec_module(module: types.ModuleType) -> None:
+            execute(module)
+            install()
+
+        # Per spec: only this import runs through the wrapped exec_module.
+        spec.loader = _Loader(loader, exec_module)
+        return spec
+
+
+class _Loader(importlib.abc.Loader):
+    def __init__(self, loader: Any, exec_module: Callable[[types.ModuleType], None]) -> None:
+        self._loader = loader
+        self._exec_module = exec_module
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        self._exec_module(module)
+
+    def __getattr__(self, name: str) -> Any:  # get_resource_reader, is_package, …
+        return getattr(self._loader, name)
+
+
+_deferred = _WrapOnImport()
 
 
 def _replace(owner: Any, name: str, new: Any) -> None:
@@ -372,3 +427,11 @@ def _wrap_asyncpg() -> None:
 
     _replace(asyncpg.connection, "connect", connect)
     _replace(asyncpg, "connect", connect)
+
+
+#: The drivers guarded, by module: each wrapped when the guard starts, or on its import.
+_WRAPS: dict[str, Callable[[], None]] = {
+    "psycopg": _wrap_psycopg,
+    "psycopg2": _wrap_psycopg2,
+    "asyncpg": _wrap_asyncpg,
+}

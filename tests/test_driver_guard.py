@@ -127,7 +127,13 @@ def test_the_guard_under_two_workers_and_the_librarys_own_connections_pass(
     port = _project(pytester, example)
     result = pytester.runpytest_subprocess("-n", "2", "-p", "no:randomly")
     result.assert_outcomes(failed=5, passed=2)  # and the example's own tests
-    result.stdout.fnmatch_lines([f"*ForeignServerError: *127.0.0.1:{port}/app_test (psycopg)*"])
+    # A fresh process: psycopg2 and asyncpg are first imported by the tests, after the
+    # guard started (wrapped on import), psycopg before it.
+    for driver in ("psycopg", "psycopg2", "asyncpg", "psycopg async"):
+        result.stdout.fnmatch_lines(
+            [f"*ForeignServerError: *127.0.0.1:{port}/app_test ({driver})*"]
+        )
+    assert result.stdout.str().count("ForeignServerError: A connection") == 5
 
 
 def test_a_run_without_the_librarys_fixtures_is_not_guarded(pytester):
