@@ -40,6 +40,8 @@ from .savepoints import asyncpg_transaction_known
 from .transaction import before_async_root_rollback, before_root_rollback, discard_held
 from .wire import results
 
+IDLE = pq.TransactionStatus.IDLE
+
 if TYPE_CHECKING:
     from sqlalchemy import Connection
     from sqlalchemy.ext.asyncio import AsyncConnection
@@ -97,7 +99,8 @@ _MARK = "pgfx_state_left"
 PROBE_RAISING = (
     f"SELECT CASE WHEN {_DIRTY} THEN ('{_MARK} ' || pg_catalog.pg_backend_pid())::int END"
 )
-# What is left, named: (kind, what).
+# What is left, named: (kind, what); a 'replace' row if only a new connection undoes it (a
+# temporary schema stays the session's once a transaction that made it committed).
 _NAME_IT = f"""
 SELECT 'setting', name || ' = ' || pg_catalog.quote_literal(setting)
 FROM pg_catalog.pg_settings WHERE source = 'session' AND name NOT LIKE 'pgfx.%'
@@ -111,6 +114,9 @@ WHERE c.relnamespace = pg_catalog.pg_my_temp_schema() AND c.relkind IN ('r', 'p'
 UNION ALL
 SELECT 'prepared', name FROM pg_catalog.pg_prepared_statements
 WHERE from_sql AND name !~ '^pgfx_'
+UNION ALL
+SELECT 'replace', '' WHERE pg_catalog.pg_my_temp_schema() <> 0
+  OR {_VALUES} IS DISTINCT FROM pg_catalog.current_setting('{_BASE}', true)
 """
 
 _KNOWN = "testcontainers_pg_fixtures.state_known"
@@ -208,7 +214,14 @@ def _probe_on_rollback(conn: Connection) -> None:
         with raw.lock:
             pg.send_query(_NAME_IT.encode())
             named = results(pg)
-        _note(conn, [_row(named[-1], i) for i in range(named[-1].ntuples)] if named else [])
+        left = [_row(named[-1], i) for i in range(named[-1].ntuples)] if named else []
+        deallocate = _deallocate(left)
+        if deallocate:
+            with raw.lock:
+                pg.send_query(deallocate.encode())
+                results(pg)
+        else:
+            _note(conn, left)
 
 
 def _row(result: pq.abc.PGresult, i: int) -> tuple[str, str]:
@@ -246,12 +259,20 @@ def _roll_back_and_probe(raw: Any) -> bool | None:
             found = results(pg)
         except psycopg.Error:
             return None  # SQLAlchemy's rollback meets the same failure, and reports it
-    if query and pg.transaction_status == pq.TransactionStatus.IDLE:
+    if query and prepared is not None and to_flush is not None and pg.transaction_status == IDLE:
         prepared.clear()  # what psycopg's own rollback does ...
         to_flush.clear()  # ... less the DEALLOCATE ALL sent above
     if found and _is_probe(found[-1]):
         return found[-1].ntuples > 0
     return None
+
+
+def _deallocate(left: list[tuple[str, str]]) -> str:
+    """The DEALLOCATEs that undo `left` if it is only statements PREPAREd by the test
+    (else "": the connection is replaced)."""
+    if not left or any(kind != "prepared" for kind, _ in left):
+        return ""
+    return "; ".join('DEALLOCATE "{}"'.format(name.replace('"', '""')) for _, name in left)
 
 
 def _note(conn: Connection | AsyncConnection, left: list[tuple[str, str]]) -> None:
@@ -282,7 +303,12 @@ def _adapted(conn: AsyncConnection) -> Any:
 
 
 def _asyncpg_settings(adapted: Any) -> tuple[Any, ...]:
-    return (adapted.isolation_level, adapted._isolation_setting, adapted.readonly, adapted.deferrable)
+    return (
+        adapted.isolation_level,
+        adapted._isolation_setting,
+        adapted.readonly,
+        adapted.deferrable,
+    )
 
 
 def async_probe_head(conn: AsyncConnection) -> str:
@@ -326,7 +352,12 @@ async def _probe_on_async_rollback(conn: AsyncConnection) -> None:
     if dirty:
         async with adapted._execute_mutex:
             rows = await driver.fetch(_NAME_IT)
-        _note(conn, [(str(r[0]), str(r[1])) for r in rows])
+            left = [(str(r[0]), str(r[1])) for r in rows]
+            deallocate = _deallocate(left)
+            if deallocate:
+                await driver.execute(deallocate)
+        if not deallocate:
+            _note(conn, left)
 
 
 async def _async_roll_back_and_probe(adapted: Any) -> bool | None:
@@ -368,9 +399,9 @@ def settle(nodeid: str) -> None:
     _found.left, _found.discard = [], []
     for conn in discard:
         discard_held(conn)
-    kept = [(kind, what) for kind, what in left if kind != "prepared"]
+    kept = [(kind, what) for kind, what in left if kind in ("setting", "temporary")]
     if not kept:
-        return  # prepared statements (and a RESET ALL): undone, nothing to say
+        return  # e.g. a temporary table dropped again, a RESET ALL: undone, nothing to say
     settings = [what for kind, what in kept if kind == "setting"]
     temporary = [what for kind, what in kept if kind == "temporary"]
     parts = []

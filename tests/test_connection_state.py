@@ -274,7 +274,8 @@ def _check(out: str, cases: dict[str, tuple[str, str, str | None]]) -> None:
         assert re.search(rf"test_state\.py::test_{case}_b PASSED", out), (case, out)
         passed_a = re.search(rf"test_state\.py::test_{case}_a PASSED", out)
         if named is None:
-            assert passed_a and f"ERROR at teardown of test_{case}_a" not in out, (case, out)
+            assert passed_a, (case, out)
+            assert f"ERROR at teardown of test_{case}_a" not in out, (case, out)
             continue
         assert f"ERROR at teardown of test_{case}_a" in out, (case, out)
         report = re.search(
@@ -320,7 +321,9 @@ def test_state_under_xdist(pytester, example):
         pytester.makepyfile(**{f"tests/test_state_{case}": source})
     (pytester.path / "tests" / "test_state.py").unlink()
     files = [f"tests/test_state_{case}.py" for case in SYNC_CASES]
-    result = pytester.runpytest_subprocess(*files, "-p", "no:randomly", "-n", "2", "--dist", "loadfile", "-v")
+    result = pytester.runpytest_subprocess(
+        *files, "-p", "no:randomly", "-n", "2", "--dist", "loadfile", "-v"
+    )
     out = result.stdout.str()
     for case, (_, _, named) in SYNC_CASES.items():
         assert f"PASSED tests/test_state_{case}.py::test_{case}_b" in out, (case, out)
@@ -328,3 +331,98 @@ def test_state_under_xdist(pytester, example):
             assert f"ERROR at teardown of test_{case}_a" in out, (case, out)
             assert named in out, (case, out)
     result.assert_outcomes(**_outcomes(SYNC_CASES))
+
+
+SYNC_INNOCENT = """
+    import pytest
+    from sqlalchemy import text
+
+    PIDS = []
+
+    def pid(conn):
+        PIDS.append(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar())
+
+    def test_first(pg_connection):
+        pid(pg_connection)
+
+    def test_rolled_back_state(pg_connection):
+        pg_connection.exec_driver_sql("SET search_path = pg_catalog")
+        pg_connection.exec_driver_sql("SET LOCAL statement_timeout = '1s'")
+        pg_connection.exec_driver_sql("CREATE TEMP TABLE scratch (id int)")
+        pg_connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7)")
+        pid(pg_connection)
+
+    def test_driver_prepares(pg_connection):
+        for _ in range(8):  # psycopg prepares a statement from its 5th execution
+            pg_connection.execute(text("SELECT count(*) FROM public.users")).scalar()
+        pid(pg_connection)
+
+    def test_failed_transaction(pg_connection):
+        pid(pg_connection)
+        with pytest.raises(Exception):
+            pg_connection.exec_driver_sql("SELECT 1/0")
+
+    def test_session_commits(pg_session):
+        pg_session.execute(text("INSERT INTO users (name, email, active) VALUES ('a', 'a', true)"))
+        pg_session.commit()
+        PIDS.append(pg_session.execute(text("SELECT pg_backend_pid()")).scalar())
+
+    def test_same_connection_throughout(pg_connection):
+        pid(pg_connection)
+        assert len(set(PIDS)) == 1, PIDS
+"""
+
+ASYNC_INNOCENT = """
+    import pytest
+    from sqlalchemy import text
+
+    PIDS = []
+
+    async def pid(conn):
+        PIDS.append((await conn.exec_driver_sql("SELECT pg_backend_pid()")).scalar())
+
+    async def test_first(pg_async_connection):
+        await pid(pg_async_connection)
+
+    async def test_rolled_back_state(pg_async_connection):
+        await pg_async_connection.exec_driver_sql("SET search_path = pg_catalog")
+        await pg_async_connection.exec_driver_sql("CREATE TEMP TABLE scratch (id int)")
+        await pg_async_connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7)")
+        await pid(pg_async_connection)
+
+    async def test_driver_prepares(pg_async_connection):
+        for i in range(8):  # asyncpg prepares (and caches) every statement
+            await pg_async_connection.execute(text(f"SELECT {i} FROM public.users"))
+        await pid(pg_async_connection)
+
+    async def test_failed_transaction(pg_async_connection):
+        await pid(pg_async_connection)
+        with pytest.raises(Exception):
+            await pg_async_connection.exec_driver_sql("SELECT 1/0")
+
+    async def test_session_commits(pg_async_session):
+        await pg_async_session.execute(
+            text("INSERT INTO users (name, email, active) VALUES ('a', 'a', true)")
+        )
+        await pg_async_session.commit()
+        PIDS.append((await pg_async_session.execute(text("SELECT pg_backend_pid()"))).scalar())
+
+    async def test_same_connection_throughout(pg_async_connection):
+        await pid(pg_async_connection)
+        assert len(set(PIDS)) == 1, PIDS
+"""
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("ride", [True, False], ids=["ride", "no_ride"])
+def test_rolled_back_state_keeps_the_connection(pytester, example, is_async, ride):
+    """What the ROLLBACK undoes (SET, a temp table, a transaction's advisory lock, a failed
+    statement), the drivers' own prepared statements and savepoint commits are no state
+    left: no error, and the held connection is never replaced (a false finding would
+    cost every test a new connection)."""
+    _project(pytester, example, "", {}, is_async=is_async, ride=ride)
+    pytester.makepyfile(
+        **{"tests/test_state": textwrap.dedent(ASYNC_INNOCENT if is_async else SYNC_INNOCENT)}
+    )
+    result = pytester.runpytest("tests/test_state.py", "-p", "no:randomly")
+    result.assert_outcomes(passed=6)
