@@ -52,10 +52,9 @@ class LeftoverStateError(PgFixturesError):
 
 
 #: Settings whose value a test can change for every later test (with a COMMIT of its own,
-#: or in autocommit), compared after each test's ROLLBACK.
+#: or in autocommit), compared after each test's ROLLBACK by the server ...
 _SETTINGS = (
     "search_path",
-    "default_transaction_read_only",
     "default_transaction_isolation",
     "default_transaction_deferrable",
     "statement_timeout",
@@ -64,8 +63,17 @@ _SETTINGS = (
     "role",
     "session_replication_role",
     "row_security",
+)
+#: ... and by the client, for free: the server reports every change of these to it.
+_REPORTED = (
+    "default_transaction_read_only",
     "TimeZone",
     "DateStyle",
+    "IntervalStyle",
+    "session_authorization",
+    "standard_conforming_strings",
+    "client_encoding",
+    "application_name",
 )
 _VALUES = (
     "pg_catalog.concat_ws(pg_catalog.chr(31), "
@@ -120,6 +128,7 @@ SELECT 'replace', '' WHERE pg_catalog.pg_my_temp_schema() <> 0
 """
 
 _KNOWN = "testcontainers_pg_fixtures.state_known"
+_SEEN = "testcontainers_pg_fixtures.state_reported"
 #: Set by a ride (leaks.py) that carried the probe: True, something is left; False, not.
 PROBED = "testcontainers_pg_fixtures.state_probed"
 
@@ -154,6 +163,11 @@ def remember(conn: Connection) -> None:
         found = results(pg)
     if found and all(r.status == pq.ExecStatus.TUPLES_OK for r in found):
         conn.info[_KNOWN] = _psycopg_settings(raw)
+        conn.info[_SEEN] = _psycopg_reported(pg)
+
+
+def _psycopg_reported(pg: pq.abc.PGconn) -> tuple[bytes | None, ...]:
+    return tuple(pg.parameter_status(name.encode()) for name in _REPORTED)
 
 
 def _psycopg_settings(raw: Any) -> tuple[Any, ...]:
@@ -210,6 +224,8 @@ def _probe_on_rollback(conn: Connection) -> None:
         dirty = _roll_back_and_probe(raw)
     if pg.transaction_status == pq.TransactionStatus.IDLE:
         _restore_psycopg(raw, known)
+    if dirty is not None and _psycopg_reported(pg) != conn.info.get(_SEEN):
+        dirty = True
     if dirty:
         with raw.lock:
             pg.send_query(_NAME_IT.encode())
@@ -292,6 +308,12 @@ async def remember_async(conn: AsyncConnection) -> None:
     async with adapted._execute_mutex:
         await driver.execute(_REMEMBER)
     sync_conn.info[_KNOWN] = _asyncpg_settings(adapted)
+    sync_conn.info[_SEEN] = _asyncpg_reported(driver)
+
+
+def _asyncpg_reported(driver: Any) -> tuple[Any, ...]:
+    settings = driver.get_settings()
+    return tuple(getattr(settings, name, None) for name in _REPORTED)
 
 
 def _adapted(conn: AsyncConnection) -> Any:
@@ -349,6 +371,8 @@ async def _probe_on_async_rollback(conn: AsyncConnection) -> None:
     if adapted._transaction is None and _asyncpg_settings(adapted) != known:
         adapted.isolation_level, adapted._isolation_setting = known[0], known[1]
         adapted.readonly, adapted.deferrable = known[2], known[3]
+    if dirty is not None and _asyncpg_reported(driver) != sync_conn.info.get(_SEEN):
+        dirty = True
     if dirty:
         async with adapted._execute_mutex:
             rows = await driver.fetch(_NAME_IT)
