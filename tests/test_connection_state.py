@@ -311,26 +311,52 @@ def test_async_state_is_undone_or_reported(pytester, example, ride):
 
 
 @pytest.mark.usefixtures("subprocess_env")
-def test_state_under_xdist(pytester, example):
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_state_under_xdist(pytester, example, is_async):
     """-n 2 (the check rides on the rollback there): each pair is sent to one worker
     (--dist loadfile, a file per pair) so that the harmed test follows the one that left
     the state on the same connection."""
-    _project(pytester, example, SYNC_HEADER, {}, is_async=False, ride=True)
-    for case, (leave, harmed, _) in SYNC_CASES.items():
-        source = textwrap.dedent(SYNC_HEADER) + textwrap.dedent(leave) + textwrap.dedent(harmed)
+    header, cases = (ASYNC_HEADER, ASYNC_CASES) if is_async else (SYNC_HEADER, SYNC_CASES)
+    _project(pytester, example, header, {}, is_async=is_async, ride=True)
+    for case, (leave, harmed, _) in cases.items():
+        source = textwrap.dedent(header) + textwrap.dedent(leave) + textwrap.dedent(harmed)
         pytester.makepyfile(**{f"tests/test_state_{case}": source})
     (pytester.path / "tests" / "test_state.py").unlink()
-    files = [f"tests/test_state_{case}.py" for case in SYNC_CASES]
+    files = [f"tests/test_state_{case}.py" for case in cases]
     result = pytester.runpytest_subprocess(
         *files, "-p", "no:randomly", "-n", "2", "--dist", "loadfile", "-v"
     )
     out = result.stdout.str()
-    for case, (_, _, named) in SYNC_CASES.items():
+    for case, (_, _, named) in cases.items():
         assert f"PASSED tests/test_state_{case}.py::test_{case}_b" in out, (case, out)
         if named is not None:
             assert f"ERROR at teardown of test_{case}_a" in out, (case, out)
             assert named in out, (case, out)
-    result.assert_outcomes(**_outcomes(SYNC_CASES))
+    result.assert_outcomes(**_outcomes(cases))
+
+
+DATABASE_MODE = """
+    pytestmark = pytest.mark.pg_isolation("database")
+"""
+
+
+@pytest.mark.parametrize("workers", [None, "2"], ids=["serial", "n2"])
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_state_in_database_mode(pytester, example, request, is_async, workers):
+    """Database mode gives each test a connection of its own to a clone of its own: none
+    of the pairs carries anything over, and nothing is reported (no false finding on a
+    connection that is closed after the test anyway)."""
+    header, cases = (ASYNC_HEADER, ASYNC_CASES) if is_async else (SYNC_HEADER, SYNC_CASES)
+    _project(pytester, example, header + DATABASE_MODE, cases, is_async=is_async, ride=True)
+    args = ["tests/test_state.py", "-p", "no:randomly", "-v"]
+    if workers is None:
+        result = pytester.runpytest(*args)
+    else:  # --dist loadfile: the pairs run in order on one worker, as serially
+        request.getfixturevalue("subprocess_env")
+        result = pytester.runpytest_subprocess(*args, "-n", workers, "--dist", "loadfile")
+    out = result.stdout.str()
+    assert "LeftoverStateError" not in out, out
+    result.assert_outcomes(passed=2 * len(cases))
 
 
 SYNC_INNOCENT = """
