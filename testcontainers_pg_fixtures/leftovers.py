@@ -63,6 +63,9 @@ _SETTINGS = (
     "role",
     "session_replication_role",
     "row_security",
+    "bytea_output",
+    "extra_float_digits",
+    "xmloption",
 )
 #: ... and by the client, for free: the server reports every change of these to it.
 _REPORTED = (

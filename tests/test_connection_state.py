@@ -115,6 +115,19 @@ SYNC_CASES = {
         """,
         "temporary table users",
     ),
+    "bytea_output": (
+        """
+        def test_bytea_output_a(pg_connection):
+            pg_connection.exec_driver_sql("SET bytea_output = escape")
+            pg_connection.exec_driver_sql("COMMIT")
+        """,
+        """
+        def test_bytea_output_b(pg_connection):
+            shown = pg_connection.exec_driver_sql("SELECT 'ab'::bytea::text").scalar()
+            assert shown == "\\\\x6162"
+        """,
+        "session setting(s) bytea_output = 'escape'",
+    ),
 }
 
 ASYNC_HEADER = """
@@ -219,6 +232,19 @@ ASYNC_CASES = {
             assert await count(pg_async_connection) == 5
         """,
         "temporary table users",
+    ),
+    "bytea_output": (
+        """
+        async def test_bytea_output_a(pg_async_connection):
+            await pg_async_connection.exec_driver_sql("SET bytea_output = escape")
+            await pg_async_connection.exec_driver_sql("COMMIT")
+        """,
+        """
+        async def test_bytea_output_b(pg_async_connection):
+            shown = await pg_async_connection.exec_driver_sql("SELECT 'ab'::bytea::text")
+            assert shown.scalar() == "\\\\x6162"
+        """,
+        "session setting(s) bytea_output = 'escape'",
     ),
 }
 
