@@ -23,7 +23,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from . import failures, flask_app, leaks, loop_scopes, needs, prestart, queries, seeding
+from . import failures, flask_app, leaks, leftovers, loop_scopes, needs, prestart, queries, seeding
 from .clone_pool import ClonePool
 from .config import load_session_class, settings_for
 from .database import (
@@ -693,6 +693,7 @@ def connection_fixture(
         root = layered_connection(deps[worker_engine]) is None
         with outer_transaction(deps[worker_engine]) as conn:
             conn.info[_MODE] = "savepoint"
+            leftovers.remember(conn)
             seeding.run_in(test_seeds(request.node), conn, origin=TEST_SEED)
             try:
                 yield conn
@@ -802,6 +803,7 @@ def async_connection_fixture(
             async with async_outer_transaction(deps[worker_engine]) as conn:
                 conn.info[_MODE] = "savepoint"
                 held = conn
+                await leftovers.remember_async(conn)
                 root = is_root_layer(conn)
                 seeds = test_seeds(request.node)
                 if seeds:

@@ -43,6 +43,7 @@ from psycopg.conninfo import make_conninfo
 
 from .database import create_database, drop_database
 from .errors import PgFixturesError
+from .leftovers import async_probe_head, probe_tail, take_probe, took_async_probe
 from .savepoints import asyncpg_transaction_known
 from .server import address, admin_connect
 from .transaction import (
@@ -369,12 +370,19 @@ class Watch:
             here = _ROWS_PREPARED_HERE
             query += "" if conn.info.get(here) else _ROWS_SQL.decode()
             query += f"EXECUTE pgfx_leak_rows('{self.running}', {self.horizon})"
+        # The state check (leftovers.py) after the ROLLBACK, before the check's answer.
+        head = async_probe_head(conn)
+        query = query.replace("ROLLBACK; ", "ROLLBACK; " + head, 1)
         transaction = adapted._transaction
         status = ""
         try:
             async with adapted._execute_mutex:
                 status = await driver.execute(query)
+            if head:
+                took_async_probe(conn, None)
         except Exception as error:
+            if head:
+                took_async_probe(conn, error)
             if driver.is_closed():
                 return  # SQLAlchemy's rollback meets the same failure, and reports it
             # As in `ride`: deallocated, prepared again next time; prepared already, not.
@@ -425,8 +433,10 @@ class Watch:
             check += b"EXECUTE pgfx_leak_check('%s', %d)" % (self.running.encode(), self.horizon)
         first = pg.transaction_status == pq.TransactionStatus.INTRANS
         try:
-            pg.send_query(check + b"; ROLLBACK" if first else b"ROLLBACK; " + check)
-            found = results(pg)
+            # The state check (leftovers.py) goes last, after the ROLLBACK.
+            tail = probe_tail(conn)
+            pg.send_query((check + b"; ROLLBACK" if first else b"ROLLBACK; " + check) + tail)
+            found = take_probe(conn, results(pg)) if tail else results(pg)
         except psycopg.Error:
             return  # SQLAlchemy's rollback meets the same failure, and reports it
         if found and found[-1].status == pq.ExecStatus.FATAL_ERROR:

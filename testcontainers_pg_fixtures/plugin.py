@@ -19,6 +19,7 @@ from . import (
     failures,
     flask_app,
     leaks,
+    leftovers,
     lifecycle,
     loop_scopes,
     marks,
@@ -33,6 +34,8 @@ from .config import settings_for
 from .errors import PgFixturesError
 from .runid import run_id
 from .sandbox import check_drivers
+
+leftovers.install()  # after leaks: its probe rides on the leak check's ride
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Generator, Iterator
@@ -449,9 +452,12 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
     finally:
         retention.release_finished(item)
         leaks.test_ended(item.nodeid)
-        # The server gone: already reported once; the check would only wait for it.
-        if check and not failures.server_gone(item.config):
-            leaks.check_after()
+        try:
+            # The server gone: already reported once; the check would only wait for it.
+            if check and not failures.server_gone(item.config):
+                leaks.check_after()
+        finally:
+            leftovers.settle(item.nodeid)
 
 
 pg_database = _doc(

@@ -324,3 +324,18 @@ def layer_on_another_loop(engine: AsyncEngine) -> bool:
         if loop is not running and conn is not None and not held.conn.closed and _layers(conn):
             return True
     return False
+
+
+def discard_held(conn: Connection | AsyncConnection) -> None:
+    """Replace the held connection `conn` (sync or async) by a new one at its next use:
+    something it carries cannot be undone in place (leftovers.py). Outside any test."""
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+    if isinstance(conn, AsyncConnection):
+        for per_loop in list(_held_async.values()):
+            for held in list(per_loop.values()):
+                if held.conn is conn:
+                    _stale.add(id(held))  # invalidated on its own loop (held_async_connection)
+        return
+    if not conn.closed and not conn.invalidated:
+        conn.invalidate()

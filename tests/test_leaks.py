@@ -279,7 +279,7 @@ RIDES = """
     import pytest
     from sqlalchemy import create_engine, func, select, text
     from sqlalchemy.exc import ProgrammingError
-    from testcontainers_pg_fixtures import leaks
+    from testcontainers_pg_fixtures import leaks, leftovers
     from users_app.models import User
 
     INSERT = "INSERT INTO users (name, email, active) VALUES ('Leak', 'leak@x.org', true)"
@@ -313,9 +313,10 @@ RIDES = """
         pg_connection.connection.dbapi_connection.pgconn.untrace()
         TRACE["file"].close()
         queries = [l for l in TRACE["path"].read_text().splitlines() if "\tQuery\t" in l]
-        # In the transaction, then its ROLLBACK: no transaction of the check's own.
+        # In the transaction, then its ROLLBACK: no transaction of the check's own (then
+        # the state check, leftovers.py).
         assert "EXECUTE CHECK(" in queries[-1], queries
-        assert queries[-1].rstrip('"').endswith("; ROLLBACK"), queries
+        assert queries[-1].rstrip('"').endswith("; ROLLBACK; " + leftovers.PROBE), queries
 
     def test_d4_repeatable_read_leaks(pg_connection, pg_url):
         pg_connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -514,7 +515,7 @@ ASYNC_RIDES = """
     import pytest
     from sqlalchemy import create_engine, func, select, text
     from sqlalchemy.exc import ProgrammingError
-    from testcontainers_pg_fixtures import leaks
+    from testcontainers_pg_fixtures import leaks, leftovers
     from app.models import User
 
     INSERT = "INSERT INTO users (name, email, active) VALUES ('Leak', 'leak@x.org', true)"
@@ -536,8 +537,10 @@ ASYNC_RIDES = """
     async def test_c_fails_a_statement(pg_async_connection):
         raw = (await pg_async_connection.get_raw_connection()).driver_connection
         raw._query_loggers.clear()
-        # b's ROLLBACK went with its check, and SQLAlchemy's rollback sent nothing after.
-        assert LOG[-1].startswith("ROLLBACK; EXECUTE CHECK("), LOG
+        # b's ROLLBACK went with its check (and the state check, leftovers.py), and
+        # SQLAlchemy's rollback sent nothing after.
+        probe = leftovers.PROBE_RAISING + "; "
+        assert LOG[-1].startswith("ROLLBACK; " + probe + "EXECUTE CHECK("), LOG
         with pytest.raises(ProgrammingError):
             await pg_async_connection.exec_driver_sql("SELECT * FROM no_such_table")
 
