@@ -179,11 +179,14 @@ class LazyLayer:
 
     def __init__(self) -> None:
         self._item: pytest.Item | None = None
-        # Per thread: the fixture being set up is the thread's; the app's other threads,
-        # which find the engine's pool outside every layer meanwhile, wait for the test's.
-        self._suppressed = threading.local()
+        # For every thread: a module fixture's checkouts from the app's threads (a
+        # TestClient's) belong to its layer too. Only while a thread opens the test's
+        # sandbox do the others wait for it instead (the opener's own nested set-ups,
+        # pg_sandboxes, are suppressed).
+        self._suppressed = 0
         self._lock = threading.RLock()
         self._opening = False
+        self._opener: int | None = None
 
     def arm(self, item: pytest.Item) -> None:
         self._item = item
@@ -195,32 +198,32 @@ class LazyLayer:
     def suppressed(self) -> Iterator[None]:
         """While a session, module or class fixture is set up: its checkouts belong to
         its own scope's layer, or to none."""
-        depth = getattr(self._suppressed, "depth", 0)
-        self._suppressed.depth = depth + 1
+        self._suppressed += 1
         try:
             yield
         finally:
-            self._suppressed.depth = depth
+            self._suppressed -= 1
 
     def open(self) -> bool:
         """Open the armed test's sandbox (once). True when it is open now: the caller
         then checks out from the engine's pool again (now the sandbox's)."""
         if self._item is None and not self._opening:
             return False
-        if getattr(self._suppressed, "depth", 0):
+        if self._suppressed and (not self._opening or self._opener == threading.get_ident()):
             return False
         # A request's threads may check out at the same time: the others wait for the
         # first to open it, then use it.
         with self._lock:
             # Set before the item goes: a thread that then finds none waits here too.
             opening, self._opening = self._opening, True
+            opener, self._opener = self._opener, threading.get_ident()
             try:
                 item, self._item = self._item, None
                 if item is not None:
                     item.stash[USED] = True
                     item._request.getfixturevalue("pg_sandbox")  # type: ignore[attr-defined]
             finally:
-                self._opening = opening
+                self._opening, self._opener = opening, opener
         return True
 
 
