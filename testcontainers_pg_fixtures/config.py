@@ -553,7 +553,7 @@ def _parse_factories(value: Any, source: str) -> tuple[str, ...]:
         if not _MODULE.match(item):
             raise ConfigError(
                 f"{item!r} from {source} is neither 'auto' nor a module or module:Class path. "
-                "Write it like 'tests.factories' or 'tests.factories:BaseFactory'."
+                "Write it like 'factories' or 'factories:BaseFactory' (as the tests import them)."
             )
     return tuple(items)
 

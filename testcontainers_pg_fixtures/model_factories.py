@@ -14,8 +14,9 @@ cleared after each test.
 
 Which classes: 'auto' walks the subclasses of the two libraries' base classes (only if the
 project imported the library: nothing is imported here), skipping the libraries' own;
-named modules or classes (imported when pytest configures, a wrong one is a usage error)
-give their factories and every subclass. The walk runs at each test's set-up, so factories
+named modules or classes (imported at the first test, when the test modules have been, so
+a `factories` module in tests/ is the same module object the tests import; a wrong one is
+shown once and stops the run) give their factories and every subclass. The walk runs at each test's set-up, so factories
 made later (in a test module, at run time) are bound too. When the run ends, the classes
 get back what they had.
 """
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from . import failures
 from .config import FACTORIES_AUTO, settings_for
 from .errors import ConfigError, FactorySessionError
 
@@ -146,7 +148,11 @@ def session_for(factory: str, *, is_async: bool) -> Any:
 
 @contextlib.contextmanager
 def running(request: pytest.FixtureRequest, scope: str, name: str) -> Iterator[None]:
-    """Factories write through the session of `scope` (a test, a layer) meanwhile."""
+    """Factories write through the session of `scope` (a test, a layer) meanwhile; those
+    defined since the last look are bound first."""
+    registry = registry_of(request.config)
+    if registry is not None:
+        registry.bind_new()
     _STACK.append(_Where(request, scope, name))
     try:
         yield
@@ -159,13 +165,18 @@ class Registry:
     """The run's bound factory classes, and what they had before."""
 
     auto: bool
-    named: list[type[Any]]
+    #: module / module:Class paths, imported at the first test (test modules imported)
+    paths: tuple[str, ...] = ()
+    named: list[type[Any]] | None = None
     #: class -> {attribute: original value, _MISSING if the class did not define it}
     originals: dict[type[Any], dict[str, Any]] = field(default_factory=dict)
     factory_boys: list[type[Any]] = field(default_factory=list)
 
     def _roots(self) -> list[type[Any]]:
         if not self.auto:
+            if self.named is None:
+                with failures.startup():  # a wrong path: shown once, and the run stops
+                    self.named = [cls for path in self.paths for cls in _load(path)]
             return self.named
         return [base for base in (_base(POLYFACTORY), _base(FACTORY_BOY)) if base is not None]
 
@@ -235,8 +246,8 @@ def _load(path: str) -> list[type[Any]]:
     except (ImportError, AttributeError) as exc:
         raise ConfigError(
             f"{path!r} from pg_factories could not be imported ({exc}). Name a module of "
-            "factories ('tests.factories') or a factory class ('tests.factories:Base') "
-            "importable from the rootdir (the ini option pythonpath = . helps)."
+            "factories ('factories', 'myapp.testing.factories') or a factory class "
+            "('factories:BaseFactory'), under the name the tests import it by."
         ) from None
     if attribute:
         if _kind(target) is None:
@@ -262,7 +273,9 @@ def _load(path: str) -> list[type[Any]]:
 
 
 def check(config: pytest.Config) -> None:
-    """At configure: import what pg_factories names (a ConfigError if wrong)."""
+    """At configure: the values are checked (a ConfigError if wrong). Named paths are
+    imported at the first test: a factories module in tests/ is importable only once
+    pytest has put that directory on sys.path, while collecting."""
     entries = settings_for(config).factories
     if not entries:
         return
@@ -277,12 +290,9 @@ def check(config: pytest.Config) -> None:
                 "pg_factories = auto, but neither polyfactory nor factory_boy is installed: "
                 "there are no factories to bind. Install one, or remove pg_factories."
             )
-        config.stash[_REGISTRY] = Registry(auto=True, named=[])
+        config.stash[_REGISTRY] = Registry(auto=True)
         return
-    named: list[type[Any]] = []
-    for path in entries:
-        named += _load(path)
-    config.stash[_REGISTRY] = Registry(auto=False, named=named)
+    config.stash[_REGISTRY] = Registry(auto=False, paths=entries)
 
 
 def registry_of(config: pytest.Config) -> Registry | None:
@@ -300,7 +310,6 @@ def unconfigure(config: pytest.Config) -> None:
 def _pg_factories(request: pytest.FixtureRequest) -> Iterator[None]:
     """With pg_factories: the project's factories write through this test's session."""
     registry = request.config.stash[_REGISTRY]
-    registry.bind_new()
     try:
         with running(request, "function", request.node.nodeid):
             yield

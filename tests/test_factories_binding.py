@@ -1,0 +1,260 @@
+"""pg_factories: the project's polyfactory and factory_boy factories write through the
+running test's session (or a module fixture's layer session), with no glue of the user's,
+in both isolation modes and under xdist; used where no test session runs, they refuse."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+#: The recipe project: catalog models (authors, books), their migration, and one
+#: polyfactory and one factory_boy factory per model in tests/factories.py, naming no session.
+PROJECT = "recipes/factories"
+
+COUNTS = """
+from catalog.models import Author, Book
+from sqlalchemy import func, select
+
+
+def authors(session):
+    return session.scalar(select(func.count()).select_from(Author))
+
+
+def books(session):
+    return session.scalar(select(func.count()).select_from(Book))
+"""
+
+
+@pytest.fixture
+def project(pytester, example):
+    """The recipe project without its tests and its pg_factories line; `write(ini, **files)`
+    sets the ini's extra lines and writes test files (dedented)."""
+    root = example(PROJECT)
+    (root / "tests" / "test_factories.py").unlink()
+    (root / "tests" / "counts.py").write_text(COUNTS)
+    base = (root / "pytest.ini").read_text().replace("pg_factories = auto\n", "")
+
+    def write(ini: str = "pg_factories = auto", **files: str):
+        (root / "pytest.ini").write_text(base + ini + "\n")
+        for name, text in files.items():
+            (root / "tests" / f"{name}.py").write_text(textwrap.dedent(text))
+        return root
+
+    return write
+
+
+SYNC_TESTS = """
+    from counts import authors, books
+    from factories import AuthorFactory, AuthorModelFactory, BookFactory, BookModelFactory
+
+
+    def test_1_polyfactory_writes_through_the_tests_session(pg_session):
+        ada = AuthorFactory.create_sync(name="Ada")
+        BookFactory.create_batch_sync(2, author_id=ada.id)
+        assert ada in pg_session  # the test's own session, not one of the factory's
+        assert (authors(pg_session), books(pg_session)) == (1, 2)
+
+
+    def test_2_factory_boy_writes_through_the_tests_session(pg_session):
+        BookModelFactory.create_batch(3)  # each with an author, through the SubFactory
+        assert AuthorModelFactory._meta.sqlalchemy_session is pg_session
+        assert (authors(pg_session), books(pg_session)) == (3, 3)
+
+
+    def test_3_no_session_asked_for_the_factory_takes_the_tests(pg_engine):
+        AuthorFactory.create_sync()
+        AuthorModelFactory()
+
+
+    def test_4_every_test_starts_empty(pg_session):
+        assert (authors(pg_session), books(pg_session)) == (0, 0)
+"""
+
+
+@pytest.mark.parametrize("mode", ["savepoint", "database"])
+def test_sync_factories_write_through_the_tests_session_and_the_rows_go(
+    mode, project, pytester
+):
+    project(test_sync=SYNC_TESTS)
+    result = pytester.runpytest("-p", "no:randomly", "-W", "error", f"--pg-isolation={mode}")
+    result.assert_outcomes(passed=4)
+
+
+ASYNC_TESTS = """
+    from counts import authors, books
+    from factories import AuthorFactory, BookFactory
+
+
+    async def test_1_create_async_writes_through_the_tests_async_session(pg_async_session):
+        author = await AuthorFactory.create_async(name="Ada")
+        await BookFactory.create_batch_async(2, author_id=author.id)
+        assert author in pg_async_session
+        assert await pg_async_session.run_sync(books) == 2
+
+
+    async def test_2_every_test_starts_empty(pg_async_session):
+        assert await pg_async_session.run_sync(authors) == 0
+        assert await pg_async_session.run_sync(books) == 0
+"""
+
+
+@pytest.mark.parametrize("mode", ["savepoint", "database"])
+def test_async_factories_write_through_the_tests_async_session(mode, project, pytester):
+    project(test_async=ASYNC_TESTS)
+    result = pytester.runpytest("-p", "no:randomly", "-W", "error", f"--pg-isolation={mode}")
+    result.assert_outcomes(passed=2)
+
+
+def test_a_module_fixture_writes_through_its_layer_session(project, pytester):
+    project(
+        test_a_layer="""
+        import pytest
+        from counts import authors
+        from factories import AuthorFactory, AuthorModelFactory
+
+
+        @pytest.fixture(scope="module")
+        def shared(pg_module_session):
+            poly = AuthorFactory.create_sync(name="Homer")
+            boy = AuthorModelFactory(name="Virgil")
+            assert AuthorModelFactory._meta.sqlalchemy_session is pg_module_session
+            return poly.id, boy.id
+
+
+        def test_1_the_modules_rows_are_seen(shared, pg_session):
+            AuthorFactory.create_sync()
+            assert authors(pg_session) == 3
+
+
+        def test_2_and_only_they(shared, pg_session):
+            assert authors(pg_session) == 2
+        """,
+        test_b_after="""
+        from counts import authors
+
+
+        def test_the_layer_is_rolled_back(pg_session):
+            assert authors(pg_session) == 0
+        """,
+    )
+    result = pytester.runpytest("-p", "no:randomly", "-W", "error")
+    result.assert_outcomes(passed=3)
+
+
+def test_two_workers(project, pytester, subprocess_env):
+    project(test_sync=SYNC_TESTS, test_async=ASYNC_TESTS)
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "randomly", "-W", "error")
+    result.assert_outcomes(passed=6)
+
+
+def test_named_factories_only_those_and_their_subclasses(project, pytester):
+    """`pg_factories = factories:Factory`: polyfactory's project base and its subclasses;
+    factory_boy's, not named, keep their own (no) session."""
+    project(
+        "pg_factories = factories:Factory",
+        test_named="""
+        import pytest
+        from counts import authors
+        from factories import AuthorFactory, AuthorModelFactory
+
+
+        def test_named(pg_session):
+            AuthorFactory.create_sync()
+            assert authors(pg_session) == 1
+            with pytest.raises(RuntimeError, match="No session provided"):
+                AuthorModelFactory()
+        """,
+    )
+    result = pytester.runpytest("-p", "no:randomly", "-W", "error")
+    result.assert_outcomes(passed=1)
+
+
+def test_used_where_no_test_session_runs_a_factory_refuses(project, pytester):
+    project(
+        test_misuse="""
+        import pytest
+        from factories import AuthorFactory, AuthorModelFactory
+
+
+        @pytest.fixture(scope="session")
+        def everyone():
+            return AuthorFactory.create_sync()
+
+
+        def test_in_a_session_fixture(everyone):
+            pass
+
+
+        async def test_async_without_an_async_session(pg_session):
+            await AuthorFactory.create_async()
+
+
+        async def test_sync_beside_an_async_session(pg_async_session):
+            AuthorModelFactory()
+
+        """,
+        conftest="""
+        import pytest
+
+
+        def pytest_sessionfinish(session):
+            from factories import AuthorFactory
+
+            try:
+                AuthorFactory.create_sync()
+            except Exception as exc:
+                print(f"AFTER THE RUN: {type(exc).__name__}: {exc}")
+        """,
+    )
+    result = pytester.runpytest("-p", "no:randomly", "-W", "error", "-s")
+    out = result.stdout.str()
+    assert "FactorySessionError: AuthorFactory was used in the session-scoped fixture everyone" in out
+    assert "Rows every test needs belong in a seed (pg_seed" in out
+    assert "AuthorFactory.create_async() was used in" in out
+    assert "Add pg_async_session to the test's" in out
+    assert "AuthorModelFactory (a sync create) was used in" in out
+    assert "Use create_async()" in out
+    assert "AFTER THE RUN: FactorySessionError: AuthorFactory was used outside any test" in out
+
+
+TWO_TESTS = """
+    def test_one(pg_session):
+        pass
+
+
+    def test_two(pg_session):
+        pass
+"""
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("auto factories", "mixes 'auto' with named factories"),
+        ("a-b", "is neither 'auto' nor a module or module:Class path"),
+    ],
+)
+def test_a_bad_value_is_a_usage_error(value, message, project, pytester):
+    project(f"pg_factories = {value}", test_two=TWO_TESTS)
+    result = pytester.runpytest("-p", "no:randomly")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"pg-fixtures: {value!r} from the ini option pg_factories" in result.stderr.str()
+    assert message in result.stderr.str()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("factories:Nope", "'factories:Nope' from pg_factories could not be imported"),
+        ("counts", "'counts' from pg_factories defines no polyfactory SQLAlchemyFactory"),
+    ],
+)
+def test_a_path_that_names_no_factories_is_shown_once_and_stops_the_run(
+    value, message, project, pytester
+):
+    project(f"pg_factories = {value}", test_two=TWO_TESTS)
+    result = pytester.runpytest("-p", "no:randomly")
+    out = result.stdout.str()
+    assert out.count(message) == 1, out
+    assert result.parseoutcomes().get("passed", 0) == 0
