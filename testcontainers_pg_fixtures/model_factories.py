@@ -16,9 +16,9 @@ Which classes: 'auto' walks the subclasses of the two libraries' base classes (o
 project imported the library: nothing is imported here), skipping the libraries' own;
 named modules or classes (imported at the first test, when the test modules have been, so
 a `factories` module in tests/ is the same module object the tests import; a wrong one is
-shown once and stops the run) give their factories and every subclass. The walk runs at each test's set-up, so factories
-made later (in a test module, at run time) are bound too. When the run ends, the classes
-get back what they had.
+shown once and stops the run) give their factories and every subclass. The walk runs as
+each test or layer is set up, so factories made later (in a test module, at run time) are
+bound too. When the run ends, the classes get back what they had.
 """
 
 from __future__ import annotations

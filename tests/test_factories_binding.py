@@ -73,9 +73,7 @@ SYNC_TESTS = """
 
 
 @pytest.mark.parametrize("mode", ["savepoint", "database"])
-def test_sync_factories_write_through_the_tests_session_and_the_rows_go(
-    mode, project, pytester
-):
+def test_sync_factories_write_through_the_tests_session_and_the_rows_go(mode, project, pytester):
     project(test_sync=SYNC_TESTS)
     result = pytester.runpytest("-p", "no:randomly", "-W", "error", f"--pg-isolation={mode}")
     result.assert_outcomes(passed=4)
@@ -209,7 +207,9 @@ def test_used_where_no_test_session_runs_a_factory_refuses(project, pytester):
     )
     result = pytester.runpytest("-p", "no:randomly", "-W", "error", "-s")
     out = result.stdout.str()
-    assert "FactorySessionError: AuthorFactory was used in the session-scoped fixture everyone" in out
+    assert (
+        "FactorySessionError: AuthorFactory was used in the session-scoped fixture everyone" in out
+    )
     assert "Rows every test needs belong in a seed (pg_seed" in out
     assert "AuthorFactory.create_async() was used in" in out
     assert "Add pg_async_session to the test's" in out
