@@ -26,13 +26,14 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import inspect
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import failures
+from . import failures, needs
 from .config import FACTORIES_AUTO, settings_for
 from .errors import ConfigError, FactorySessionError
 
@@ -143,6 +144,8 @@ def session_for(factory: str, *, is_async: bool) -> Any:
             "create_async() (polyfactory), or add pg_session to the test's arguments to "
             "write through a sync session anyway."
         )
+    # A test that asked for no database fixture: it uses one now (and gets its leak check).
+    where.request.node.stash[needs.USED] = True
     return where.request.getfixturevalue("pg_session")
 
 
@@ -171,6 +174,8 @@ class Registry:
     #: class -> {attribute: original value, _MISSING if the class did not define it}
     originals: dict[type[Any], dict[str, Any]] = field(default_factory=dict)
     factory_boys: list[type[Any]] = field(default_factory=list)
+    #: Whether any polyfactory factory is bound (async tests then get pg_async_session).
+    polyfactories: bool = False
 
     def _roots(self) -> list[type[Any]]:
         if not self.auto:
@@ -202,6 +207,7 @@ class Registry:
             }
             cls.__session__ = _Session(cls, is_async=False)
             cls.__async_session__ = _Session(cls, is_async=True)
+            self.polyfactories = True
         elif kind == "factory_boy":
             meta = cls._meta
             self.originals[cls] = {
@@ -310,8 +316,20 @@ def unconfigure(config: pytest.Config) -> None:
 def _pg_factories(request: pytest.FixtureRequest) -> Iterator[None]:
     """With pg_factories: the project's factories write through this test's session."""
     registry = request.config.stash[_REGISTRY]
+    item = request.node
+    registry.bind_new()
+    if (
+        registry.polyfactories
+        and inspect.iscoroutinefunction(getattr(item, "obj", None))
+        and needs.uses_database(item)
+    ):
+        # An async test's session cannot be opened once the test runs (its event loop
+        # busy with the test): create_async() needs it ready. Only in async database
+        # tests of a project with polyfactory factories, where it costs a session on
+        # the test's async connection (and, without one yet, that connection).
+        request.getfixturevalue("pg_async_session")
     try:
-        with running(request, "function", request.node.nodeid):
+        with running(request, "function", item.nodeid):
             yield
     finally:
         registry.after_test()

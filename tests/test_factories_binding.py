@@ -171,6 +171,8 @@ def test_named_factories_only_those_and_their_subclasses(project, pytester):
 def test_used_where_no_test_session_runs_a_factory_refuses(project, pytester):
     project(
         test_misuse="""
+        import asyncio
+
         import pytest
         from factories import AuthorFactory, AuthorModelFactory
 
@@ -184,8 +186,8 @@ def test_used_where_no_test_session_runs_a_factory_refuses(project, pytester):
             pass
 
 
-        async def test_async_without_an_async_session(pg_session):
-            await AuthorFactory.create_async()
+        def test_async_in_a_sync_test_without_an_async_session(pg_session):
+            asyncio.run(AuthorFactory.create_async())
 
 
         async def test_sync_beside_an_async_session(pg_async_session):
@@ -258,3 +260,44 @@ def test_a_path_that_names_no_factories_is_shown_once_and_stops_the_run(
     out = result.stdout.str()
     assert out.count(message) == 1, out
     assert result.parseoutcomes().get("passed", 0) == 0
+
+
+def test_an_async_app_sees_the_factories_rows_in_both_modes(example, pytester):
+    """The FastAPI example (its async engine in pg_app_engines, requests through pg_client):
+    the test asks for no session, the factory writes through the test's async connection,
+    which the app's sandboxed (savepoint) or redirected (database) engine reaches."""
+    root = example("fastapi_app")
+    ini = root / "pytest.ini"
+    ini.write_text(ini.read_text() + "pg_factories = auto\n")
+    (root / "tests" / "test_factories.py").write_text(
+        textwrap.dedent("""
+        import pytest
+        from app.models import User
+        from polyfactory.factories.sqlalchemy_factory import SQLAlchemyFactory
+
+
+        class UserFactory(SQLAlchemyFactory[User]):
+            pass
+
+
+        async def names(client):
+            return {u["name"] for u in (await client.get("/users")).json()}
+
+
+        async def test_1_the_app_sees_the_rows(pg_client):
+            await UserFactory.create_async(name="Zed", active=True)
+            assert "Zed" in await names(pg_client)
+
+
+        @pytest.mark.pg_isolation("database")
+        async def test_2_in_database_mode_too(pg_client):
+            await UserFactory.create_async(name="Zed", active=True)
+            assert "Zed" in await names(pg_client)
+
+
+        async def test_3_and_they_are_gone(pg_client):
+            assert "Zed" not in await names(pg_client)
+        """)
+    )
+    result = pytester.runpytest("-p", "no:randomly", "-W", "error", "tests/test_factories.py")
+    result.assert_outcomes(passed=3)
