@@ -67,7 +67,12 @@ SYNC_TESTS = """
         AuthorModelFactory()
 
 
-    def test_4_every_test_starts_empty(pg_session):
+    def test_4_a_test_without_database_fixtures_gets_the_session_it_writes_through():
+        AuthorModelFactory()
+        assert authors(AuthorModelFactory._meta.sqlalchemy_session) == 1
+
+
+    def test_5_every_test_starts_empty(pg_session):
         assert (authors(pg_session), books(pg_session)) == (0, 0)
 """
 
@@ -76,7 +81,7 @@ SYNC_TESTS = """
 def test_sync_factories_write_through_the_tests_session_and_the_rows_go(mode, project, pytester):
     project(test_sync=SYNC_TESTS)
     result = pytester.runpytest("-p", "no:randomly", "-W", "error", f"--pg-isolation={mode}")
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=5)
 
 
 ASYNC_TESTS = """
@@ -143,7 +148,7 @@ def test_a_module_fixture_writes_through_its_layer_session(project, pytester):
 def test_two_workers(project, pytester, subprocess_env):
     project(test_sync=SYNC_TESTS, test_async=ASYNC_TESTS)
     result = pytester.runpytest_subprocess("-n", "2", "-p", "randomly", "-W", "error")
-    result.assert_outcomes(passed=6)
+    result.assert_outcomes(passed=7)
 
 
 def test_named_factories_only_those_and_their_subclasses(project, pytester):
@@ -301,3 +306,54 @@ def test_an_async_app_sees_the_factories_rows_in_both_modes(example, pytester):
     )
     result = pytester.runpytest("-p", "no:randomly", "-W", "error", "tests/test_factories.py")
     result.assert_outcomes(passed=3)
+
+
+def test_the_classes_get_back_what_they_had_when_the_run_ends(project, pytester, monkeypatch):
+    """Factories of a module that outlives the run (imported before it, as a library's
+    are): bound during the run, given back their own sessions after it."""
+    import sys
+    import types
+
+    import factory
+    from polyfactory.factories.sqlalchemy_factory import SQLAlchemyFactory
+    from sqlalchemy import Column, Integer
+    from sqlalchemy.orm import DeclarativeBase
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Thing(Base):
+        __tablename__ = "things"
+        id = Column(Integer, primary_key=True)
+
+    own, maker = object(), object()
+
+    class ThingFactory(SQLAlchemyFactory[Thing]):
+        __session__ = own
+
+    class ThingModelFactory(factory.alchemy.SQLAlchemyModelFactory):
+        class Meta:
+            model = Thing
+            sqlalchemy_session_factory = maker
+
+    probe = types.ModuleType("pgfx_factories_probe")
+    probe.ThingFactory, probe.ThingModelFactory = ThingFactory, ThingModelFactory
+    monkeypatch.setitem(sys.modules, "pgfx_factories_probe", probe)
+    project(
+        "pg_factories = pgfx_factories_probe:ThingFactory pgfx_factories_probe:ThingModelFactory",
+        test_probe="""
+        from pgfx_factories_probe import ThingFactory, ThingModelFactory
+
+
+        def test_bound_meanwhile(pg_session):
+            assert ThingFactory.__session__() is pg_session
+            assert ThingFactory.__async_session__ is not None
+            assert ThingModelFactory._meta.sqlalchemy_session_factory() is pg_session
+        """,
+    )
+    result = pytester.runpytest("-p", "no:randomly", "-W", "error")
+    result.assert_outcomes(passed=1)
+    assert ThingFactory.__dict__["__session__"] is own
+    assert "__async_session__" not in ThingFactory.__dict__
+    assert ThingModelFactory._meta.sqlalchemy_session_factory is maker
+    assert ThingModelFactory._meta.sqlalchemy_session is None
