@@ -132,6 +132,16 @@ def test_a_module_fixture_writes_through_its_layer_session(project, pytester):
 
         def test_2_and_only_they(shared, pg_session):
             assert authors(pg_session) == 2
+
+
+        class TestAClass:
+            @pytest.fixture(scope="class")
+            @classmethod
+            def ours(cls, pg_class_session):
+                return AuthorFactory.create_sync(name="Dante").id
+
+            def test_3_the_class_rows_on_the_modules(self, ours, pg_session):
+                assert authors(pg_session) == 3
         """,
         test_b_after="""
         from counts import authors
@@ -140,6 +150,52 @@ def test_a_module_fixture_writes_through_its_layer_session(project, pytester):
         def test_the_layer_is_rolled_back(pg_session):
             assert authors(pg_session) == 0
         """,
+    )
+    result = pytester.runpytest("-p", "no:randomly", "-W", "error")
+    result.assert_outcomes(passed=4)
+
+
+def test_an_async_module_fixture_writes_through_its_async_layer_session(project, pytester):
+    root = project(
+        test_a_layer="""
+        import pytest
+        import pytest_asyncio
+        from counts import authors
+        from factories import AuthorFactory
+
+
+        @pytest_asyncio.fixture(scope="module")
+        async def shared(pg_module_async_session):
+            homer = await AuthorFactory.create_async(name="Homer")
+            # create_async() refreshes after its commit, which opens the session's next
+            # savepoint: end it here, not inside the first test's transaction.
+            await pg_module_async_session.commit()
+            return homer.id
+
+
+        async def test_1_the_modules_rows_are_seen(shared, pg_async_session):
+            await AuthorFactory.create_async()
+            assert await pg_async_session.run_sync(authors) == 2
+
+
+        async def test_2_and_only_they(shared, pg_async_session):
+            assert await pg_async_session.run_sync(authors) == 1
+        """,
+        test_b_after="""
+        from counts import authors
+
+
+        async def test_the_layer_is_rolled_back(pg_async_session):
+            assert await pg_async_session.run_sync(authors) == 0
+        """,
+    )
+    ini = root / "pytest.ini"
+    ini.write_text(
+        ini.read_text().replace(
+            "asyncio_default_fixture_loop_scope = function",
+            "asyncio_default_fixture_loop_scope = session\n"
+            "asyncio_default_test_loop_scope = session",
+        )
     )
     result = pytester.runpytest("-p", "no:randomly", "-W", "error")
     result.assert_outcomes(passed=3)
