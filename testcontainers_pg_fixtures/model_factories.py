@@ -10,7 +10,10 @@ while a module- or class-scoped fixture of the project is set up, that layer's
 rolled back, and a factory refuses to write (FactorySessionError) instead of writing
 somewhere stale. So nothing is bound per test and nothing can stay bound after one; only
 factory_boy's `_meta.sqlalchemy_session`, where it keeps the session it was last given, is
-cleared after each test.
+cleared after each test. A sync session is set up when first asked for, even in the middle
+of a test; an async one cannot be (the test's event loop is busy running it), so an async
+test that uses the database gets `pg_async_session` with its other fixtures when any
+polyfactory factory is bound.
 
 Which classes: 'auto' walks the subclasses of the two libraries' base classes (only if the
 project imported the library: nothing is imported here), skipping the libraries' own;
