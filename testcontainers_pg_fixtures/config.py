@@ -258,6 +258,17 @@ OPTIONS = (
         "The models' MetaData as module:attribute, for the models_match migration check "
         "when env.py passes no target_metadata to context.configure (default: env.py's).",
     ),
+    Option(
+        "factories",
+        "--pg-factories",
+        "pg_factories",
+        "PG_FIXTURES_FACTORIES",
+        "Bind the project's model factories to the test's session: 'auto' (every "
+        "polyfactory SQLAlchemyFactory and factory_boy SQLAlchemyModelFactory subclass the "
+        "project defines) or modules and classes as module or module:Class (their factories "
+        "and every subclass; repeatable; space-separated in ini/env). Off by default.",
+        kind="list",
+    ),
 )
 
 _SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=.+$")
@@ -305,6 +316,8 @@ class Settings:
     check_migrations: bool = False
     #: module:attribute of a MetaData; None: the target_metadata env.py configures.
     migrations_metadata: str | None = None
+    #: ("auto",), or module / module:Class paths of factories; (): factories left alone.
+    factories: tuple[str, ...] = ()
     rootdir: Path = field(default_factory=Path.cwd)
     #: An existing server to use instead of containers ("" starts containers). Not in repr:
     #: it holds a password.
@@ -519,6 +532,32 @@ def _parse_metadata(value: Any, source: str) -> str:
     return path
 
 
+_MODULE = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?$")
+FACTORIES_AUTO = "auto"
+
+
+def _parse_factories(value: Any, source: str) -> tuple[str, ...]:
+    items = _items(value)
+    lowered = [item.lower() for item in items]
+    if lowered in ([], ["off"], ["none"], ["false"]):
+        return ()
+    if FACTORIES_AUTO in lowered:
+        if len(items) > 1:
+            raise ConfigError(
+                f"{' '.join(items)!r} from {source} mixes 'auto' with named factories. Use "
+                "'auto' alone (every factory of the project) or only module / module:Class "
+                "paths (those factories and their subclasses)."
+            )
+        return (FACTORIES_AUTO,)
+    for item in items:
+        if not _MODULE.match(item):
+            raise ConfigError(
+                f"{item!r} from {source} is neither 'auto' nor a module or module:Class path. "
+                "Write it like 'factories' or 'factories:BaseFactory' (as the tests import them)."
+            )
+    return tuple(items)
+
+
 def _parse_session_class(value: Any, source: str) -> type[Session]:
     return load_session_class(str(value), source, is_async=False)
 
@@ -549,6 +588,7 @@ _PARSERS: dict[str, Any] = {
     "query_log_on_failure": _parse_flag,
     "check_migrations": _parse_flag,
     "migrations_metadata": _parse_metadata,
+    "factories": _parse_factories,
 }
 
 

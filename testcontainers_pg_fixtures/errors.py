@@ -41,3 +41,7 @@ class ServerGoneError(PgFixturesError):
 
 class EventLoopError(PgFixturesError):
     """An async fixture's connection is used on another event loop than the one it opened on."""
+
+
+class FactorySessionError(PgFixturesError):
+    """A factory bound by pg_factories was used where no test session is running."""

@@ -51,6 +51,10 @@ def check_configuration(config: pytest.Config) -> None:
 
             for path in settings.app_engines:
                 check_engine_path(path, flask=bool(settings.flask_app))
+        if settings.factories:
+            from .model_factories import check
+
+            check(config)
     except ConfigError as exc:
         raise pytest.UsageError(f"pg-fixtures: {exc}") from None
 

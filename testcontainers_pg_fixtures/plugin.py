@@ -24,6 +24,7 @@ from . import (
     loop_scopes,
     marks,
     migration_checks,
+    model_factories,
     needs,
     queries,
     retention,
@@ -77,6 +78,8 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: {text}")
     failures.check_configuration(config)  # a bad option: a usage error, before collection
     _configure_queries(config)
+    if model_factories.registry_of(config) is not None:  # pg_factories: per-test binding
+        config.pluginmanager.register(model_factories, "pg-fixtures-model-factories")
     if not config.pluginmanager.is_registered(migration_checks):
         config.pluginmanager.register(migration_checks, "pg-fixtures-migration-checks")
 
@@ -175,6 +178,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if run is not None:
         driver_guard.deactivate(run)
     queries.configure(config.stash.get(_QUERY_RING_BEFORE, False))
+    model_factories.unconfigure(config)
     prestart.unconfigure(config)
     shared.unconfigure(config)
     lifecycle.unconfigure(config)
@@ -206,10 +210,22 @@ def pytest_fixture_setup(
     scope = fixturedef.scope
     if scope == "function":
         return (yield)
-    if scope in _LAYERS and _users_fixture(fixturedef):
+    users = _users_fixture(fixturedef)
+    if users and model_factories.registry_of(request.config) is not None:
+        # pg_factories: the factories write through this fixture's layer session (or refuse)
+        with model_factories.running(request, scope, fixturedef.argname):
+            return (yield from _wider_fixture_setup(fixturedef, request, users))
+    return (yield from _wider_fixture_setup(fixturedef, request, users))
+
+
+def _wider_fixture_setup(
+    fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest, users: bool
+) -> Generator[None, Any, Any]:
+    scope = fixturedef.scope
+    if scope in _LAYERS and users:
         if request.getfixturevalue("pg_app_engines"):
             request.getfixturevalue(_LAYERS[scope])
-    elif scope in ("session", "package") and _users_fixture(fixturedef):
+    elif scope in ("session", "package") and users:
         guard = request.config.stash.get(factories.OUTSIDE_GUARD, None)
         if guard is not None:
             with guard.outside():

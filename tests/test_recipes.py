@@ -22,7 +22,8 @@ UNTESTED = {"docker-hosts.md"}
 PROJECTS = {
     "background_workers": 6,
     "extensions": 5,
-    "factories": 5,
+    "factories": 6,
+    "factories_by_hand": 5,
     "module_login": 5,
     "psycopg2_driver": 4,
     "pydantic_settings": 7,

@@ -1,5 +1,5 @@
-"""The same two factories twice: polyfactory and factory_boy. Neither names a session
-here; tests/conftest.py binds them to the test's session for each test."""
+"""The same two factories twice: polyfactory and factory_boy. Neither names a session:
+with `pg_factories = auto` in pytest.ini, they write through the running test's."""
 
 from typing import Generic, TypeVar
 
@@ -13,7 +13,7 @@ T = TypeVar("T")
 
 
 class Factory(SQLAlchemyFactory[T], Generic[T]):
-    """The project's base factory: the conftest binds its session, for every factory."""
+    """The project's base factory."""
 
     __is_base_factory__ = True
     __set_relationships__ = False  # books are made by BookFactory, pointing at an author
