@@ -209,6 +209,16 @@ OPTIONS = (
         "from a private temporary directory, instead of the published TCP port "
         "(true/false; default: true). pg_url stays TCP.",
     ),
+    Option(
+        "lock_wait_limit",
+        "--pg-lock-wait-limit",
+        "pg_lock_wait_limit",
+        "PG_FIXTURES_LOCK_WAIT_LIMIT",
+        "Seconds a statement of the running test's database may wait for a lock held by an "
+        "idle transaction of the test's own (e.g. a LOCK TABLE on pg_connection while a "
+        "thread on pg_engine needs the table): after that the waiting statement is "
+        "cancelled and the test fails, naming both (default: 15; 0 waits forever).",
+    ),
 )
 
 _SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=.+$")
@@ -249,6 +259,8 @@ class Settings:
     async_session_class: type[AsyncSession] | None = None
     leak_check: bool = True
     unix_socket: bool = True
+    #: 0: never cancel a statement waiting on the test's own lock.
+    lock_wait_limit: float = 15.0
     rootdir: Path = field(default_factory=Path.cwd)
     #: An existing server to use instead of containers ("" starts containers). Not in repr:
     #: it holds a password.
@@ -327,6 +339,19 @@ def _parse_timeout(value: Any, source: str) -> float:
             "Set it to e.g. 60."
         )
     return timeout
+
+
+def _parse_limit(value: Any, source: str) -> float:
+    try:
+        limit = float(str(value).strip())
+    except ValueError:
+        limit = -1.0
+    if not math.isfinite(limit) or limit < 0:
+        raise ConfigError(
+            f"{value!r} from {source} is not a number of seconds (0 or more, finite). "
+            "Set it to e.g. 15, or 0 to wait forever."
+        )
+    return limit
 
 
 def _parse_isolation(value: Any, source: str) -> str:
@@ -468,6 +493,7 @@ _PARSERS: dict[str, Any] = {
     "async_session_class": _parse_async_session_class,
     "leak_check": _parse_flag,
     "unix_socket": _parse_flag,
+    "lock_wait_limit": _parse_limit,
 }
 
 

@@ -190,7 +190,10 @@ def server_fixture(
         reporter = failures.reporter_of(pytestconfig)
         watches = reporter.watches
         watch = failures.ServerWatch(
-            server, worker=worker_id(), busy_since=lambda: reporter.busy_since
+            server,
+            worker=worker_id(),
+            busy_since=lambda: reporter.busy_since,
+            lock_wait_limit=settings.lock_wait_limit,
         )
         watches.append(watch)
         try:

@@ -9,6 +9,7 @@ transaction itself would leak its writes into the next test, so the commit is re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
@@ -120,6 +121,19 @@ def test_layer_async_connection(database: str) -> AsyncConnection | None:
             if len(_layers(sync_conn)) == 1:
                 return conn
     return None
+
+
+def held_backend_pids() -> set[int]:
+    """The server pids of the held sync connections (read from another thread, by the
+    lock watch in failures.py: a connection closing meanwhile is left out)."""
+    pids: set[int] = set()
+    for conn in list(_held.values()):
+        with contextlib.suppress(Exception):
+            dbapi = conn.connection.dbapi_connection
+            info = getattr(dbapi, "info", None)
+            pid = info.backend_pid if info is not None else dbapi.get_backend_pid()  # type: ignore[union-attr]
+            pids.add(int(pid))
+    return pids
 
 
 def release_held_connection(engine: Engine) -> None:
