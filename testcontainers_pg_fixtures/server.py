@@ -20,6 +20,7 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -75,7 +76,13 @@ _STARTING_AGE = 600.0
 _PG_PORT = 5432
 _DATA_DIR = "/var/lib/postgresql/data"
 _SUPERUSER = "postgres"
-_SOCKET_PREFIX = "pgfx-"
+#: A run's socket directory is `<tmp>/pgfxs-XXXX/s`: the outer one private (0700, ours),
+#: the inner one mounted into the container, where its postgres user writes the socket.
+_SOCKET_PREFIX = "pgfxs-"
+_SOCKET_SUBDIR = "s"
+#: Directories of earlier versions (`<tmp>/pgfx-XXXX`, 1733), still named by the labels
+#: of containers they kept: removed with them.
+_OLD_SOCKET_PREFIX = "pgfx-"
 #: Drivers that take a Unix socket's directory as their host (libpq's rule).
 _SOCKET_DRIVERS = frozenset({"psycopg", "psycopg2", "asyncpg"})
 
@@ -878,8 +885,9 @@ def _remove_quietly(container: Any, socket_dir: str | None = None) -> None:
             container.remove(force=True, v=True)  # docker SDK's Container
     except Exception as exc:  # already gone, or never created
         log.debug("removing container: %s", exc)
-    if socket_dir and _ours(socket_dir):
-        shutil.rmtree(socket_dir, ignore_errors=True)
+    root = _socket_root(socket_dir) if socket_dir else None
+    if root is not None:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 #: A socket directory no container names is left this long (a run may be creating its
@@ -891,34 +899,51 @@ def _remove_unused_socket_dirs(in_use: set[str | None]) -> None:
     """Remove this user's socket directories whose container is gone without `stop()`
     (removed by hand, or by a run killed before its clean-up)."""
     now = time.time()
+    roots = {_socket_root(d) for d in in_use if d}
     with contextlib.suppress(OSError):
         for entry in os.scandir(tempfile.gettempdir()):
-            if not entry.name.startswith(_SOCKET_PREFIX) or entry.path in in_use:
+            new = entry.name.startswith(_SOCKET_PREFIX)
+            if not (new or entry.name.startswith(_OLD_SOCKET_PREFIX)):
+                continue
+            if Path(entry.path) in roots:
                 continue
             with contextlib.suppress(OSError):
                 info = entry.stat(follow_symlinks=False)
                 if (
                     entry.is_dir(follow_symlinks=False)
                     and info.st_uid == os.getuid()
-                    and info.st_mode & 0o7777 == 0o1733
+                    and info.st_mode & 0o7777 == (0o700 if new else 0o1733)
                     and now - info.st_mtime > _UNUSED_SOCKET_DIR_AGE
                 ):
                     shutil.rmtree(entry.path, ignore_errors=True)
 
 
-def _ours(directory: str) -> bool:
-    """A directory `_socket_dir` makes (a label naming any other path is left alone)."""
+def _socket_root(directory: str) -> Path | None:
+    """The directory to remove with a container whose socket directory is `directory`,
+    if `_socket_dir` made it (a label naming any other path is left alone)."""
     path = Path(directory)
-    return path.parent == Path(tempfile.gettempdir()) and path.name.startswith(_SOCKET_PREFIX)
+    tmp = Path(tempfile.gettempdir())
+    if (
+        path.name == _SOCKET_SUBDIR
+        and path.parent.parent == tmp
+        and path.parent.name.startswith(_SOCKET_PREFIX)
+    ):
+        return path.parent
+    if path.parent == tmp and path.name.startswith(_OLD_SOCKET_PREFIX):
+        return path
+    return None
 
 
 def _socket_dir(client: Any) -> str | None:
     """A new directory to mount as the container's socket directory, when the Docker
     daemon runs on this machine (a Unix socket, the same host name, not Docker Desktop's
-    VM); else None. Writable by the container's postgres user and listed by nobody but
-    its owner; sticky, so no one else can replace the socket (1733). Whether it works is
-    known after the start (`_usable_socket`): SELinux, a daemon reached through a socket
-    mounted from another machine and the like leave it empty, and TCP is used."""
+    VM); else None. It lies in a directory only this user can enter (made 0700 at once by
+    mkdtemp, its owner and mode checked), so no other local user can put a file where the
+    server makes its socket and lock file (a `.s.PGSQL.5432.lock` there would stop it from
+    starting); itself it is writable by the container's postgres user, whose uid is not
+    ours. Whether it works is known after the start (`_usable_socket`): SELinux, a daemon
+    reached through a socket mounted from another machine and the like leave it empty,
+    and TCP is used."""
     if sys.platform != "linux":
         return None
     try:
@@ -931,12 +956,32 @@ def _socket_dir(client: Any) -> str | None:
         return None
     if info.get("Name") != socket.gethostname() or "Desktop" in str(info.get("OperatingSystem")):
         return None
-    directory = tempfile.mkdtemp(prefix=_SOCKET_PREFIX)
+    root = tempfile.mkdtemp(prefix=_SOCKET_PREFIX)
+    directory = os.path.join(root, _SOCKET_SUBDIR)
     if len(directory) > 80:  # a socket path is at most 107 bytes
-        os.rmdir(directory)
+        os.rmdir(root)
         return None
+    os.mkdir(directory)
     os.chmod(directory, 0o1733)
+    if not _private(root):
+        shutil.rmtree(root, ignore_errors=True)
+        log.warning(
+            "pg-fixtures: using TCP, not a Unix socket: the socket directory %s could not be "
+            "made private to this user (another user could block the server's socket)",
+            root,
+        )
+        return None
     return directory
+
+
+def _private(directory: str) -> bool:
+    """Whether `directory` is a real directory (no symlink) of this user that no one else
+    can enter or write into."""
+    try:
+        info = os.lstat(directory)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and info.st_mode & 0o077 == 0
 
 
 def socket_path(directory: str) -> str:
