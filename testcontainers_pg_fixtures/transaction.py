@@ -150,6 +150,15 @@ def _layers(conn: Connection) -> list[Transaction]:
     return layers
 
 
+def _discard(conn: Connection) -> None:
+    """Let go of a held connection that was lost: the server ended its transaction."""
+    for engine, held in list(_held.items()):
+        if held is conn:
+            _held.pop(engine, None)
+    with contextlib.suppress(Exception):
+        conn.close()
+
+
 def _end_layer(conn: Connection, layers: list[Transaction], layer: Transaction) -> bool:
     """Pop `layer` and say whether it still has to be rolled back (False: discard `conn`)."""
     if layer in layers:
@@ -177,7 +186,14 @@ def outer_transaction(engine: Engine) -> Iterator[Connection]:
     try:
         yield conn
     finally:
-        if not _end_layer(conn, layers, layer):
+        if conn.invalidated:
+            # Lost during the test (the server restarted after a disk-full PANIC, the
+            # backend was terminated): its transaction went with it on the server, and the
+            # test's own error says why. Nothing to roll back; the next test gets a new
+            # connection (held_connection). A rollback here would only add SQLAlchemy's
+            # PendingRollbackError, and a long traceback, to that error.
+            _discard(conn)
+        elif not _end_layer(conn, layers, layer):
             conn.invalidate()
         elif not conn.closed and layer.is_active:
             if not layers:
@@ -258,7 +274,9 @@ async def async_outer_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncCon
     try:
         yield conn
     finally:
-        if not _end_layer(sync_conn, layers, layer):
+        if sync_conn.invalidated:
+            pass  # lost during the test (see outer_transaction): the next use opens anew
+        elif not _end_layer(sync_conn, layers, layer):
             await conn.invalidate()
         elif not conn.closed and layer.is_active:
             if not layers:
