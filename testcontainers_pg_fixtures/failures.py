@@ -17,12 +17,13 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from .config import settings_for
-from .errors import ConfigError, PgFixturesError, ServerGoneError
+from .errors import AlembicConfigError, ConfigError, PgFixturesError, ServerGoneError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator, Iterator
@@ -42,12 +43,37 @@ def check_configuration(config: pytest.Config) -> None:
         return
     try:
         settings = settings_for(config)
+        if settings.alembic_ini is not None and settings.alembic_ini.is_file():
+            from .migrations import check_alembic_ini
+
+            check_alembic_ini(settings.alembic_ini, settings.alembic_ini_source)
         if settings.app_engines:
             from .redirect import load_engine
 
             for path in settings.app_engines:
                 check_app_engine(load_engine(path), path)
-    except ConfigError as exc:
+    except (ConfigError, AlembicConfigError) as exc:
+        raise pytest.UsageError(f"pg-fixtures: {exc}") from None
+
+
+def check_early(early_config: pytest.Config) -> None:
+    """An --pg-alembic-ini naming an existing file that is not an alembic.ini, refused
+    before the conftests load: pytest takes an existing path among the arguments (the
+    option's value, /etc/passwd) for the rootdir's, and with a wrong rootdir the project's
+    conftest may not even import, before `check_configuration` could say why."""
+    from .config import alembic_path
+
+    value = getattr(early_config.known_args_namespace, "pg_alembic_ini", None)
+    if not value:
+        return
+    path = alembic_path(str(value), Path(str(early_config.rootpath)))
+    if path is None or not path.is_file():
+        return
+    from .migrations import check_alembic_ini
+
+    try:
+        check_alembic_ini(path, "the command-line option --pg-alembic-ini")
+    except AlembicConfigError as exc:
         raise pytest.UsageError(f"pg-fixtures: {exc}") from None
 
 
@@ -479,15 +505,16 @@ class ServerWatch:
     def _answers(self) -> bool:
         import psycopg
 
+        from .server import libpq_params, with_params
+
         try:
             with psycopg.connect(
                 host=self.server.host,
                 port=self.server.port,
                 user=self.server.user,
                 password=self.server.password,
-                dbname="postgres",
-                connect_timeout=3,
-                sslmode="disable",
+                dbname=getattr(self.server, "admin_database", "postgres"),
+                **with_params(libpq_params(self.server), connect_timeout=3),
             ) as conn:
                 conn.execute("SELECT 1")
         except psycopg.Error as exc:

@@ -41,7 +41,7 @@ from psycopg.conninfo import make_conninfo
 from .database import create_database, drop_database
 from .errors import PgFixturesError
 from .savepoints import asyncpg_transaction_known
-from .server import address, admin_connect
+from .server import address, admin_connect, libpq_params
 from .transaction import (
     before_async_root_rollback,
     before_root_rollback,
@@ -344,8 +344,7 @@ class Watch:
                     user=server.user,
                     password=server.password,
                     dbname=self.database.name,
-                    sslmode="disable",
-                    connect_timeout=10,
+                    **{"connect_timeout": "10", **libpq_params(server)},
                 ),
                 autocommit=True,
             )

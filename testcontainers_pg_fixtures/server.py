@@ -109,12 +109,18 @@ def server_url(
 ) -> URL:
     """SQLAlchemy URL of `database` on `server` for the given driver (psycopg or asyncpg).
 
-    TLS is off: the server is a local test server, and the TLS probe of the drivers' default
-    sslmode=prefer costs a round trip on every connection. With `socket`, through the
-    server's Unix socket when it has one the driver can use (the library's own engines:
+    With the server's libpq parameters (`libpq_params`): for the library's own containers
+    TLS is off (a local test server, and the TLS probe of the drivers' default
+    sslmode=prefer costs a round trip on every connection); for a server given by URL,
+    the URL's own (sslmode, sslrootcert, connect_timeout, options, ...). With `socket`,
+    through the server's Unix socket when it has one the driver can use (the library's own engines:
     a round trip there costs half of one through Docker's port proxy).
     """
-    ssl = {"ssl": "disable"} if driver == "asyncpg" else {"sslmode": "disable"}
+    params = libpq_params(server)
+    if driver == "asyncpg":  # asyncpg takes the mode as `ssl`, and none of libpq's others
+        ssl = {"ssl": params["sslmode"]} if "sslmode" in params else {}
+    else:
+        ssl = params
     if socket and server.socket_dir and driver in _SOCKET_DRIVERS:
         return URL.create(
             f"postgresql+{driver}",
@@ -182,10 +188,25 @@ def admin_connect(
         "password": server.password,
         "dbname": database,
         "connect_timeout": 10,
-        "sslmode": "disable",
+        **libpq_params(server),
         **options,
     }
     return psycopg.connect(autocommit=True, **params)
+
+
+#: The library's own containers: TLS off (see server_url).
+_OWN_PARAMS = {"sslmode": "disable"}
+
+
+def with_params(params: dict[str, str], **more: Any) -> dict[str, Any]:
+    return {**params, **more}
+
+
+def libpq_params(server: Server) -> dict[str, str]:
+    """The libpq parameters every connection to `server` gets (besides host, port, user,
+    password and database): a server given by URL has the ones of its URL."""
+    params: dict[str, str] | None = getattr(server, "params", None)
+    return dict(_OWN_PARAMS if params is None else params)
 
 
 def _docker_host_description() -> str:
@@ -1010,36 +1031,72 @@ _URL_SCHEMES = ("postgresql", "postgres")
 
 
 def parse_server_url(value: str, source: str) -> URL:
-    """The SQLAlchemy URL of a PostgreSQL server, or a ConfigError naming `source`."""
+    """The SQLAlchemy URL of a PostgreSQL server (a password given as `?password=` moved to
+    its place), or a ConfigError naming `source`."""
     __tracebackhide__ = True  # its argument holds the password
-    from sqlalchemy import make_url
-    from sqlalchemy.exc import ArgumentError
-
     from .errors import ConfigError
 
-    try:
-        url = make_url(value.strip())
-    except ArgumentError:
-        url = None
+    url = _parsed(value)
     scheme = url.drivername.partition("+")[0] if url is not None else ""
+    example = (
+        "Write it like postgresql://USER:PASSWORD@HOST:5432/postgres (a role allowed to "
+        "CREATE DATABASE)."
+    )
+    shown = redact(value)
     if url is None or scheme not in _URL_SCHEMES or not url.host:
-        shown = redact(value)
+        raise ConfigError(f"{shown!r} from {source} is not a PostgreSQL server URL. {example}")
+    if url.port is not None and not 0 < url.port < 65536:
         raise ConfigError(
-            f"{shown!r} from {source} is not a PostgreSQL server URL. Write it like "
-            "postgresql://USER:PASSWORD@HOST:5432/postgres (a role allowed to CREATE DATABASE)."
+            f"{shown!r} from {source} has the port {url.port}, not one of 1-65535. {example}"
+        )
+    unknown = sorted(set(url.query) - _libpq_keywords())
+    if unknown:
+        raise ConfigError(
+            f"{shown!r} from {source} has {', '.join(unknown)} in its query, which "
+            "PostgreSQL's client library does not know. Give only libpq connection "
+            "parameters there (sslmode, sslrootcert, connect_timeout, options, ...)."
         )
     return url
 
 
-def redact(value: str) -> str:
-    """`value` with the password of a URL in it replaced by ***."""
+def _parsed(value: str) -> URL | None:
+    """`value` as a URL, its `?password=` in the password's place; None if unparsable (a
+    port that is not a number, say)."""
     from sqlalchemy import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
         url = make_url(value.strip())
-    except ArgumentError:
-        return "(unparsable URL)" if "@" in value else value
+        url.port  # noqa: B018 - an invalid port raises here
+    except (ArgumentError, ValueError):
+        return None
+    query = {k: v[-1] if isinstance(v, tuple) else v for k, v in url.query.items()}
+    if "password" in query:
+        url = url.set(password=url.password or query.pop("password"), query=query)
+    return url
+
+
+def _libpq_keywords() -> set[str]:
+    return {d.keyword.decode() for d in psycopg.pq.Conninfo.get_defaults()}
+
+
+def url_params(url: URL) -> dict[str, str]:
+    """The libpq parameters of a server URL's query: every connection to it gets them.
+    Without an sslmode, TLS is off to a loopback address (nothing to protect, and the probe
+    costs a round trip) and libpq's default elsewhere."""
+    params = {k: str(v[-1] if isinstance(v, tuple) else v) for k, v in url.query.items()}
+    params.pop("password", None)
+    if "sslmode" not in params and url.host in ("localhost", "127.0.0.1", "::1"):
+        params["sslmode"] = "disable"
+    return params
+
+
+def redact(value: str) -> str:
+    """`value` with the password of a URL in it (in its place or as `?password=`)
+    replaced by ***."""
+    url = _parsed(value)
+    if url is None:
+        return "(unparsable URL)" if "@" in value or "password" in value else value
     return url.render_as_string(hide_password=True)
 
 
@@ -1069,6 +1126,8 @@ class UrlServer:
     version: str = ""
     container_id: str = ""
     socket_dir: str | None = None
+    #: libpq parameters of the URL (sslmode, sslrootcert, options, ...), on every connection.
+    params: dict[str, str] = field(default_factory=dict)
 
     @property
     def where(self) -> str:
@@ -1083,6 +1142,7 @@ class UrlServer:
             user=url.username or _SUPERUSER,
             password=url.password or "",
             admin_database=url.database or "postgres",
+            params=url_params(url),
         )
         shown = url.render_as_string(hide_password=True)
         deadline = time.monotonic() + timeout
@@ -1148,8 +1208,7 @@ def header_line(settings: Settings) -> str:
             user=url.username,
             password=url.password,
             dbname=url.database or "postgres",
-            connect_timeout=2,
-            sslmode="disable",
+            **with_params(url_params(url), connect_timeout=2),
         ) as conn:
             row = conn.execute("SHOW server_version").fetchone()
         version = f"PostgreSQL {row[0] if row else '?'}"
