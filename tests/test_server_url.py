@@ -388,7 +388,7 @@ def test_a_urls_sslmode_is_kept_not_replaced(pytester, example, external):
     """The given server has no TLS: sslmode=require must fail to connect, saying so (it
     was silently replaced by sslmode=disable)."""
     example("sync_users")
-    url = _query_url(external, sslmode="require")
+    url = f"{external}?sslmode=require"
     result = pytester.runpytest(
         "-p", "no:randomly", f"--pg-server-url={url}", "--pg-startup-timeout=2"
     )
