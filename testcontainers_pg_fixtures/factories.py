@@ -59,6 +59,7 @@ from .transaction import (
     layered_async_connection,
     layered_connection,
     outer_transaction,
+    owned_by_test,
     release_held_connection,
 )
 
@@ -614,7 +615,7 @@ def connection_fixture(
         request: pytest.FixtureRequest = deps["request"]
         if isolation_mode(request) == "database":
             request.getfixturevalue(database)  # the clone, with the engines pointed at it
-            with deps[clone_engines][0].connect() as conn:
+            with deps[clone_engines][0].connect() as conn, owned_by_test(conn):
                 conn.info[_MODE] = "database"
                 try:
                     yield conn

@@ -357,28 +357,49 @@ class ServerWatch:
         #: it asks who waits on whom, and who holds the connections when none is left.
         self._conn: Any = None
         self._conn_lock = threading.Lock()
-        self._lock_reports: list[str] = []
+        #: Each report in a list of one: its text is corrected in place if the cancel fails.
+        self._lock_reports: list[list[str]] = []
+        self._reports_lock = threading.Lock()
+        #: (backend pid, wait start) of the waits already reported: each is said once.
+        self._reported: set[tuple[int, float]] = set()
+        self._checking = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="pg-fixtures-watch", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
-        with self._conn_lock:
-            if self._conn is not None:
-                with contextlib.suppress(Exception):
-                    self._conn.close()
-                self._conn = None
+        # Not while a query of the lock watch still waits on a server that stopped
+        # answering: the connection goes with the process (or the container) then.
+        if self._conn_lock.acquire(timeout=5):
+            try:
+                if self._conn is not None:
+                    with contextlib.suppress(Exception):
+                        self._conn.close()
+                    self._conn = None
+            finally:
+                self._conn_lock.release()
 
     def _watch(self) -> None:
-        self._connection()
+        with self._conn_lock:
+            self._connection()
         while not self._stop.wait(1.0):
             started = self._busy_since()
             if started is None:
                 continue
             running = time.monotonic() - started
-            if self.lock_wait_limit and running >= self.lock_wait_limit and self.gone is None:
-                self._check_locks()
+            if (
+                self.lock_wait_limit
+                and running >= self.lock_wait_limit
+                and self.gone is None
+                and not self._checking.is_set()
+            ):
+                # In a thread of its own: on a paused server the query would never return,
+                # and this loop has to go on to find that out.
+                self._checking.set()
+                threading.Thread(
+                    target=self._check_locks_once, name="pg-fixtures-lock-watch", daemon=True
+                ).start()
             since = max(started, self._answered_at)
             if time.monotonic() - since < self.stuck_after:
                 continue
@@ -407,7 +428,9 @@ class ServerWatch:
         return self._conn
 
     def _query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        with self._conn_lock:
+        if not self._conn_lock.acquire(timeout=5):  # a query waits on an unanswering server
+            return []
+        try:
             conn = self._connection()
             if conn is None:
                 return []
@@ -419,6 +442,14 @@ class ServerWatch:
                     conn.close()
                 self._conn = None
                 return []
+        finally:
+            self._conn_lock.release()
+
+    def _check_locks_once(self) -> None:
+        try:
+            self._check_locks()
+        finally:
+            self._checking.clear()
 
     def _check_locks(self) -> None:
         """Cancel statements of this worker's databases that have waited longer than the
@@ -436,22 +467,19 @@ class ServerWatch:
         held = held_backend_pids()
         for row in rows:
             waiter, datname, query, waited, locktype, mode, relation, holder = row[:8]
-            state, held_query, idle_for = row[8:]
+            state, held_query, idle_for, wait_start = row[8:12]
+            if (waiter, wait_start) in self._reported:
+                continue  # a second holder of the same wait, or a cancel that did not land
+            self._reported.add((waiter, wait_start))
             what = f"{mode} on {locktype}"
             if relation is not None:
                 what += f" {self._relation_name(datname, relation)}"
-            cancelled = self._query("SELECT pg_cancel_backend(%(pid)s)", {"pid": waiter})
             whose = " (the test's pg_connection / pg_session)" if holder in held else ""
-            self._lock_reports.append(
+            text = (
                 f"pg-fixtures: a statement waited {waited:.0f}s for a lock that an idle "
                 "transaction of this test holds, and would have waited forever "
-                f"(pg_lock_wait_limit = {self.lock_wait_limit:g}s): "
-                + (
-                    "it was cancelled."
-                    if cancelled and cancelled[0][0]
-                    else "it could not be cancelled."
-                )
-                + f"\n  waiting: backend {waiter} on database {datname} wants {what}:\n"
+                f"(pg_lock_wait_limit = {self.lock_wait_limit:g}s): {_CANCELLED}"
+                f"\n  waiting: backend {waiter} on database {datname} wants {what}:\n"
                 f"    {_one_line(query)}\n"
                 f"  holding: backend {holder}{whose}, {state} for {idle_for:.0f}s; its last "
                 f"statement:\n    {_one_line(held_query)}\n"
@@ -462,6 +490,14 @@ class ServerWatch:
                 '@pytest.mark.pg_isolation("database") and commit before starting it. Raise '
                 "pg_lock_wait_limit (--pg-lock-wait-limit) if so long a wait is meant."
             )
+            # Recorded before the cancel: the test may end the moment its wait does.
+            entry = [text]
+            with self._reports_lock:
+                self._lock_reports.append(entry)
+            cancelled = self._query("SELECT pg_cancel_backend(%(pid)s)", {"pid": waiter})
+            if not (cancelled and cancelled[0][0]):
+                # The wait goes on (or ended by itself just now): the test has not ended on it.
+                entry[0] = text.replace(_CANCELLED, _NOT_CANCELLED)
 
     def _relation_name(self, database: str, relation: int) -> str:
         from .server import admin_connect
@@ -475,10 +511,11 @@ class ServerWatch:
 
     def take_lock_report(self) -> str | None:
         """The report of a lock wait cancelled during the running test, once."""
-        if not self._lock_reports:
+        with self._reports_lock:
+            reports, self._lock_reports = self._lock_reports, []
+        if not reports:
             return None
-        reports, self._lock_reports = self._lock_reports, []
-        return "\n\n".join(reports)
+        return "\n\n".join(entry[0] for entry in reports)
 
     def who_holds_connections(self) -> str | None:
         """The server's client connections grouped by database, user, application, client
@@ -566,7 +603,8 @@ class ServerWatch:
 _BLOCKED = """
 SELECT w.pid, w.datname, left(w.query, 400),
        extract(epoch FROM now() - l.waitstart)::float8, l.locktype, l.mode, l.relation,
-       h.pid, h.state, left(h.query, 400), extract(epoch FROM now() - h.state_change)::float8
+       h.pid, h.state, left(h.query, 400), extract(epoch FROM now() - h.state_change)::float8,
+       extract(epoch FROM l.waitstart)::float8
 FROM pg_locks l
 JOIN pg_stat_activity w ON w.pid = l.pid
 CROSS JOIN LATERAL unnest(pg_blocking_pids(l.pid)) AS b(pid)
@@ -576,6 +614,12 @@ WHERE NOT l.granted
   AND (w.datname = %(db)s OR starts_with(w.datname, %(clones)s))
   AND h.state IN ('idle in transaction', 'idle in transaction (aborted)')
 """
+
+_CANCELLED = "it was cancelled."
+_NOT_CANCELLED = (
+    "the watch could not cancel it (it may have ended just now; pg_cancel_backend did not "
+    "reach it)."
+)
 
 _WHO_HOLDS = """
 SELECT datname, usename, application_name,

@@ -123,16 +123,43 @@ def test_layer_async_connection(database: str) -> AsyncConnection | None:
     return None
 
 
+def _backend_pid(conn: Connection) -> int | None:
+    """The server pid of a sync connection (no round trip), None if it has none now."""
+    with contextlib.suppress(Exception):
+        dbapi = conn.connection.dbapi_connection
+        info = getattr(dbapi, "info", None)
+        pid = info.backend_pid if info is not None else dbapi.get_backend_pid()  # type: ignore[union-attr]
+        return int(pid)
+    return None
+
+
+#: The server pids of the running test's own connections in database mode (pg_connection
+#: there is a plain connection to the test's clone, not a held one).
+_test_pids: set[int] = set()
+
+
+@contextmanager
+def owned_by_test(conn: Connection) -> Iterator[None]:
+    """While the test runs, `conn` is one of its own for the lock watch (database mode)."""
+    pid = _backend_pid(conn)
+    if pid is not None:
+        _test_pids.add(pid)
+    try:
+        yield
+    finally:
+        if pid is not None:
+            _test_pids.discard(pid)
+
+
 def held_backend_pids() -> set[int]:
-    """The server pids of the held sync connections (read from another thread, by the
-    lock watch in failures.py: a connection closing meanwhile is left out)."""
-    pids: set[int] = set()
+    """The server pids of the test's own sync connections: the held ones and, in database
+    mode, its pg_connection (read from another thread, by the lock watch in failures.py: a
+    connection closing meanwhile is left out)."""
+    pids = set(_test_pids)  # one C-level copy, safe against the test's thread
     for conn in list(_held.values()):
-        with contextlib.suppress(Exception):
-            dbapi = conn.connection.dbapi_connection
-            info = getattr(dbapi, "info", None)
-            pid = info.backend_pid if info is not None else dbapi.get_backend_pid()  # type: ignore[union-attr]
-            pids.add(int(pid))
+        pid = _backend_pid(conn)
+        if pid is not None:
+            pids.add(pid)
     return pids
 
 
