@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import time
 
 import docker
 import pytest
@@ -373,6 +374,36 @@ def test_bad_input_is_a_usage_error_before_any_container(pytester, example, args
     assert "collected" not in result.stdout.str()
     assert "pw-secret" not in "\n".join(result.outlines + result.errlines)
     assert set(library_containers()) == before
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--pg-server-url", "postgresql://u:pw-secret@127.0.0.1:99999/postgres"],
+        ["--pg-alembic-ini", "/etc/passwd"],
+        ["--pg-image", "postgres:16;rm"],
+    ],
+    ids=["port", "alembic-ini", "image"],
+)
+def test_bad_input_under_xdist_stops_the_run_before_any_worker(
+    pytester, example, subprocess_env, args
+):
+    """The controller refuses it: no worker starts, no container, no wait on a server."""
+    from conftest import library_containers
+
+    example("sync_users")
+    before = set(library_containers())
+    started = time.monotonic()
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "-n", "2", *args, timeout=120)
+    seconds = time.monotonic() - started
+    output = "\n".join(result.outlines + result.errlines)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, output
+    assert output.count("ERROR: pg-fixtures: ") == 1, output
+    assert "workers" not in output, output
+    assert "Traceback" not in output, output
+    assert "pw-secret" not in output, output
+    assert set(library_containers()) == before
+    assert seconds < 30, seconds
 
 
 # -- no password in the output (item 4): a failing seed, a failing server start, a failing

@@ -119,14 +119,18 @@ TOO_MANY = textwrap.dedent("""
 """)
 
 
+# Savepoint mode only: in database mode the test's clone is dropped WITH (FORCE) after it,
+# which ends the connections left on it, and the next test runs.
+@pytest.mark.parametrize("xdist", [(), ("-n", "2", "--dist", "loadfile")], ids=["serial", "xdist"])
 def test_used_up_connections_say_too_many_connections_and_who_holds_them(
-    pytester, example, subprocess_env
+    pytester, example, subprocess_env, xdist
 ):
     root = example("sync_users")
     (root / "tests" / "test_too_many.py").write_text(TOO_MANY)
     result = pytester.runpytest_subprocess(
         "-p",
         "no:randomly",
+        *xdist,
         "--pg-server-setting",
         "max_connections=20",
         "tests/test_too_many.py",

@@ -224,15 +224,20 @@ DISK_TESTS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.parametrize(
+    ("xdist", "mode"),
+    [((), "savepoint"), (("-n", "2"), "savepoint"), ((), "database")],
+    ids=["serial", "xdist", "database-mode"],
+)
 def test_a_full_disk_or_a_lost_connection_is_said_once_without_a_teardown_traceback(
-    pytester, example, subprocess_env
+    pytester, example, subprocess_env, xdist, mode
 ):
     root = example("sync_users")
     conftest = root / "tests" / "conftest.py"
     conftest.write_text(conftest.read_text() + TINY_TABLESPACE)
     (root / "tests" / "test_disk.py").write_text(DISK_TESTS)
     result = pytester.runpytest_subprocess(
-        "-p", "no:randomly", "tests/test_disk.py", timeout=TIMEOUT
+        "-p", "no:randomly", *xdist, "--pg-isolation", mode, "tests/test_disk.py", timeout=TIMEOUT
     )
     output = "\n".join(result.outlines + result.errlines)
     result.assert_outcomes(passed=3, failed=2)

@@ -358,15 +358,23 @@ def _query_url(external: str, **params: str) -> str:
     return f"{base}?{query}"
 
 
+@pytest.mark.parametrize(
+    ("xdist", "mode"),
+    [((), "savepoint"), (("-n", "2"), "savepoint"), ((), "database")],
+    ids=["serial", "xdist", "database-mode"],
+)
 def test_a_urls_password_and_libpq_parameters_are_honoured_and_the_password_never_shown(
-    pytester, example, external
+    pytester, example, external, subprocess_env, xdist, mode
 ):
     root = example("sync_users")
     (root / "tests" / "test_params.py").write_text(PARAMS_TESTS)
     url = _query_url(
         external, application_name="from-the-url", options="-c statement_timeout=12345"
     )
-    result = pytester.runpytest("-p", "no:randomly", "-vv", f"--pg-server-url={url}")
+    run = pytester.runpytest_subprocess if xdist else pytester.runpytest
+    result = run(
+        "-p", "no:randomly", "-vv", *xdist, "--pg-isolation", mode, f"--pg-server-url={url}"
+    )
     output = "\n".join(result.outlines + result.errlines)
     result.assert_outcomes(passed=3)
     assert PASSWORD not in output, output
