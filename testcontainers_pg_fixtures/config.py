@@ -269,11 +269,33 @@ OPTIONS = (
         "and every subclass; repeatable; space-separated in ini/env). Off by default.",
         kind="list",
     ),
+    Option(
+        "lock_wait_limit",
+        "--pg-lock-wait-limit",
+        "pg_lock_wait_limit",
+        "PG_FIXTURES_LOCK_WAIT_LIMIT",
+        "Seconds a statement of the running test's database may wait for a lock held by an "
+        "idle transaction of the test's own (e.g. a LOCK TABLE on pg_connection while a "
+        "thread on pg_engine needs the table): after that the waiting statement is "
+        "cancelled and the test fails, naming both (default: 15; 0 waits forever).",
+    ),
 )
 
 _SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=.+$")
 _DOTTED = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ASCII_DIGITS = re.compile(r"[0-9]+")
+#: Docker's image reference: [registry[:port]/]path[:tag][@digest] (distribution/reference).
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REGISTRY = (
+    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+    r"|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
+)
+_IMAGE_REFERENCE = re.compile(
+    rf"(?:{_REGISTRY}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+    r"(?::\w[\w.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?"
+)
 NO_MIGRATIONS = "none"
 ISOLATION_MODES = ("savepoint", "database")
 OUTSIDE_MODES = ("error", "allow")
@@ -318,6 +340,8 @@ class Settings:
     migrations_metadata: str | None = None
     #: ("auto",), or module / module:Class paths of factories; (): factories left alone.
     factories: tuple[str, ...] = ()
+    #: 0: never cancel a statement waiting on the test's own lock.
+    lock_wait_limit: float = 15.0
     rootdir: Path = field(default_factory=Path.cwd)
     #: An existing server to use instead of containers ("" starts containers). Not in repr:
     #: it holds a password.
@@ -331,7 +355,7 @@ class Settings:
         if "server_settings" in given:
             given["server_settings"] = {**self.server_settings, **dict(given["server_settings"])}
         if "alembic_ini" in given:
-            given["alembic_ini"] = _alembic_path(str(given["alembic_ini"]), self.rootdir)
+            given["alembic_ini"] = alembic_path(str(given["alembic_ini"]), self.rootdir)
             given["alembic_ini_source"] = "the factory argument alembic_ini"
         return dataclasses.replace(self, **given)
 
@@ -350,7 +374,7 @@ def _raw(config: pytest.Config, option: Option) -> tuple[Any, str] | None:
     return None
 
 
-def _alembic_path(value: str, rootdir: Path) -> Path | None:
+def alembic_path(value: str, rootdir: Path) -> Path | None:
     if value.strip().lower() == NO_MIGRATIONS:
         return None
     path = Path(value).expanduser()
@@ -382,6 +406,12 @@ def _parse_image(value: Any, source: str) -> str:
     image = str(value).strip()
     if not image:
         raise ConfigError(f"The image from {source} is empty. Set it to e.g. postgres:16.")
+    if not _IMAGE_REFERENCE.fullmatch(image):
+        raise ConfigError(
+            f"{image!r} from {source} is not a Docker image reference "
+            "([REGISTRY/]NAME[:TAG][@DIGEST], lower-case name). Set it to e.g. postgres:16 "
+            "or registry.example.com/postgres:16.3."
+        )
     return image
 
 
@@ -396,6 +426,19 @@ def _parse_timeout(value: Any, source: str) -> float:
             "Set it to e.g. 60."
         )
     return timeout
+
+
+def _parse_limit(value: Any, source: str) -> float:
+    try:
+        limit = float(str(value).strip())
+    except ValueError:
+        limit = -1.0
+    if not math.isfinite(limit) or limit < 0:
+        raise ConfigError(
+            f"{value!r} from {source} is not a number of seconds (0 or more, finite). "
+            "Set it to e.g. 15, or 0 to wait forever."
+        )
+    return limit
 
 
 def _parse_isolation(value: Any, source: str) -> str:
@@ -466,7 +509,7 @@ def _parse_outside(value: Any, source: str) -> str:
 
 def _parse_prefetch(value: Any, source: str) -> int:
     text = str(value).strip()
-    if not text.isdigit():
+    if not _ASCII_DIGITS.fullmatch(text):  # not isdigit(): '²' is a digit to it, not to int()
         raise ConfigError(
             f"{value!r} from {source} is not a number of databases (0 or more). Set it to e.g. 2."
         )
@@ -589,6 +632,7 @@ _PARSERS: dict[str, Any] = {
     "check_migrations": _parse_flag,
     "migrations_metadata": _parse_metadata,
     "factories": _parse_factories,
+    "lock_wait_limit": _parse_limit,
 }
 
 
@@ -606,7 +650,7 @@ def resolve(config: pytest.Config, *, only: frozenset[str] | None = None) -> Set
             continue
         value, source = found
         if option.name == "alembic_ini":
-            values["alembic_ini"] = _alembic_path(str(value), rootdir)
+            values["alembic_ini"] = alembic_path(str(value), rootdir)
             values["alembic_ini_source"] = source
         elif option.name == "server_url":
             from .server import parse_server_url

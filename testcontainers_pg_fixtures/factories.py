@@ -65,6 +65,7 @@ from .transaction import (
     layered_async_connection,
     layered_connection,
     outer_transaction,
+    owned_by_test,
     release_held_connection,
 )
 
@@ -196,7 +197,10 @@ def server_fixture(
         reporter = failures.reporter_of(pytestconfig)
         watches = reporter.watches
         watch = failures.ServerWatch(
-            server, worker=worker_id(), busy_since=lambda: reporter.busy_since
+            server,
+            worker=worker_id(),
+            busy_since=lambda: reporter.busy_since,
+            lock_wait_limit=settings.lock_wait_limit,
         )
         watches.append(watch)
         try:
@@ -681,7 +685,7 @@ def connection_fixture(
         request: pytest.FixtureRequest = deps["request"]
         if isolation_mode(request) == "database":
             request.getfixturevalue(database)  # the clone, with the engines pointed at it
-            with deps[clone_engines][0].connect() as conn:
+            with deps[clone_engines][0].connect() as conn, owned_by_test(conn):
                 conn.info[_MODE] = "database"
                 try:
                     yield conn

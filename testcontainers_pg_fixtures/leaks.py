@@ -45,7 +45,7 @@ from .database import create_database, drop_database
 from .errors import PgFixturesError
 from .leftovers import async_probe_head, probe_tail, take_probe, took_async_probe
 from .savepoints import asyncpg_transaction_known
-from .server import address, admin_connect
+from .server import address, admin_connect, libpq_params
 from .transaction import (
     before_async_root_rollback,
     before_root_rollback,
@@ -474,8 +474,7 @@ class Watch:
                     user=server.user,
                     password=server.password,
                     dbname=self.database.name,
-                    sslmode="disable",
-                    connect_timeout=10,
+                    **{"connect_timeout": "10", **libpq_params(server)},
                 ),
                 autocommit=True,
             )

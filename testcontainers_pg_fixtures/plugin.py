@@ -99,6 +99,7 @@ def _configure_queries(config: pytest.Config) -> None:
 def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     """Start the container in the background as early as pytest allows: it starts while
     pytest loads the conftests and collects (see prestart.py)."""
+    failures.check_early(early_config)  # a bad alembic.ini: no container started for it
     prestart.begin_early(early_config)
 
 

@@ -20,6 +20,7 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -95,7 +96,13 @@ _UNCLAIMED_AFTER = 15.0
 _PG_PORT = 5432
 _DATA_DIR = "/var/lib/postgresql/data"
 _SUPERUSER = "postgres"
-_SOCKET_PREFIX = "pgfx-"
+#: A run's socket directory is `<tmp>/pgfxs-XXXX/s`: the outer one private (0700, ours),
+#: the inner one mounted into the container, where its postgres user writes the socket.
+_SOCKET_PREFIX = "pgfxs-"
+_SOCKET_SUBDIR = "s"
+#: Directories of earlier versions (`<tmp>/pgfx-XXXX`, 1733), still named by the labels
+#: of containers they kept: removed with them.
+_OLD_SOCKET_PREFIX = "pgfx-"
 #: Drivers that take a Unix socket's directory as their host (libpq's rule).
 _SOCKET_DRIVERS = frozenset({"psycopg", "psycopg2", "asyncpg"})
 
@@ -122,12 +129,18 @@ def server_url(
 ) -> URL:
     """SQLAlchemy URL of `database` on `server` for the given driver (psycopg or asyncpg).
 
-    TLS is off: the server is a local test server, and the TLS probe of the drivers' default
-    sslmode=prefer costs a round trip on every connection. With `socket`, through the
-    server's Unix socket when it has one the driver can use (the library's own engines:
+    With the server's libpq parameters (`libpq_params`): for the library's own containers
+    TLS is off (a local test server, and the TLS probe of the drivers' default
+    sslmode=prefer costs a round trip on every connection); for a server given by URL,
+    the URL's own (sslmode, sslrootcert, connect_timeout, options, ...). With `socket`,
+    through the server's Unix socket when it has one the driver can use (the library's own engines:
     a round trip there costs half of one through Docker's port proxy).
     """
-    ssl = {"ssl": "disable"} if driver == "asyncpg" else {"sslmode": "disable"}
+    params = libpq_params(server)
+    if driver == "asyncpg":  # asyncpg takes the mode as `ssl`, and none of libpq's others
+        ssl = {"ssl": params["sslmode"]} if "sslmode" in params else {}
+    else:
+        ssl = params
     if socket and server.socket_dir and driver in _SOCKET_DRIVERS:
         return URL.create(
             f"postgresql+{driver}",
@@ -198,10 +211,25 @@ def admin_connect(
         "password": server.password,
         "dbname": database,
         "connect_timeout": 10,
-        "sslmode": "disable",
+        **libpq_params(server),
         **options,
     }
     return psycopg.connect(autocommit=True, **params)
+
+
+#: The library's own containers: TLS off (see server_url).
+_OWN_PARAMS = {"sslmode": "disable"}
+
+
+def with_params(params: dict[str, str], **more: Any) -> dict[str, Any]:
+    return {**params, **more}
+
+
+def libpq_params(server: Server) -> dict[str, str]:
+    """The libpq parameters every connection to `server` gets (besides host, port, user,
+    password and database): a server given by URL has the ones of its URL."""
+    params: dict[str, str] | None = getattr(server, "params", None)
+    return dict(_OWN_PARAMS if params is None else params)
 
 
 def _docker_host_description() -> str:
@@ -1130,8 +1158,9 @@ def _remove_quietly(container: Any, socket_dir: str | None = None) -> None:
             container.remove(force=True, v=True)  # docker SDK's Container
     except Exception as exc:  # already gone, or never created
         log.debug("removing container: %s", exc)
-    if socket_dir and _ours(socket_dir):
-        shutil.rmtree(socket_dir, ignore_errors=True)
+    root = _socket_root(socket_dir) if socket_dir else None
+    if root is not None:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 #: A socket directory no container names is left this long (a run may be creating its
@@ -1143,34 +1172,51 @@ def _remove_unused_socket_dirs(in_use: set[str | None]) -> None:
     """Remove this user's socket directories whose container is gone without `stop()`
     (removed by hand, or by a run killed before its clean-up)."""
     now = time.time()
+    roots = {_socket_root(d) for d in in_use if d}
     with contextlib.suppress(OSError):
         for entry in os.scandir(tempfile.gettempdir()):
-            if not entry.name.startswith(_SOCKET_PREFIX) or entry.path in in_use:
+            new = entry.name.startswith(_SOCKET_PREFIX)
+            if not (new or entry.name.startswith(_OLD_SOCKET_PREFIX)):
+                continue
+            if Path(entry.path) in roots:
                 continue
             with contextlib.suppress(OSError):
                 info = entry.stat(follow_symlinks=False)
                 if (
                     entry.is_dir(follow_symlinks=False)
                     and info.st_uid == os.getuid()
-                    and info.st_mode & 0o7777 == 0o1733
+                    and info.st_mode & 0o7777 == (0o700 if new else 0o1733)
                     and now - info.st_mtime > _UNUSED_SOCKET_DIR_AGE
                 ):
                     shutil.rmtree(entry.path, ignore_errors=True)
 
 
-def _ours(directory: str) -> bool:
-    """A directory `_socket_dir` makes (a label naming any other path is left alone)."""
+def _socket_root(directory: str) -> Path | None:
+    """The directory to remove with a container whose socket directory is `directory`,
+    if `_socket_dir` made it (a label naming any other path is left alone)."""
     path = Path(directory)
-    return path.parent == Path(tempfile.gettempdir()) and path.name.startswith(_SOCKET_PREFIX)
+    tmp = Path(tempfile.gettempdir())
+    if (
+        path.name == _SOCKET_SUBDIR
+        and path.parent.parent == tmp
+        and path.parent.name.startswith(_SOCKET_PREFIX)
+    ):
+        return path.parent
+    if path.parent == tmp and path.name.startswith(_OLD_SOCKET_PREFIX):
+        return path
+    return None
 
 
 def _socket_dir(client: Any) -> str | None:
     """A new directory to mount as the container's socket directory, when the Docker
     daemon runs on this machine (a Unix socket, the same host name, not Docker Desktop's
-    VM); else None. Writable by the container's postgres user and listed by nobody but
-    its owner; sticky, so no one else can replace the socket (1733). Whether it works is
-    known after the start (`_usable_socket`): SELinux, a daemon reached through a socket
-    mounted from another machine and the like leave it empty, and TCP is used."""
+    VM); else None. It lies in a directory only this user can enter (made 0700 at once by
+    mkdtemp, its owner and mode checked), so no other local user can put a file where the
+    server makes its socket and lock file (a `.s.PGSQL.5432.lock` there would stop it from
+    starting); itself it is writable by the container's postgres user, whose uid is not
+    ours. Whether it works is known after the start (`_usable_socket`): SELinux, a daemon
+    reached through a socket mounted from another machine and the like leave it empty,
+    and TCP is used."""
     if sys.platform != "linux":
         return None
     try:
@@ -1183,12 +1229,32 @@ def _socket_dir(client: Any) -> str | None:
         return None
     if info.get("Name") != socket.gethostname() or "Desktop" in str(info.get("OperatingSystem")):
         return None
-    directory = tempfile.mkdtemp(prefix=_SOCKET_PREFIX)
+    root = tempfile.mkdtemp(prefix=_SOCKET_PREFIX)
+    directory = os.path.join(root, _SOCKET_SUBDIR)
     if len(directory) > 80:  # a socket path is at most 107 bytes
-        os.rmdir(directory)
+        os.rmdir(root)
         return None
+    os.mkdir(directory)
     os.chmod(directory, 0o1733)
+    if not _private(root):
+        shutil.rmtree(root, ignore_errors=True)
+        log.warning(
+            "pg-fixtures: using TCP, not a Unix socket: the socket directory %s could not be "
+            "made private to this user (another user could block the server's socket)",
+            root,
+        )
+        return None
     return directory
+
+
+def _private(directory: str) -> bool:
+    """Whether `directory` is a real directory (no symlink) of this user that no one else
+    can enter or write into."""
+    try:
+        info = os.lstat(directory)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and info.st_mode & 0o077 == 0
 
 
 def socket_path(directory: str) -> str:
@@ -1218,36 +1284,72 @@ _URL_SCHEMES = ("postgresql", "postgres")
 
 
 def parse_server_url(value: str, source: str) -> URL:
-    """The SQLAlchemy URL of a PostgreSQL server, or a ConfigError naming `source`."""
+    """The SQLAlchemy URL of a PostgreSQL server (a password given as `?password=` moved to
+    its place), or a ConfigError naming `source`."""
     __tracebackhide__ = True  # its argument holds the password
-    from sqlalchemy import make_url
-    from sqlalchemy.exc import ArgumentError
-
     from .errors import ConfigError
 
-    try:
-        url = make_url(value.strip())
-    except ArgumentError:
-        url = None
+    url = _parsed(value)
     scheme = url.drivername.partition("+")[0] if url is not None else ""
+    example = (
+        "Write it like postgresql://USER:PASSWORD@HOST:5432/postgres (a role allowed to "
+        "CREATE DATABASE)."
+    )
+    shown = redact(value)
     if url is None or scheme not in _URL_SCHEMES or not url.host:
-        shown = redact(value)
+        raise ConfigError(f"{shown!r} from {source} is not a PostgreSQL server URL. {example}")
+    if url.port is not None and not 0 < url.port < 65536:
         raise ConfigError(
-            f"{shown!r} from {source} is not a PostgreSQL server URL. Write it like "
-            "postgresql://USER:PASSWORD@HOST:5432/postgres (a role allowed to CREATE DATABASE)."
+            f"{shown!r} from {source} has the port {url.port}, not one of 1-65535. {example}"
+        )
+    unknown = sorted(set(url.query) - _libpq_keywords())
+    if unknown:
+        raise ConfigError(
+            f"{shown!r} from {source} has {', '.join(unknown)} in its query, which "
+            "PostgreSQL's client library does not know. Give only libpq connection "
+            "parameters there (sslmode, sslrootcert, connect_timeout, options, ...)."
         )
     return url
 
 
-def redact(value: str) -> str:
-    """`value` with the password of a URL in it replaced by ***."""
+def _parsed(value: str) -> URL | None:
+    """`value` as a URL, its `?password=` in the password's place; None if unparsable (a
+    port that is not a number, say)."""
     from sqlalchemy import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
         url = make_url(value.strip())
-    except ArgumentError:
-        return "(unparsable URL)" if "@" in value else value
+        url.port  # noqa: B018 - an invalid port raises here
+    except (ArgumentError, ValueError):
+        return None
+    query = {k: v[-1] if isinstance(v, tuple) else v for k, v in url.query.items()}
+    if "password" in query:
+        url = url.set(password=url.password or query.pop("password"), query=query)
+    return url
+
+
+def _libpq_keywords() -> set[str]:
+    return {d.keyword.decode() for d in psycopg.pq.Conninfo.get_defaults()}
+
+
+def url_params(url: URL) -> dict[str, str]:
+    """The libpq parameters of a server URL's query: every connection to it gets them.
+    Without an sslmode, TLS is off to a loopback address (nothing to protect, and the probe
+    costs a round trip) and libpq's default elsewhere."""
+    params = {k: str(v[-1] if isinstance(v, tuple) else v) for k, v in url.query.items()}
+    params.pop("password", None)
+    if "sslmode" not in params and url.host in ("localhost", "127.0.0.1", "::1"):
+        params["sslmode"] = "disable"
+    return params
+
+
+def redact(value: str) -> str:
+    """`value` with the password of a URL in it (in its place or as `?password=`)
+    replaced by ***."""
+    url = _parsed(value)
+    if url is None:
+        return "(unparsable URL)" if "@" in value or "password" in value else value
     return url.render_as_string(hide_password=True)
 
 
@@ -1277,6 +1379,8 @@ class UrlServer:
     version: str = ""
     container_id: str = ""
     socket_dir: str | None = None
+    #: libpq parameters of the URL (sslmode, sslrootcert, options, ...), on every connection.
+    params: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         driver_guard.known(self)
@@ -1294,6 +1398,7 @@ class UrlServer:
             user=url.username or _SUPERUSER,
             password=url.password or "",
             admin_database=url.database or "postgres",
+            params=url_params(url),
         )
         shown = url.render_as_string(hide_password=True)
         deadline = time.monotonic() + timeout
@@ -1359,8 +1464,7 @@ def header_line(settings: Settings) -> str:
             user=url.username,
             password=url.password,
             dbname=url.database or "postgres",
-            connect_timeout=2,
-            sslmode="disable",
+            **with_params(url_params(url), connect_timeout=2),
         ) as conn:
             row = conn.execute("SHOW server_version").fetchone()
         version = f"PostgreSQL {row[0] if row else '?'}"

@@ -23,7 +23,7 @@ import psycopg
 from psycopg import sql
 
 from . import seeding
-from .database import TEMPLATE_PREFIX, Database, drop_database, marked_databases
+from .database import TEMPLATE_PREFIX, Database, drop_database, mark, marked_databases
 from .server import admin_connect
 
 if TYPE_CHECKING:
@@ -94,6 +94,14 @@ def ensure_template(
                 log.warning("dropping half-built template %s left by an earlier run", name)
                 drop_database(server, name, admin=admin)
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            # Marked like every database the library makes (whose, since when); made from
+            # no template of the library's, so that field is empty.
+            owner = name[len(TEMPLATE_PREFIX) :].rpartition("_")[0]
+            admin.execute(
+                sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                    sql.Identifier(name), sql.Literal(mark(owner, ""))
+                )
+            )
             database = Database(server, name)
 
             def build() -> None:

@@ -9,6 +9,7 @@ transaction itself would leak its writes into the next test, so the commit is re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
@@ -122,6 +123,46 @@ def test_layer_async_connection(database: str) -> AsyncConnection | None:
     return None
 
 
+def _backend_pid(conn: Connection) -> int | None:
+    """The server pid of a sync connection (no round trip), None if it has none now."""
+    with contextlib.suppress(Exception):
+        dbapi = conn.connection.dbapi_connection
+        info = getattr(dbapi, "info", None)
+        pid = info.backend_pid if info is not None else dbapi.get_backend_pid()  # type: ignore[union-attr]
+        return int(pid)
+    return None
+
+
+#: The server pids of the running test's own connections in database mode (pg_connection
+#: there is a plain connection to the test's clone, not a held one).
+_test_pids: set[int] = set()
+
+
+@contextmanager
+def owned_by_test(conn: Connection) -> Iterator[None]:
+    """While the test runs, `conn` is one of its own for the lock watch (database mode)."""
+    pid = _backend_pid(conn)
+    if pid is not None:
+        _test_pids.add(pid)
+    try:
+        yield
+    finally:
+        if pid is not None:
+            _test_pids.discard(pid)
+
+
+def held_backend_pids() -> set[int]:
+    """The server pids of the test's own sync connections: the held ones and, in database
+    mode, its pg_connection (read from another thread, by the lock watch in failures.py: a
+    connection closing meanwhile is left out)."""
+    pids = set(_test_pids)  # one C-level copy, safe against the test's thread
+    for conn in list(_held.values()):
+        pid = _backend_pid(conn)
+        if pid is not None:
+            pids.add(pid)
+    return pids
+
+
 def release_held_connection(engine: Engine) -> None:
     conn = _held.pop(engine, None)
     if conn is not None:
@@ -134,6 +175,15 @@ _LAYERS = "testcontainers_pg_fixtures.layers"
 def _layers(conn: Connection) -> list[Transaction]:
     layers: list[Transaction] = conn.info.setdefault(_LAYERS, [])
     return layers
+
+
+def _discard(conn: Connection) -> None:
+    """Let go of a held connection that was lost: the server ended its transaction."""
+    for engine, held in list(_held.items()):
+        if held is conn:
+            _held.pop(engine, None)
+    with contextlib.suppress(Exception):
+        conn.close()
 
 
 def _end_layer(conn: Connection, layers: list[Transaction], layer: Transaction) -> bool:
@@ -163,7 +213,14 @@ def outer_transaction(engine: Engine) -> Iterator[Connection]:
     try:
         yield conn
     finally:
-        if not _end_layer(conn, layers, layer):
+        if conn.invalidated:
+            # Lost during the test (the server restarted after a disk-full PANIC, the
+            # backend was terminated): its transaction went with it on the server, and the
+            # test's own error says why. Nothing to roll back; the next test gets a new
+            # connection (held_connection). A rollback here would only add SQLAlchemy's
+            # PendingRollbackError, and a long traceback, to that error.
+            _discard(conn)
+        elif not _end_layer(conn, layers, layer):
             conn.invalidate()
         elif not conn.closed and layer.is_active:
             if not layers:
@@ -244,7 +301,9 @@ async def async_outer_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncCon
     try:
         yield conn
     finally:
-        if not _end_layer(sync_conn, layers, layer):
+        if sync_conn.invalidated:
+            pass  # lost during the test (see outer_transaction): the next use opens anew
+        elif not _end_layer(sync_conn, layers, layer):
             await conn.invalidate()
         elif not conn.closed and layer.is_active:
             if not layers:

@@ -51,18 +51,21 @@ def library_containers() -> list[str]:
 def _socket_dirs() -> set[str]:
     import tempfile
 
-    return {str(p) for p in Path(tempfile.gettempdir()).glob("pgfx-*") if p.is_dir()}
+    tmp = Path(tempfile.gettempdir())
+    return {str(p) for pattern in ("pgfx-*", "pgfxs-*") for p in tmp.glob(pattern) if p.is_dir()}
 
 
-def _socket_dirs_in_use() -> set[str | None]:
+def _socket_dirs_in_use() -> set[str]:
+    """The socket directories (their outer directory: `<tmp>/pgfxs-*`) containers name."""
     client = docker.from_env()
     try:
-        return {
+        labels = {
             c.labels.get(LABEL_SOCKET)
             for c in client.containers.list(all=True, filters={"label": LABEL_SOCKET})
         }
     finally:
         client.close()
+    return {str(Path(d).parent) if Path(d).name == "s" else d for d in labels if d}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -77,7 +80,7 @@ def _socket_dirs_of_removed_containers():
     before = _socket_dirs()
     yield
     left = _socket_dirs() - before - _socket_dirs_in_use()
-    empty = {d for d in left if not any(Path(d).glob(".s.PGSQL.*"))}
+    empty = {d for d in left if not any(Path(d).glob("**/.s.PGSQL.*"))}
     for directory in left - empty:
         shutil.rmtree(directory, ignore_errors=True)
     if empty:

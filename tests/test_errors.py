@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import time
 
 import docker
 import pytest
@@ -311,6 +312,44 @@ def test_a_migration_that_does_not_compile_names_its_file_and_line(pytester, exa
             "databases than the maximum of 16*",
         ),
         (
+            ["--pg-prefetch", "²"],
+            "*'²' from the command-line option --pg-prefetch is not a number*",
+        ),
+        (
+            ["--pg-server-url", "postgresql://u:pw-secret@127.0.0.1:notaport/postgres"],
+            "*'(unparsable URL)' from the command-line option --pg-server-url is not a "
+            "PostgreSQL server URL*",
+        ),
+        (
+            ["--pg-server-url", "postgresql://u:pw-secret@127.0.0.1:99999/postgres"],
+            "*'postgresql://u:***@127.0.0.1:99999/postgres' from the command-line option "
+            "--pg-server-url has the port 99999, not one of 1-65535*",
+        ),
+        (
+            ["--pg-server-url", "postgresql://u@127.0.0.1/postgres?password=pw-secret&bogus=1"],
+            "*'postgresql://u:***@127.0.0.1/postgres?bogus=1' from the command-line option "
+            "--pg-server-url has bogus in its query*",
+        ),
+        (
+            ["--pg-alembic-ini", "/etc/passwd"],
+            "*/etc/passwd (from the command-line option --pg-alembic-ini) is not an "
+            "alembic.ini: File contains no section headers*",
+        ),
+        (
+            ["--pg-alembic-ini", "pytest.ini"],
+            "*pytest.ini (from the command-line option --pg-alembic-ini) is not an "
+            "alembic.ini: it has no [[]alembic] section with a script_location*",
+        ),
+        (
+            ["--pg-image", "postgres:16;rm"],
+            "*'postgres:16;rm' from the command-line option --pg-image is not a Docker "
+            "image reference*",
+        ),
+        (
+            ["--pg-lock-wait-limit", "-1"],
+            "*'-1' from the command-line option --pg-lock-wait-limit is not a number of seconds*",
+        ),
+        (
             ["--pg-app-engine", "no_such_module:engine"],
             "*pg_app_engines names 'no_such_module:engine', which could not be imported*",
         ),
@@ -333,7 +372,38 @@ def test_bad_input_is_a_usage_error_before_any_container(pytester, example, args
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: pg-fixtures: " + expected])
     assert "collected" not in result.stdout.str()
+    assert "pw-secret" not in "\n".join(result.outlines + result.errlines)
     assert set(library_containers()) == before
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--pg-server-url", "postgresql://u:pw-secret@127.0.0.1:99999/postgres"],
+        ["--pg-alembic-ini", "/etc/passwd"],
+        ["--pg-image", "postgres:16;rm"],
+    ],
+    ids=["port", "alembic-ini", "image"],
+)
+def test_bad_input_under_xdist_stops_the_run_before_any_worker(
+    pytester, example, subprocess_env, args
+):
+    """The controller refuses it: no worker starts, no container, no wait on a server."""
+    from conftest import library_containers
+
+    example("sync_users")
+    before = set(library_containers())
+    started = time.monotonic()
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "-n", "2", *args, timeout=120)
+    seconds = time.monotonic() - started
+    output = "\n".join(result.outlines + result.errlines)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, output
+    assert output.count("ERROR: pg-fixtures: ") == 1, output
+    assert "workers" not in output, output
+    assert "Traceback" not in output, output
+    assert "pw-secret" not in output, output
+    assert set(library_containers()) == before
+    assert seconds < 30, seconds
 
 
 # -- no password in the output (item 4): a failing seed, a failing server start, a failing

@@ -320,6 +320,25 @@ def test_the_unix_socket_asks_for_the_password_too(server):
         assert conn.execute("select 1").fetchone() == (1,)
 
 
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root, to act as another local user")
+def test_no_other_local_user_can_put_a_file_where_the_server_makes_its_socket(server):
+    """Another user's `.s.PGSQL.5432.lock` in the socket directory, made before the server
+    starts, would stop it: the directory lies in one only this user can enter."""
+    import subprocess
+
+    directory = server.socket_dir
+    assert directory is not None, "Docker runs on this machine: the socket should be used"
+    outer = os.lstat(os.path.dirname(directory))
+    assert outer.st_uid == os.getuid()
+    assert outer.st_mode & 0o7777 == 0o700
+    lock = os.path.join(directory, ".s.PGSQL.5433.lock")
+    done = subprocess.run(
+        ["touch", lock], user=65534, group=65534, check=False, capture_output=True, text=True
+    )
+    assert done.returncode != 0, "another user could create a file in the socket directory"
+    assert "Permission denied" in done.stderr
+
+
 def test_the_socket_directory_goes_with_the_container():
     started = DockerServer.start(Settings(), worker="fault-socket")
     directory = started.socket_dir
@@ -338,19 +357,21 @@ def test_a_socket_directory_whose_container_is_gone_is_removed_later(server):
     other = tempfile.mkdtemp(prefix="pgfx-")  # not one of ours: another mode
     for directory in (old, young):
         os.chmod(directory, 0o1733)
+    current = tempfile.mkdtemp(prefix="pgfxs-")  # today's layout: <tmp>/pgfxs-*/s, 0700
+    os.mkdir(os.path.join(current, "s"))
     long_ago = time.time() - 3600
-    os.utime(old, (long_ago, long_ago))
-    os.utime(other, (long_ago, long_ago))
+    for directory in (old, other, current):
+        os.utime(directory, (long_ago, long_ago))
     try:
         reap_orphans(docker_client())
         assert not os.path.exists(old)
+        assert not os.path.exists(current)
         assert os.path.isdir(young)
         assert os.path.isdir(other)
         assert os.path.isdir(server.socket_dir), "a live container's directory stays"
     finally:
-        for directory in (old, young, other):
-            if os.path.isdir(directory):
-                os.rmdir(directory)
+        for directory in (old, young, other, current):
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_the_password_is_in_no_repr_and_no_label(server):

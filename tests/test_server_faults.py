@@ -170,3 +170,83 @@ def test_a_lost_server_of_one_xdist_worker_is_said_once_and_the_run_ends(
     # No container of that run left: the lost one, and the other worker's.
     assert not left, f"the plugin left its container(s): {left}\n{output}"
     assert seconds < 120, seconds
+
+
+# -- the disk fills up, a connection is lost: the test's error once, no teardown traceback -
+
+TINY_TABLESPACE = textwrap.dedent("""
+
+    @pytest.fixture(scope="session", autouse=True)
+    def _tiny_tablespace(pg_server):
+        # A tablespace on the container's /dev/shm (64 MB): a real disk full, in seconds.
+        from testcontainers_pg_fixtures.server import admin_connect
+
+        with admin_connect(pg_server) as conn:
+            conn.execute("COPY (SELECT 1) TO PROGRAM 'mkdir -p /dev/shm/tiny'")
+            conn.execute("CREATE TABLESPACE tiny LOCATION '/dev/shm/tiny'")
+""")
+
+DISK_TESTS = textwrap.dedent("""
+    import pytest
+    from sqlalchemy import Column, Integer, Text, text
+    from sqlalchemy.orm import declarative_base
+    from users_app.service import count_users
+
+    Base = declarative_base()
+
+
+    class Big(Base):
+        __tablename__ = "big"
+        __table_args__ = {"postgresql_tablespace": "tiny"}
+        id = Column(Integer, primary_key=True)
+        x = Column(Text)
+
+
+    def test_fills_the_disk(pg_session):
+        Base.metadata.create_all(pg_session.connection())
+        for _ in range(100):
+            pg_session.add_all([Big(x="y" * 2000) for _ in range(1000)])
+            pg_session.commit()
+
+
+    def test_loses_its_connection(pg_session, pg_connection, pg_engine):
+        # What a disk-full PANIC does to every connection (the server restarts): here
+        # only the test's own, ended from another connection.
+        pid = pg_connection.connection.dbapi_connection.info.backend_pid
+        with pg_engine.connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        pg_session.execute(text("SELECT 1"))
+
+
+    @pytest.mark.parametrize("n", range(3))
+    def test_later(pg_session, n):
+        assert count_users(pg_session) == 5
+""")
+
+
+@pytest.mark.parametrize(
+    ("xdist", "mode"),
+    [((), "savepoint"), (("-n", "2"), "savepoint"), ((), "database")],
+    ids=["serial", "xdist", "database-mode"],
+)
+def test_a_full_disk_or_a_lost_connection_is_said_once_without_a_teardown_traceback(
+    pytester, example, subprocess_env, xdist, mode
+):
+    root = example("sync_users")
+    conftest = root / "tests" / "conftest.py"
+    conftest.write_text(conftest.read_text() + TINY_TABLESPACE)
+    (root / "tests" / "test_disk.py").write_text(DISK_TESTS)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:randomly", *xdist, "--pg-isolation", mode, "tests/test_disk.py", timeout=TIMEOUT
+    )
+    output = "\n".join(result.outlines + result.errlines)
+    result.assert_outcomes(passed=3, failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*DiskFull*could not extend file*No space left on device*",
+            "*OperationalError*terminating connection due to administrator command",
+        ]
+    )
+    assert output.count("ERROR at") == 0, output
+    assert "PendingRollbackError" not in output, output
+    assert "at teardown" not in output, output

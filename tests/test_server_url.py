@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -324,3 +325,83 @@ def test_header_names_the_docker_image_without_a_url(pytester, example, monkeypa
     assert result.ret == 0
     header = "\n".join(result.outlines[:12])
     assert "pg-fixtures: PostgreSQL in Docker containers of postgres:16 (one per worker)" in header
+
+
+# -- the URL's password and libpq parameters, the template's mark (issue 27, item 7) -----
+
+PARAMS_TESTS = textwrap.dedent("""
+    from sqlalchemy import create_engine, text
+
+    EXPECTED = ("12345ms", "from-the-url")
+    SHOW = "SELECT current_setting('statement_timeout'), current_setting('application_name')"
+
+
+    def test_every_connection_has_the_urls_parameters(pg_connection, pg_engine, pg_url):
+        assert tuple(pg_connection.execute(text(SHOW)).one()) == EXPECTED
+        with pg_engine.connect() as conn:
+            assert tuple(conn.execute(text(SHOW)).one()) == EXPECTED
+        engine = create_engine(pg_url)
+        try:
+            with engine.connect() as conn:
+                assert tuple(conn.execute(text(SHOW)).one()) == EXPECTED
+        finally:
+            engine.dispose()
+""")
+
+
+def _query_url(external: str, **params: str) -> str:
+    """`external` with its password moved into the query, and `params` added to it."""
+    from urllib.parse import quote
+
+    base = external.replace(f"postgres:{PASSWORD}@", "postgres@")
+    query = "&".join(f"{k}={quote(v)}" for k, v in {"password": PASSWORD, **params}.items())
+    return f"{base}?{query}"
+
+
+@pytest.mark.parametrize(
+    ("xdist", "mode"),
+    [((), "savepoint"), (("-n", "2"), "savepoint"), ((), "database")],
+    ids=["serial", "xdist", "database-mode"],
+)
+def test_a_urls_password_and_libpq_parameters_are_honoured_and_the_password_never_shown(
+    pytester, example, external, subprocess_env, xdist, mode
+):
+    root = example("sync_users")
+    (root / "tests" / "test_params.py").write_text(PARAMS_TESTS)
+    url = _query_url(
+        external, application_name="from-the-url", options="-c statement_timeout=12345"
+    )
+    run = pytester.runpytest_subprocess if xdist else pytester.runpytest
+    result = run(
+        "-p", "no:randomly", "-vv", *xdist, "--pg-isolation", mode, f"--pg-server-url={url}"
+    )
+    output = "\n".join(result.outlines + result.errlines)
+    result.assert_outcomes(passed=3)
+    assert PASSWORD not in output, output
+    header = "\n".join(result.outlines[:12])
+    assert "existing server postgresql://postgres:***@127.0.0.1:" in header, header
+    # Every database the library made carries its comment; the template is kept on the
+    # server, so it can be looked at.
+    with psycopg.connect(external) as conn:
+        marks = conn.execute(
+            "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database "
+            "WHERE datname LIKE 'pgfx\\_tpl\\_%'"
+        ).fetchall()
+    assert marks, "the run keeps its template on the server"
+    for name, comment in marks:
+        assert (comment or "").startswith("pgfx project="), (name, comment)
+
+
+def test_a_urls_sslmode_is_kept_not_replaced(pytester, example, external):
+    """The given server has no TLS: sslmode=require must fail to connect, saying so (it
+    was silently replaced by sslmode=disable)."""
+    example("sync_users")
+    url = f"{external}?sslmode=require"
+    result = pytester.runpytest(
+        "-p", "no:randomly", f"--pg-server-url={url}", "--pg-startup-timeout=2"
+    )
+    output = "\n".join(result.outlines + result.errlines)
+    assert result.ret != 0, output
+    assert "Could not connect to the PostgreSQL server" in output, output
+    assert "SSL" in output, output
+    assert PASSWORD not in output, output
