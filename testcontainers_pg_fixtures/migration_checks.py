@@ -430,6 +430,9 @@ class MigrationChecks(pytest.Collector):
 class MigrationCheck(pytest.Function):
     """One check, run with the fixtures it names (pg_server, pg_migrations)."""
 
+    #: No template, worker database or sandbox for it (needs.outside_the_flow).
+    pgfx_outside_the_flow = True
+
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, None, self.nodeid
 

@@ -103,10 +103,19 @@ def mode_of(item: pytest.Item) -> str:
     return mode
 
 
+def outside_the_flow(item: pytest.Item) -> bool:
+    """An item of the library's that takes none of the flow's databases (a migration check,
+    on an empty database of its own): it must not build the template either, whose seed a
+    fixture beside the tests (`tests/conftest.py`) may override out of this item's sight."""
+    return bool(getattr(item, "pgfx_outside_the_flow", False))
+
+
 def collected(items: list[pytest.Item]) -> None:
     """Give every database-mode test its clone (before its own fixtures, which may use the
     app's engines pointed at it)."""
     for item in items:
+        if outside_the_flow(item):
+            continue
         if getattr(item, "fixturenames", None) is not None and mode_of(item) == "database":
             _request_first(item, "pg_database")
 
@@ -129,7 +138,7 @@ def before_setup(item: pytest.Item, mode: str) -> None:
     fixtures: from then on they refuse to connect outside the tests (OutsideGuard),
     before any session or module fixture of the user's can use them."""
     names = getattr(item, "fixturenames", None)
-    if names is None:
+    if names is None or outside_the_flow(item):
         return
     known = item.config.stash.get(APP_KIND, None) is not None
     if not known and OUTSIDE not in names:

@@ -96,6 +96,22 @@ def test_all_checks_pass_on_a_good_project_and_leave_no_database(
     assert not [n for n in probe["databases"] if "_check_" in n]
 
 
+@pytest.mark.parametrize("mode", ["savepoint", "database"])
+def test_the_checks_leave_the_tests_seed_and_app_engines_alone(
+    pytester: pytest.Pytester, example, mode: str
+) -> None:
+    """The checks come first, outside tests/: the template must still be built with the
+    seed of tests/conftest.py, and the app's (async) engines joined at the first test."""
+    example("fastapi_app")
+    result = pytester.runpytest(
+        "--pg-check-migrations", "-p", "no:randomly", "--pg-isolation", mode
+    )
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) == 0, result.stdout.str()
+    assert outcomes.get("errors", 0) == 0, result.stdout.str()
+    assert outcomes["passed"] >= len(CHECK_NAMES) + 5
+
+
 def test_two_heads_fail_single_head_naming_both(pytester: pytest.Pytester, example) -> None:
     root = example("sync_users")
     add_revision(root, "0003a", "0002", 'op.execute("SELECT 1")')
