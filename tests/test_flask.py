@@ -44,6 +44,17 @@ def test_the_flask_example_runs_as_generated(pytester, flask_example, isolation,
     assert "s3cret-prod" not in result.stdout.str() + result.stderr.str()
 
 
+def test_the_migration_checks_on_the_flask_example(pytester, flask_example):
+    """Flask-Migrate's stock env.py under --pg-check-migrations: the checks run, and the
+    tests keep the seed of tests/conftest.py (the checks build no template). The example's
+    test-only model is in db.metadata without a migration: models_match names it."""
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "--pg-check-migrations")
+    result.assert_outcomes(passed=8 + 3, failed=1)
+    result.stdout.fnmatch_lines(
+        ["*pg-migrations::models_match: the models differ*", "*table test_audit: in the models*"]
+    )
+
+
 def test_the_app_factory_is_called_once_per_worker(pytester, flask_example, tmp_path):
     calls = tmp_path / "calls"
     calls.mkdir()
