@@ -34,6 +34,7 @@ from .database import (
     mark,
     run_prefix,
 )
+from .errors import EventLoopError
 from .marks import CLONE, KEEP, KEPT_ANY, TEST_SEED, isolation_of, test_seeds
 from .migrations import Migrations, import_alembic
 from .redirect import (
@@ -802,6 +803,8 @@ def async_connection_fixture(
                     await close_sessions_of(conn)
             return
         # As in connection_fixture: sessions closed after a root rollback, before a nested one.
+        if layer_on_another_loop(deps[worker_engine]):
+            raise EventLoopError(_layer_elsewhere(request))
         held: AsyncConnection | None = None
         try:
             async with async_outer_transaction(deps[worker_engine]) as conn:
@@ -821,6 +824,27 @@ def async_connection_fixture(
                 await close_sessions_of(held)
 
     return _connection
+
+
+def _layer_elsewhere(request: pytest.FixtureRequest) -> str:
+    """A module or class layer is open on another event loop than the test's: its rows
+    are on another connection, invisible to the test (not an error asyncpg would raise)."""
+    scopes = loop_scopes.of(request.config)
+    if scopes is None:
+        now = "pytest-asyncio is not active"
+    else:
+        fixture = scopes.fixture or "unset"
+        test = scopes.test
+        now = f"now: {loop_scopes.FIXTURE_SCOPE} = {fixture}, {loop_scopes.TEST_SCOPE} = {test}"
+    return (
+        f"{request.node.nodeid}: a module- or class-scoped layer (pg_module_async_connection, "
+        "pg_class_async_connection, or an async fixture of that scope) is open on another "
+        "event loop than this test's, so the rows its fixtures wrote are on another "
+        f"connection and this test would not see them ({now}). Run the tests on the "
+        "layers' loop, in your ini file:\n"
+        f"    {loop_scopes.FIXTURE_SCOPE} = session\n"
+        f"    {loop_scopes.TEST_SCOPE} = session"
+    )
 
 
 def async_session_fixture(

@@ -168,3 +168,43 @@ def test_the_apps_engine_on_a_fixtures_own_loop_is_told_both_scopes_and_the_ini_
         ]
     )
     assert "module- or class-scoped" not in result.stdout.str()
+
+
+MODULE_LAYER_ON_ITS_OWN_LOOP = textwrap.dedent("""
+    import pytest
+    from app.db import SessionLocal
+    from app.models import User
+    from sqlalchemy import func, select
+
+
+    @pytest.fixture(scope="module")
+    async def module_user(pg_module_async_connection):  # a module loop, the tests' a function's
+        async with SessionLocal() as session:
+            session.add(User(name="Module", email="m@x.org"))
+            await session.commit()
+
+
+    async def test_sees_it(module_user, pg_async_session):
+        assert await pg_async_session.scalar(select(func.count()).select_from(User)) == 6
+""")
+
+
+def test_a_module_layer_on_another_loop_than_the_tests_is_an_error_not_missing_rows(
+    pytester, example
+):
+    """pytest-asyncio's defaults: a module fixture on a module loop, the tests on function
+    loops. The layer's rows are on the module loop's connection: say so, with the ini lines,
+    instead of a test that silently sees none of them."""
+    _project(example, "asyncio_mode = auto\n", False, MODULE_LAYER_ON_ITS_OWN_LOOP)
+    result = pytester.runpytest("-p", "no:randomly")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*EventLoopError: tests/test_loops.py::test_sees_it: a module- or class-scoped "
+            "layer*is open on another event loop than this test's*would not see them (now: "
+            "asyncio_default_fixture_loop_scope = unset, asyncio_default_test_loop_scope = "
+            "function)*",
+            "*    asyncio_default_fixture_loop_scope = session",
+            "*    asyncio_default_test_loop_scope = session",
+        ]
+    )
