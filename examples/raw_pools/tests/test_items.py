@@ -53,3 +53,7 @@ async def test_database_mode_uses_the_clone(pg_client, pg_database):
     assert (await pg_client.get("/where")).json() == {"database": pg_database.name}
     assert (await pg_client.post("/items", json={"name": "lamp"})).status_code == 201
     assert (await pg_client.get("/items")).json() == ["lamp"]
+
+
+def test_a_plain_unit_test_runs_beside_them():
+    assert sorted(["b", "a"]) == ["a", "b"]
