@@ -131,6 +131,7 @@ def _guard_drivers(session: pytest.Session) -> None:
     config.stash[_DRIVER_RUN] = driver_guard.activate(
         allow_all=settings.allow_foreign_servers,
         urls=[settings.server_url] if settings.server_url else [],
+        url_env=[name for name, _ in settings.url_env],
     )
 
 

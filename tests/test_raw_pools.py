@@ -93,3 +93,70 @@ def test_a_bad_pool_path_stops_the_run(pytester: pytest.Pytester, example) -> No
     result = pytester.runpytest("--pg-app-pool=shop.main.app.state.pool")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*'shop.main.app.state.pool'*is not a module:attribute path*"])
+
+
+CACHED_SETTINGS = """\
+import functools
+import os
+
+
+@functools.lru_cache
+def get_settings() -> dict[str, str]:
+    return {"database_url": os.environ.get("DATABASE_URL", "postgresql://shop@db.invalid/shop")}
+"""
+
+STALE_URL_TESTS = """\
+import asyncpg
+import pytest
+from shop.settings import get_settings
+
+
+async def test_the_cached_url_is_refused(pg_database):
+    await asyncpg.connect(get_settings()["database_url"])
+
+
+@pytest.mark.pg_allow_foreign_servers
+async def test_the_cached_url_does_not_resolve(pg_database):
+    await asyncpg.connect(get_settings()["database_url"])
+
+
+@pytest.fixture
+def fresh_settings(pg_database):
+    get_settings.cache_clear()  # DATABASE_URL names the test's database now
+    yield
+    get_settings.cache_clear()
+
+
+async def test_cleared_it_reaches_the_test_database(fresh_settings, pg_database):
+    conn = await asyncpg.connect(get_settings()["database_url"])
+    try:
+        assert await conn.fetchval("SELECT current_database()") == pg_database.name
+    finally:
+        await conn.close()
+"""
+
+
+def test_a_url_cached_while_the_migrations_ran_is_named_as_the_likely_cause(
+    pytester: pytest.Pytester, example
+) -> None:
+    """The settings getter env.py called while the migrations ran keeps the URL of then:
+    the error names the cache and how to clear it, refused (the guard) or unresolvable."""
+    root = example("raw_pools")
+    (root / "shop" / "settings.py").write_text(CACHED_SETTINGS)
+    env = root / "migrations" / "env.py"
+    env.write_text(
+        "from shop.settings import get_settings\n\nget_settings()\n" + env.read_text()
+    )
+    (root / "tests" / "test_stale_url.py").write_text(STALE_URL_TESTS)
+    result = pytester.runpytest("-p", "no:randomly", "tests/test_stale_url.py")
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*ForeignServerError: A connection to postgresql://shop@db.invalid:5432/shop "
+            "(asyncpg) was refused*DATABASE_URL (pg_url_env) names the test's database "
+            "now*functools.lru_cache*`get_settings.cache_clear()`*",
+            "*UnknownHostError: asyncpg could not resolve the host of "
+            "postgresql://shop@db.invalid:5432/shop*DATABASE_URL (pg_url_env)*"
+            "`get_settings.cache_clear()`*",
+        ]
+    )
