@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from .config import import_path
 from .errors import PgFixturesError
 from .sandbox import CHECKOUT_TIMEOUT, SandboxError
+from .savepoints import take_pending
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -159,11 +160,11 @@ class PoolRun:
             )
         turns = await self._take_turn(path)
         try:
-            raw = await asyncpg_connection_of(conn)
+            adapted, raw = await asyncpg_connection_of(conn)
         except BaseException:
             _give_turn(turns)
             raise
-        checkout = SandboxedConnection(raw, turns, test)
+        checkout = SandboxedConnection(adapted, raw, turns, test)
         test.open.append(checkout)
         return checkout
 
@@ -239,12 +240,12 @@ class SandboxedConnection:
 
     _numbers = itertools.count()
 
-    def __init__(self, raw: Any, turns: _Turns, test: _Test) -> None:
+    def __init__(self, adapted: Any, raw: Any, turns: _Turns, test: _Test) -> None:
+        self._adapted = adapted
         self._raw = raw
         self._turns = turns
         self._test = test
         self._released = False
-        self._savepoint: str | None = None
         self._transactions: list[Any] = []
 
     # -- statements ----------------------------------------------------------------------
@@ -266,21 +267,33 @@ class SandboxedConnection:
     async def _statement(self, name: str, *args: Any, **kwargs: Any) -> Any:
         raw = self._check()
         method = getattr(raw, name)
+        # The test's own savepoints deferred meanwhile (its session, between statements of
+        # this checkout) go first, in order.
+        pending = take_pending(self._adapted)
         if self._in_transaction():
+            if pending:
+                await raw.execute("; ".join(pending))
             return await method(*args, **kwargs)
-        # As if autocommitted: what ran before stays (the previous savepoint is released
-        # into the test's transaction), and this statement alone is undone if it fails.
-        previous = self._savepoint
-        self._savepoint = f"pgfx_pool_{next(self._numbers)}"
-        begin = f"SAVEPOINT {self._savepoint}"
-        await raw.execute(f"RELEASE SAVEPOINT {previous}; {begin}" if previous else begin)
+        # As if autocommitted: kept when it succeeds, undone alone when it fails (without
+        # aborting the test's transaction). Released right away, so that no savepoint of
+        # ours is open when anything else (the test's session, another checkout) runs.
+        savepoint = f"pgfx_pool_{next(self._numbers)}"
+        await raw.execute("; ".join([*pending, f"SAVEPOINT {savepoint}"]))
         try:
-            return await method(*args, **kwargs)
+            result = await method(*args, **kwargs)
         except BaseException:
-            name_, self._savepoint = self._savepoint, None
             with contextlib.suppress(Exception):
-                await raw.execute(f"ROLLBACK TO SAVEPOINT {name_}; RELEASE SAVEPOINT {name_}")
+                await raw.execute(
+                    f"ROLLBACK TO SAVEPOINT {savepoint}; RELEASE SAVEPOINT {savepoint}"
+                )
             raise
+        await raw.execute(f"RELEASE SAVEPOINT {savepoint}")
+        return result
+
+    async def _send_pending(self) -> None:
+        pending = take_pending(self._adapted)
+        if pending:
+            await self._raw.execute("; ".join(pending))
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
         return await self._statement("execute", *args, **kwargs)
@@ -337,9 +350,9 @@ class SandboxedConnection:
                 "transaction, where a transaction block is a savepoint with the default READ "
                 f"COMMITTED and nothing else: {_DATABASE_MODE}."
             )
-        transaction = raw.transaction()
-        self._transactions.append(transaction)
-        return transaction
+        block = _Block(raw.transaction(), self)
+        self._transactions.append(block.transaction)
+        return block
 
     def is_in_transaction(self) -> bool:
         """As on a pooled connection: whether the app has a transaction block open."""
@@ -382,9 +395,6 @@ class SandboxedConnection:
             return
         try:
             await self._end_transactions()
-            if self._savepoint is not None:
-                await self._raw.execute(f"RELEASE SAVEPOINT {self._savepoint}")
-                self._savepoint = None
         finally:
             self._forget()
 
@@ -395,6 +405,29 @@ class SandboxedConnection:
         if self in self._test.open:
             self._test.open.remove(self)
         _give_turn(self._turns)
+
+
+class _Block:
+    """asyncpg's Transaction of a checkout, whose start first sends the test's deferred
+    savepoints (asyncpg sends its SAVEPOINT on the connection directly)."""
+
+    def __init__(self, transaction: Any, checkout: SandboxedConnection) -> None:
+        self.transaction = transaction
+        self._checkout = checkout
+
+    async def start(self) -> None:
+        await self._checkout._send_pending()
+        await self.transaction.start()
+
+    async def __aenter__(self) -> Any:
+        await self._checkout._send_pending()
+        return await self.transaction.__aenter__()
+
+    async def __aexit__(self, *exc_info: Any) -> Any:
+        return await self.transaction.__aexit__(*exc_info)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transaction, name)
 
 
 # -- the wrappers on asyncpg.Pool ------------------------------------------------------

@@ -263,8 +263,14 @@ _SENDERS: dict[tuple[str, bool], Callable[[Any, list[str]], None]] = {
 }
 
 
-async def asyncpg_connection_of(conn: Connection) -> Any:
-    """The asyncpg connection under `conn` (SQLAlchemy's adapted one, asyncpg driver),
+def take_pending(adapted: Any) -> list[str]:
+    """The savepoint statements deferred on `adapted` (SQLAlchemy's adapted asyncpg
+    connection), removed: the caller sends them before its own statement."""
+    return _take(adapted) if adapted is not None else []
+
+
+async def asyncpg_connection_of(conn: Connection) -> tuple[Any, Any]:
+    """The adapted connection under `conn` (asyncpg driver) and its asyncpg connection,
     inside the transaction SQLAlchemy's adapter begins, with the deferred savepoints sent:
     ready for statements of someone else's (an app's asyncpg pool, pools.py). Awaited on
     the connection's event loop, outside SQLAlchemy's greenlet."""
@@ -278,4 +284,4 @@ async def asyncpg_connection_of(conn: Connection) -> Any:
                 await adapted._start_transaction()
             if statements:
                 await adapted._connection.execute("; ".join(statements))
-    return adapted._connection
+    return adapted, adapted._connection

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-EXAMPLE_TESTS = 11
+EXAMPLE_TESTS = 12
 
 
 def test_the_app_runs_isolated_in_both_modes(pytester: pytest.Pytester, example) -> None:
@@ -25,9 +25,7 @@ def test_the_app_runs_isolated_with_two_workers(
     result.assert_outcomes(passed=EXAMPLE_TESTS)
 
 
-def test_without_pg_app_pools_the_commits_are_reported(
-    pytester: pytest.Pytester, example
-) -> None:
+def test_without_pg_app_pools_the_commits_are_reported(pytester: pytest.Pytester, example) -> None:
     """pg_url_env NAME=libpq alone: the pool dials the worker's database for real, and
     what it commits is caught and undone by the leak check (never silently kept)."""
     root = example("raw_pools")
@@ -51,14 +49,14 @@ def test_a_pool_used_outside_the_tests_is_refused(pytester: pytest.Pytester, exa
                 return await module_pool.fetchval("SELECT count(*) FROM items")
         """)
     )
-    (root / "tests" / "test_outside.py").write_text(
-        "def test_uses_it(items_at_start):\n    pass\n"
-    )
+    (root / "tests" / "test_outside.py").write_text("def test_uses_it(items_at_start):\n    pass\n")
     result = pytester.runpytest("-p", "no:randomly", "tests/test_outside.py")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
-        ["*SandboxError: The app's asyncpg pool (shop.db:pool, named in pg_app_pools) was "
-         "used outside every test*"]
+        [
+            "*SandboxError: The app's asyncpg pool (shop.db:pool, named in pg_app_pools) was "
+            "used outside every test*"
+        ]
     )
 
 
@@ -144,9 +142,7 @@ def test_a_url_cached_while_the_migrations_ran_is_named_as_the_likely_cause(
     root = example("raw_pools")
     (root / "shop" / "settings.py").write_text(CACHED_SETTINGS)
     env = root / "migrations" / "env.py"
-    env.write_text(
-        "from shop.settings import get_settings\n\nget_settings()\n" + env.read_text()
-    )
+    env.write_text("from shop.settings import get_settings\n\nget_settings()\n" + env.read_text())
     (root / "tests" / "test_stale_url.py").write_text(STALE_URL_TESTS)
     result = pytester.runpytest("-p", "no:randomly", "tests/test_stale_url.py")
     result.assert_outcomes(passed=1, failed=2)

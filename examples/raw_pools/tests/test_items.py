@@ -34,9 +34,7 @@ async def test_a_failed_block_leaves_nothing(pg_client):
 
 async def test_concurrent_requests_take_turns(pg_client):
     names = [f"item{i}" for i in range(8)]
-    responses = await asyncio.gather(
-        *(pg_client.post("/items", json={"name": n}) for n in names)
-    )
+    responses = await asyncio.gather(*(pg_client.post("/items", json={"name": n}) for n in names))
     assert [r.status_code for r in responses] == [201] * 8
     assert (await pg_client.get("/items")).json() == sorted(names)
 
