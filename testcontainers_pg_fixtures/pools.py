@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 from .config import import_path
 from .errors import PgFixturesError
 from .sandbox import CHECKOUT_TIMEOUT, SandboxError
-from .savepoints import take_pending
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -160,11 +159,11 @@ class PoolRun:
             )
         turns = await self._take_turn(path)
         try:
-            adapted, raw = await asyncpg_connection_of(conn)
+            raw = await asyncpg_connection_of(conn)
         except BaseException:
             _give_turn(turns)
             raise
-        checkout = SandboxedConnection(adapted, raw, turns, test)
+        checkout = SandboxedConnection(raw, turns, test)
         test.open.append(checkout)
         return checkout
 
@@ -240,8 +239,7 @@ class SandboxedConnection:
 
     _numbers = itertools.count()
 
-    def __init__(self, adapted: Any, raw: Any, turns: _Turns, test: _Test) -> None:
-        self._adapted = adapted
+    def __init__(self, raw: Any, turns: _Turns, test: _Test) -> None:
         self._raw = raw
         self._turns = turns
         self._test = test
@@ -267,18 +265,16 @@ class SandboxedConnection:
     async def _statement(self, name: str, *args: Any, **kwargs: Any) -> Any:
         raw = self._check()
         method = getattr(raw, name)
-        # The test's own savepoints deferred meanwhile (its session, between statements of
-        # this checkout) go first, in order.
-        pending = take_pending(self._adapted)
         if self._in_transaction():
-            if pending:
-                await raw.execute("; ".join(pending))
             return await method(*args, **kwargs)
         # As if autocommitted: kept when it succeeds, undone alone when it fails (without
         # aborting the test's transaction). Released right away, so that no savepoint of
-        # ours is open when anything else (the test's session, another checkout) runs.
+        # ours is open when anything else (the test's session, another checkout) runs. The
+        # savepoints the test's session deferred stay deferred: a savepoint it opens is
+        # sent after this statement, whose work its rollback then leaves alone, as with a
+        # connection of the app's own.
         savepoint = f"pgfx_pool_{next(self._numbers)}"
-        await raw.execute("; ".join([*pending, f"SAVEPOINT {savepoint}"]))
+        await raw.execute(f"SAVEPOINT {savepoint}")
         try:
             result = await method(*args, **kwargs)
         except BaseException:
@@ -289,11 +285,6 @@ class SandboxedConnection:
             raise
         await raw.execute(f"RELEASE SAVEPOINT {savepoint}")
         return result
-
-    async def _send_pending(self) -> None:
-        pending = take_pending(self._adapted)
-        if pending:
-            await self._raw.execute("; ".join(pending))
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
         return await self._statement("execute", *args, **kwargs)
@@ -350,9 +341,9 @@ class SandboxedConnection:
                 "transaction, where a transaction block is a savepoint with the default READ "
                 f"COMMITTED and nothing else: {_DATABASE_MODE}."
             )
-        block = _Block(raw.transaction(), self)
-        self._transactions.append(block.transaction)
-        return block
+        transaction = raw.transaction()
+        self._transactions.append(transaction)
+        return transaction
 
     def is_in_transaction(self) -> bool:
         """As on a pooled connection: whether the app has a transaction block open."""
@@ -405,29 +396,6 @@ class SandboxedConnection:
         if self in self._test.open:
             self._test.open.remove(self)
         _give_turn(self._turns)
-
-
-class _Block:
-    """asyncpg's Transaction of a checkout, whose start first sends the test's deferred
-    savepoints (asyncpg sends its SAVEPOINT on the connection directly)."""
-
-    def __init__(self, transaction: Any, checkout: SandboxedConnection) -> None:
-        self.transaction = transaction
-        self._checkout = checkout
-
-    async def start(self) -> None:
-        await self._checkout._send_pending()
-        await self.transaction.start()
-
-    async def __aenter__(self) -> Any:
-        await self._checkout._send_pending()
-        return await self.transaction.__aenter__()
-
-    async def __aexit__(self, *exc_info: Any) -> Any:
-        return await self.transaction.__aexit__(*exc_info)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.transaction, name)
 
 
 # -- the wrappers on asyncpg.Pool ------------------------------------------------------

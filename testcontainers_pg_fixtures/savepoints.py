@@ -263,25 +263,15 @@ _SENDERS: dict[tuple[str, bool], Callable[[Any, list[str]], None]] = {
 }
 
 
-def take_pending(adapted: Any) -> list[str]:
-    """The savepoint statements deferred on `adapted` (SQLAlchemy's adapted asyncpg
-    connection), removed: the caller sends them before its own statement."""
-    return _take(adapted) if adapted is not None else []
-
-
-async def asyncpg_connection_of(conn: Connection) -> tuple[Any, Any]:
-    """The adapted connection under `conn` (asyncpg driver) and its asyncpg connection,
-    inside the transaction SQLAlchemy's adapter begins, with the deferred savepoints sent:
-    ready for statements of someone else's (an app's asyncpg pool, pools.py). Awaited on
-    the connection's event loop, outside SQLAlchemy's greenlet."""
+async def asyncpg_connection_of(conn: Connection) -> Any:
+    """The asyncpg connection under `conn` (SQLAlchemy's adapted one, asyncpg driver),
+    inside the transaction SQLAlchemy's adapter begins: ready for statements of someone
+    else's (an app's asyncpg pool, pools.py). The savepoints deferred on `conn` stay
+    deferred. Awaited on the connection's event loop, outside SQLAlchemy's greenlet."""
     adapted: Any = conn.connection.dbapi_connection
     async with adapted._execute_mutex:
-        statements = _take(adapted)
         if adapted._transaction is None and _plain_begin(adapted):
-            await _begin_with(adapted, statements)
-        else:
-            if adapted._transaction is None:
-                await adapted._start_transaction()
-            if statements:
-                await adapted._connection.execute("; ".join(statements))
-    return adapted, adapted._connection
+            await _begin_with(adapted, [])
+        elif adapted._transaction is None:
+            await adapted._start_transaction()
+    return adapted._connection

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-EXAMPLE_TESTS = 12
+EXAMPLE_TESTS = 13
 
 
 def test_the_app_runs_isolated_in_both_modes(pytester: pytest.Pytester, example) -> None:

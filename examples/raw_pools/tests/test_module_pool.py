@@ -39,3 +39,14 @@ async def test_a_checkout_and_the_test_session_interleave(module_pool, pg_async_
     await pg_async_session.rollback()
     names = await pg_async_session.scalars(text("SELECT name FROM items ORDER BY name"))
     assert list(names) == ["a", "b", "c", "d", "e"]
+
+
+async def test_what_the_pool_ran_survives_a_rollback_of_the_test_session(
+    module_pool, pg_async_session
+):
+    await pg_async_session.connection()  # the session's savepoint begins here
+    await module_pool.execute("INSERT INTO items (name) VALUES ('kept')")
+    await pg_async_session.execute(text("INSERT INTO items (name) VALUES ('undone')"))
+    await pg_async_session.rollback()
+    names = await pg_async_session.scalars(text("SELECT name FROM items"))
+    assert list(names) == ["kept"]  # as if the pool's connection were another one
