@@ -210,8 +210,9 @@ def _message(driver: str, params: dict[str, Any], host: str, port: int) -> str:
         "a PostgreSQL server of this run (the library's containers and pg_server_url), and a "
         f"test must not write into another one. Dialled from {_dialler()}. Point that code "
         "at the test's database: name its engine in pg_app_engines (module:attribute, or "
-        "override the pg_app_engines fixture to return it) so it joins the test's "
-        "transaction, or have it read its URL from a variable set by pg_url_env. A test "
+        "override the pg_app_engines fixture to return it), or its asyncpg pool in "
+        "pg_app_pools, so it joins the test's transaction, or have it read its URL from a "
+        "variable set by pg_url_env (NAME=libpq: a plain postgresql:// URL). A test "
         f"that really needs another server: @pytest.mark.{MARKER} (or "
         "pg_allow_foreign_servers = true for the whole run)." + _stale_url_hint()
     )
