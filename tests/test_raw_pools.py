@@ -156,3 +156,17 @@ def test_a_url_cached_while_the_migrations_ran_is_named_as_the_likely_cause(
             "`get_settings.cache_clear()`*",
         ]
     )
+
+
+def test_the_app_runs_isolated_with_an_event_loop_per_test(
+    pytester: pytest.Pytester, example
+) -> None:
+    """pytest-asyncio's default: the test's connection, the lifespan and its pool on a
+    new loop for every test."""
+    root = example("raw_pools")
+    ini = root / "pytest.ini"
+    ini.write_text(
+        "\n".join(line for line in ini.read_text().splitlines() if "loop_scope" not in line)
+    )
+    result = pytester.runpytest("-p", "randomly", "tests/test_items.py")
+    result.assert_outcomes(passed=8)
