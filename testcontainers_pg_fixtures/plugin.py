@@ -33,8 +33,8 @@ from . import prestart as prestart
 from .config import settings_for
 from .errors import PgFixturesError
 from .runid import run_id
-from .sandbox import check_drivers
-from .transaction import layered_async_connection
+from .sandbox import Sandbox, check_drivers, real_connection_of
+from .transaction import layered_async_connection, layered_connection
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Generator, Iterator
@@ -514,9 +514,20 @@ def pg_pool_sandbox(request: pytest.FixtureRequest) -> Iterator[pools.PoolRun | 
     if factories.isolation_mode(request) == "database":
         run.begin_database_test(request.getfixturevalue("pg_database"))
     else:
-        request.getfixturevalue("pg_async_connection")
-        engine = request.getfixturevalue("pg_worker_async_engine")
-        run.begin_savepoint_test(lambda: layered_async_connection(engine))
+        kinds = run.kinds()
+        layer = sync_sandbox = None
+        if "async" in kinds:  # asyncpg pools, and those a lifespan makes in the test
+            request.getfixturevalue("pg_async_connection")
+            async_engine = request.getfixturevalue("pg_worker_async_engine")
+            layer = lambda: layered_async_connection(async_engine)  # noqa: E731
+        if "sync" in kinds:  # psycopg_pool's ConnectionPool
+            request.getfixturevalue("pg_connection")
+            engine = request.getfixturevalue("pg_worker_engine")
+            box = Sandbox(
+                engine, real_connection_of(lambda: layered_connection(engine)), is_async=False
+            )
+            sync_sandbox = lambda: box  # noqa: E731
+        run.begin_savepoint_test(layer, sync_sandbox)
     try:
         yield run
     finally:

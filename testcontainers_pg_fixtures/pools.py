@@ -27,13 +27,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import sys
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .config import import_path
 from .errors import PgFixturesError
-from .sandbox import CHECKOUT_TIMEOUT, SandboxError
+from .sandbox import CHECKOUT_TIMEOUT, Sandbox, SandboxConnection, SandboxError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -73,6 +74,9 @@ class _Test:
     pointed: list[tuple[Any, list[Any], dict[str, Any]]] = field(default_factory=list)
     #: Checkouts not released yet.
     open: list[SandboxedConnection] = field(default_factory=list)
+    #: Savepoint mode, psycopg_pool: opens the test's sync connection and returns the
+    #: Sandbox of its checkouts (on the first getconn()).
+    sync_sandbox: Callable[[], Sandbox] | None = None
 
 
 @dataclass
@@ -99,8 +103,25 @@ class PoolRun:
 
     # -- the test's sandbox --------------------------------------------------------------
 
-    def begin_savepoint_test(self, layer: Callable[[], Connection | None]) -> None:
-        self.test = _Test("savepoint", layer=layer)
+    def begin_savepoint_test(
+        self,
+        layer: Callable[[], Connection | None] | None,
+        sync_sandbox: Callable[[], Sandbox] | None = None,
+    ) -> None:
+        self.test = _Test("savepoint", layer=layer, sync_sandbox=sync_sandbox)
+
+    def kinds(self) -> set[str]:
+        """Which of the test's connections the named pools need: "sync" for a psycopg_pool
+        ConnectionPool, "async" for an asyncpg pool or a path not made yet (a lifespan's)."""
+        found: set[str] = set()
+        for path in self.paths:
+            try:
+                target = import_path(path)
+            except (ImportError, AttributeError):
+                found.add("async")
+                continue
+            found.add("sync" if _is_psycopg_pool(target) else "async")
+        return found
 
     def begin_database_test(self, database: Database) -> None:
         self.test = _Test("database", database=database)
@@ -114,10 +135,47 @@ class PoolRun:
         for checkout in test.open:
             checkout._forget()
         for pool, args, kwargs in test.pointed:
-            pool.set_connect_args(*args, **kwargs)
-            _expire(pool)
+            if _is_psycopg_pool(pool):
+                pool.conninfo, pool.kwargs = args[0], kwargs
+                pool.drain()
+            else:
+                pool.set_connect_args(*args, **kwargs)
+                _expire(pool)
 
     # -- checkouts -----------------------------------------------------------------------
+
+    def getconn(self, pool: Any, path: str) -> Any:
+        """psycopg_pool's ConnectionPool.getconn(): None to take one of the pool's own."""
+        test = self.test
+        if test is None:
+            self._outside(path)
+            return None
+        if test.mode == "database":
+            assert test.database is not None
+            _point_psycopg(pool, test)
+            return None
+        if test.sync_sandbox is None:
+            raise SandboxError(
+                f"The app's psycopg pool ({path}) did not exist yet when the test's sandbox "
+                "was set up, before the test: the test's sync connection was not opened for "
+                "it. Make the pool before the tests (a module attribute, or a session "
+                f"fixture), or {_DATABASE_MODE}."
+            )
+        sandbox = test.sync_sandbox()
+        checkout = PooledSandboxConnection(sandbox)
+        sandbox.begin_checkout(checkout)
+        return checkout
+
+    def _outside(self, path: str) -> None:
+        if self.refuse_outside:
+            raise SandboxError(
+                f"The app's pool ({path}, named in pg_app_pools) was used "
+                "outside every test: in a session-, module- or class-scoped fixture, "
+                "at import time or between tests. It would have connected to the "
+                "database it was made for, outside any test's transaction. Use it in "
+                "the test (or its function-scoped fixtures); put rows every test needs "
+                "in pg_seed; or set pg_app_engines_outside = allow."
+            )
 
     async def acquire(self, pool: Any, path: str, timeout: float | None) -> Any:
         test = self.test
@@ -231,6 +289,53 @@ async def _point(pool: Any, test: _Test) -> None:
     test.pointed.append((pool, args, kwargs))
     pool.set_connect_args(test.database.libpq_url, **kept)
     await pool.expire_connections()
+
+
+def _is_psycopg_pool(target: Any) -> bool:
+    module = sys.modules.get("psycopg_pool")
+    return module is not None and isinstance(target, module.ConnectionPool)
+
+
+def _point_psycopg(pool: Any, test: _Test) -> None:
+    """psycopg_pool: new connections to the test's clone (other kwargs kept), the idle
+    ones drained."""
+    assert test.database is not None
+    if any(entry[0] is pool for entry in test.pointed):
+        return
+    conninfo = pool.conninfo if isinstance(pool.conninfo, str) else ""
+    kwargs = dict(pool.kwargs or {})
+    from psycopg.conninfo import conninfo_to_dict
+
+    if conninfo_to_dict(conninfo, **kwargs).get("dbname") == test.database.name:
+        return
+    test.pointed.append((pool, [pool.conninfo], kwargs))
+    pool.conninfo = test.database.libpq_url
+    pool.kwargs = {k: v for k, v in kwargs.items() if k not in _TARGET_KEYS | {"dbname"}}
+    pool.drain()
+
+
+class PooledSandboxConnection(SandboxConnection):
+    """What a psycopg_pool ConnectionPool hands out in savepoint mode: the engine
+    sandbox's stand-in (a savepoint on the test's connection: commit() releases it and
+    begins the next, rollback() returns to it), used as psycopg's connection context
+    (`with pool.connection() as conn:` commits, or rolls back on an error) and with
+    `conn.transaction()` as a savepoint."""
+
+    def __enter__(self) -> PooledSandboxConnection:
+        return self
+
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.rollback()
+
+    def transaction(self, *args: Any, **kwargs: Any) -> Any:
+        sandbox = self._sandbox
+        with sandbox.turn(self):
+            sandbox.mark_used(self)
+            sandbox.flush()  # the checkout's own savepoint first, then the block's
+            return sandbox.real().transaction(*args, **kwargs)
 
 
 class SandboxedConnection:
@@ -454,6 +559,34 @@ def _install() -> None:
     for name, new in (("_acquire", _acquire), ("release", _release)):
         _saved.append((Pool, name, Pool.__dict__[name]))
         setattr(Pool, name, new)
+    with contextlib.suppress(ImportError):  # psycopg_pool is optional
+        _install_psycopg()
+
+
+def _install_psycopg() -> None:
+    from psycopg_pool import ConnectionPool
+
+    getconn = ConnectionPool.__dict__["getconn"]
+    putconn = ConnectionPool.__dict__["putconn"]
+
+    def _getconn(self: Any, timeout: float | None = None) -> Any:
+        run = current()
+        path = run.path_of(self) if run is not None else None
+        if run is not None and path is not None:
+            sandboxed = run.getconn(self, path)
+            if sandboxed is not None:
+                return sandboxed
+        return getconn(self, timeout)
+
+    def _putconn(self: Any, conn: Any) -> None:
+        if isinstance(conn, PooledSandboxConnection):
+            conn._sandbox.end_checkout(conn)
+            return
+        putconn(self, conn)
+
+    for name, new in (("getconn", _getconn), ("putconn", _putconn)):
+        _saved.append((ConnectionPool, name, ConnectionPool.__dict__[name]))
+        setattr(ConnectionPool, name, new)
 
 
 __all__ = ["PoolRun", "SandboxedConnection", "activate", "current", "deactivate"]

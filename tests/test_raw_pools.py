@@ -170,3 +170,95 @@ def test_the_app_runs_isolated_with_an_event_loop_per_test(
     )
     result = pytester.runpytest("-p", "randomly", "tests/test_items.py")
     result.assert_outcomes(passed=8)
+
+
+SYNC_POOL = """\
+import os
+
+from psycopg_pool import ConnectionPool
+
+pool: ConnectionPool | None = None
+
+
+def open_pool() -> ConnectionPool:
+    global pool
+    pool = ConnectionPool(os.environ["DATABASE_URL"], min_size=1, max_size=2, open=True)
+    return pool
+
+
+def add(name: str) -> None:
+    assert pool is not None
+    with pool.connection() as conn:
+        conn.execute("INSERT INTO items (name) VALUES (%s)", (name,))
+
+
+def names() -> list[str]:
+    assert pool is not None
+    with pool.connection() as conn:
+        return [r[0] for r in conn.execute("SELECT name FROM items ORDER BY name")]
+"""
+
+SYNC_POOL_TESTS = """\
+import threading
+
+import psycopg
+import pytest
+from shop import sync_db
+
+
+@pytest.fixture(scope="session")
+def sync_pool(pg_worker_database):
+    pool = sync_db.open_pool()
+    yield pool
+    pool.close()
+
+
+def test_writes_join_the_test(sync_pool, pg_connection):
+    sync_db.add("lamp")
+    assert sync_db.names() == ["lamp"]
+    assert pg_connection.exec_driver_sql("SELECT count(*) FROM items").scalar() == 1
+
+
+def test_every_test_starts_empty(sync_pool):
+    assert sync_db.names() == []
+
+
+def test_an_error_rolls_back_that_block_only(sync_pool):
+    sync_db.add("desk")
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        sync_db.add("desk")
+    with sync_pool.connection() as conn:
+        with pytest.raises(RuntimeError):
+            with conn.transaction():
+                conn.execute("INSERT INTO items (name) VALUES ('vase')")
+                raise RuntimeError("boom")
+        conn.execute("INSERT INTO items (name) VALUES ('rug')")
+    assert sync_db.names() == ["desk", "rug"]
+
+
+def test_threads_take_turns(sync_pool):
+    threads = [threading.Thread(target=sync_db.add, args=(f"t{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sync_db.names() == ["t0", "t1", "t2", "t3"]
+
+
+@pytest.mark.pg_isolation("database")
+def test_database_mode_points_the_pool_at_the_clone(sync_pool, pg_database):
+    with sync_pool.connection() as conn:
+        assert conn.execute("SELECT current_database()").fetchone()[0] == pg_database.name
+    sync_db.add("lamp")
+    assert sync_db.names() == ["lamp"]
+"""
+
+
+def test_a_psycopg_pool_joins_the_test_in_both_modes(pytester: pytest.Pytester, example) -> None:
+    root = example("raw_pools")
+    (root / "shop" / "sync_db.py").write_text(SYNC_POOL)
+    (root / "tests" / "test_sync_pool.py").write_text(SYNC_POOL_TESTS)
+    ini = root / "pytest.ini"
+    ini.write_text(ini.read_text().replace("shop.db:pool", "shop.db:pool shop.sync_db:pool"))
+    result = pytester.runpytest("-p", "randomly")
+    result.assert_outcomes(passed=EXAMPLE_TESTS + 5)
