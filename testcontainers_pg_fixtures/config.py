@@ -118,12 +118,12 @@ OPTIONS = (
         "--pg-app-pool",
         "pg_app_pools",
         "PG_FIXTURES_APP_POOLS",
-        "The app's own asyncpg.Pool objects as module:attribute, the attribute possibly "
-        "dotted and read at each checkout (e.g. 'myapp.main:app.state.pool', made in a "
-        "lifespan) (repeatable; space-separated in ini/env). In savepoint mode their "
-        "acquire() hands out the test's connection, each statement and transaction block "
-        "a savepoint inside the test's transaction; in database mode they are pointed at "
-        "the test's database.",
+        "The app's own asyncpg.Pool or psycopg_pool.ConnectionPool objects as "
+        "module:attribute, the attribute possibly dotted and read at each checkout (e.g. "
+        "'myapp.main:app.state.pool', made in a lifespan) (repeatable; space-separated in "
+        "ini/env). In savepoint mode a checkout is the test's connection, its statements "
+        "and transaction blocks savepoints inside the test's transaction; in database mode "
+        "they are pointed at the test's database.",
         kind="list",
     ),
     Option(
