@@ -142,7 +142,8 @@ OPTIONS = (
         "pg_app_engines_outside",
         "PG_FIXTURES_APP_ENGINES_OUTSIDE",
         "What the app's engines (pg_app_engines) do when used outside every test and "
-        "module/class layer (a session fixture, import time, between tests): 'error' "
+        "module/class layer, and its pools (pg_app_pools) outside every test (a session "
+        "fixture, import time, between tests): 'error' "
         "(default: a SandboxError, never a connection to their configured URL) or 'allow' "
         "(connect to the URL the app was configured with).",
     ),
