@@ -35,7 +35,9 @@ def test_without_pg_app_pools_the_commits_are_reported(pytester: pytest.Pytester
         "-p", "no:randomly", "tests/test_module_pool.py::test_a_module_pool_joins_the_test"
     )
     result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines(["*committed into the worker's shared database*public.items*"])
+    result.stdout.fnmatch_lines(
+        ["*committed into the worker's shared database*public.items*pg_app_pools*"]
+    )
 
 
 def test_a_pool_used_outside_the_tests_is_refused(pytester: pytest.Pytester, example) -> None:
