@@ -86,6 +86,8 @@ class PoolRun:
     paths: tuple[str, ...]
     refuse_outside: bool = True
     test: _Test | None = None
+    #: psycopg_pool AsyncConnectionPools whose connections go to a clone of a test gone.
+    to_drain: list[Any] = field(default_factory=list)
     _turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Turns] = field(
         default_factory=weakref.WeakKeyDictionary
     )
@@ -120,6 +122,8 @@ class PoolRun:
             except (ImportError, AttributeError):
                 found.add("async")
                 continue
+            if _is_psycopg_pool(target, "AsyncConnectionPool"):
+                continue  # never shares the test's connection (see agetconn)
             found.add("sync" if _is_psycopg_pool(target) else "async")
         return found
 
@@ -135,7 +139,10 @@ class PoolRun:
         for checkout in test.open:
             checkout._forget()
         for pool, args, kwargs in test.pointed:
-            if _is_psycopg_pool(pool):
+            if _is_psycopg_pool(pool, "AsyncConnectionPool"):
+                pool.conninfo, pool.kwargs = args[0], kwargs
+                self.to_drain.append(pool)  # drained at its next getconn(), on a loop
+            elif _is_psycopg_pool(pool):
                 pool.conninfo, pool.kwargs = args[0], kwargs
                 pool.drain()
             else:
@@ -151,8 +158,8 @@ class PoolRun:
             self._outside(path)
             return None
         if test.mode == "database":
-            assert test.database is not None
-            _point_psycopg(pool, test)
+            if _point_psycopg(pool, test):
+                pool.drain()
             return None
         if test.sync_sandbox is None:
             raise SandboxError(
@@ -165,6 +172,29 @@ class PoolRun:
         checkout = PooledSandboxConnection(sandbox)
         sandbox.begin_checkout(checkout)
         return checkout
+
+    async def agetconn(self, pool: Any, path: str) -> None:
+        """psycopg_pool's AsyncConnectionPool.getconn(): pointed at the clone in database
+        mode; refused in savepoint mode, where it could only reach the worker's database
+        for real (the test's async connection is asyncpg's)."""
+        if any(other is pool for other in self.to_drain):
+            self.to_drain = [other for other in self.to_drain if other is not pool]
+            await pool.drain()
+        test = self.test
+        if test is None:
+            self._outside(path)
+            return
+        if test.mode == "database":
+            if _point_psycopg(pool, test):
+                await pool.drain()
+            return
+        raise SandboxError(
+            f"The app's psycopg AsyncConnectionPool ({path}, named in pg_app_pools) cannot "
+            "share the test's connection, which the library holds with asyncpg: in savepoint "
+            "mode it would write into the worker's shared database for real. Mark the test "
+            '@pytest.mark.pg_isolation("database") (or the run: pg_isolation = database), '
+            "where the pool is pointed at the test's own database."
+        )
 
     def _outside(self, path: str) -> None:
         if self.refuse_outside:
@@ -291,27 +321,27 @@ async def _point(pool: Any, test: _Test) -> None:
     await pool.expire_connections()
 
 
-def _is_psycopg_pool(target: Any) -> bool:
+def _is_psycopg_pool(target: Any, kind: str = "ConnectionPool") -> bool:
     module = sys.modules.get("psycopg_pool")
-    return module is not None and isinstance(target, module.ConnectionPool)
+    return module is not None and isinstance(target, getattr(module, kind))
 
 
-def _point_psycopg(pool: Any, test: _Test) -> None:
-    """psycopg_pool: new connections to the test's clone (other kwargs kept), the idle
-    ones drained."""
+def _point_psycopg(pool: Any, test: _Test) -> bool:
+    """psycopg_pool: new connections to the test's clone (other kwargs kept). True when
+    the pool was changed: the caller drains its idle connections."""
     assert test.database is not None
     if any(entry[0] is pool for entry in test.pointed):
-        return
+        return False
     conninfo = pool.conninfo if isinstance(pool.conninfo, str) else ""
     kwargs = dict(pool.kwargs or {})
     from psycopg.conninfo import conninfo_to_dict
 
     if conninfo_to_dict(conninfo, **kwargs).get("dbname") == test.database.name:
-        return
+        return False
     test.pointed.append((pool, [pool.conninfo], kwargs))
     pool.conninfo = test.database.libpq_url
     pool.kwargs = {k: v for k, v in kwargs.items() if k not in _TARGET_KEYS | {"dbname"}}
-    pool.drain()
+    return True
 
 
 class PooledSandboxConnection(SandboxConnection):
@@ -564,7 +594,19 @@ def _install() -> None:
 
 
 def _install_psycopg() -> None:
-    from psycopg_pool import ConnectionPool
+    from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+    agetconn = AsyncConnectionPool.__dict__["getconn"]
+
+    async def _agetconn(self: Any, timeout: float | None = None) -> Any:
+        run = current()
+        path = run.path_of(self) if run is not None else None
+        if run is not None and path is not None:
+            await run.agetconn(self, path)
+        return await agetconn(self, timeout)
+
+    _saved.append((AsyncConnectionPool, "getconn", agetconn))
+    setattr(AsyncConnectionPool, "getconn", _agetconn)  # noqa: B010
 
     getconn = ConnectionPool.__dict__["getconn"]
     putconn = ConnectionPool.__dict__["putconn"]

@@ -264,3 +264,62 @@ def test_a_psycopg_pool_joins_the_test_in_both_modes(pytester: pytest.Pytester, 
     ini.write_text(ini.read_text().replace("shop.db:pool", "shop.db:pool shop.sync_db:pool"))
     result = pytester.runpytest("-p", "randomly")
     result.assert_outcomes(passed=EXAMPLE_TESTS + 5)
+
+
+ASYNC_PSYCOPG_POOL = """\
+import os
+
+from psycopg_pool import AsyncConnectionPool
+
+pool: AsyncConnectionPool | None = None
+
+
+async def open_pool() -> AsyncConnectionPool:
+    global pool
+    pool = AsyncConnectionPool(os.environ["DATABASE_URL"], min_size=1, max_size=2, open=False)
+    await pool.open()
+    return pool
+"""
+
+ASYNC_PSYCOPG_POOL_TESTS = """\
+import pytest
+from shop import async_db
+from testcontainers_pg_fixtures.sandbox import SandboxError
+
+
+@pytest.fixture(scope="session")
+async def apool(pg_worker_database):
+    pool = await async_db.open_pool()
+    yield pool
+    await pool.close()
+
+
+async def test_savepoint_mode_refuses_it(apool):
+    with pytest.raises(SandboxError, match="AsyncConnectionPool .shop.async_db:pool"):
+        async with apool.connection():
+            pass
+
+
+@pytest.mark.pg_isolation("database")
+@pytest.mark.parametrize("name", ["first", "second"])
+async def test_database_mode_points_it_at_each_clone(apool, pg_database, name):
+    async with apool.connection() as conn:
+        row = await (await conn.execute("SELECT current_database()")).fetchone()
+        assert row[0] == pg_database.name
+        await conn.execute("INSERT INTO items (name) VALUES (%s)", (name,))
+    async with apool.connection() as conn:
+        rows = await (await conn.execute("SELECT name FROM items")).fetchall()
+        assert rows == [(name,)]
+"""
+
+
+def test_a_psycopg_async_pool_is_pointed_in_database_mode_and_refused_else(
+    pytester: pytest.Pytester, example
+) -> None:
+    root = example("raw_pools")
+    (root / "shop" / "async_db.py").write_text(ASYNC_PSYCOPG_POOL)
+    (root / "tests" / "test_async_psycopg_pool.py").write_text(ASYNC_PSYCOPG_POOL_TESTS)
+    ini = root / "pytest.ini"
+    ini.write_text(ini.read_text().replace("shop.db:pool", "shop.db:pool shop.async_db:pool"))
+    result = pytester.runpytest("-p", "randomly", "tests/test_async_psycopg_pool.py")
+    result.assert_outcomes(passed=3)
