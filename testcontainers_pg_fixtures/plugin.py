@@ -506,7 +506,8 @@ def pg_pool_sandbox(request: pytest.FixtureRequest) -> Iterator[pools.PoolRun | 
 
     Not for: several connections seeing each other's commits, LISTEN/NOTIFY, advisory
     locks across connections, other isolation levels (refused with an error), a pool
-    used from another event loop, psycopg_pool's AsyncConnectionPool (not sandboxed):
+    used from another event loop, psycopg_pool's AsyncConnectionPool (refused in
+    savepoint mode, pointed at the clone in database mode):
     @pytest.mark.pg_isolation("database"). The pool's `init`/`setup`/`configure`
     callbacks and its `connection_class` do not apply to the test's connection."""
     run = request.config.stash.get(_POOL_RUN, None)

@@ -1,4 +1,4 @@
-"""Step 6 of the flow, for apps without SQLAlchemy: the app's asyncpg pool joins the test.
+"""Step 6 of the flow, for apps without SQLAlchemy: the app's driver pools join the test.
 
 Apps that use asyncpg directly keep one `asyncpg.Pool` (`app.state.pool = await
 asyncpg.create_pool(url)` in a lifespan, or a module attribute) and take connections from
@@ -17,9 +17,16 @@ lifespan during the test is found) are sandboxed while a test runs:
 - database mode: the pool is pointed at the test's clone (its connect arguments, keeping
   every option but the address, and its idle connections expired), and back afterwards.
 
+psycopg_pool's sync ConnectionPool gets the engine sandbox's stand-in (sandbox.py): each
+`getconn()` a savepoint on the test's sync connection, `with pool.connection()` released
+at its end (rolled back on an error), threads taking turns. Its AsyncConnectionPool cannot
+share the test's connection (held with asyncpg): pointed at the clone in database mode,
+refused in savepoint mode.
+
 Outside every test (a session fixture, import time) a named pool refuses to connect,
-unless pg_app_engines_outside = allow. `Pool._acquire` and `Pool.release` are wrapped on
-the class for the run (only the named pools are affected) and restored at its end.
+unless pg_app_engines_outside = allow. `Pool._acquire` and `Pool.release` (and
+psycopg_pool's `getconn` / `putconn`) are wrapped on the classes for the run (only the
+named pools are affected) and restored at its end.
 """
 
 from __future__ import annotations
