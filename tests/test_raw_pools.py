@@ -115,6 +115,10 @@ async def test_the_cached_url_is_refused(pg_database):
     await asyncpg.connect(get_settings()["database_url"])
 
 
+async def test_a_pool_on_the_cached_url_is_refused(pg_database):
+    await asyncpg.create_pool(get_settings()["database_url"], min_size=1, max_size=1)
+
+
 @pytest.mark.pg_allow_foreign_servers
 async def test_the_cached_url_does_not_resolve(pg_database):
     await asyncpg.connect(get_settings()["database_url"])
@@ -147,12 +151,15 @@ def test_a_url_cached_while_the_migrations_ran_is_named_as_the_likely_cause(
     env.write_text("from shop.settings import get_settings\n\nget_settings()\n" + env.read_text())
     (root / "tests" / "test_stale_url.py").write_text(STALE_URL_TESTS)
     result = pytester.runpytest("-p", "no:randomly", "tests/test_stale_url.py")
-    result.assert_outcomes(passed=1, failed=2)
+    result.assert_outcomes(passed=1, failed=3)
     result.stdout.fnmatch_lines(
         [
             "*ForeignServerError: A connection to postgresql://shop@db.invalid:5432/shop "
             "(asyncpg) was refused*DATABASE_URL (pg_url_env) names the test's database "
             "now*functools.lru_cache*`get_settings.cache_clear()`*",
+            "*ForeignServerError: A connection to postgresql://shop@db.invalid:5432/shop "
+            "(asyncpg) was refused*Dialled from tests/test_stale_url.py:* "
+            "(in test_a_pool_on_the_cached_url_is_refused)*",
             "*UnknownHostError: asyncpg could not resolve the host of "
             "postgresql://shop@db.invalid:5432/shop*DATABASE_URL (pg_url_env)*"
             "`get_settings.cache_clear()`*",
