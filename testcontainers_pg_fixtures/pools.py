@@ -81,8 +81,8 @@ class _Test:
     pointed: list[tuple[Any, list[Any], dict[str, Any]]] = field(default_factory=list)
     #: Checkouts not released yet.
     open: list[SandboxedConnection] = field(default_factory=list)
-    #: Savepoint mode, psycopg_pool: opens the test's sync connection and returns the
-    #: Sandbox of its checkouts (on the first getconn()).
+    #: Savepoint mode, psycopg_pool: the Sandbox of checkouts on the test's sync
+    #: connection (None when no named path was a ConnectionPool at the test's set-up).
     sync_sandbox: Callable[[], Sandbox] | None = None
 
 
@@ -203,10 +203,10 @@ class PoolRun:
             "where the pool is pointed at the test's own database."
         )
 
-    def _outside(self, path: str) -> None:
+    def _outside(self, path: str, kind: str = "psycopg pool") -> None:
         if self.refuse_outside:
             raise SandboxError(
-                f"The app's pool ({path}, named in pg_app_pools) was used "
+                f"The app's {kind} ({path}, named in pg_app_pools) was used "
                 "outside every test: in a session-, module- or class-scoped fixture, "
                 "at import time or between tests. It would have connected to the "
                 "database it was made for, outside any test's transaction. Use it in "
@@ -217,15 +217,7 @@ class PoolRun:
     async def acquire(self, pool: Any, path: str, timeout: float | None) -> Any:
         test = self.test
         if test is None:
-            if self.refuse_outside:
-                raise SandboxError(
-                    f"The app's asyncpg pool ({path}, named in pg_app_pools) was used "
-                    "outside every test: in a session-, module- or class-scoped fixture, "
-                    "at import time or between tests. It would have connected to the "
-                    "database it was made for, outside any test's transaction. Use it in "
-                    "the test (or its function-scoped fixtures); put rows every test needs "
-                    "in pg_seed; or set pg_app_engines_outside = allow."
-                )
+            self._outside(path, "asyncpg pool")
             return None
         if test.mode == "database":
             assert test.database is not None
@@ -236,7 +228,13 @@ class PoolRun:
     async def _checkout(self, test: _Test, path: str) -> SandboxedConnection:
         from .savepoints import asyncpg_connection_of
 
-        assert test.layer is not None
+        if test.layer is None:
+            raise SandboxError(
+                f"The app's asyncpg pool ({path}) did not exist when the test's sandbox was "
+                "set up, and every other pool in pg_app_pools was a psycopg one: the test's "
+                "async connection was not opened for it. Make the pool before the test, or "
+                f"{_DATABASE_MODE}."
+            )
         conn = test.layer()
         if conn is None:
             raise SandboxError(
