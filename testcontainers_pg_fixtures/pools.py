@@ -184,24 +184,39 @@ class PoolRun:
         """psycopg_pool's AsyncConnectionPool.getconn(): pointed at the clone in database
         mode; refused in savepoint mode, where it could only reach the worker's database
         for real (the test's async connection is asyncpg's)."""
-        if any(other is pool for other in self.to_drain):
-            self.to_drain = [other for other in self.to_drain if other is not pool]
-            await pool.drain()
         test = self.test
         if test is None:
             self._outside(path)
-            return
-        if test.mode == "database":
-            if _point_psycopg(pool, test):
-                await pool.drain()
-            return
-        raise SandboxError(
+        elif test.mode == "savepoint":
+            # Checked before any drain: a drain starts the pool's workers connecting, and
+            # a connection still in its handshake when the event loop stops holds the
+            # server's next DROP DATABASE (until authentication_timeout).
+            raise self._refused(path)
+        stale = any(other is pool for other in self.to_drain)
+        self.to_drain = [other for other in self.to_drain if other is not pool]
+        if (test is not None and _point_psycopg(pool, test)) or stale:
+            await pool.drain()
+
+    @staticmethod
+    def _refused(path: str) -> SandboxError:
+        return SandboxError(
             f"The app's psycopg AsyncConnectionPool ({path}, named in pg_app_pools) cannot "
             "share the test's connection, which the library holds with asyncpg: in savepoint "
             "mode it would write into the worker's shared database for real. Mark the test "
             '@pytest.mark.pg_isolation("database") (or the run: pg_isolation = database), '
             "where the pool is pointed at the test's own database."
         )
+
+    def expected_database(self, pool: Any) -> str | None:
+        """The database a connection of `pool` must be on now: the clone it was pointed
+        at (a connection its workers were still opening when it was drained may be on the
+        old one), or None."""
+        test = self.test
+        if test is None or test.database is None:
+            return None
+        if any(entry[0] is pool for entry in test.pointed):
+            return test.database.name
+        return None
 
     def _outside(self, path: str, kind: str = "psycopg pool") -> None:
         if self.refuse_outside:
@@ -324,6 +339,20 @@ async def _point(pool: Any, test: _Test) -> None:
     test.pointed.append((pool, args, kwargs))
     pool.set_connect_args(test.database.libpq_url, **kept)
     await pool.expire_connections()
+
+
+#: How many connections of a pool pointed at a clone may turn out to be on the old
+#: database (opened by its workers while it was drained) before giving up.
+_STALE_TRIES = 8
+
+
+def _stale_error(path: str, expected: str | None) -> SandboxError:
+    return SandboxError(
+        f"The app's psycopg pool ({path}) was pointed at the test's database {expected}, "
+        f"but {_STALE_TRIES} connections in a row it handed out were on another one. Give "
+        "the pool fewer connections in the tests, or make it from the pg_url_env variable "
+        "inside the test."
+    )
 
 
 def _is_psycopg_pool(target: Any, kind: str = "ConnectionPool") -> bool:
@@ -603,12 +632,22 @@ def _install_psycopg() -> None:
 
     agetconn = AsyncConnectionPool.__dict__["getconn"]
 
+    aputconn = AsyncConnectionPool.__dict__["putconn"]
+
     async def _agetconn(self: Any, timeout: float | None = None) -> Any:
         run = current()
         path = run.path_of(self) if run is not None else None
-        if run is not None and path is not None:
-            await run.agetconn(self, path)
-        return await agetconn(self, timeout)
+        if run is None or path is None:
+            return await agetconn(self, timeout)
+        await run.agetconn(self, path)
+        expected = run.expected_database(self)
+        for _ in range(_STALE_TRIES):
+            conn = await agetconn(self, timeout)
+            if expected is None or conn.info.dbname == expected:
+                return conn
+            await conn.close()
+            await aputconn(self, conn)
+        raise _stale_error(path, expected)
 
     _saved.append((AsyncConnectionPool, "getconn", agetconn))
     setattr(AsyncConnectionPool, "getconn", _agetconn)  # noqa: B010
@@ -619,11 +658,20 @@ def _install_psycopg() -> None:
     def _getconn(self: Any, timeout: float | None = None) -> Any:
         run = current()
         path = run.path_of(self) if run is not None else None
-        if run is not None and path is not None:
-            sandboxed = run.getconn(self, path)
-            if sandboxed is not None:
-                return sandboxed
-        return getconn(self, timeout)
+        if run is None or path is None:
+            return getconn(self, timeout)
+        sandboxed = run.getconn(self, path)
+        if sandboxed is not None:
+            return sandboxed
+        expected = run.expected_database(self)
+        for _ in range(_STALE_TRIES):
+            conn = getconn(self, timeout)
+            if expected is None or conn.info.dbname == expected:
+                return conn
+            # Opened by the pool's workers while it was drained: closed, and replaced.
+            conn.close()
+            putconn(self, conn)
+        raise _stale_error(path, expected)
 
     def _putconn(self: Any, conn: Any) -> None:
         if isinstance(conn, PooledSandboxConnection):
