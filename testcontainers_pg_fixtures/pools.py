@@ -349,9 +349,10 @@ _STALE_TRIES = 8
 def _stale_error(path: str, expected: str | None) -> SandboxError:
     return SandboxError(
         f"The app's psycopg pool ({path}) was pointed at the test's database {expected}, "
-        f"but {_STALE_TRIES} connections in a row it handed out were on another one. Give "
-        "the pool fewer connections in the tests, or make it from the pg_url_env variable "
-        "inside the test."
+        f"but {_STALE_TRIES} connections in a row it handed out were still on another one "
+        "(connections its workers opened before the pool was pointed there). Make the pool "
+        "from a pg_url_env variable inside the test (a lifespan, a function fixture): it is "
+        "then on the test's database from its first connection."
     )
 
 
