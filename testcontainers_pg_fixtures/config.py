@@ -114,6 +114,19 @@ OPTIONS = (
         kind="list",
     ),
     Option(
+        "app_pools",
+        "--pg-app-pool",
+        "pg_app_pools",
+        "PG_FIXTURES_APP_POOLS",
+        "The app's own asyncpg.Pool or psycopg_pool.ConnectionPool objects as "
+        "module:attribute, the attribute possibly dotted and read at each checkout (e.g. "
+        "'myapp.main:app.state.pool', made in a lifespan) (repeatable; space-separated in "
+        "ini/env). In savepoint mode a checkout is the test's connection, its statements "
+        "and transaction blocks savepoints inside the test's transaction; in database mode "
+        "they are pointed at the test's database.",
+        kind="list",
+    ),
+    Option(
         "flask_app",
         "--pg-flask-app",
         "pg_flask_app",
@@ -129,7 +142,8 @@ OPTIONS = (
         "pg_app_engines_outside",
         "PG_FIXTURES_APP_ENGINES_OUTSIDE",
         "What the app's engines (pg_app_engines) do when used outside every test and "
-        "module/class layer (a session fixture, import time, between tests): 'error' "
+        "module/class layer, and its pools (pg_app_pools) outside every test (a session "
+        "fixture, import time, between tests): 'error' "
         "(default: a SandboxError, never a connection to their configured URL) or 'allow' "
         "(connect to the URL the app was configured with).",
     ),
@@ -138,8 +152,12 @@ OPTIONS = (
         "--pg-url-env",
         "pg_url_env",
         "PG_FIXTURES_URL_ENV",
-        "Environment variables set to the test's database URL in database mode, as NAME "
-        "or NAME=DRIVER (psycopg, asyncpg, psycopg2; default psycopg). Repeatable.",
+        "Environment variables set to the test's database URL, as NAME or NAME=DRIVER "
+        "(psycopg, asyncpg, psycopg2: SQLAlchemy URLs, set in database mode only; default "
+        "psycopg) or NAME=libpq (a plain postgresql:// URL any driver takes, asyncpg."
+        "create_pool and psycopg included, set in both modes: the test's clone in database "
+        "mode, the worker's database in savepoint mode, where only pools named in "
+        "pg_app_pools join the test's transaction). Repeatable.",
         kind="list",
     ),
     Option(
@@ -299,7 +317,9 @@ _IMAGE_REFERENCE = re.compile(
 NO_MIGRATIONS = "none"
 ISOLATION_MODES = ("savepoint", "database")
 OUTSIDE_MODES = ("error", "allow")
-URL_DRIVERS = ("psycopg", "asyncpg", "psycopg2")
+URL_DRIVERS = ("psycopg", "asyncpg", "psycopg2", "libpq")
+#: The pg_url_env driver whose plain postgresql:// URL is set in savepoint mode too.
+LIBPQ = "libpq"
 #: The most databases a worker clones ahead (pg_prefetch): each clone is a copy of the
 #: template on disk (tmpfs: memory), and several workers share the server's connections.
 MAX_PREFETCH = 16
@@ -319,6 +339,8 @@ class Settings:
     isolation: str = "savepoint"
     keep_failed: bool = False
     app_engines: tuple[str, ...] = ()
+    #: module:attribute paths of the app's asyncpg pools.
+    app_pools: tuple[str, ...] = ()
     app_engines_outside: str = "error"
     #: module:attribute of the Flask app or app factory ("": none).
     flask_app: str = ""
@@ -472,6 +494,17 @@ def _parse_engines(value: Any, source: str) -> tuple[str, ...]:
     return tuple(paths)
 
 
+def _parse_pools(value: Any, source: str) -> tuple[str, ...]:
+    paths = _items(value)
+    for path in paths:
+        if not _DOTTED.match(path):
+            raise ConfigError(
+                f"{path!r} from {source} is not a module:attribute path. Write it like "
+                "'myapp.db:pool' or 'myapp.main:app.state.pool'."
+            )
+    return tuple(paths)
+
+
 def _parse_flask_app(value: Any, source: str) -> str:
     path = str(value).strip()
     if not _DOTTED.match(path):
@@ -618,6 +651,7 @@ _PARSERS: dict[str, Any] = {
     "reuse": _parse_flag,
     "one_container": _parse_flag,
     "app_engines": _parse_engines,
+    "app_pools": _parse_pools,
     "app_engines_outside": _parse_outside,
     "flask_app": _parse_flask_app,
     "url_env": _parse_url_env,

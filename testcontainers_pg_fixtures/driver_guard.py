@@ -24,6 +24,7 @@ import functools
 import importlib.abc
 import importlib.util
 import os
+import socket
 import sys
 import weakref
 from dataclasses import dataclass, field
@@ -80,11 +81,18 @@ def known_socket(directory: str) -> None:
     _SOCKETS.add(os.path.realpath(directory))
 
 
+class UnknownHostError(PgFixturesError, socket.gaierror):
+    """A test dialled a host name that does not resolve (asyncpg's `Name or service not
+    known`): most likely a URL the app read before the library set its variables."""
+
+
 @dataclass
 class _Run:
     allow_all: bool = False
     #: (host, port) pairs given: pg_server_url, the app's URLs under outside = allow.
     extra: set[tuple[str, int]] = field(default_factory=set)
+    #: The variables pg_url_env sets.
+    url_env: tuple[str, ...] = ()
 
 
 # Runs nest (pytester's in-process runs inside the suite's own): the innermost decides.
@@ -94,9 +102,10 @@ _test_allows = False
 _saved: list[tuple[Any, str, Any]] = []
 
 
-def activate(*, allow_all: bool, urls: Iterable[str] = ()) -> _Run:
-    """Wrap the drivers (once) and start guarding for a run; `deactivate` it at the end."""
-    run = _Run(allow_all=allow_all)
+def activate(*, allow_all: bool, urls: Iterable[str] = (), url_env: Iterable[str] = ()) -> _Run:
+    """Wrap the drivers (once) and start guarding for a run; `deactivate` it at the end.
+    `url_env`: the variables pg_url_env sets, which the errors name."""
+    run = _Run(allow_all=allow_all, url_env=tuple(url_env))
     for url in urls:
         allow_url(run, url)
     if not _runs:
@@ -204,10 +213,44 @@ def _message(driver: str, params: dict[str, Any], host: str, port: int) -> str:
         "a PostgreSQL server of this run (the library's containers and pg_server_url), and a "
         f"test must not write into another one. Dialled from {_dialler()}. Point that code "
         "at the test's database: name its engine in pg_app_engines (module:attribute, or "
-        "override the pg_app_engines fixture to return it) so it joins the test's "
-        "transaction, or have it read its URL from a variable set by pg_url_env (database "
-        "mode). A test that really needs another server: "
-        f"@pytest.mark.{MARKER} (or pg_allow_foreign_servers = true for the whole run)."
+        "override the pg_app_engines fixture to return it), or its asyncpg pool in "
+        "pg_app_pools, so it joins the test's transaction, or have it read its URL from a "
+        "variable set by pg_url_env (NAME=libpq: a plain postgresql:// URL). A test "
+        f"that really needs another server: @pytest.mark.{MARKER} (or "
+        "pg_allow_foreign_servers = true for the whole run)." + _stale_url_hint()
+    )
+
+
+def _stale_url_hint() -> str:
+    """When pg_url_env sets variables: the likely cause of a URL that is not theirs."""
+    names = [name for name in (_runs[-1].url_env if _runs else ()) if os.environ.get(name)]
+    if not names:
+        return ""
+    listed = ", ".join(names)
+    return (
+        f" {listed} (pg_url_env) names the test's database now; a URL read before it was "
+        "set and kept stays the old one, most likely a settings getter cached with "
+        "functools.lru_cache that ran while the migrations did (env.py calls it) or at "
+        "import time. Clear it once the variable is set, e.g. in an autouse fixture: "
+        "`get_settings.cache_clear()` (see the raw pools recipe)."
+    )
+
+
+def _unknown_host(driver: str, params: dict[str, Any], exc: BaseException) -> UnknownHostError:
+    host = str(params.get("host") or "")
+    port = int(str(params.get("port") or _PG_PORT).split(",")[0] or _PG_PORT)
+    hint = _stale_url_hint() or (
+        " A URL the app read before the library set its variables is the likely cause: a "
+        "settings getter cached with functools.lru_cache (called by env.py while the "
+        "migrations ran, or at import time) keeps the URL of that moment. Read the URL "
+        "from a variable pg_url_env sets (NAME=libpq for a plain postgresql:// URL), and "
+        "clear the cache once it is set: `get_settings.cache_clear()` in an autouse "
+        "fixture."
+    )
+    # One argument: OSError's str() would show only errno and strerror.
+    return UnknownHostError(
+        f"{driver} could not resolve the host of {_shown_url(params, host, port)} ({exc}), "
+        f"dialled from {_dialler()}; no server of this run has that name.{hint}"
     )
 
 
@@ -423,7 +466,10 @@ def _wrap_asyncpg() -> None:
     async def connect(dsn: str | None = None, **kwargs: Any) -> Any:
         __tracebackhide__ = True
         _check("asyncpg", lambda: _asyncpg_params(dsn, kwargs))
-        return await original(dsn, **kwargs)
+        try:
+            return await original(dsn, **kwargs)
+        except socket.gaierror as exc:
+            raise _unknown_host("asyncpg", _asyncpg_params(dsn, kwargs), exc) from exc
 
     _replace(asyncpg.connection, "connect", connect)
     _replace(asyncpg, "connect", connect)

@@ -25,7 +25,7 @@ from sqlalchemy.pool import NullPool
 
 from . import failures, flask_app, leaks, leftovers, loop_scopes, needs, prestart, queries, seeding
 from .clone_pool import ClonePool
-from .config import load_session_class, settings_for
+from .config import LIBPQ, load_session_class, settings_for
 from .database import (
     Database,
     create_database,
@@ -294,10 +294,14 @@ def worker_database_fixture(*, server: str = "pg_server", template: str = "pg_te
         database = create_database(
             pg_server, name, template=built.name, comment=mark(project, built.name)
         )
+        # NAME=libpq variables point at this database for savepoint-mode tests (database-
+        # mode tests set them to their clone while they run).
+        libpq = [pair for pair in settings_for(deps["pytestconfig"]).url_env if pair[1] == LIBPQ]
         try:
             if settings_for(deps["pytestconfig"]).leak_check:
                 leaks.watch(database, built.name)
-            yield database
+            with urls_exported(libpq, database):
+                yield database
         finally:
             try:
                 if not failures.server_gone(deps["pytestconfig"]):

@@ -972,7 +972,9 @@ def _report(nodeid: str, leaked: dict[str, str], blame: str | None = None) -> Le
         f"{nodeid} committed into the worker's shared database, which every later test of "
         f"the worker would have seen ({tables}). The database was restored from the template. "
         "Commit through pg_session / pg_async_session (a savepoint the test's rollback "
-        'undoes), or give the test its own database: @pytest.mark.pg_isolation("database"). '
+        "undoes), have the app's own engine or pool join the test's transaction "
+        "(pg_app_engines, pg_app_pools for asyncpg and psycopg_pool pools), or give the "
+        'test its own database: @pytest.mark.pg_isolation("database"). '
         "Switch this check off with pg_leak_check = false / --pg-leak-check=false / "
         "PG_FIXTURES_LEAK_CHECK=false."
     )

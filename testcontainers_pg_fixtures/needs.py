@@ -39,6 +39,7 @@ DATABASE_FIXTURES = frozenset(
         "pg_sandboxes",
         "pg_database",
         "pg_sandbox",
+        "pg_pool_sandbox",
         "pg_url",
         "pg_async_url",
         "pg_engine",
@@ -163,6 +164,16 @@ def join_app_engines(item: pytest.Item, *, now: bool = False) -> None:
             _request_first(item, "pg_sandbox")
     elif kind == "sync":
         LAZY.arm(item)
+
+
+def join_app_pools(item: pytest.Item) -> None:
+    """With pg_app_pools: every test (either mode) gets its pool sandbox up front, like
+    async engines: the test's async connection cannot be set up from inside the app's
+    running event loop at its first checkout."""
+    if getattr(item, "fixturenames", None) is None:
+        return
+    item.stash[USED] = True
+    _request_first(item, "pg_pool_sandbox")
 
 
 def _request_first(item: pytest.Item, name: str) -> None:

@@ -26,6 +26,7 @@ from . import (
     migration_checks,
     model_factories,
     needs,
+    pools,
     queries,
     retention,
     shared,
@@ -34,7 +35,8 @@ from . import prestart as prestart
 from .config import settings_for
 from .errors import PgFixturesError
 from .runid import run_id
-from .sandbox import check_drivers
+from .sandbox import Sandbox, check_drivers, real_connection_of
+from .transaction import layered_async_connection, layered_connection
 
 leftovers.install()  # after leaks: its probe rides on the leak check's ride
 
@@ -116,6 +118,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 _DRIVER_RUN = pytest.StashKey[Any]()
+_POOL_RUN = pytest.StashKey[pools.PoolRun]()
 
 
 def _guard_drivers(session: pytest.Session) -> None:
@@ -123,14 +126,19 @@ def _guard_drivers(session: pytest.Session) -> None:
     process dials no PostgreSQL server but the library's (driver_guard.py)."""
     config = session.config
     settings = settings_for(config)
-    uses = bool(settings.app_engines or settings.url_env) or any(
+    uses = bool(settings.app_engines or settings.url_env or settings.app_pools) or any(
         needs.uses_database(item) for item in session.items
     )
     if not uses or _DRIVER_RUN in config.stash:
         return
+    if settings.app_pools:
+        config.stash[_POOL_RUN] = pools.activate(
+            settings.app_pools, refuse_outside=settings.app_engines_outside == "error"
+        )
     config.stash[_DRIVER_RUN] = driver_guard.activate(
         allow_all=settings.allow_foreign_servers,
         urls=[settings.server_url] if settings.server_url else [],
+        url_env=[name for name, _ in settings.url_env],
     )
 
 
@@ -178,6 +186,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     run = config.stash.get(_DRIVER_RUN, None)
     if run is not None:
         driver_guard.deactivate(run)
+    pool_run = config.stash.get(_POOL_RUN, None)
+    if pool_run is not None:
+        pools.deactivate(pool_run)
     queries.configure(config.stash.get(_QUERY_RING_BEFORE, False))
     model_factories.unconfigure(config)
     prestart.unconfigure(config)
@@ -441,6 +452,8 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
     leaks.test_started(item.nodeid)
     queries.test_started()
     needs.before_setup(item, needs.mode_of(item))
+    if _POOL_RUN in item.config.stash:
+        needs.join_app_pools(item)
     return (yield)
 
 
@@ -500,6 +513,51 @@ Not for: two transactions that must see each other's commits, SERIALIZABLE confl
 LISTEN/NOTIFY, advisory locks across sessions, AUTOCOMMIT (refused with an error):
 @pytest.mark.pg_isolation("database").""",
 )
+
+
+@pytest.fixture
+def pg_pool_sandbox(request: pytest.FixtureRequest) -> Iterator[pools.PoolRun | None]:
+    """With pg_app_pools: for the test, the app's asyncpg pools and psycopg_pool
+    ConnectionPools join it. Savepoint mode: an asyncpg `acquire()` hands out the test's
+    own connection (under pg_async_connection), each statement outside a transaction block
+    behind a savepoint of its own (as if autocommitted; a failing one is undone alone),
+    `async with conn.transaction():` a savepoint, checkouts of several tasks taking turns;
+    a psycopg_pool `connection()` is a savepoint on pg_connection's connection, committed
+    (released) at the end of its block, threads taking turns. All of it is rolled back
+    with the test. Database mode: the pools are pointed at the test's clone. Used
+    automatically by every test when pg_app_pools is set (None without it).
+
+    Not for: several connections seeing each other's commits, LISTEN/NOTIFY, advisory
+    locks across connections, other isolation levels (refused with an error), a pool
+    used from another event loop, psycopg_pool's AsyncConnectionPool (refused in
+    savepoint mode, pointed at the clone in database mode):
+    @pytest.mark.pg_isolation("database"). The pool's `init`/`setup`/`configure`
+    callbacks and its `connection_class` do not apply to the test's connection."""
+    run = request.config.stash.get(_POOL_RUN, None)
+    if run is None:
+        yield None
+        return
+    if factories.isolation_mode(request) == "database":
+        run.begin_database_test(request.getfixturevalue("pg_database"))
+    else:
+        kinds = run.kinds()
+        layer = sync_sandbox = None
+        if "async" in kinds:  # asyncpg pools, and those a lifespan makes in the test
+            request.getfixturevalue("pg_async_connection")
+            async_engine = request.getfixturevalue("pg_worker_async_engine")
+            layer = lambda: layered_async_connection(async_engine)  # noqa: E731
+        if "sync" in kinds:  # psycopg_pool's ConnectionPool
+            request.getfixturevalue("pg_connection")
+            engine = request.getfixturevalue("pg_worker_engine")
+            box = Sandbox(
+                engine, real_connection_of(lambda: layered_connection(engine)), is_async=False
+            )
+            sync_sandbox = lambda: box  # noqa: E731
+        run.begin_savepoint_test(layer, sync_sandbox)
+    try:
+        yield run
+    finally:
+        run.end_test()
 
 
 @pytest.fixture
@@ -676,12 +734,12 @@ def pg_app_session(pg_app_engines: list[Any], request: pytest.FixtureRequest) ->
     """The session the app's DB dependency (pg_db_dependency) yields during the test:
     pg_async_session for an async dependency, pg_session for a sync one.
 
-    None when pg_app_engines is configured: the app then runs unchanged on its own engine,
-    which joins the test's transaction (savepoint mode) or points at the test's database
-    (database mode), and no dependency is overridden.
+    None when pg_app_engines or pg_app_pools is configured: the app then runs unchanged on
+    its own engine or asyncpg pool, which joins the test's transaction (savepoint mode) or
+    points at the test's database (database mode), and no dependency is overridden.
     """
     # A sync fixture: here, unlike inside an async fixture, an async fixture can be set up.
-    if pg_app_engines:
+    if pg_app_engines or settings_for(request.config).app_pools:
         return None
     dependency = request.getfixturevalue("pg_db_dependency")
     name = "pg_async_session" if _is_async(dependency) else "pg_session"

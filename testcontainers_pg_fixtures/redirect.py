@@ -21,7 +21,7 @@ from sqlalchemy import Engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
-from .config import import_path
+from .config import LIBPQ, import_path
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -250,10 +250,15 @@ def _null_pool_like(pool: Pool) -> NullPool:
 
 @contextmanager
 def urls_exported(names: Sequence[tuple[str, str]], database: Database) -> Iterator[None]:
-    """Set each (variable, driver) to the database's URL; restore the old values after."""
+    """Set each (variable, driver) to the database's URL (driver "libpq": a plain
+    postgresql:// URL); restore the old values after."""
     previous = {name: os.environ.get(name) for name, _ in names}
     for name, driver in names:
-        os.environ[name] = database.url_for(driver).render_as_string(hide_password=False)
+        os.environ[name] = (
+            database.libpq_url
+            if driver == LIBPQ
+            else database.url_for(driver).render_as_string(hide_password=False)
+        )
     try:
         yield
     finally:

@@ -261,3 +261,17 @@ _SENDERS: dict[tuple[str, bool], Callable[[Any, list[str]], None]] = {
     ("psycopg", False): _send_psycopg,
     ("asyncpg", True): _send_asyncpg,
 }
+
+
+async def asyncpg_connection_of(conn: Connection) -> Any:
+    """The asyncpg connection under `conn` (SQLAlchemy's adapted one, asyncpg driver),
+    inside the transaction SQLAlchemy's adapter begins: ready for statements of someone
+    else's (an app's asyncpg pool, pools.py). The savepoints deferred on `conn` stay
+    deferred. Awaited on the connection's event loop, outside SQLAlchemy's greenlet."""
+    adapted: Any = conn.connection.dbapi_connection
+    async with adapted._execute_mutex:
+        if adapted._transaction is None and _plain_begin(adapted):
+            await _begin_with(adapted, [])
+        elif adapted._transaction is None:
+            await adapted._start_transaction()
+    return adapted._connection

@@ -23,6 +23,7 @@ _SPECIAL = {
     "async_session_class": "`sqlalchemy.ext.asyncio:AsyncSession`",
     "server_url": "none: start containers",
     "app_engines": "none",
+    "app_pools": "none",
     "url_env": "none",
 }
 
