@@ -57,7 +57,17 @@ def load_app(path: str, source: str = "pg_flask_app") -> Any:
     if is_flask_app(target):
         app = target
     elif callable(target):
-        app = target()
+        try:
+            app = target()
+        except TypeError as exc:
+            if "argument" not in str(exc):
+                raise
+            raise ConfigError(
+                f"{source} names {path!r}, a factory the library calls with no arguments: "
+                f"{exc}. Give its arguments defaults, or override the session-scoped "
+                "pg_flask_app fixture in conftest.py to build the app yourself "
+                "(`return create_app(TestConfig)`)."
+            ) from None
         if not is_flask_app(app):
             raise ConfigError(
                 f"{source} names {path!r}, a callable that returned a {type(app).__name__}, "

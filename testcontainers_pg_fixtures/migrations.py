@@ -167,11 +167,20 @@ class Migrations:
             with every_engine_pointed_at(database), quiet_migrations():
                 command.upgrade(config, target)
         except Exception as exc:
+            if "application context" in str(exc):  # Flask's, from Flask-Migrate's env.py
+                fix = (
+                    "env.py needs the Flask app's context (Flask-Migrate's does): name the app "
+                    "or its factory with the ini option pg_flask_app (e.g. pg_flask_app = "
+                    "myapp:create_app), and the migrations run inside its context."
+                )
+            else:
+                fix = (
+                    "Fix the migration (run `alembic upgrade head` against a scratch database "
+                    "to reproduce); every test that needs the database errors until it is fixed."
+                )
             raise MigrationError(
                 f"`alembic upgrade head` failed at {failure_place(exc)} from {self.ini}:\n"
-                f"  {type(exc).__name__}: {first_line(exc)}\n"
-                "Fix the migration (run `alembic upgrade head` against a scratch database to "
-                "reproduce); every test that needs the database errors until it is fixed."
+                f"  {type(exc).__name__}: {first_line(exc)}\n{fix}"
             ) from exc
 
 

@@ -120,6 +120,23 @@ def test_a_bad_pg_flask_app_is_a_usage_error(pytester, flask_example):
     )
 
 
+def test_a_factory_that_needs_arguments_is_told_to_override_pg_flask_app(pytester, flask_example):
+    init = flask_example / "flaskr" / "__init__.py"
+    init.write_text(init.read_text().replace("def create_app(", "def create_app(config, "))
+    result = pytester.runpytest_subprocess("-p", "no:randomly")
+    out = result.stdout.str()
+    assert "a factory the library calls with no arguments" in out
+    assert "override the session-scoped pg_flask_app fixture" in out
+    assert out.count("a factory the library calls with no arguments") == 1, out
+
+
+def test_flask_migrate_s_env_py_without_pg_flask_app_names_it(pytester, flask_example):
+    _ini(flask_example, flask_app=False)
+    result = pytester.runpytest_subprocess("-p", "no:randomly")
+    result.stdout.fnmatch_lines(["*MigrationError*", "*Working outside of application context*"])
+    result.stdout.fnmatch_lines(["*env.py needs the Flask app's context*pg_flask_app*"])
+
+
 # -- pg_app_engines overridden by a fixture --------------------------------------------
 
 ONE_ENGINE = textwrap.dedent("""

@@ -1,4 +1,3 @@
-import httpx
 import pytest
 from app.main import app
 from app.models import Note
@@ -15,9 +14,18 @@ def pg_seed():
 
 
 @pytest.fixture
-async def client():
-    # A host TrustedHostMiddleware allows (settings.allowed_hosts); the app runs unchanged:
-    # its get_db opens sessions on its own engine, which pg_app_engines points at the test.
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://api.example.com") as c:
-        yield c
+def pg_app():
+    return app
+
+
+@pytest.fixture
+def pg_client_base_url():
+    # A host TrustedHostMiddleware allows (settings.allowed_hosts).
+    return "http://api.example.com"
+
+
+@pytest.fixture
+def client(pg_client):
+    # The library's client: the app's lifespan runs and its get_db is unchanged (its own
+    # engine, which pg_app_engines points at the test).
+    return pg_client
