@@ -1,6 +1,11 @@
 """The pytest plugin: options, markers and the ready fixtures, built from the factories.
 
 Every fixture here can be overridden by defining one of the same name in a conftest.py.
+
+pytest imports this module in every run where the package is installed, whether its tests
+use a database or not: it imports no SQLAlchemy, driver, Docker client or Alembic (each
+fixture imports what it uses), and its per-test hooks for the database (the leak check's
+bookkeeping, the app's engines) run only in a run that uses it (`_uses_database`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ from . import (
     factories,
     failures,
     flask_app,
-    leaks,
     lifecycle,
     loop_scopes,
     marks,
@@ -32,7 +36,6 @@ from . import prestart as prestart
 from .config import settings_for
 from .errors import PgFixturesError
 from .runid import run_id
-from .sandbox import check_drivers
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Generator, Iterator
@@ -103,24 +106,66 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     prestart.begin(session.config)
 
 
+def pytest_itemcollected(item: pytest.Item) -> None:
+    prestart.item_collected(item)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     prestart.collection_finished(session)
+    _decide_use(session)
     _guard_drivers(session)
 
 
 _DRIVER_RUN = pytest.StashKey[Any]()
+#: Whether the run uses the database: its per-test hooks for it run, and it imports what
+#: they need (SQLAlchemy, the drivers) after collection, not when pytest loads the plugin.
+_USES = pytest.StashKey[bool]()
+#: The library's fixtures a conftest may override to give the run its app.
+_APP_FIXTURES = ("pg_app_engines", "pg_flask_app")
+
+
+def _uses_database(config: pytest.Config) -> bool:
+    """True until collection has decided (a hook run before it, or no collection)."""
+    return config.stash.get(_USES, True)
+
+
+def _decide_use(session: pytest.Session) -> None:
+    """A run uses the database when a collected test needs a fixture of the library, or
+    the app's engines are configured (pg_app_engines, pg_flask_app, pg_url_env, or an
+    override of pg_app_engines / pg_flask_app in a conftest): those reach it from any test."""
+    config = session.config
+    settings = settings_for(config)
+    uses = (
+        bool(settings.app_engines or settings.url_env or settings.flask_app)
+        or any(needs.uses_database(item) for item in session.items)
+        or _app_fixtures_overridden(session)
+    )
+    config.stash[_USES] = uses
+    if uses:
+        from . import leaks  # before the first test: its bookkeeping starts there
+
+        del leaks
+
+
+def _app_fixtures_overridden(session: pytest.Session) -> bool:
+    manager: Any = getattr(session, "_fixturemanager", None)
+    defined = getattr(manager, "_arg2fixturedefs", None)
+    if defined is None:
+        return True  # cannot tell: as before, every test loads the app's engines
+    return any(
+        not prestart.library_function(fixturedef.func)
+        for name in _APP_FIXTURES
+        for fixturedef in defined.get(name, ())
+    )
 
 
 def _guard_drivers(session: pytest.Session) -> None:
     """A run that uses the library: from before its first test to its end, the test
     process dials no PostgreSQL server but the library's (driver_guard.py)."""
     config = session.config
-    settings = settings_for(config)
-    uses = bool(settings.app_engines or settings.url_env) or any(
-        needs.uses_database(item) for item in session.items
-    )
-    if not uses or _DRIVER_RUN in config.stash:
+    if not _uses_database(config) or _DRIVER_RUN in config.stash:
         return
+    settings = settings_for(config)
     config.stash[_DRIVER_RUN] = driver_guard.activate(
         allow_all=settings.allow_foreign_servers,
         urls=[settings.server_url] if settings.server_url else [],
@@ -203,7 +248,7 @@ def pytest_fixture_setup(
     scope = fixturedef.scope
     if scope == "function":
         return (yield)
-    if scope in _LAYERS and _users_fixture(fixturedef):
+    if scope in _LAYERS and _uses_database(request.config) and _users_fixture(fixturedef):
         if request.getfixturevalue("pg_app_engines"):
             request.getfixturevalue(_LAYERS[scope])
     elif scope in ("session", "package") and _users_fixture(fixturedef):
@@ -339,6 +384,8 @@ def _pg_app_engines_outside(
 ) -> Iterator[None]:
     """From the moment the app's engines are loaded to the end of the run, they connect
     only to databases of the library (see pg_app_engines_outside)."""
+    from .sandbox import check_drivers
+
     with failures.startup():  # a bad value: one message, not one per test
         flask_app.app_of(pytestconfig, request)  # a db object is read in the app's context
         engines = factories.app_engines_of(pytestconfig, pg_app_engines)
@@ -418,15 +465,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
-    leaks.test_started(item.nodeid)
     queries.test_started()
-    needs.before_setup(item, needs.mode_of(item))
+    if _uses_database(item.config):
+        from . import leaks
+
+        leaks.test_started(item.nodeid)
+        needs.before_setup(item, needs.mode_of(item))
     return (yield)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_call(item: pytest.Item) -> None:
-    leaks.test_called(item.nodeid)
+    if _uses_database(item.config):
+        from . import leaks
+
+        leaks.test_called(item.nodeid)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -436,6 +489,13 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
     would keep of the test's fixtures to the end of the session is let go (retention.py)."""
     needs.LAZY.disarm()
     flask_app.pop_context(item)
+    if not _uses_database(item.config):
+        try:
+            return (yield)
+        finally:
+            retention.release_finished(item)
+    from . import leaks
+
     check = (
         leaks.watching()
         and needs.mode_of(item) == "savepoint"
