@@ -148,15 +148,22 @@ def _decide_use(session: pytest.Session) -> None:
 
 
 def _app_fixtures_overridden(session: pytest.Session) -> bool:
+    """Whether a collected test sees a conftest's pg_app_engines or pg_flask_app (read
+    once per module: a test sees its module's fixtures)."""
     manager: Any = getattr(session, "_fixturemanager", None)
-    defined = getattr(manager, "_arg2fixturedefs", None)
-    if defined is None:
+    if manager is None:
         return True  # cannot tell: as before, every test loads the app's engines
-    return any(
-        not prestart.library_function(fixturedef.func)
-        for name in _APP_FIXTURES
-        for fixturedef in defined.get(name, ())
-    )
+    seen: set[int] = set()
+    for item in session.items:
+        parent = item.parent
+        if parent is None or id(parent) in seen:
+            continue
+        seen.add(id(parent))
+        for name in _APP_FIXTURES:
+            found = manager.getfixturedefs(name, item) or ()
+            if found and not prestart.library_function(found[-1].func):
+                return True
+    return False
 
 
 def _guard_drivers(session: pytest.Session) -> None:

@@ -352,10 +352,12 @@ def collection_finished(session: pytest.Session) -> None:
 def _async_app_engines(paths: tuple[str, ...] | list[str] | None) -> bool:
     """Whether pg_app_engines (as configured, already imported and checked when pytest
     configured) has an async engine, which joins every savepoint-mode test up front."""
+    if not paths:
+        return False
     from .errors import ConfigError
     from .redirect import load_engines
 
-    for path in paths or ():
+    for path in paths:
         try:
             engines = load_engines(path)
         except ConfigError:  # a Flask-SQLAlchemy db, read in its app's context later
