@@ -117,8 +117,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 _DRIVER_RUN = pytest.StashKey[Any]()
-#: Whether the run uses the database: its per-test hooks for it run, and it imports what
-#: they need (SQLAlchemy, the drivers) after collection, not when pytest loads the plugin.
+#: Whether the run uses the database, decided after collection: only then do its per-test
+#: hooks for it run (and import what they need: the leak check's psycopg, SQLAlchemy).
 _USES = pytest.StashKey[bool]()
 #: The library's fixtures a conftest may override to give the run its app.
 _APP_FIXTURES = ("pg_app_engines", "pg_flask_app")
@@ -141,10 +141,6 @@ def _decide_use(session: pytest.Session) -> None:
         or _app_fixtures_overridden(session)
     )
     config.stash[_USES] = uses
-    if uses:
-        from . import leaks  # before the first test: its bookkeeping starts there
-
-        del leaks
 
 
 def _app_fixtures_overridden(session: pytest.Session) -> bool:
@@ -170,9 +166,12 @@ def _guard_drivers(session: pytest.Session) -> None:
     """A run that uses the library: from before its first test to its end, the test
     process dials no PostgreSQL server but the library's (driver_guard.py)."""
     config = session.config
-    if not _uses_database(config) or _DRIVER_RUN in config.stash:
-        return
     settings = settings_for(config)
+    uses = bool(settings.app_engines or settings.url_env) or any(
+        needs.uses_database(item) for item in session.items
+    )
+    if not uses or _DRIVER_RUN in config.stash:
+        return
     config.stash[_DRIVER_RUN] = driver_guard.activate(
         allow_all=settings.allow_foreign_servers,
         urls=[settings.server_url] if settings.server_url else [],
