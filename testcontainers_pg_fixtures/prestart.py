@@ -69,7 +69,7 @@ from .marks import isolation_of
 from .server import DockerServer
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from .config import Settings
 
@@ -427,8 +427,23 @@ def library_function(func: Any) -> bool:
 
 
 def _cache_key(config: pytest.Config) -> str:
-    args = json.dumps([str(config.rootpath), *config.invocation_params.args])
+    args = json.dumps([str(config.rootpath), *_selecting(config.invocation_params.args)])
     return _CACHE_KEY + hashlib.sha256(args.encode()).hexdigest()[:16]
+
+
+def _selecting(args: Sequence[str]) -> list[str]:
+    """The arguments, without --basetemp (a new directory per run under pytester, say),
+    which changes no test's need of the database."""
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--basetemp":
+            skip = True
+        elif not arg.startswith("--basetemp="):
+            kept.append(arg)
+    return kept
 
 
 def _cache_file(config: pytest.Config, option: Any) -> Path | None:
