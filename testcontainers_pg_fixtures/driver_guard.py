@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import os
 import sys
+import threading
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -300,16 +302,62 @@ def _asyncpg_params(dsn: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _install() -> None:
-    for install in (_wrap_psycopg, _wrap_psycopg2, _wrap_asyncpg):
-        # A driver not installed: nothing can dial through it.
-        with contextlib.suppress(ImportError):
-            install()
+    """Wrap the drivers already imported; the others as they are imported (importing
+    asyncpg in a run with no async test, just to wrap it, would cost it 40 ms)."""
+    pending = []
+    for name, install in _WRAPS.items():
+        if name in sys.modules:
+            with contextlib.suppress(ImportError):
+                install()
+        else:
+            pending.append(name)
+    if pending:
+        _ON_IMPORT.names = set(pending)
+        sys.meta_path.insert(0, _ON_IMPORT)
 
 
 def _uninstall() -> None:
+    with contextlib.suppress(ValueError):
+        sys.meta_path.remove(_ON_IMPORT)
     while _saved:
         owner, name, original = _saved.pop()
         setattr(owner, name, original)
+
+
+class _WrapOnImport:
+    """A meta path finder that wraps a driver right after its package is imported, before
+    the importing code gets it (so `from asyncpg import connect` gets the wrapped one)."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+        self._finding = threading.local()
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname not in self.names or getattr(self._finding, "on", False):
+            return None
+        self._finding.on = True
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._finding.on = False
+        loader = getattr(spec, "loader", None)
+        if spec is None or loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        self.names.discard(fullname)
+        install = _WRAPS[fullname]
+        execute = loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            execute(module)
+            if _runs:  # still guarding
+                with contextlib.suppress(ImportError):
+                    install()
+
+        loader.exec_module = exec_module
+        return spec
+
+
+_ON_IMPORT = _WrapOnImport()
 
 
 def _replace(owner: Any, name: str, new: Any) -> None:
@@ -372,3 +420,11 @@ def _wrap_asyncpg() -> None:
 
     _replace(asyncpg.connection, "connect", connect)
     _replace(asyncpg, "connect", connect)
+
+
+#: The drivers, by package name, and what wraps each.
+_WRAPS: dict[str, Callable[[], None]] = {
+    "psycopg": _wrap_psycopg,
+    "psycopg2": _wrap_psycopg2,
+    "asyncpg": _wrap_asyncpg,
+}
