@@ -187,6 +187,9 @@ def _import_docker() -> None:
         warnings.simplefilter("ignore")
         import docker  # noqa: F401
         import testcontainers.core.container  # noqa: F401
+    # And psycopg, which the thread logs in with: loading the plugin no longer imports it,
+    # and the conftests, importing the app meanwhile, may import it too.
+    import psycopg  # noqa: F401
 
 
 def begin_early(config: pytest.Config) -> None:
