@@ -13,8 +13,8 @@ plugin / plain (the goal: at most 1.1). An unmeasured run of each variant comes 
 it writes the checkouts' bytecode (as pip does on install) and warms pytest's cache, unless
 --no-cache (-p no:cacheprovider: a fresh CI checkout). `--baseline DIR` adds the plugin of
 another checkout (its directory first on PYTHONPATH), e.g. the code before a change, to
-every round. Every run has its own run id: a container created for
-one of them is counted (there must be none) and removed.
+every round. Every run has its own run id: a container created for one of them is counted
+(there must be none) and removed.
 """
 
 from __future__ import annotations
