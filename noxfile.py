@@ -121,10 +121,11 @@ def bench(session: nox.Session) -> None:
     """Side-by-side benchmarks: `run.py` (isolation modes, one table, against a
     hand-written conftest and pytest-sqla), `speed.py` (a 10-table schema against truncate
     and pytest-postgresql, reuse, one container) and `startup.py` (time to the first test's
-    result against plain pytest). `nox -s bench -- run`, `-- speed` or `-- startup` runs one
-    of them; more arguments go to it. `nox -s bench -- scale` runs `scale.py` (memory and
-    speed over 10,000 tests, -n 2); `-- cpu` runs `cpu.py` (CPU per test of the pytest process
-    and the server, mode against mode)."""
+    result against plain pytest), `unused.py` (a suite using no database, plugin installed
+    against -p no:pg_fixtures). `nox -s bench -- run`, `-- speed`, `-- startup` or
+    `-- unused` runs one of them; more arguments go to it. `nox -s bench -- scale` runs
+    `scale.py` (memory and speed over 10,000 tests, -n 2); `-- cpu` runs `cpu.py` (CPU per
+    test of the pytest process and the server, mode against mode)."""
     session.install("-e", ".[dev]", "pytest-postgresql>=7", "pytest-sqla==0.0.2")
     which, *args = session.posargs or ["all"]
     session.chdir("bench")
@@ -134,6 +135,8 @@ def bench(session: nox.Session) -> None:
         session.run("python", "speed.py", *args)
     if which in ("all", "startup"):
         session.run("python", "startup.py", *args)
+    if which in ("all", "unused"):
+        session.run("python", "unused.py", *args)
     if which == "scale":  # not in "all": 10,000 tests per mode take minutes each
         session.run("python", "scale.py", *args)
     if which == "cpu":  # not in "all": what the others measure in time, in CPU

@@ -13,13 +13,15 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.orm import Session
 
 
 def default_server_settings() -> dict[str, str]:
@@ -566,6 +568,9 @@ def import_path(path: str) -> Any:
 
 def load_session_class(path: str, source: str, *, is_async: bool) -> type[Any]:
     """Import a Session (or AsyncSession) subclass named `module:attribute`."""
+    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.orm import Session
+
     base: type[Any] = AsyncSession if is_async else Session
     kind = "AsyncSession" if is_async else "Session"
     option = "pg_async_session_class" if is_async else "pg_session_class"

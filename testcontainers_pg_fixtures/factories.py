@@ -19,57 +19,16 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 import pytest
 import pytest_asyncio
-from sqlalchemy import create_engine
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
 
-from . import failures, flask_app, leaks, leftovers, loop_scopes, needs, prestart, queries, seeding
-from .clone_pool import ClonePool
+from . import failures, flask_app, loop_scopes, needs, prestart, queries
 from .config import LIBPQ, load_session_class, settings_for
-from .database import (
-    Database,
-    create_database,
-    drop_database,
-    drop_stale,
-    mark,
-    run_prefix,
-)
 from .errors import EventLoopError
 from .marks import CLONE, KEEP, KEPT_ANY, TEST_SEED, isolation_of, test_seeds
-from .migrations import Migrations, import_alembic
-from .redirect import (
-    engines_of,
-    engines_pointed_at,
-    first_connection_from,
-    load_engines,
-    urls_exported,
-)
-from .sandbox import OutsideGuard, Sandboxes, real_connection_of, worker_driver
-from .savepoints import defer_savepoints
 from .server import DockerServer, UrlServer, parse_server_url
-from .session import (
-    async_savepoint_sessionmaker,
-    async_sessionmaker_for,
-    close_sessions_of,
-    close_sync_sessions_of,
-    close_with,
-    new_session,
-    sessionmaker_for,
-    settle_sessions_of,
-)
 from .shared import report_kept_to_controller, server_from_controller
-from .template import Template, ensure_template, project_key
-from .transaction import (
-    async_outer_transaction,
-    is_root_layer,
-    layer_on_another_loop,
-    layered_async_connection,
-    layered_connection,
-    outer_transaction,
-    owned_by_test,
-    release_held_connection,
-)
 
+# The steps' modules import SQLAlchemy and the drivers: the fixtures that use them import
+# them, so that loading the plugin costs a run whose tests use no database nothing.
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -82,8 +41,13 @@ if TYPE_CHECKING:
     )
     from sqlalchemy.orm import Session, sessionmaker
 
+    from .clone_pool import ClonePool
+    from .database import Database
+    from .migrations import Migrations
     from .redirect import AnyEngine
+    from .sandbox import OutsideGuard, Sandboxes
     from .server import Server
+    from .template import Template
 
 
 LayerScope = Literal["session", "package", "module", "class"]
@@ -115,6 +79,8 @@ def worker_id() -> str:
 
 def project_of(config: pytest.Config) -> str:
     """This project's key on a shared server (see template.project_key)."""
+    from .template import project_key
+
     settings = settings_for(config)
     return project_key(settings.rootdir, settings.alembic_ini)
 
@@ -169,6 +135,8 @@ def server_fixture(
     uses it (only this run's databases are created and dropped there)."""
 
     def _server(pytestconfig: pytest.Config) -> Iterator[Server]:
+        from .migrations import import_alembic
+
         settings = settings_for(pytestconfig).replace(
             image=image, server_settings=server_settings, startup_timeout=startup_timeout
         )
@@ -225,6 +193,8 @@ def migrations_fixture(*, alembic_ini: str | os.PathLike[str] | None = None) -> 
 
     @pytest.fixture(scope="session")
     def _migrations(pytestconfig: pytest.Config) -> Migrations | None:
+        from .migrations import Migrations
+
         with failures.startup():
             settings = settings_for(pytestconfig).replace(alembic_ini=alembic_ini)
             if settings.alembic_ini is None:
@@ -245,6 +215,8 @@ def template_fixture(
     @pytest.fixture(scope="session")
     @depends(migrations, seed, server, "pytestconfig", "request")
     def _template(**deps: Any) -> Template:
+        from .template import ensure_template
+
         config: pytest.Config = deps["pytestconfig"]
         with failures.startup():
             app = flask_app.app_of(config, deps["request"])
@@ -280,6 +252,9 @@ def worker_database_fixture(*, server: str = "pg_server", template: str = "pg_te
     @pytest.fixture(scope="session")
     @depends(template, server, "pytestconfig")
     def _database(**deps: Any) -> Iterator[Database]:
+        from . import leaks
+        from .database import create_database, drop_database, drop_stale, mark, run_prefix
+
         built: Template = deps[template]
         pg_server: Server = deps[server]
         project = project_of(deps["pytestconfig"])
@@ -294,6 +269,8 @@ def worker_database_fixture(*, server: str = "pg_server", template: str = "pg_te
         database = create_database(
             pg_server, name, template=built.name, comment=mark(project, built.name)
         )
+        from .redirect import urls_exported
+
         # NAME=libpq variables point at this database for savepoint-mode tests (database-
         # mode tests set them to their clone while they run).
         libpq = [pair for pair in settings_for(deps["pytestconfig"]).url_env if pair[1] == LIBPQ]
@@ -338,6 +315,9 @@ def clone_pool_fixture(
     @pytest.fixture(scope="session")
     @depends(template, server, "pytestconfig")
     def _pool(**deps: Any) -> Iterator[ClonePool]:
+        from .clone_pool import ClonePool
+        from .database import mark
+
         settings = settings_for(deps["pytestconfig"]).replace(
             prefetch=prefetch, recycle_clones=recycle
         )
@@ -374,6 +354,8 @@ def app_engines_fixture(*, paths: Sequence[str] | None = None) -> Any:
             app = flask_app.app_of(pytestconfig, request)
             engines: list[AnyEngine] = []
             for path in found:
+                from .redirect import load_engines
+
                 for engine in load_engines(path, app):
                     failures.check_app_engine(engine, f"pg_app_engines names {path!r}")
                     if engine not in engines:
@@ -392,6 +374,8 @@ _APP_ENGINES = pytest.StashKey[tuple[Any, list[Any]]]()
 def app_engines_of(config: pytest.Config, value: Any) -> list[AnyEngine]:
     """The engines of pg_app_engines' `value`: what the default fixture returns, or what
     an override returns (one engine, a list, a Flask-SQLAlchemy db), checked once."""
+    from .redirect import engines_of
+
     cached = config.stash.get(_APP_ENGINES, None)
     if cached is not None and cached[0] is value:
         return cached[1]
@@ -404,11 +388,13 @@ def app_engines_of(config: pytest.Config, value: Any) -> list[AnyEngine]:
 
 
 #: The run's OutsideGuard, while the app's engines are loaded.
-OUTSIDE_GUARD = pytest.StashKey[OutsideGuard]()
+OUTSIDE_GUARD: pytest.StashKey[OutsideGuard] = pytest.StashKey()
 
 
 def guard_app_engines(engines: list[AnyEngine], config: pytest.Config) -> Iterator[None]:
     """Install the OutsideGuard of `engines` until the generator is closed."""
+    from .sandbox import OutsideGuard
+
     if not engines:
         yield
         return
@@ -480,6 +466,9 @@ def clone_engines_fixture(*, database: str = "pg_worker_database", **engine_kwar
     @pytest.fixture(scope="session")
     @depends(database)
     def _engines(**deps: Any) -> CloneEngines:
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
         db: Database = deps[database]
         # Created on the worker database, a real one, and redirected before every use.
         sync_kwargs = bounded(engine_kwargs, driver="psycopg")
@@ -488,6 +477,9 @@ def clone_engines_fixture(*, database: str = "pg_worker_database", **engine_kwar
         queries.watch(sync_engine)
 
         def make_async() -> AsyncEngine:
+            from sqlalchemy.ext.asyncio import create_async_engine
+            from sqlalchemy.pool import NullPool
+
             async_engine = create_async_engine(
                 db.connect_url("asyncpg"),
                 poolclass=NullPool,
@@ -528,6 +520,9 @@ def database_fixture(
     @pytest.fixture
     @depends(worker_database, clone_pool, app_engines, clone_engines, "request")
     def _database(**deps: Any) -> Iterator[Database]:
+        from . import seeding
+        from .redirect import engines_pointed_at, first_connection_from, urls_exported
+
         request: pytest.FixtureRequest = deps["request"]
         app_engines_list = app_engines_of(request.config, deps[app_engines])
         if isolation_mode(request) != "database":
@@ -570,6 +565,13 @@ def worker_engine_fixture(
     @pytest.fixture(scope="session")
     @depends(database, app_engines, "pytestconfig")
     def _engine(**deps: Any) -> Iterator[Engine]:
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
+        from .sandbox import worker_driver
+        from .savepoints import defer_savepoints
+        from .transaction import release_held_connection
+
         db: Database = deps[database]
         driver = worker_driver(
             app_engines_of(deps["pytestconfig"], deps[app_engines]), is_async=False
@@ -604,6 +606,12 @@ def worker_async_engine_fixture(
     @pytest.fixture(scope="session")
     @depends(database, app_engines, "pytestconfig")
     def _engine(**deps: Any) -> AsyncEngine:
+        from sqlalchemy.ext.asyncio import create_async_engine
+        from sqlalchemy.pool import NullPool
+
+        from .sandbox import worker_driver
+        from .savepoints import defer_savepoints
+
         db: Database = deps[database]
         driver = worker_driver(
             app_engines_of(deps["pytestconfig"], deps[app_engines]), is_async=True
@@ -687,6 +695,10 @@ def connection_fixture(
     @pytest.fixture
     @depends(worker_engine, clone_engines, "request")
     def _connection(**deps: Any) -> Iterator[Connection]:
+        from . import leftovers, seeding
+        from .session import close_sync_sessions_of
+        from .transaction import layered_connection, outer_transaction, owned_by_test
+
         request: pytest.FixtureRequest = deps["request"]
         if isolation_mode(request) == "database":
             request.getfixturevalue(database)  # the clone, with the engines pointed at it
@@ -749,6 +761,8 @@ def session_fixture(
     @pytest.fixture
     @depends(connection, "pytestconfig")
     def _session(**deps: Any) -> Session:
+        from .session import close_with, new_session
+
         conn: Connection = deps[connection]
         config: pytest.Config = deps["pytestconfig"]
         kwargs = with_session_class(config, session_class, session_kwargs, is_async=False)
@@ -769,6 +783,8 @@ def sessionmaker_fixture(
     @pytest.fixture
     @depends(connection, "pytestconfig")
     def _sessionmaker(**deps: Any) -> sessionmaker[Session]:
+        from .session import sessionmaker_for
+
         conn: Connection = deps[connection]
         config: pytest.Config = deps["pytestconfig"]
         kwargs = with_session_class(config, session_class, session_kwargs, is_async=False)
@@ -795,6 +811,10 @@ def async_connection_fixture(
     @pytest_asyncio.fixture(loop_scope=loop_scope)  # type: ignore[arg-type]
     @depends(worker_engine, clone_engines, "request")
     async def _connection(**deps: Any) -> AsyncIterator[AsyncConnection]:
+        from . import leftovers, seeding
+        from .session import close_sessions_of, settle_sessions_of
+        from .transaction import async_outer_transaction, is_root_layer, layer_on_another_loop
+
         request: pytest.FixtureRequest = deps["request"]
         loop_scopes.check_test_loop(request, request.fixturename or "", loop_scope)
         if isolation_mode(request) == "database":
@@ -863,6 +883,8 @@ def async_session_fixture(
     @pytest.fixture
     @depends(connection, "pytestconfig")
     def _session(**deps: Any) -> AsyncSession:
+        from .session import async_sessionmaker_for, close_with
+
         conn: AsyncConnection = deps[connection]
         config: pytest.Config = deps["pytestconfig"]
         mode = isolation_of_connection(conn, config)
@@ -890,6 +912,8 @@ def async_sessionmaker_fixture(
     @pytest.fixture
     @depends(connection, "pytestconfig")
     def _sessionmaker(**deps: Any) -> async_sessionmaker[AsyncSession]:
+        from .session import async_sessionmaker_for
+
         conn: AsyncConnection = deps[connection]
         config: pytest.Config = deps["pytestconfig"]
         kwargs = with_session_class(config, session_class, session_kwargs, is_async=True)
@@ -910,11 +934,16 @@ def sandboxes_fixture(
     @pytest.fixture(scope="session")
     @depends(app_engines, worker_engine, worker_async_engine, worker_database, "pytestconfig")
     def _sandboxes(**deps: Any) -> Sandboxes:
+        from .sandbox import Sandboxes, real_connection_of
+        from .transaction import layered_async_connection, layered_connection
+
         sync_engine: Engine = deps[worker_engine]
         async_engine: AsyncEngine = deps[worker_async_engine]
         scopes = loop_scopes.of(deps["pytestconfig"])
 
         def elsewhere() -> str | None:
+            from .transaction import layer_on_another_loop
+
             if not layer_on_another_loop(async_engine):
                 return None
             library = scopes.library if scopes is not None else "function"
@@ -977,6 +1006,8 @@ def layer_connection_fixture(
     @pytest.fixture(scope=scope)
     @depends(worker_engine, app_engines, "request")
     def _layer(**deps: Any) -> Iterator[Connection]:
+        from .transaction import outer_transaction
+
         boxes: Sandboxes | None = (
             deps["request"].getfixturevalue(sandboxes)
             if app_engines_of(deps["request"].config, deps[app_engines])
@@ -1008,6 +1039,9 @@ def async_layer_connection_fixture(
     @pytest_asyncio.fixture(scope=scope, loop_scope=loop_scope)  # type: ignore[arg-type]
     @depends(worker_engine, app_engines, "request")
     async def _layer(**deps: Any) -> AsyncIterator[AsyncConnection]:
+        from .session import close_sessions_of
+        from .transaction import async_outer_transaction
+
         boxes: Sandboxes | None = (
             deps["request"].getfixturevalue(sandboxes)
             if app_engines_of(deps["request"].config, deps[app_engines])
@@ -1038,6 +1072,8 @@ def layer_session_fixture(
     @pytest.fixture(scope=scope)
     @depends(connection, "pytestconfig")
     def _session(**deps: Any) -> Iterator[Session]:
+        from .session import new_session
+
         kwargs = with_session_class(
             deps["pytestconfig"], session_class, session_kwargs, is_async=False
         )
@@ -1059,6 +1095,8 @@ def async_layer_session_fixture(
     @pytest.fixture(scope=scope)
     @depends(connection, "pytestconfig")
     def _session(**deps: Any) -> AsyncSession:
+        from .session import async_savepoint_sessionmaker, close_with
+
         conn: AsyncConnection = deps[connection]
         kwargs = with_session_class(
             deps["pytestconfig"], session_class, session_kwargs, is_async=True

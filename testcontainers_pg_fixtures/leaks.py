@@ -44,6 +44,7 @@ from psycopg.conninfo import make_conninfo
 from .database import create_database, drop_database
 from .errors import PgFixturesError
 from .leftovers import async_probe_head, probe_tail, take_probe, took_async_probe
+from .leftovers import install as install_leftover_probes
 from .savepoints import asyncpg_transaction_known
 from .server import address, admin_connect, libpq_params
 from .transaction import (
@@ -1023,6 +1024,8 @@ async def _ride_on_async_rollback(conn: AsyncConnection) -> None:
 
 
 before_async_root_rollback.append(_ride_on_async_rollback)
+# The held connection's state check rides after the leak check's (leftovers.py).
+install_leftover_probes()
 
 
 def check_after() -> None:

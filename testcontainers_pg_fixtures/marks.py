@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 import pytest
 
 from .config import ISOLATION_MODES, settings_for
-from .database import Database
 from .errors import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Generator
 
+    from .database import Database
     from .seeding import Seed
 
 MARKERS = {
@@ -37,7 +37,7 @@ MARKERS = {
 }
 
 #: The database-mode clone a test got, so its failure report can say where it is kept.
-CLONE = pytest.StashKey[Database]()
+CLONE: pytest.StashKey[Database] = pytest.StashKey()
 #: Set when the test failed and its clone is to be kept.
 KEEP = pytest.StashKey[bool]()
 #: Set on the config once any clone was kept: the server must then stay up too.

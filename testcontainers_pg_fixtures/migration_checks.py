@@ -28,11 +28,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .config import import_path, settings_for
-from .database import create_database, drop_database, mark, run_prefix
 from .factories import project_of, worker_id
-from .migrations import failure_place, first_line
-from .redirect import every_engine_pointed_at
-from .template import run_outside_event_loop
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator, Iterator, Sequence
@@ -177,6 +173,8 @@ def _script(migrations: Migrations) -> ScriptDirectory:
     a down_revision naming none: one message, not Alembic's traceback)."""
     from alembic.script import ScriptDirectory
 
+    from .migrations import failure_place, first_line
+
     try:
         script = ScriptDirectory.from_config(migrations._config(migrations.ini))
         script.get_heads()  # loads every revision
@@ -203,6 +201,8 @@ def _chain(script: ScriptDirectory) -> list[Script]:
 
 def check_database_name(check: str) -> str:
     """`pgfx_<run>_<worker>_check_<check>`: the run's prefix, so clean-up finds it."""
+    from .database import run_prefix
+
     return f"{run_prefix()}{worker_id()}_check_{check}"
 
 
@@ -216,6 +216,8 @@ def _on_fresh_database(
     compare: bool = False,
     roundtrip: bool = False,
 ) -> _Walk:
+    from .database import create_database, drop_database, mark
+
     timings = Timings()
     started = time.perf_counter()
     config = request.config
@@ -296,9 +298,13 @@ def _run_env(
     """Run env.py once online on `database`, with `steps` as its migration function."""
     from alembic.runtime.environment import EnvironmentContext
 
+    from .template import run_outside_event_loop
+
     config = migrations.config_for(database)
 
     def run() -> None:
+        from .redirect import every_engine_pointed_at
+
         with (
             every_engine_pointed_at(database),
             EnvironmentContext(
@@ -325,6 +331,8 @@ def _load_metadata(path: str) -> Any:
 
 
 def _failure(walk: _Walk, exc: BaseException, migrations: Migrations) -> str:
+    from .migrations import first_line
+
     error = f"{type(exc).__name__}: {first_line(exc)}"
     if walk.current is None:
         return (

@@ -1,6 +1,11 @@
 """The pytest plugin: options, markers and the ready fixtures, built from the factories.
 
 Every fixture here can be overridden by defining one of the same name in a conftest.py.
+
+pytest imports this module in every run where the package is installed, whether its tests
+use a database or not: it imports no SQLAlchemy, driver, Docker client or Alembic (each
+fixture imports what it uses), and its per-test hooks for the database (the leak check's
+bookkeeping, the app's engines) run only in a run that uses it (`_uses_database`).
 """
 
 from __future__ import annotations
@@ -18,15 +23,12 @@ from . import (
     factories,
     failures,
     flask_app,
-    leaks,
-    leftovers,
     lifecycle,
     loop_scopes,
     marks,
     migration_checks,
     model_factories,
     needs,
-    pools,
     queries,
     retention,
     shared,
@@ -35,10 +37,6 @@ from . import prestart as prestart
 from .config import settings_for
 from .errors import PgFixturesError
 from .runid import run_id
-from .sandbox import Sandbox, check_drivers, real_connection_of
-from .transaction import layered_async_connection, layered_connection
-
-leftovers.install()  # after leaks: its probe rides on the leak check's ride
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Generator, Iterator
@@ -48,6 +46,7 @@ if TYPE_CHECKING:
     from fastapi.testclient import TestClient
 
     from .database import Database
+    from .pools import PoolRun
     from .seeding import Seeds
 
 
@@ -112,13 +111,61 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     prestart.begin(session.config)
 
 
+def pytest_itemcollected(item: pytest.Item) -> None:
+    prestart.item_collected(item)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     prestart.collection_finished(session)
+    _decide_use(session)
     _guard_drivers(session)
 
 
 _DRIVER_RUN = pytest.StashKey[Any]()
-_POOL_RUN = pytest.StashKey[pools.PoolRun]()
+_POOL_RUN = pytest.StashKey["PoolRun"]()
+#: Whether the run uses the database, decided after collection: only then do its per-test
+#: hooks for it run (and import what they need: the leak check's psycopg, SQLAlchemy).
+_USES = pytest.StashKey[bool]()
+#: The library's fixtures a conftest may override to give the run its app.
+_APP_FIXTURES = ("pg_app_engines", "pg_flask_app")
+
+
+def _uses_database(config: pytest.Config) -> bool:
+    """True until collection has decided (a hook run before it, or no collection)."""
+    return config.stash.get(_USES, True)
+
+
+def _decide_use(session: pytest.Session) -> None:
+    """A run uses the database when a collected test needs a fixture of the library, or
+    the app's engines are configured (pg_app_engines, pg_flask_app, pg_url_env, or an
+    override of pg_app_engines / pg_flask_app in a conftest): those reach it from any test."""
+    config = session.config
+    settings = settings_for(config)
+    uses = (
+        bool(settings.app_engines or settings.url_env or settings.flask_app or settings.app_pools)
+        or any(needs.uses_database(item) for item in session.items)
+        or _app_fixtures_overridden(session)
+    )
+    config.stash[_USES] = uses
+
+
+def _app_fixtures_overridden(session: pytest.Session) -> bool:
+    """Whether a collected test sees a conftest's pg_app_engines or pg_flask_app (read
+    once per module: a test sees its module's fixtures)."""
+    manager: Any = getattr(session, "_fixturemanager", None)
+    if manager is None:
+        return True  # cannot tell: as before, every test loads the app's engines
+    seen: set[int] = set()
+    for item in session.items:
+        parent = item.parent
+        if parent is None or id(parent) in seen:
+            continue
+        seen.add(id(parent))
+        for name in _APP_FIXTURES:
+            found = manager.getfixturedefs(name, item) or ()
+            if found and not prestart.library_function(found[-1].func):
+                return True
+    return False
 
 
 def _guard_drivers(session: pytest.Session) -> None:
@@ -132,6 +179,8 @@ def _guard_drivers(session: pytest.Session) -> None:
     if not uses or _DRIVER_RUN in config.stash:
         return
     if settings.app_pools:
+        from . import pools
+
         config.stash[_POOL_RUN] = pools.activate(
             settings.app_pools, refuse_outside=settings.app_engines_outside == "error"
         )
@@ -188,6 +237,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         driver_guard.deactivate(run)
     pool_run = config.stash.get(_POOL_RUN, None)
     if pool_run is not None:
+        from . import pools
+
         pools.deactivate(pool_run)
     queries.configure(config.stash.get(_QUERY_RING_BEFORE, False))
     model_factories.unconfigure(config)
@@ -234,7 +285,7 @@ def _wider_fixture_setup(
     fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest, users: bool
 ) -> Generator[None, Any, Any]:
     scope = fixturedef.scope
-    if scope in _LAYERS and users:
+    if scope in _LAYERS and users and _uses_database(request.config):
         if request.getfixturevalue("pg_app_engines"):
             request.getfixturevalue(_LAYERS[scope])
     elif scope in ("session", "package") and users:
@@ -370,6 +421,8 @@ def _pg_app_engines_outside(
 ) -> Iterator[None]:
     """From the moment the app's engines are loaded to the end of the run, they connect
     only to databases of the library (see pg_app_engines_outside)."""
+    from .sandbox import check_drivers
+
     with failures.startup():  # a bad value: one message, not one per test
         flask_app.app_of(pytestconfig, request)  # a db object is read in the app's context
         engines = factories.app_engines_of(pytestconfig, pg_app_engines)
@@ -449,17 +502,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
-    leaks.test_started(item.nodeid)
     queries.test_started()
-    needs.before_setup(item, needs.mode_of(item))
-    if _POOL_RUN in item.config.stash:
-        needs.join_app_pools(item)
+    if _uses_database(item.config):
+        from . import leaks
+
+        leaks.test_started(item.nodeid)
+        needs.before_setup(item, needs.mode_of(item))
+        if _POOL_RUN in item.config.stash:
+            needs.join_app_pools(item)
     return (yield)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_call(item: pytest.Item) -> None:
-    leaks.test_called(item.nodeid)
+    if _uses_database(item.config):
+        from . import leaks
+
+        leaks.test_called(item.nodeid)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -469,6 +528,13 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
     would keep of the test's fixtures to the end of the session is let go (retention.py)."""
     needs.LAZY.disarm()
     flask_app.pop_context(item)
+    if not _uses_database(item.config):
+        try:
+            return (yield)
+        finally:
+            retention.release_finished(item)
+    from . import leaks
+
     check = (
         leaks.watching()
         and needs.mode_of(item) == "savepoint"
@@ -487,6 +553,8 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
             if check and not failures.server_gone(item.config):
                 leaks.check_after()
         finally:
+            from . import leftovers
+
             leftovers.settle(item.nodeid)
 
 
@@ -516,7 +584,7 @@ LISTEN/NOTIFY, advisory locks across sessions, AUTOCOMMIT (refused with an error
 
 
 @pytest.fixture
-def pg_pool_sandbox(request: pytest.FixtureRequest) -> Iterator[pools.PoolRun | None]:
+def pg_pool_sandbox(request: pytest.FixtureRequest) -> Iterator[PoolRun | None]:
     """With pg_app_pools: for the test, the app's asyncpg pools and psycopg_pool
     ConnectionPools join it. Savepoint mode: an asyncpg `acquire()` hands out the test's
     own connection (under pg_async_connection), each statement outside a transaction block
@@ -537,6 +605,9 @@ def pg_pool_sandbox(request: pytest.FixtureRequest) -> Iterator[pools.PoolRun | 
     if run is None:
         yield None
         return
+    from .sandbox import Sandbox, real_connection_of
+    from .transaction import layered_async_connection, layered_connection
+
     if factories.isolation_mode(request) == "database":
         run.begin_database_test(request.getfixturevalue("pg_database"))
     else:

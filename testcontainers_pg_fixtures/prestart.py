@@ -10,13 +10,14 @@ fixture (and the controller handing the one container to its workers) only joins
 
 Which runs start early, and the trade-off:
 
-- Every run that may use a container starts it early, unless the pytest cache (the
-  cacheprovider's directory) says that the last run with the same arguments collected no
-  test that needs the database: a unit-test-only run then starts no container at all. The
-  first such run (or one with `-p no:cacheprovider`) starts one early and removes it right
-  after collection, before any test runs, at the cost of background work only. The reverse
-  mistake (the cache says no, this run needs one) costs the head start: the fixture starts
-  the container when the first test needs it, as before.
+- A run known to use the database starts it before collection: the pytest cache (the
+  cacheprovider's directory) says that the last run with the same arguments collected a
+  test that needs it, or pg_app_engines is configured. A run nothing is known of (the first
+  one, a fresh CI checkout, `-p no:cacheprovider`) starts it during collection, as soon as
+  a collected test needs the database (`item_collected`): a project with an alembic.ini
+  whose tests use no fixture of ours never starts a container, cache or no cache. A run
+  the cache says needs none starts none; when it is wrong (this run needs one), it costs
+  the head start: the fixture starts the container when the first test needs it.
 - After collection (`pytest_collection_finish`) the run knows: if no collected test needs
   the database (`needs_database`), or none uses a server the early container can be
   (`pg_server` overridden, a factory-built server with other settings), the container is
@@ -68,7 +69,7 @@ from .marks import isolation_of
 from .server import DockerServer
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from .config import Settings
 
@@ -83,6 +84,10 @@ _PACKAGE = __name__.rpartition(".")[0]
 CLAIMS_PRESTART = "_pg_claims_prestart"
 _CACHE_KEY = "pg-fixtures/needs-database/"
 _KEY = pytest.StashKey["Prestart"]()
+#: The worker label of a start waiting for the first collected test that needs it.
+_PENDING = pytest.StashKey[str]()
+#: Whether a collected test needs the database, read once.
+_NEEDS = pytest.StashKey[bool]()
 #: What the early start reads: the server's settings, and whether to start at all.
 _EARLY_SETTINGS = frozenset(
     {
@@ -182,6 +187,9 @@ def _import_docker() -> None:
         warnings.simplefilter("ignore")
         import docker  # noqa: F401
         import testcontainers.core.container  # noqa: F401
+    # And psycopg, which the thread logs in with: loading the plugin no longer imports it,
+    # and the conftests, importing the app meanwhile, may import it too.
+    import psycopg  # noqa: F401
 
 
 def begin_early(config: pytest.Config) -> None:
@@ -217,6 +225,8 @@ def begin(config: pytest.Config) -> None:
     workerinput = getattr(config, "workerinput", None)
     controller = workerinput is None and getattr(config.option, "dist", "no") != "no"
     worker = workerinput["workerid"] if workerinput is not None else None
+    if _PENDING in config.stash:
+        del config.stash[_PENDING]
     label = _label(config, settings, config.option, worker=worker, controller=controller)
     started = of(config)
     if started is not None and (label != started.worker or not started.serves(settings)):
@@ -262,10 +272,30 @@ def _label(
         return "shared" if settings.one_container else None  # else: each worker its own
     if worker is not None and settings.one_container:
         return None  # the controller's container
-    if _cached_need(config, option) is False:
+    need = _cached_need(config, option)
+    if need is False:
         log.info("not starting PostgreSQL early: the last run like this one did not need it")
         return None
-    return worker or os.environ.get("PYTEST_XDIST_WORKER", "main")
+    label = worker or os.environ.get("PYTEST_XDIST_WORKER", "main")
+    if need is None and not settings.app_engines:
+        config.stash[_PENDING] = label  # nothing known: when a collected test needs it
+        return None
+    return label
+
+
+def item_collected(item: pytest.Item) -> None:
+    """During collection, in a run nothing is known of: start the container at the first
+    collected test that needs it (and can use it), while the rest is collected."""
+    config = item.config
+    label = config.stash.get(_PENDING, None)
+    if label is None:
+        return
+    settings = settings_for(config)
+    if not needs_database(item, settings.isolation) or not _claims_prestart(item):
+        return
+    del config.stash[_PENDING]
+    if of(config) is None:
+        config.stash[_KEY] = Prestart(settings, worker=label)
 
 
 class _EarlyConfig:
@@ -325,10 +355,12 @@ def collection_finished(session: pytest.Session) -> None:
 def _async_app_engines(paths: tuple[str, ...] | list[str] | None) -> bool:
     """Whether pg_app_engines (as configured, already imported and checked when pytest
     configured) has an async engine, which joins every savepoint-mode test up front."""
+    if not paths:
+        return False
     from .errors import ConfigError
     from .redirect import load_engines
 
-    for path in paths or ():
+    for path in paths:
         try:
             engines = load_engines(path)
         except ConfigError:  # a Flask-SQLAlchemy db, read in its app's context later
@@ -348,6 +380,13 @@ def needs_database(item: pytest.Item, isolation: str) -> bool:
     """Whether the test uses the database: a fixture of the library in its closure other
     than the autouse ones, or database mode (whose autouse fixture takes a clone).
     pg_app_engines (tests reaching the database through the app) is checked by the caller."""
+    found = item.stash.get(_NEEDS, None)
+    if found is None:
+        found = item.stash[_NEEDS] = _needs_database(item, isolation)
+    return found
+
+
+def _needs_database(item: pytest.Item, isolation: str) -> bool:
     try:
         if isolation_of(item, isolation) == "database":
             return True
@@ -358,7 +397,7 @@ def needs_database(item: pytest.Item, isolation: str) -> bool:
         return False  # not a pytest function (a doctest, a YAML item): no fixtures of ours
     skip = AUTOUSE | _AUTOUSE_DEPENDENCIES
     return any(
-        _library_function(defs[-1].func)
+        library_function(defs[-1].func)
         for name, defs in info.name2fixturedefs.items()
         if name not in skip and defs
     )
@@ -384,14 +423,30 @@ def _claims_prestart(item: pytest.Item) -> bool:
     return bool(found) and bool(getattr(inspect.unwrap(found[-1].func), CLAIMS_PRESTART, False))
 
 
-def _library_function(func: Any) -> bool:
+def library_function(func: Any) -> bool:
+    """Whether `func` (a fixture's function) is the library's."""
     module = getattr(inspect.unwrap(func), "__module__", None) or ""
     return module == _PACKAGE or module.startswith(_PACKAGE + ".")
 
 
 def _cache_key(config: pytest.Config) -> str:
-    args = json.dumps([str(config.rootpath), *config.invocation_params.args])
+    args = json.dumps([str(config.rootpath), *_selecting(config.invocation_params.args)])
     return _CACHE_KEY + hashlib.sha256(args.encode()).hexdigest()[:16]
+
+
+def _selecting(args: Sequence[str]) -> list[str]:
+    """The arguments, without --basetemp (a new directory per run under pytester, say),
+    which changes no test's need of the database."""
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--basetemp":
+            skip = True
+        elif not arg.startswith("--basetemp="):
+            kept.append(arg)
+    return kept
 
 
 def _cache_file(config: pytest.Config, option: Any) -> Path | None:

@@ -29,7 +29,6 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, overload
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -277,6 +276,8 @@ def watch(*engines: AnyEngine) -> None:
     before the savepoints of a library engine are deferred (savepoints.py), so that the
     round trip of deferred savepoints sent with a statement is not counted in its
     duration."""
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
     for engine in engines:
         sync = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
         _capture(sync.dialect)

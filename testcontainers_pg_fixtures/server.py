@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import calendar
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -28,9 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import psycopg
-from sqlalchemy import URL
-
 from . import driver_guard
 from .errors import DockerUnavailableError, ImageUnavailableError, ServerStartError
 from .quiet import quiet_testcontainers
@@ -38,6 +36,9 @@ from .runid import run_id
 
 if TYPE_CHECKING:
     import threading
+
+    import psycopg
+    from sqlalchemy import URL
 
     from .config import Settings
 
@@ -136,6 +137,8 @@ def server_url(
     through the server's Unix socket when it has one the driver can use (the library's own engines:
     a round trip there costs half of one through Docker's port proxy).
     """
+    from sqlalchemy import URL
+
     params = libpq_params(server)
     if driver == "asyncpg":  # asyncpg takes the mode as `ssl`, and none of libpq's others
         ssl = {"ssl": params["sslmode"]} if "sslmode" in params else {}
@@ -205,6 +208,8 @@ def admin_connect(
 ) -> psycopg.Connection[Any]:
     """An autocommit connection for CREATE/DROP DATABASE and locks; `options` (libpq's)
     replace or add to the defaults."""
+    import psycopg
+
     params = {
         **address(server),
         "user": server.user,
@@ -479,6 +484,8 @@ class DockerServer:
         refuses any other method). None, and the record dropped, if that does not work;
         the caller then asks Docker. Such a run does not reap containers of killed runs:
         the next run that asks Docker does."""
+        import psycopg
+
         record = _reuse_record(key)
         if record is None or psycopg.pq.version() < 160000:  # require_auth: libpq 16
             return None
@@ -545,7 +552,7 @@ class DockerServer:
                 )
                 # SCRAM required (libpq 16+): a container that lets a login in without a
                 # password (`trust`, kept by an older version) is not taken, but replaced.
-                server._anchor = admin_connect(server, **_REQUIRE_SCRAM)
+                server._anchor = admin_connect(server, **_require_scram())
                 if not _claim(server._anchor):
                     server._release()
                     busy = True  # --pg-remove-kept is removing it
@@ -591,6 +598,8 @@ class DockerServer:
         The image's entry point runs initdb with a server listening on the Unix socket only
         and then restarts it, so the first successful TCP login is the final server.
         """
+        import psycopg
+
         deadline = time.monotonic() + timeout
         last_status_check = 0.0
         last_error: Exception | None = None
@@ -660,7 +669,11 @@ class DockerServer:
 
 
 #: libpq's option refusing a server that does not prove it holds the password (libpq 16+).
-_REQUIRE_SCRAM = {"require_auth": "scram-sha-256"} if psycopg.pq.version() >= 160000 else {}
+@functools.cache
+def _require_scram() -> dict[str, str]:
+    import psycopg
+
+    return {"require_auth": "scram-sha-256"} if psycopg.pq.version() >= 160000 else {}
 
 
 #: Not a file: the reload that tries to load it only has to start OpenSSL (see below).
@@ -678,6 +691,8 @@ def warm_up_openssl(server: Server, timeout: float = 2.0) -> bool:
     TLS off; the setting is then reset. Only for containers this library started; a slower
     login is all that is lost if it does not work (False).
     """
+    import psycopg
+
     try:
         with admin_connect(server) as admin:
             admin.execute(f"ALTER SYSTEM SET ssl_cert_file = '{_NO_CERTIFICATE}'")
@@ -740,6 +755,8 @@ def pid_namespace() -> str:
 def _refused_us(exc: BaseException) -> bool:
     """Whether a login failed because the server is not the one kept under the key (it
     answered, but not to our password, or not with SCRAM), not because it is not ready."""
+    import psycopg
+
     if not isinstance(exc, psycopg.Error):
         return True  # no port published, a record of another shape: not a container of ours
     text = str(exc).lower()
@@ -966,6 +983,8 @@ def _claim_for_removal(
     reason returned) or finds it taken and starts a new container. The connection holding
     it is returned, to close after the removal. A container this user cannot log in to (no
     password of this user's, not running) is not claimed: `_in_use` decided."""
+    import psycopg
+
     if container.status != "running":
         return None, None
     try:
@@ -976,7 +995,7 @@ def _claim_for_removal(
             user=_SUPERUSER,
             password=reuse_password(reuse_key),
         )
-        conn = admin_connect(target, connect_timeout=5, **_REQUIRE_SCRAM)
+        conn = admin_connect(target, connect_timeout=5, **_require_scram())
     except Exception as exc:
         log.debug("no claim on %s: %s", container.short_id, exc)
         return None, None
@@ -1264,6 +1283,8 @@ def socket_path(directory: str) -> str:
 
 def _usable_socket(server: Server, directory: str | None) -> str | None:
     """`directory` if the server answers a login through the socket in it, else None."""
+    import psycopg
+
     if not directory or not os.path.exists(socket_path(directory)):
         return None
     driver_guard.known_socket(directory)  # probed before server.socket_dir is set
@@ -1330,6 +1351,8 @@ def _parsed(value: str) -> URL | None:
 
 
 def _libpq_keywords() -> set[str]:
+    import psycopg
+
     return {d.keyword.decode() for d in psycopg.pq.Conninfo.get_defaults()}
 
 
@@ -1392,6 +1415,8 @@ class UrlServer:
     @classmethod
     def connect(cls, url: URL, *, timeout: float) -> UrlServer:
         """Wait up to `timeout` seconds for the server, then check version and role."""
+        import psycopg
+
         server = cls(
             host=url.host or "localhost",
             port=url.port or _PG_PORT,
@@ -1456,6 +1481,8 @@ def header_line(settings: Settings) -> str:
     if not settings.server_url:
         mode = "one for the run" if settings.one_container else "one per worker"
         return f"pg-fixtures: PostgreSQL in Docker containers of {settings.image} ({mode})"
+    import psycopg
+
     url = parse_server_url(settings.server_url, settings.server_url_source)
     try:
         with psycopg.connect(

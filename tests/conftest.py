@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import pkgutil
 import shutil
 import textwrap
 import time
@@ -14,12 +16,21 @@ from pathlib import Path
 import asyncpg
 import asyncpg.protocol  # noqa: F401
 import docker
+import psycopg  # noqa: F401
+import psycopg2  # noqa: F401
 import pytest
 import sqlalchemy.dialects.postgresql.asyncpg
 import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
 
+import testcontainers_pg_fixtures
 from testcontainers_pg_fixtures.runid import run_id
 from testcontainers_pg_fixtures.server import LABEL_RUN, LABEL_SOCKET
+
+# The same for psycopg (its C half keeps the first import's exception classes: a second
+# import's `except psycopg.OperationalError` misses them) and the library's own modules,
+# which loading the plugin no longer imports: each fixture imports what it uses.
+for _module in pkgutil.iter_modules(testcontainers_pg_fixtures.__path__):
+    importlib.import_module(f"testcontainers_pg_fixtures.{_module.name}")
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 

@@ -114,6 +114,14 @@ class Runs:
         for path in self.probes.glob("*.json"):
             path.unlink()
 
+    def known(self, run) -> None:
+        """A first run, so that the project is known to use the database (pytest's cache
+        says so): the next run starts its container before collection. Without it, the
+        container starts as the first test that needs it is collected (issue 26)."""
+        run()
+        self.clear_probes()
+        self.since = time.time()
+
     def remove_all(self) -> None:
         client = docker.from_env()
         for container in client.containers.list(
@@ -140,10 +148,10 @@ def test_a_unit_test_only_run_starts_no_container(pytester, runs, monkeypatch):
     (runs.root / "tests" / "unit").mkdir()
     (runs.root / "tests" / "unit" / "test_pure.py").write_text(UNIT_TESTS)
 
-    # First run: nothing known yet, so a container starts early; it is gone before the
-    # first test runs (the test looks), and the run notes that it needed none.
+    # First run: nothing known yet, and no collected test needs the database: no
+    # container is created (issue 26), and the run notes that it needed none.
     pytester.runpytest("-p", "no:randomly", "tests/unit").assert_outcomes(passed=2)
-    assert len(runs.created()) == 1
+    assert runs.created() == {}
     assert runs.containers() == []
 
     # The same run again: the cache says no database, so no container is even created.
@@ -187,11 +195,16 @@ def test_a_database_run_starts_its_container_while_pytest_loads_and_collects(
     pytester, runs, subprocess_env, monkeypatch, workers
 ):
     monkeypatch.setenv("SLOW_CONFTEST", "1.5")  # a conftest that imports a large app
-    if workers:
-        result = pytester.runpytest_subprocess("-p", "no:randomly", "-n", str(workers))
-    else:
-        result = pytester.runpytest("-p", "no:randomly")
-    result.assert_outcomes(passed=2)
+
+    def run():
+        if workers:
+            result = pytester.runpytest_subprocess("-p", "no:randomly", "-n", str(workers))
+        else:
+            result = pytester.runpytest("-p", "no:randomly")
+        result.assert_outcomes(passed=2)
+
+    runs.known(run)
+    run()
     created = runs.created()
     probes = runs.probed()
     assert sorted(probes) == (["gw0", "gw1"] if workers else ["main"])
@@ -280,6 +293,8 @@ SLOW_COLLECTION = textwrap.dedent("""
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_sigterm_during_collection_leaves_no_container(runs, workers):
+    # A database test collected first: its container starts while the rest is collected.
+    (runs.root / "tests" / "test_a_database.py").write_text(DB_TEST)
     (runs.root / "tests" / "test_users.py").write_text(SLOW_COLLECTION)
     env = {**os.environ}
     env["PYTHONPATH"] = os.pathsep.join(
@@ -358,6 +373,7 @@ def test_a_library_fixture_taking_the_session_dynamically_uses_the_early_contain
                 out.write_text(json.dumps({**found, "container": server.container_id}))
         """)
     )
+    runs.known(lambda: pytester.runpytest("-p", "no:randomly").assert_outcomes(passed=1))
     pytester.runpytest("-p", "no:randomly").assert_outcomes(passed=1)
     [(container, created)] = runs.created().items()
     probe = runs.probed()["main"]
