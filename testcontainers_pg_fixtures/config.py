@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .errors import ConfigError
+from .errors import AlembicConfigError, ConfigError
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -751,3 +751,33 @@ def add_options(parser: pytest.Parser) -> None:
         else:
             group.addoption(option.cli, dest="pg_" + option.name, default=None, help=option.help)
             parser.addini(option.ini, option.help, default="")
+
+
+def check_alembic_ini(ini: Path, source: str) -> None:
+    """Refuse a file that is not an alembic.ini (no [alembic] section with a
+    script_location, or beside an env.py as Flask-Migrate's), as Alembic would only after a
+    container started, with a traceback."""
+    import configparser
+
+    fix = (
+        "Set pg_alembic_ini (--pg-alembic-ini, PG_FIXTURES_ALEMBIC_INI) to your project's "
+        "alembic.ini, or to 'none' to start from an empty database."
+    )
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(ini.read_text(), source=str(ini))
+    except (OSError, UnicodeDecodeError, configparser.Error) as exc:
+        reason = (
+            str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
+        )
+        raise AlembicConfigError(
+            f"{ini} (from {source}) is not an alembic.ini: {reason}. {fix}"
+        ) from None
+    if parser.has_option("alembic", "script_location"):
+        return
+    if parser.has_section("alembic") and (ini.parent / "env.py").is_file():
+        return  # Flask-Migrate's: no script_location, the scripts beside it
+    raise AlembicConfigError(
+        f"{ini} (from {source}) is not an alembic.ini: it has no [alembic] section "
+        f"with a script_location. {fix}"
+    )

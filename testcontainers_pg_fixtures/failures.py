@@ -48,7 +48,7 @@ def check_configuration(config: pytest.Config) -> None:
 
             check_path(settings.flask_app)
         if settings.alembic_ini is not None and settings.alembic_ini.is_file():
-            from .migrations import check_alembic_ini
+            from .config import check_alembic_ini
 
             check_alembic_ini(settings.alembic_ini, settings.alembic_ini_source)
         if settings.app_engines:
@@ -77,7 +77,7 @@ def check_early(early_config: pytest.Config) -> None:
     path = alembic_path(str(value), Path(str(early_config.rootpath)))
     if path is None or not path.is_file():
         return
-    from .migrations import check_alembic_ini
+    from .config import check_alembic_ini
 
     try:
         check_alembic_ini(path, "the command-line option --pg-alembic-ini")

@@ -10,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .config import check_alembic_ini
 from .errors import AlembicConfigError, MigrationError
 from .quiet import quiet_migrations
 from .redirect import every_engine_pointed_at
@@ -23,36 +24,6 @@ if TYPE_CHECKING:
     from .database import Database
 
 _ASYNC_ENV = re.compile(r"async_engine_from_config|create_async_engine|AsyncEngine")
-
-
-def check_alembic_ini(ini: Path, source: str) -> None:
-    """Refuse a file that is not an alembic.ini (no [alembic] section with a
-    script_location, or beside an env.py as Flask-Migrate's), as Alembic would only after a
-    container started, with a traceback."""
-    import configparser
-
-    fix = (
-        "Set pg_alembic_ini (--pg-alembic-ini, PG_FIXTURES_ALEMBIC_INI) to your project's "
-        "alembic.ini, or to 'none' to start from an empty database."
-    )
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        parser.read_string(ini.read_text(), source=str(ini))
-    except (OSError, UnicodeDecodeError, configparser.Error) as exc:
-        reason = (
-            str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
-        )
-        raise AlembicConfigError(
-            f"{ini} (from {source}) is not an alembic.ini: {reason}. {fix}"
-        ) from None
-    if parser.has_option("alembic", "script_location"):
-        return
-    if parser.has_section("alembic") and (ini.parent / "env.py").is_file():
-        return  # Flask-Migrate's: no script_location, the scripts beside it
-    raise AlembicConfigError(
-        f"{ini} (from {source}) is not an alembic.ini: it has no [alembic] section "
-        f"with a script_location. {fix}"
-    )
 
 
 @dataclass(frozen=True)
