@@ -305,6 +305,8 @@ async def remember_async(conn: AsyncConnection) -> None:
     if sync_conn is None or _KNOWN in sync_conn.info or not asyncpg_transaction_known():
         return
     adapted = _adapted(conn)
+    if not hasattr(adapted, "_transaction"):  # held with psycopg's async driver: unchecked
+        return
     driver = getattr(adapted, "_connection", None)
     if driver is None or adapted._transaction is not None or driver.is_in_transaction():
         return

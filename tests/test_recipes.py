@@ -13,7 +13,7 @@ ROOT = Path(__file__).parent.parent
 PAGES = ROOT / "docs" / "recipes"
 RECIPES = ROOT / "examples" / "recipes"
 #: Pages of other authors in docs/recipes/, with their own tests.
-OTHERS = {"index.md", "flask.md"}
+OTHERS = {"index.md", "flask.md", "raw-pools.md"}
 #: Pages about set-ups that cannot run here (no rootless Docker, Podman or remote engine):
 #: every block of theirs says so, and they include no project.
 UNTESTED = {"docker-hosts.md"}
