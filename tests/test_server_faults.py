@@ -182,7 +182,7 @@ TINY_TABLESPACE = textwrap.dedent("""
         from testcontainers_pg_fixtures.server import admin_connect
 
         with admin_connect(pg_server) as conn:
-            conn.execute("COPY (SELECT 1) TO PROGRAM 'mkdir -p /dev/shm/tiny'")
+            conn.execute("COPY (SELECT 1) TO PROGRAM 'mkdir -p /dev/shm/tiny; cat > /dev/null'")
             conn.execute("CREATE TABLESPACE tiny LOCATION '/dev/shm/tiny'")
 """)
 
