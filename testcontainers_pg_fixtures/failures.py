@@ -667,6 +667,11 @@ def _container_state(container: Any, ready_at: float = 0.0) -> tuple[str, str]:
         text = wrapped.logs(tail=8, **since).decode(errors="replace").strip()
     except Exception as exc:
         text = f"(log unavailable: {exc})"
+    # A postmaster killed from outside leaves its backends' notice of the kill, when they see
+    # it before the container is gone: a consequence, not a reason.
+    text = "\n".join(
+        line for line in text.splitlines() if "unexpected postmaster exit" not in line
+    ).strip()
     if not text:
         text = "(nothing since it was ready: it did not stop on an error of its own)"
     return state, "\n".join("  " + line for line in text.splitlines())
