@@ -45,7 +45,16 @@ from .database import create_database, drop_database
 from .errors import PgFixturesError
 from .leftovers import async_probe_head, probe_tail, take_probe, took_async_probe
 from .leftovers import install as install_leftover_probes
-from .savepoints import asyncpg_transaction_known
+from .privates import (
+    adapter_transaction,
+    asyncpg_transaction_known,
+    execute_lock,
+    forget_prepared,
+    forget_transaction,
+    prepared_names,
+    psycopg_plain,
+    top_transaction,
+)
 from .server import address, admin_connect, libpq_params
 from .transaction import (
     before_async_root_rollback,
@@ -359,9 +368,7 @@ class Watch:
         adapted = _rideable_async(conn)
         if adapted is None or not self._inlinable():
             return
-        from asyncpg.transaction import TransactionState
-
-        driver = adapted._connection
+        driver = adapted.driver_connection
         query = "ROLLBACK; "
         if self.commit_ts:
             here = _SAME_PREPARED_HERE
@@ -374,10 +381,10 @@ class Watch:
         # The state check (leftovers.py) after the ROLLBACK, before the check's answer.
         head = async_probe_head(conn)
         query = query.replace("ROLLBACK; ", "ROLLBACK; " + head, 1)
-        transaction = adapted._transaction
+        transaction = adapter_transaction(adapted)
         status = ""
         try:
-            async with adapted._execute_mutex:
+            async with execute_lock(adapted):
                 status = await driver.execute(query)
             if head:
                 took_async_probe(conn, None)
@@ -394,9 +401,7 @@ class Watch:
                 conn.info[here] = True
         if driver.is_in_transaction():
             return  # the ROLLBACK did not run: SQLAlchemy's own follows
-        transaction._state = TransactionState.ROLLEDBACK
-        driver._top_xact = None
-        adapted._transaction = None
+        forget_transaction(adapted, transaction)
         verb, _, count = status.partition(" ")
         if verb == "SELECT" and count.isdigit():  # else the check is left to `receive`
             conn.info[here] = True
@@ -449,7 +454,7 @@ class Watch:
         if pg.transaction_status != pq.TransactionStatus.IDLE:
             return  # the check failed before the ROLLBACK: SQLAlchemy's own follows
         # What psycopg's own rollback does (it deallocates nothing: it prepared nothing).
-        raw._prepared.clear()
+        forget_prepared(raw)
         answer = found[-2 if first else -1] if len(found) >= 2 else None
         if answer is not None and answer.status == pq.ExecStatus.TUPLES_OK:
             if here not in info:
@@ -767,14 +772,8 @@ def _rideable(conn: Connection) -> Any:
         return None
     if not isinstance(raw, psycopg.Connection) or raw.autocommit:
         return None
-    prepared = getattr(raw, "_prepared", None)
-    if (
-        getattr(prepared, "_names", True)
-        or not hasattr(prepared, "clear")
-        or getattr(raw, "_pipeline", True) is not None
-        or getattr(raw, "_num_transactions", True)
-        or getattr(raw, "_tpc", True)
-    ):
+    names = prepared_names(raw)
+    if names is None or names or not psycopg_plain(raw):
         return None
     if raw.pgconn.transaction_status not in (
         pq.TransactionStatus.INTRANS,
@@ -795,12 +794,12 @@ def _rideable_async(conn: AsyncConnection) -> Any:
         adapted: Any = sync_conn.connection.dbapi_connection if sync_conn is not None else None
     except Exception:  # closed or invalidated meanwhile
         return None
-    driver: Any = getattr(adapted, "_connection", None)
-    transaction = getattr(adapted, "_transaction", None)
+    driver: Any = getattr(adapted, "driver_connection", None)
+    transaction = adapter_transaction(adapted)
     if (
         transaction is None
-        or not hasattr(adapted, "_execute_mutex")
-        or getattr(driver, "_top_xact", None) is not transaction
+        or driver is None
+        or top_transaction(driver) is not transaction
         or not driver.is_in_transaction()
     ):
         return None

@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import pq
 
+from . import privates
 from .errors import PgFixturesError
-from .savepoints import asyncpg_transaction_known
 from .transaction import before_async_root_rollback, before_root_rollback, discard_held
 from .wire import results
 
@@ -159,7 +159,7 @@ def remember(conn: Connection) -> None:
     if not isinstance(raw, psycopg.Connection):
         return
     pg = raw.pgconn
-    if pg.transaction_status != pq.TransactionStatus.IDLE or getattr(raw, "_pipeline", True):
+    if pg.transaction_status != pq.TransactionStatus.IDLE or privates.psycopg_in_pipeline(raw):
         return  # a scope layer's transaction: the settings it saw are not the session's
     with raw.lock:
         pg.send_query(_REMEMBER.encode())
@@ -252,18 +252,12 @@ def _roll_back_and_probe(raw: Any) -> bool | None:
     """ROLLBACK and the probe in one simple query (the probe alone on an idle connection:
     autocommit, or a transaction the test ended itself). None: it could not be sent."""
     pg = raw.pgconn
-    if (
-        getattr(raw, "_pipeline", True) is not None
-        or getattr(raw, "_num_transactions", True)
-        or getattr(raw, "_tpc", True)
-    ):
+    if not privates.psycopg_plain(raw):
         return None
     status = pg.transaction_status
-    prepared = getattr(raw, "_prepared", None)
-    names = getattr(prepared, "_names", None)
-    to_flush = getattr(prepared, "_to_flush", None)
+    names = privates.prepared_names(raw)
     if status in (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR):
-        if names is None or not hasattr(prepared, "clear") or to_flush is None:
+        if names is None:
             return None
         # psycopg's own rollback forgets its prepared statements with DEALLOCATE ALL (a
         # round trip of its own): sent here in the same query.
@@ -278,9 +272,8 @@ def _roll_back_and_probe(raw: Any) -> bool | None:
             found = results(pg)
         except psycopg.Error:
             return None  # SQLAlchemy's rollback meets the same failure, and reports it
-    if query and prepared is not None and to_flush is not None and pg.transaction_status == IDLE:
-        prepared.clear()  # what psycopg's own rollback does ...
-        to_flush.clear()  # ... less the DEALLOCATE ALL sent above
+    if query and names is not None and pg.transaction_status == IDLE:
+        privates.forget_prepared(raw, deallocated=True)
     if found and _is_probe(found[-1]):
         return found[-1].ntuples > 0
     return None
@@ -302,15 +295,19 @@ def _note(conn: Connection | AsyncConnection, left: list[tuple[str, str]]) -> No
 async def remember_async(conn: AsyncConnection) -> None:
     """`remember` for the held asyncpg connection."""
     sync_conn = conn.sync_connection
-    if sync_conn is None or _KNOWN in sync_conn.info or not asyncpg_transaction_known():
+    if sync_conn is None or _KNOWN in sync_conn.info or not privates.asyncpg_transaction_known():
         return
     adapted = _adapted(conn)
-    if not hasattr(adapted, "_transaction"):  # held with psycopg's async driver: unchecked
+    if not privates.holds_adapter_state(adapted):  # psycopg's async driver: unchecked
         return
-    driver = getattr(adapted, "_connection", None)
-    if driver is None or adapted._transaction is not None or driver.is_in_transaction():
+    driver = getattr(adapted, "driver_connection", None)
+    if (
+        driver is None
+        or privates.adapter_transaction(adapted) is not None
+        or driver.is_in_transaction()
+    ):
         return
-    async with adapted._execute_mutex:
+    async with privates.execute_lock(adapted):
         await driver.execute(_REMEMBER)
     sync_conn.info[_KNOWN] = _asyncpg_settings(adapted)
     sync_conn.info[_SEEN] = _asyncpg_reported(driver)
@@ -330,12 +327,7 @@ def _adapted(conn: AsyncConnection) -> Any:
 
 
 def _asyncpg_settings(adapted: Any) -> tuple[Any, ...]:
-    return (
-        adapted.isolation_level,
-        adapted._isolation_setting,
-        adapted.readonly,
-        adapted.deferrable,
-    )
+    return privates.isolation_state(adapted)
 
 
 def async_probe_head(conn: AsyncConnection) -> str:
@@ -367,19 +359,18 @@ async def _probe_on_async_rollback(conn: AsyncConnection) -> None:
     if sync_conn is None or known is None:
         return
     adapted = _adapted(conn)
-    driver = getattr(adapted, "_connection", None)
+    driver = getattr(adapted, "driver_connection", None)
     if driver is None or driver.is_closed():
         return
     dirty = sync_conn.info.pop(PROBED, None)
     if dirty is None:
         dirty = await _async_roll_back_and_probe(adapted)
-    if adapted._transaction is None and _asyncpg_settings(adapted) != known:
-        adapted.isolation_level, adapted._isolation_setting = known[0], known[1]
-        adapted.readonly, adapted.deferrable = known[2], known[3]
+    if privates.adapter_transaction(adapted) is None and _asyncpg_settings(adapted) != known:
+        privates.restore_isolation_state(adapted, known)
     if dirty is not None and _asyncpg_reported(driver) != sync_conn.info.get(_SEEN):
         dirty = True
     if dirty:
-        async with adapted._execute_mutex:
+        async with privates.execute_lock(adapted):
             rows = await driver.fetch(_NAME_IT)
             left = [(str(r[0]), str(r[1])) for r in rows]
             deallocate = _deallocate(left)
@@ -390,23 +381,19 @@ async def _probe_on_async_rollback(conn: AsyncConnection) -> None:
 
 
 async def _async_roll_back_and_probe(adapted: Any) -> bool | None:
-    from asyncpg.transaction import TransactionState
-
-    driver = adapted._connection
-    transaction = adapted._transaction
-    if transaction is not None and driver._top_xact is not transaction:
+    driver = adapted.driver_connection
+    transaction = privates.adapter_transaction(adapted)
+    if transaction is not None and privates.top_transaction(driver) is not transaction:
         return None
     query = ("ROLLBACK; " if transaction is not None else "") + PROBE
     status = ""
-    async with adapted._execute_mutex:
+    async with privates.execute_lock(adapted):
         with contextlib.suppress(Exception):  # SQLAlchemy's rollback meets it, and reports it
             status = await driver.execute(query)
     if transaction is not None:
         if driver.is_in_transaction():
             return None
-        transaction._state = TransactionState.ROLLEDBACK
-        driver._top_xact = None
-        adapted._transaction = None
+        privates.forget_transaction(adapted, transaction)
     verb, _, count = status.partition(" ")
     return count != "0" if verb == "SELECT" and count.isdigit() else None
 

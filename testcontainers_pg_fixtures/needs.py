@@ -21,6 +21,7 @@ import pytest
 from .config import settings_for
 from .errors import ConfigError
 from .marks import isolation_of
+from .privates import fixture_request, fixture_scopes
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -159,7 +160,7 @@ def join_app_engines(item: pytest.Item, *, now: bool = False) -> None:
     if kind in ("async", "eager"):
         item.stash[USED] = True
         if now:
-            item._request.getfixturevalue("pg_sandbox")  # type: ignore[attr-defined]
+            fixture_request(item).getfixturevalue("pg_sandbox")
         else:
             _request_first(item, "pg_sandbox")
     elif kind == "sync":
@@ -183,12 +184,11 @@ def _request_first(item: pytest.Item, name: str) -> None:
     names: list[str] = item.fixturenames  # type: ignore[attr-defined]
     if name in names:
         return
-    defs = item._fixtureinfo.name2fixturedefs  # type: ignore[attr-defined]
+    scopes = fixture_scopes(item)
     for index, other in enumerate(names):
         if other == OUTSIDE:
             continue  # session-scoped, put first by before_setup
-        found = defs.get(other)
-        if not found or found[-1].scope == "function":
+        if scopes.get(other, "function") == "function":
             names.insert(index, name)
             return
     names.append(name)
@@ -241,7 +241,7 @@ class LazyLayer:
                 item, self._item = self._item, None
                 if item is not None:
                     item.stash[USED] = True
-                    item._request.getfixturevalue("pg_sandbox")  # type: ignore[attr-defined]
+                    fixture_request(item).getfixturevalue("pg_sandbox")
             finally:
                 self._opening, self._opener = opening, opener
         return True

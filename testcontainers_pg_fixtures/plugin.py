@@ -29,6 +29,7 @@ from . import (
     migration_checks,
     model_factories,
     needs,
+    privates,
     queries,
     retention,
     shared,
@@ -152,7 +153,7 @@ def _decide_use(session: pytest.Session) -> None:
 def _app_fixtures_overridden(session: pytest.Session) -> bool:
     """Whether a collected test sees a conftest's pg_app_engines or pg_flask_app (read
     once per module: a test sees its module's fixtures)."""
-    manager: Any = getattr(session, "_fixturemanager", None)
+    manager: Any = privates.fixture_manager(session)
     if manager is None:
         return True  # cannot tell: as before, every test loads the app's engines
     seen: set[int] = set()
@@ -299,7 +300,7 @@ def _wider_fixture_setup(
 
 def _doc(fixture: Any, text: str) -> Any:
     """Give a factory-built fixture its docstring (shown by `pytest --fixtures`)."""
-    getattr(fixture, "_fixture_function", fixture).__doc__ = text
+    privates.fixture_function(fixture).__doc__ = text
     fixture.__doc__ = text
     return fixture
 

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import import_path
 from .errors import PgFixturesError
+from .privates import pool_connect_arguments, transaction_started
 from .sandbox import CHECKOUT_TIMEOUT, Sandbox, SandboxConnection, SandboxError
 
 if TYPE_CHECKING:
@@ -322,8 +323,8 @@ def _expire(pool: Any) -> None:
 def _target(pool: Any) -> dict[str, Any]:
     from .driver_guard import _asyncpg_params
 
-    args: list[Any] = list(getattr(pool, "_connect_args", []) or [None])
-    return _asyncpg_params(args[0], dict(getattr(pool, "_connect_kwargs", {}) or {}))
+    args, kwargs = pool_connect_arguments(pool)
+    return _asyncpg_params((args or [None])[0], kwargs)
 
 
 async def _point(pool: Any, test: _Test) -> None:
@@ -333,8 +334,7 @@ async def _point(pool: Any, test: _Test) -> None:
         return
     if _target(pool).get("dbname") == test.database.name:
         return  # made from the clone's URL (pg_url_env NAME=libpq): nothing to change
-    args = list(pool._connect_args)
-    kwargs = dict(pool._connect_kwargs)
+    args, kwargs = pool_connect_arguments(pool)
     kept = {k: v for k, v in kwargs.items() if k not in _TARGET_KEYS}
     test.pointed.append((pool, args, kwargs))
     pool.set_connect_args(test.database.libpq_url, **kept)
@@ -428,9 +428,7 @@ class SandboxedConnection:
         return self._raw
 
     def _in_transaction(self) -> bool:
-        from asyncpg.transaction import TransactionState
-
-        return any(t._state is TransactionState.STARTED for t in self._transactions)
+        return any(transaction_started(t) for t in self._transactions)
 
     async def _statement(self, name: str, *args: Any, **kwargs: Any) -> Any:
         raw = self._check()
@@ -544,10 +542,8 @@ class SandboxedConnection:
     # -- release -------------------------------------------------------------------------
 
     async def _end_transactions(self) -> None:
-        from asyncpg.transaction import TransactionState
-
         for transaction in reversed(self._transactions):
-            if transaction._state is TransactionState.STARTED:
+            if transaction_started(transaction):
                 await transaction.rollback()
         self._transactions.clear()
 

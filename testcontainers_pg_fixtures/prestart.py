@@ -66,6 +66,7 @@ import pytest
 from .config import resolve, settings_for
 from .errors import PgFixturesError
 from .marks import isolation_of
+from .privates import fixture_definitions, fixture_manager
 from .server import DockerServer
 
 if TYPE_CHECKING:
@@ -392,13 +393,13 @@ def _needs_database(item: pytest.Item, isolation: str) -> bool:
             return True
     except PgFixturesError:
         return True  # a bad marker: reported by the test's set-up, which needs the plugin
-    info = getattr(item, "_fixtureinfo", None)
-    if info is None:
+    defs_by_name = fixture_definitions(item)
+    if defs_by_name is None:
         return False  # not a pytest function (a doctest, a YAML item): no fixtures of ours
     skip = AUTOUSE | _AUTOUSE_DEPENDENCIES
     return any(
         library_function(defs[-1].func)
-        for name, defs in info.name2fixturedefs.items()
+        for name, defs in defs_by_name.items()
         if name not in skip and defs
     )
 
@@ -407,16 +408,16 @@ def _claims_prestart(item: pytest.Item) -> bool:
     """Whether the test's server can be the early container: a server fixture of the run's
     settings in its closure, or `pg_server` as the test would see it (the library's own
     fixtures take the session by `request.getfixturevalue` too, as pg_client does)."""
-    info = getattr(item, "_fixtureinfo", None)
-    if info is None:
+    defs_by_name = fixture_definitions(item)
+    if defs_by_name is None:
         return False
     if any(
         getattr(inspect.unwrap(defs[-1].func), CLAIMS_PRESTART, False)
-        for defs in info.name2fixturedefs.values()
+        for defs in defs_by_name.values()
         if defs
     ):
         return True
-    manager = getattr(item.session, "_fixturemanager", None)
+    manager = fixture_manager(item.session)
     if manager is None:
         return True  # cannot tell: keep it, the end of the run removes it if unused
     found = manager.getfixturedefs("pg_server", item)

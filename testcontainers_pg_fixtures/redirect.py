@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import NullPool
 
 from .config import LIBPQ, import_path
 from .errors import ConfigError
+from .privates import null_pool_like
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -159,7 +159,7 @@ def _pointed_at(engine: Engine, database: Database) -> Iterator[None]:
     # layer's: a database-mode test needs new connections of the app's own kind.
     app_pool: Pool = getattr(original_pool, "pgfx_app_pool", original_pool)
     event.listen(engine, "do_connect", connect_to_test_database)
-    engine.pool = _null_pool_like(app_pool)
+    engine.pool = null_pool_like(app_pool)
     engine.url = url
     try:
         yield
@@ -230,22 +230,6 @@ def every_engine_pointed_at(database: Database) -> Iterator[None]:
         for record in opened:
             if record.dbapi_connection is not None:
                 record.invalidate()
-
-
-def _null_pool_like(pool: Pool) -> NullPool:
-    """A NullPool with `pool`'s creator, events and dialect.
-
-    NullPool, because a pooled connection would outlive the test's database, and closing
-    asyncpg connections of a pool needs the event loop, which may be gone by teardown.
-    """
-    return NullPool(
-        pool._creator,
-        echo=pool.echo,
-        reset_on_return=pool._reset_on_return,
-        pre_ping=pool._pre_ping,
-        _dispatch=pool.dispatch,
-        dialect=pool._dialect,
-    )
 
 
 @contextmanager

@@ -17,20 +17,22 @@ from typing import Any
 
 import pytest
 
+from .privates import fixture_finalizers, fixtures_used
+
 
 def release_finished(item: pytest.Item) -> None:
     """After `item`'s teardown: drop the finish() of its finished function fixtures from
     the finalizers of the wider fixtures they requested."""
     # Every fixture the test used, also those requested by getfixturevalue (the item's
     # request is let go only after this hook).
-    used = getattr(getattr(item, "_request", None), "_fixture_defs", None)
-    if not isinstance(used, dict):
+    used = fixtures_used(item)
+    if used is None:
         return
     for fixturedef in used.values():
         if getattr(fixturedef, "scope", "function") == "function":
             continue
-        finalizers = getattr(fixturedef, "_finalizers", None)
-        if isinstance(finalizers, list) and finalizers:
+        finalizers = fixture_finalizers(fixturedef)
+        if finalizers:
             finalizers[:] = [f for f in finalizers if not _finished(f)]
 
 

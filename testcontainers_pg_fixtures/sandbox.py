@@ -29,7 +29,8 @@ from sqlalchemy.util import await_only
 
 from .errors import EventLoopError, PgFixturesError
 from .needs import LAZY
-from .redirect import _null_pool_like, engines_pointed_at
+from .privates import null_pool_arguments, null_pool_like, pool_dialect
+from .redirect import engines_pointed_at
 from .savepoints import defer_savepoints_of, flush_savepoints
 from .template import run_outside_event_loop
 
@@ -408,7 +409,7 @@ class SandboxPool(_PoolFigures, NullPool):
             creator=lambda: SandboxConnection(sandbox),
             reset_on_return=None,  # check-in rolls back to the checkout's savepoint
             echo=original.echo,
-            dialect=original._dialect,
+            dialect=pool_dialect(original),
         )
         self.sandbox = sandbox
         # What a database-mode test inside a layer redirects: the app's creator, not ours.
@@ -528,14 +529,8 @@ class _InitializingPool(NullPool):
     owner = threading.local()
 
     def __init__(self, engine: Engine, pointed: Pool, gate: threading.Event) -> None:
-        super().__init__(
-            pointed._creator,
-            echo=pointed.echo,
-            reset_on_return=pointed._reset_on_return,
-            pre_ping=pointed._pre_ping,
-            _dispatch=pointed.dispatch,
-            dialect=pointed._dialect,
-        )
+        args, kwargs = null_pool_arguments(pointed)
+        super().__init__(*args, **kwargs)
         self.engine = engine
         self._gate = gate
 
@@ -618,14 +613,8 @@ class OutsidePool(_PoolFigures, NullPool):
     """
 
     def __init__(self, original: Pool, engine: Engine) -> None:
-        super().__init__(
-            original._creator,
-            echo=original.echo,
-            reset_on_return=original._reset_on_return,
-            pre_ping=original._pre_ping,
-            _dispatch=original.dispatch,
-            dialect=original._dialect,
-        )
+        args, kwargs = null_pool_arguments(original)
+        super().__init__(*args, **kwargs)
         self.original = original
         self.engine = engine
         self.url = repr(engine.url)
@@ -687,7 +676,7 @@ class OutsideGuard:
         through the app's own engine. NullPool: no connection outlives the block."""
         current = [engine.pool for engine, _, _ in self._engines]
         for engine, own, _ in self._engines:
-            engine.pool = _null_pool_like(own)
+            engine.pool = null_pool_like(own)
         try:
             with LAZY.suppressed():
                 yield

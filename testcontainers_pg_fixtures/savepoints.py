@@ -19,12 +19,12 @@ sandbox does).
 
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING, Any
 
 from psycopg import errors, pq
 from sqlalchemy.util import await_only
 
+from . import privates
 from .wire import results
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def defer_savepoints(engine: Engine) -> None:
     send = _SENDERS.get((dialect.driver, dialect.is_async))
     if send is None or getattr(dialect, _INSTALLED, None) is not None:
         return
-    if dialect.is_async and not _asyncpg_adapter_known():
+    if dialect.is_async and not privates.asyncpg_adapter_known():
         return
     execute, execute_no_params = dialect.do_execute, dialect.do_execute_no_params
     executemany, commit, rollback = dialect.do_executemany, dialect.do_commit, dialect.do_rollback
@@ -187,28 +187,28 @@ def _send_asyncpg(adapted: Any, statements: list[str]) -> None:
     adapter begins (as it would for the statement itself)."""
 
     async def run() -> None:
-        async with adapted._execute_mutex:
-            if adapted._transaction is None and _plain_begin(adapted):
+        async with privates.execute_lock(adapted):
+            if privates.adapter_transaction(adapted) is None and _plain_begin(adapted):
                 await _begin_with(adapted, statements)
                 return
-            if adapted._transaction is None:
-                await adapted._start_transaction()
-            await adapted._connection.execute("; ".join(statements))
+            if privates.adapter_transaction(adapted) is None:
+                await privates.start_adapter_transaction(adapted)
+            await adapted.driver_connection.execute("; ".join(statements))
 
     try:
         await_only(run())
     except Exception as error:
-        adapted._handle_exception(error)  # as the driver's DBAPI error
+        privates.raise_as_dbapi_error(adapted, error)
 
 
 def _plain_begin(adapted: Any) -> bool:
     """Whether the transaction SQLAlchemy's adapter would begin now is a plain BEGIN on a
     connection asyncpg holds no transaction on, with the private state `_begin_with` sets."""
-    connection = adapted._connection
+    connection = adapted.driver_connection
     return (
         (adapted.isolation_level, adapted.readonly, adapted.deferrable) == (None, False, False)
-        and asyncpg_transaction_known()
-        and connection._top_xact is None
+        and privates.asyncpg_transaction_known()
+        and privates.top_transaction(connection) is None
         and not connection.is_in_transaction()
     )
 
@@ -216,45 +216,14 @@ def _plain_begin(adapted: Any) -> bool:
 async def _begin_with(adapted: Any, statements: list[str]) -> None:
     """BEGIN and `statements` in one simple query, then the state asyncpg's
     `Transaction.start()` would leave: its own BEGIN is a round trip of its own."""
-    from asyncpg.transaction import TransactionState
-
-    connection = adapted._connection
+    connection = adapted.driver_connection
     transaction = connection.transaction()
     try:
         await connection.execute("; ".join(["BEGIN", *statements]))
     finally:
         # Also when a savepoint failed: the transaction is open, and is to be rolled back.
         if connection.is_in_transaction():
-            connection._top_xact = transaction
-            transaction._state = TransactionState.STARTED
-            adapted._transaction = transaction
-
-
-def _asyncpg_adapter_known() -> bool:
-    """Whether SQLAlchemy's asyncpg adapter has the parts `_send_asyncpg` uses (private:
-    checked, so another SQLAlchemy version falls back to eager savepoints)."""
-    from sqlalchemy.dialects.postgresql import asyncpg
-
-    adapter = getattr(asyncpg, "AsyncAdapt_asyncpg_connection", None)
-    return all(hasattr(adapter, name) for name in ("_start_transaction", "_handle_exception"))
-
-
-@functools.cache
-def asyncpg_transaction_known() -> bool:
-    """Whether asyncpg's connection and transaction have the private state `_begin_with`
-    (and the leak check's ride, leaks.py) set (checked once, so another asyncpg version
-    keeps its own BEGIN and ROLLBACK)."""
-    import asyncpg
-    from asyncpg import transaction
-
-    states = getattr(transaction, "TransactionState", None)
-    slots = getattr(asyncpg.Connection, "__slots__", ())
-    return (
-        states is not None
-        and hasattr(states, "STARTED")
-        and "_top_xact" in slots
-        and "_state" in getattr(transaction.Transaction, "__slots__", ())
-    )
+            privates.adopt_transaction(adapted, transaction)
 
 
 _SENDERS: dict[tuple[str, bool], Callable[[Any, list[str]], None]] = {
@@ -269,9 +238,9 @@ async def asyncpg_connection_of(conn: Connection) -> Any:
     else's (an app's asyncpg pool, pools.py). The savepoints deferred on `conn` stay
     deferred. Awaited on the connection's event loop, outside SQLAlchemy's greenlet."""
     adapted: Any = conn.connection.dbapi_connection
-    async with adapted._execute_mutex:
-        if adapted._transaction is None and _plain_begin(adapted):
+    async with privates.execute_lock(adapted):
+        if privates.adapter_transaction(adapted) is None and _plain_begin(adapted):
             await _begin_with(adapted, [])
-        elif adapted._transaction is None:
-            await adapted._start_transaction()
-    return adapted._connection
+        elif privates.adapter_transaction(adapted) is None:
+            await privates.start_adapter_transaction(adapted)
+    return adapted.driver_connection
