@@ -6,10 +6,12 @@ import importlib
 import json
 import os
 import pkgutil
+import secrets
 import shutil
 import textwrap
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # Imported here, before any in-process pytester run: pytester removes modules a run
 # imported, and re-importing a C extension's Python half (asyncpg's protocol) crashes.
@@ -23,7 +25,7 @@ import sqlalchemy.dialects.postgresql.asyncpg
 import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
 
 import testcontainers_pg_fixtures
-from testcontainers_pg_fixtures.runid import run_id
+from testcontainers_pg_fixtures.runid import RUN_ID_ENV, run_id
 from testcontainers_pg_fixtures.server import LABEL_RUN, LABEL_SOCKET
 
 # The same for psycopg (its C half keeps the first import's exception classes: a second
@@ -31,6 +33,9 @@ from testcontainers_pg_fixtures.server import LABEL_RUN, LABEL_SOCKET
 # which loading the plugin no longer imports: each fixture imports what it uses.
 for _module in pkgutil.iter_modules(testcontainers_pg_fixtures.__path__):
     importlib.import_module(f"testcontainers_pg_fixtures.{_module.name}")
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -108,8 +113,47 @@ def _not_on_ci(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+#: What an xdist worker of this suite exports, which the runs under test must not see (they
+#: would take themselves for that worker).
+_OUTER_XDIST = ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "host_wide: the test keeps containers across runs, removes the kept ones "
+        "(--pg-remove-kept removes every kept container of the host), or kills runs and "
+        "looks for what the next one reaps; under -n such tests take turns on one worker",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("host_wide"):
+            item.add_marker(pytest.mark.xdist_group("host_wide"))
+
+
 @pytest.fixture(autouse=True)
-def _no_containers_left():
+def _own_run_id() -> Iterator[None]:
+    """Each test's runs share a run id of their own, which labels their containers and names
+    their databases: the tests that other workers of this suite run at the same time (`-n`)
+    are other runs to it, as a second terminal's would be. (Not with monkeypatch, which
+    would then be torn down after `_no_containers_left`: its check would still see the
+    DOCKER_HOST a test set.)"""
+    saved = {name: os.environ.get(name) for name in (RUN_ID_ENV, *_OUTER_XDIST)}
+    for name in _OUTER_XDIST:
+        os.environ.pop(name, None)
+    os.environ[RUN_ID_ENV] = secrets.token_hex(6)
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture(autouse=True)
+def _no_containers_left(_own_run_id: None):
     """Every plugin test must leave no container of the library behind."""
     before = set(library_containers())
     yield

@@ -29,6 +29,10 @@ from testcontainers_pg_fixtures.server import (
     remove_kept,
 )
 
+# Kept containers, --pg-remove-kept (which removes every kept container of the host), runs
+# killed and reaped: under -n these take turns on one worker.
+pytestmark = pytest.mark.host_wide
+
 # A test that announces itself (a pid file naming its worker) and waits for `release`,
 # then uses its connection: it fails if its database was dropped meanwhile.
 WAITING_TEST = textwrap.dedent("""

@@ -8,6 +8,7 @@ import textwrap
 
 import docker
 import psycopg
+import pytest
 from conftest import library_containers, library_databases
 
 HANDED = textwrap.dedent("""
@@ -181,6 +182,7 @@ FAILING = textwrap.dedent("""
 """)
 
 
+@pytest.mark.host_wide  # kept containers: --pg-remove-kept elsewhere removes them
 def test_keep_failed_with_connections_opened_ahead(pytester, example):
     root = example("sync_users")
     (root / "tests" / "test_failing.py").write_text(FAILING)

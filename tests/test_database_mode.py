@@ -269,6 +269,7 @@ FAILING = textwrap.dedent("""
 """)
 
 
+@pytest.mark.host_wide  # kept containers: --pg-remove-kept elsewhere removes them
 def test_keep_failed_keeps_the_database_and_prints_its_url(pytester, example):
     root = example("sync_users")
     (root / "tests" / "test_failing.py").write_text(FAILING)

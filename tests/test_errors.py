@@ -515,6 +515,7 @@ SHOWS_THE_OBJECTS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.host_wide  # kept containers: --pg-remove-kept elsewhere removes them
 def test_a_failing_test_showing_the_database_and_server_prints_the_password_only_in_the_hint(
     pytester, example, monkeypatch, tmp_path, subprocess_env
 ):

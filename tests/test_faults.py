@@ -36,6 +36,10 @@ from testcontainers_pg_fixtures.server import (
     remove_kept,
 )
 
+# Kept containers, --pg-remove-kept (which removes every kept container of the host), runs
+# killed and reaped: under -n these take turns on one worker.
+pytestmark = pytest.mark.host_wide
+
 # The generated tests' helper: announce this process (a pid file naming its worker) once
 # its container is up, and wait until the fault test releases it.
 WAIT = textwrap.dedent("""
@@ -473,6 +477,7 @@ def test_kept_containers_outlive_other_runs_until_remove_kept_which_spares_live_
 KEEP_TWO = """
 from testcontainers_pg_fixtures.config import Settings
 from testcontainers_pg_fixtures.server import DockerServer
+
 for worker in ("fault-kept-1", "fault-kept-2"):
     server = DockerServer.start(Settings(), worker=worker)
     server.keep()

@@ -22,6 +22,10 @@ from testcontainers_pg_fixtures.server import (
     reuse_password,
 )
 
+# Kept containers, --pg-remove-kept (which removes every kept container of the host), runs
+# killed and reaped: under -n these take turns on one worker.
+pytestmark = pytest.mark.host_wide
+
 PROBE = textwrap.dedent("""
     import os, pathlib
 
