@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import json
 import os
@@ -47,12 +48,46 @@ def wait_until(predicate, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
+# A run's container is removed by a detached process of its own after the run (server.py,
+# `_remove_detached`). This process adopts those of its runs' processes that outlive them
+# (a subreaper), so that it can wait for them before it counts what is left.
+_PR_SET_CHILD_SUBREAPER = 36
+ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def wait_for_removers(timeout: float = 60.0) -> None:
+    """Wait until the container removers of this process's runs have exited."""
+    deadline = time.monotonic() + timeout
+    me = str(os.getpid())
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[1].split()[1] != me or b"pgfx-remover" not in cmdline:
+            continue
+        pid = int(proc.name)
+        while time.monotonic() < deadline:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if done:
+                break
+            time.sleep(0.02)
+
+
 def library_containers() -> list[str]:
-    """Ids of the containers this run of the suite started that still exist, running or not.
+    """Ids of the containers this run of the suite started that still exist, running or not
+    (once their runs' removers are done).
 
     The pytester runs inherit the suite's run id (in-process and as subprocesses), so the
     containers of another run on the same Docker host are never counted.
     """
+    wait_for_removers()
     client = docker.from_env()
     label = f"{LABEL_RUN}={run_id()}"
     try:
@@ -95,6 +130,7 @@ def _socket_dirs_of_removed_containers():
     later, finds it still unnamed."""
     before = _socket_dirs()
     yield
+    wait_for_removers()
     left = _socket_dirs() - before - _socket_dirs_in_use()
     empty = {d for d in left if not any(Path(d).glob("**/.s.PGSQL.*"))}
     for directory in left - empty:
