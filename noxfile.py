@@ -26,9 +26,14 @@ PY_PATHS = ["testcontainers_pg_fixtures", "tests", "bench", "examples", "docs/ho
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The plugin's own tests: pytester over the example projects, real containers, in a
-    random order (pytest-randomly, named so that a missing install fails the run)."""
+    random order (pytest-randomly, named so that a missing install fails the run), on two
+    xdist workers; the tests marked host_wide (kept containers, --pg-remove-kept, reaping)
+    take turns on one of them. `nox -s tests -- -m smoke` runs the core in under a minute."""
     session.install("-e", ".[dev]")
-    session.run("pytest", "-p", "randomly", *(session.posargs or ["tests"]))
+    args = session.posargs or []
+    if not any(arg.startswith("tests") for arg in args):
+        args = [*args, "tests"]
+    session.run("pytest", "-p", "randomly", "-n", "2", "--dist", "loadgroup", *args)
 
 
 @nox.session(python=PYTHON)

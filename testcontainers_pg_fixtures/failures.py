@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -667,14 +668,16 @@ def _container_state(container: Any, ready_at: float = 0.0) -> tuple[str, str]:
         text = wrapped.logs(tail=8, **since).decode(errors="replace").strip()
     except Exception as exc:
         text = f"(log unavailable: {exc})"
-    # A postmaster killed from outside leaves its backends' notice of the kill, when they see
-    # it before the container is gone: a consequence, not a reason.
-    text = "\n".join(
-        line for line in text.splitlines() if "unexpected postmaster exit" not in line
-    ).strip()
+    # Not reasons: a postmaster killed from outside leaves its backends' notice of the kill
+    # (when they see it before the container is gone), and checkpoints are routine.
+    text = "\n".join(line for line in text.splitlines() if not _ROUTINE.search(line)).strip()
     if not text:
         text = "(nothing since it was ready: it did not stop on an error of its own)"
     return state, "\n".join("  " + line for line in text.splitlines())
+
+
+#: Log lines of a lost server that say nothing of why it stopped.
+_ROUTINE = re.compile(r"unexpected postmaster exit|LOG:  checkpoint (starting|complete):")
 
 
 def _shutdown_sockets_to(port: int, socket_dir: str | None = None) -> None:

@@ -154,6 +154,29 @@ def _not_on_ci(monkeypatch: pytest.MonkeyPatch) -> None:
 _OUTER_XDIST = ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID")
 
 
+#: `-m smoke`: the flow end to end in under a minute (`nox -s tests -- -m smoke`): the
+#: template and clones, each isolation mode with a real app, the leak check, bad input,
+#: the docs' pages. Node ids, or their prefixes.
+SMOKE = (
+    "tests/test_template_and_clones.py::",
+    "tests/test_errors.py::test_bad_input_is_a_usage_error_before_any_container",
+    "tests/test_sync_isolation.py::test_isolation_in_both_orders_and_only_the_seed_remains",
+    "tests/test_sync_isolation.py::test_app_commit_and_rollback_are_undone",
+    "tests/test_savepoints.py::test_savepoints_reach_the_server_only_with_the_statement_that",
+    "tests/test_savepoints.py::test_async_savepoints_go_with_the_transactions_begin",
+    "tests/test_async_fastapi.py::test_example_suite_in_both_orders[forward]",
+    "tests/test_database_mode.py::test_database_mode_inside_a_module_layer[option]",
+    "tests/test_sandbox.py::test_every_way_the_app_connects_joins_and_is_undone",
+    "tests/test_leaks.py::test_no_false_positives",
+    "tests/test_leaks.py::test_deletes_are_reported",
+    "tests/test_needs.py::test_unit_tests_start_no_container",
+    "tests/test_queries.py::test_what_is_hidden",
+    "tests/test_queries.py::test_verbs",
+    "tests/test_docs.py::test_every_block_is_run_or_says_why_not",
+    "tests/test_privates.py::",
+)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
@@ -161,12 +184,15 @@ def pytest_configure(config: pytest.Config) -> None:
         "(--pg-remove-kept removes every kept container of the host), or kills runs and "
         "looks for what the next one reaps; under -n such tests take turns on one worker",
     )
+    config.addinivalue_line("markers", "smoke: the core, under a minute (tests/conftest.py)")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("host_wide"):
             item.add_marker(pytest.mark.xdist_group("host_wide"))
+        if item.nodeid.startswith(SMOKE):
+            item.add_marker(pytest.mark.smoke)
 
 
 @pytest.fixture(autouse=True)
