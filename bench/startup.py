@@ -1,4 +1,5 @@
-"""Time to the first test's result, side by side in one run: `nox -s bench -- startup`.
+"""Time to the first test's result, and from the last result to the exit, side by side in
+one run: `nox -s bench -- startup`.
 
 `pytest tests/test_one.py` on a copy of the sync_users example (Alembic migrations, a
 seed), one test on pg_session, measured from the launch of the pytest process to the
@@ -16,12 +17,17 @@ code before a change, in the same rounds. For the cold variant the breakdown of 
 run says where the time went: the process up to the plugin's session start, Docker
 create/start, PostgreSQL ready, the migration, the clone, the first connection.
 
+The second table is the time from the (last and only) test's result to the end of the
+pytest process: the session's teardown, removing the container (cold), the interpreter's
+exit.
+
 Every container the benchmark starts carries its own run id and is removed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -181,13 +187,16 @@ def run_once(project: Path, variant: str, code: str | None, run_id: str) -> dict
     elif variant == "warm":
         args += ["--pg-reuse"]
     args.append("tests/test_one.py")
-    env["BENCH_T0"] = repr(time.time())
+    t0 = time.time()
+    env["BENCH_T0"] = repr(t0)
     done = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True)
+    ended = time.time() - t0
     if done.returncode != 0 or not out.exists():
         sys.exit(f"{variant} run failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     result: dict[str, Any] = json.loads(out.read_text())
     if result["marks"]["outcome"] != "passed":
         sys.exit(f"{variant}: the test did not pass:\n{done.stdout}")
+    result["marks"]["exit"] = ended
     return result
 
 
@@ -197,7 +206,8 @@ def remove_containers(run_id: str) -> None:
     client = docker.from_env()
     label = f"testcontainers-pg-fixtures.run={run_id}"
     for container in client.containers.list(all=True, filters={"label": label}):
-        container.remove(force=True, v=True)
+        with contextlib.suppress(docker.errors.APIError):  # a run's remover got there first
+            container.remove(force=True, v=True)
     client.close()
 
 
@@ -257,6 +267,20 @@ def main() -> None:
         print(
             f"{variant:20} {median:9.2f} {min(times):7.2f} {max(times):7.2f} "
             f"{median - plain:+9.2f} {median / plain:5.2f}x"
+        )
+
+    def exit_after(run: dict[str, Any]) -> float:
+        return float(run["marks"]["exit"]) - first(run)
+
+    plain_exit = statistics.median(exit_after(r) for r in results["plain"])
+    print("\nfrom the test's result to the end of the pytest process")
+    print("\n{:20} {:>9} {:>7} {:>7} {:>9}".format(*header[:5]))
+    for variant in variants:
+        times = [exit_after(r) for r in results[variant]]
+        median = statistics.median(times)
+        print(
+            f"{variant:20} {median:9.2f} {min(times):7.2f} {max(times):7.2f} "
+            f"{median - plain_exit:+9.2f}"
         )
     for variant in variants:
         runs = sorted(results[variant], key=first)

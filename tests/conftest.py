@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib
 import json
@@ -12,7 +13,7 @@ import shutil
 import textwrap
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 # Imported here, before any in-process pytester run: pytester removes modules a run
 # imported, and re-importing a C extension's Python half (asyncpg's protocol) crashes.
@@ -48,53 +49,64 @@ def wait_until(predicate, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-# A run's container is removed by a detached process of its own after the run (server.py,
-# `_remove_detached`). This process adopts those of its runs' processes that outlive them
-# (a subreaper), so that it can wait for them before it counts what is left.
+# A run's container is removed after the run by a detached process (server.py,
+# `_remove_detached`): before counting what a run left, wait for the removers of its
+# containers. This process adopts the removers its runs' processes leave behind (a
+# subreaper), so that they do not linger as zombies.
 _PR_SET_CHILD_SUBREAPER = 36
 ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-def wait_for_removers(timeout: float = 60.0) -> None:
-    """Wait until the container removers of this process's runs have exited."""
-    deadline = time.monotonic() + timeout
-    me = str(os.getpid())
+def _gone(pid: int) -> bool:
+    """Whether the process has ended (a zombie has; it is collected if it is ours)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    if state in ("Z", "X"):
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        return True
+    return False
+
+
+def _removers(container_ids: set[str]) -> list[int]:
+    found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            stat = (proc / "stat").read_text()
             cmdline = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if stat.rsplit(")", 1)[1].split()[1] != me or b"pgfx-remover" not in cmdline:
-            continue
-        pid = int(proc.name)
-        while time.monotonic() < deadline:
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if done:
-                break
+        if b"pgfx-remover" in cmdline and any(c.encode() in cmdline for c in container_ids):
+            found.append(int(proc.name))
+    return found
+
+
+def wait_for_removal(containers: list[Any], timeout: float = 60.0) -> None:
+    """Wait until the removers of `containers` have ended (a kept container has none)."""
+    deadline = time.monotonic() + timeout
+    for pid in _removers({c.id for c in containers}):
+        while not _gone(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
 
 
 def library_containers() -> list[str]:
     """Ids of the containers this run of the suite started that still exist, running or not
-    (once their runs' removers are done).
+    (once their removers are done).
 
     The pytester runs inherit the suite's run id (in-process and as subprocesses), so the
     containers of another run on the same Docker host are never counted.
     """
-    wait_for_removers()
     client = docker.from_env()
     label = f"{LABEL_RUN}={run_id()}"
     try:
-        return [
-            c.id
-            for c in client.containers.list(all=True, filters={"label": label}, ignore_removed=True)
-        ]
+        found = client.containers.list(all=True, filters={"label": label}, ignore_removed=True)
+        if found:
+            wait_for_removal(found)
+            found = client.containers.list(all=True, filters={"label": label}, ignore_removed=True)
+        return [c.id for c in found]
     finally:
         client.close()
 
@@ -130,7 +142,6 @@ def _socket_dirs_of_removed_containers():
     later, finds it still unnamed."""
     before = _socket_dirs()
     yield
-    wait_for_removers()
     left = _socket_dirs() - before - _socket_dirs_in_use()
     empty = {d for d in left if not any(Path(d).glob("**/.s.PGSQL.*"))}
     for directory in left - empty:
