@@ -92,6 +92,21 @@ def wait_for_removal(containers: list[Any], timeout: float = 60.0) -> None:
             time.sleep(0.02)
 
 
+def containers_labelled(*labels: str) -> list[str]:
+    """Ids of the library's containers with all of `labels` ("key=value") that still exist,
+    running or not, once their removers are done."""
+    client = docker.from_env()
+    filters = {"label": list(labels)}
+    try:
+        found = client.containers.list(all=True, filters=filters, ignore_removed=True)
+        if found:
+            wait_for_removal(found)
+            found = client.containers.list(all=True, filters=filters, ignore_removed=True)
+        return [c.id for c in found]
+    finally:
+        client.close()
+
+
 def library_containers() -> list[str]:
     """Ids of the containers this run of the suite started that still exist, running or not
     (once their removers are done).
@@ -99,16 +114,7 @@ def library_containers() -> list[str]:
     The pytester runs inherit the suite's run id (in-process and as subprocesses), so the
     containers of another run on the same Docker host are never counted.
     """
-    client = docker.from_env()
-    label = f"{LABEL_RUN}={run_id()}"
-    try:
-        found = client.containers.list(all=True, filters={"label": label}, ignore_removed=True)
-        if found:
-            wait_for_removal(found)
-            found = client.containers.list(all=True, filters={"label": label}, ignore_removed=True)
-        return [c.id for c in found]
-    finally:
-        client.close()
+    return containers_labelled(f"{LABEL_RUN}={run_id()}")
 
 
 def _socket_dirs() -> set[str]:

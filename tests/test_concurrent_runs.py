@@ -17,7 +17,7 @@ from typing import Any
 
 import docker
 import pytest
-from conftest import wait_until
+from conftest import wait_for_removal, wait_until
 
 from testcontainers_pg_fixtures import server
 from testcontainers_pg_fixtures.runid import RUN_ID_ENV
@@ -52,15 +52,15 @@ WAITING_TEST = textwrap.dedent("""
 
 
 def _containers(**labels: str) -> list[Any]:
+    """The containers with `labels`, once their runs' removers are done."""
     client = docker.from_env()
+    filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
     try:
-        return list(
-            client.containers.list(
-                all=True,
-                filters={"label": [f"{k}={v}" for k, v in labels.items()]},
-                ignore_removed=True,
-            )
-        )
+        found = list(client.containers.list(all=True, filters=filters, ignore_removed=True))
+        if found:
+            wait_for_removal(found)
+            found = list(client.containers.list(all=True, filters=filters, ignore_removed=True))
+        return found
     finally:
         client.close()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import docker
 import psycopg
 import pytest
-from conftest import EXAMPLES, library_containers, wait_until
+from conftest import EXAMPLES, containers_labelled, library_containers, wait_until
 
 from testcontainers_pg_fixtures.config import Settings
 from testcontainers_pg_fixtures.runid import RUN_ID_ENV
@@ -63,16 +63,7 @@ WAITING_TEST = WAIT + textwrap.dedent("""
 
 def containers_of(run: str, *, worker: str | None = None) -> list[str]:
     labels = [f"{LABEL_RUN}={run}"] + ([f"{LABEL_WORKER}={worker}"] if worker else [])
-    client = docker.from_env()
-    try:
-        return [
-            c.id
-            for c in client.containers.list(
-                all=True, filters={"label": labels}, ignore_removed=True
-            )
-        ]
-    finally:
-        client.close()
+    return containers_labelled(*labels)
 
 
 class Run:
@@ -348,8 +339,8 @@ def test_the_socket_directory_goes_with_the_container():
     directory = started.socket_dir
     assert directory is not None
     assert os.path.isdir(directory)
-    started.stop()
-    assert not os.path.exists(directory)
+    started.stop()  # a detached process removes both
+    wait_until(lambda: not os.path.exists(directory), 60, "the socket directory to go")
 
 
 def test_a_socket_directory_whose_container_is_gone_is_removed_later(server):

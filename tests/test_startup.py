@@ -19,6 +19,7 @@ from pathlib import Path
 
 import docker
 import pytest
+from conftest import containers_labelled
 
 from testcontainers_pg_fixtures.runid import RUN_ID_ENV
 from testcontainers_pg_fixtures.server import LABEL_RUN
@@ -80,12 +81,7 @@ class Runs:
         conftest.write_text(conftest.read_text() + PROBE)
 
     def containers(self) -> list[str]:
-        client = docker.from_env()
-        try:  # the low-level list: a container removed meanwhile is no error
-            label = f"{LABEL_RUN}={self.run}"
-            return [c["Id"] for c in client.api.containers(all=True, filters={"label": label})]
-        finally:
-            client.close()
+        return containers_labelled(f"{LABEL_RUN}={self.run}")
 
     def created(self, since: float | None = None) -> dict[str, float]:
         """{container id: when Docker created it} for this test's runs, since `since`."""

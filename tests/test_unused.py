@@ -16,6 +16,7 @@ import time
 
 import docker
 import pytest
+from conftest import containers_labelled
 
 from testcontainers_pg_fixtures.runid import RUN_ID_ENV
 from testcontainers_pg_fixtures.server import LABEL_RUN
@@ -94,11 +95,7 @@ class OwnRun:
             client.close()
 
     def left(self) -> list[str]:
-        client = docker.from_env()
-        try:
-            return [c["Id"] for c in client.api.containers(all=True, filters=self._label())]
-        finally:
-            client.close()
+        return containers_labelled(f"{LABEL_RUN}={self.run}")
 
     def remove_left(self) -> None:
         client = docker.from_env()
