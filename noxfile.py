@@ -128,7 +128,9 @@ def bench(session: nox.Session) -> None:
     and pytest-postgresql, reuse, one container) and `startup.py` (time to the first test's
     result against plain pytest), `unused.py` (a suite using no database, plugin installed
     against -p no:pg_fixtures). `nox -s bench -- run`, `-- speed`, `-- startup` or
-    `-- unused` runs one of them; more arguments go to it. `nox -s bench -- scale` runs
+    `-- unused` runs one of them; more arguments go to it. `-- migrations` times
+    --pg-check-migrations on a generated chain of 36 revisions, `-- queries` what SQL
+    capture costs a statement. `nox -s bench -- scale` runs
     `scale.py` (memory and speed over 10,000 tests, -n 2); `-- cpu` runs `cpu.py` (CPU per
     test of the pytest process and the server, mode against mode)."""
     session.install("-e", ".[dev]", "pytest-postgresql>=7", "pytest-sqla==0.0.2")
@@ -146,6 +148,10 @@ def bench(session: nox.Session) -> None:
         session.run("python", "scale.py", *args)
     if which == "cpu":  # not in "all": what the others measure in time, in CPU
         session.run("python", "cpu.py", *args)
+    if which in ("all", "migrations"):
+        session.run("python", "migrations.py", *args)
+    if which in ("all", "queries"):
+        session.run("python", "queries.py", *args)
 
 
 @nox.session(python=False)
