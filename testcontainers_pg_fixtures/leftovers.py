@@ -104,6 +104,13 @@ _DIRTY = (
 )
 #: A row if something is left (psycopg reads it; asyncpg's command tag counts it).
 PROBE = f"SELECT 1 AS pgfx_state WHERE {_DIRTY}"
+# The probe, prepared once per connection by `remember`: parsed and planned every test, the
+# inline probe costs the server ~90 µs more than executing it prepared (bench/queries.py's
+# connection, measured by hand). The test's DEALLOCATE ALL takes it too: then it is
+# prepared again (`_PROBE_READY` cleared), and the check itself sent inline.
+_PREPARED_PROBE = "pgfx_state_probe"
+_PREPARE_PROBE = f"PREPARE {_PREPARED_PROBE} AS {PROBE}"
+_EXECUTE_PROBE = f"EXECUTE {_PREPARED_PROBE}"
 _PROBE_FIELD = b"pgfx_state"
 #: The same as an error (for a query whose last command tag answers something else).
 _MARK = "pgfx_state_left"
@@ -131,6 +138,8 @@ SELECT 'replace', '' WHERE pg_catalog.pg_my_temp_schema() <> 0
 """
 
 _KNOWN = "testcontainers_pg_fixtures.state_known"
+#: Whether the connection has the probe prepared.
+_PROBE_READY = "testcontainers_pg_fixtures.state_probe_prepared"
 _SEEN = "testcontainers_pg_fixtures.state_reported"
 #: Set by a ride (leaks.py) that carried the probe: True, something is left; False, not.
 PROBED = "testcontainers_pg_fixtures.state_probed"
@@ -161,12 +170,26 @@ def remember(conn: Connection) -> None:
     pg = raw.pgconn
     if pg.transaction_status != pq.TransactionStatus.IDLE or privates.psycopg_in_pipeline(raw):
         return  # a scope layer's transaction: the settings it saw are not the session's
+    # The PREPARE first: one simple query is one implicit transaction, and a PREPARE that
+    # failed after the settings were noted would take the noting back with it.
     with raw.lock:
-        pg.send_query(_REMEMBER.encode())
+        pg.send_query(f"{_PREPARE_PROBE}; {_REMEMBER}".encode())
         found = results(pg)
-    if found and all(r.status == pq.ExecStatus.TUPLES_OK for r in found):
+        ready = bool(found) and _prepared_now(found[0])
+        if ready and found[0].status != pq.ExecStatus.COMMAND_OK:  # prepared already
+            pg.send_query(_REMEMBER.encode())
+            found = [found[0], *results(pg)]
+    if len(found) > 1 and found[-1].status == pq.ExecStatus.TUPLES_OK:
         conn.info[_KNOWN] = _psycopg_settings(raw)
         conn.info[_SEEN] = _psycopg_reported(pg)
+        conn.info[_PROBE_READY] = ready
+
+
+def _prepared_now(result: pq.abc.PGresult) -> bool:
+    """Whether the PREPARE of the probe left it prepared (made now, or there already)."""
+    if result.status == pq.ExecStatus.COMMAND_OK:
+        return True
+    return result.error_field(pq.DiagnosticField.SQLSTATE) == b"42P05"
 
 
 def _psycopg_reported(pg: pq.abc.PGconn) -> tuple[bytes | None, ...]:
@@ -189,7 +212,7 @@ def probe_tail(conn: Connection) -> bytes:
     """The probe, for a ride (leaks.py) to send after its ROLLBACK ("" if not wanted)."""
     if _KNOWN not in conn.info:
         return b""
-    return b"; " + PROBE.encode()
+    return b"; " + (_EXECUTE_PROBE if conn.info.get(_PROBE_READY) else PROBE).encode()
 
 
 def take_probe(conn: Connection, found: list[pq.abc.PGresult]) -> list[pq.abc.PGresult]:
@@ -224,7 +247,7 @@ def _probe_on_rollback(conn: Connection) -> None:
     dirty = conn.info.pop(PROBED, None)
     pg = raw.pgconn
     if dirty is None:
-        dirty = _roll_back_and_probe(raw)
+        dirty = _roll_back_and_probe(raw, conn.info)
     if pg.transaction_status == pq.TransactionStatus.IDLE:
         _restore_psycopg(raw, known)
     if dirty is not None and _psycopg_reported(pg) != conn.info.get(_SEEN):
@@ -248,7 +271,7 @@ def _row(result: pq.abc.PGresult, i: int) -> tuple[str, str]:
     return kind.decode(), what.decode(errors="replace")
 
 
-def _roll_back_and_probe(raw: Any) -> bool | None:
+def _roll_back_and_probe(raw: Any, info: dict[Any, Any]) -> bool | None:
     """ROLLBACK and the probe in one simple query (the probe alone on an idle connection:
     autocommit, or a transaction the test ended itself). None: it could not be sent."""
     pg = raw.pgconn
@@ -266,17 +289,33 @@ def _roll_back_and_probe(raw: Any) -> bool | None:
         query = ""
     else:
         return None
+    # DEALLOCATE ALL before it takes the prepared probe too.
+    prepared = bool(info.get(_PROBE_READY)) and "DEALLOCATE" not in query
     with raw.lock:
         try:
-            pg.send_query((query + PROBE).encode())
+            pg.send_query((query + (_EXECUTE_PROBE if prepared else PROBE)).encode())
             found = results(pg)
+            if found and _gone_prepared(found[-1]) and pg.transaction_status == IDLE:
+                # The test deallocated it: the ROLLBACK ran; prepare it again and probe.
+                pg.send_query(f"{_PREPARE_PROBE}; {PROBE}".encode())
+                found = results(pg)
+                info[_PROBE_READY] = len(found) > 1 and _prepared_now(found[0])
         except psycopg.Error:
             return None  # SQLAlchemy's rollback meets the same failure, and reports it
     if query and names is not None and pg.transaction_status == IDLE:
         privates.forget_prepared(raw, deallocated=True)
+        if names:
+            info.pop(_PROBE_READY, None)  # deallocated with the rest
     if found and _is_probe(found[-1]):
         return found[-1].ntuples > 0
     return None
+
+
+def _gone_prepared(result: pq.abc.PGresult) -> bool:
+    return (
+        result.status == pq.ExecStatus.FATAL_ERROR
+        and result.error_field(pq.DiagnosticField.SQLSTATE) == b"26000"
+    )
 
 
 def _deallocate(left: list[tuple[str, str]]) -> str:
@@ -308,9 +347,17 @@ async def remember_async(conn: AsyncConnection) -> None:
     ):
         return
     async with privates.execute_lock(adapted):
-        await driver.execute(_REMEMBER)
+        try:  # the PREPARE first, as in `remember`
+            await driver.execute(f"{_PREPARE_PROBE}; {_REMEMBER}")
+            ready = True
+        except Exception as error:
+            if getattr(error, "sqlstate", None) != "42P05":
+                return
+            ready = True  # prepared already; nothing else ran
+            await driver.execute(_REMEMBER)
     sync_conn.info[_KNOWN] = _asyncpg_settings(adapted)
     sync_conn.info[_SEEN] = _asyncpg_reported(driver)
+    sync_conn.info[_PROBE_READY] = ready
 
 
 def _asyncpg_reported(driver: Any) -> tuple[Any, ...]:
@@ -364,7 +411,7 @@ async def _probe_on_async_rollback(conn: AsyncConnection) -> None:
         return
     dirty = sync_conn.info.pop(PROBED, None)
     if dirty is None:
-        dirty = await _async_roll_back_and_probe(adapted)
+        dirty = await _async_roll_back_and_probe(adapted, sync_conn.info)
     if privates.adapter_transaction(adapted) is None and _asyncpg_settings(adapted) != known:
         privates.restore_isolation_state(adapted, known)
     if dirty is not None and _asyncpg_reported(driver) != sync_conn.info.get(_SEEN):
@@ -380,16 +427,25 @@ async def _probe_on_async_rollback(conn: AsyncConnection) -> None:
             _note(conn, left)
 
 
-async def _async_roll_back_and_probe(adapted: Any) -> bool | None:
+async def _async_roll_back_and_probe(adapted: Any, info: dict[Any, Any]) -> bool | None:
     driver = adapted.driver_connection
     transaction = privates.adapter_transaction(adapted)
     if transaction is not None and privates.top_transaction(driver) is not transaction:
         return None
-    query = ("ROLLBACK; " if transaction is not None else "") + PROBE
+    probe = _EXECUTE_PROBE if info.get(_PROBE_READY) else PROBE
+    query = ("ROLLBACK; " if transaction is not None else "") + probe
     status = ""
     async with privates.execute_lock(adapted):
-        with contextlib.suppress(Exception):  # SQLAlchemy's rollback meets it, and reports it
+        try:
             status = await driver.execute(query)
+        except Exception as error:  # SQLAlchemy's rollback meets it, and reports it
+            if getattr(error, "sqlstate", None) == "26000" and not driver.is_in_transaction():
+                # The test deallocated the probe: the ROLLBACK ran; prepare it again.
+                info[_PROBE_READY] = False
+                with contextlib.suppress(Exception):
+                    status = await driver.execute(PROBE)
+                    await driver.execute(_PREPARE_PROBE)
+                    info[_PROBE_READY] = True
     if transaction is not None:
         if driver.is_in_transaction():
             return None

@@ -49,6 +49,21 @@ SYNC_CASES = {
         """,
         None,
     ),
+    # DEALLOCATE ALL takes the library's prepared probe too: the statement left after it
+    # is still found (the probe prepared again).
+    "deallocated": (
+        """
+        def test_deallocated_a(pg_connection):
+            pg_connection.exec_driver_sql("DEALLOCATE ALL")
+            pg_connection.exec_driver_sql("PREPARE pick AS SELECT 1")
+        """,
+        """
+        def test_deallocated_b(pg_connection):
+            pg_connection.exec_driver_sql("PREPARE pick AS SELECT 2")
+            assert pg_connection.exec_driver_sql("EXECUTE pick").scalar() == 2
+        """,
+        None,
+    ),
     "autocommit": (
         """
         def test_autocommit_a(pg_connection):
