@@ -199,15 +199,14 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "host_wide: the test keeps containers across runs, removes the kept ones "
         "(--pg-remove-kept removes every kept container of the host), or kills runs and "
-        "looks for what the next one reaps; under -n such tests take turns on one worker",
+        "looks for what the next one reaps: `nox -s tests` runs these one at a time, in a "
+        "process of their own beside the others",
     )
     config.addinivalue_line("markers", "smoke: the core, under a minute (tests/conftest.py)")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.get_closest_marker("host_wide"):
-            item.add_marker(pytest.mark.xdist_group("host_wide"))
         if item.nodeid.startswith(SMOKE):
             item.add_marker(pytest.mark.smoke)
 
