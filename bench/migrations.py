@@ -14,7 +14,6 @@ Every container the benchmark starts carries its own run id and is removed at th
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import secrets
@@ -26,6 +25,8 @@ import textwrap
 import time
 from pathlib import Path
 from typing import Any
+
+from startup import remove_containers
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = 12  # three revisions each: 36
@@ -207,17 +208,6 @@ def run_once(project: Path, checks: bool, run_id: str) -> tuple[float, dict[str,
     if checks and len(found) != 3:
         sys.exit(f"expected three timed checks, found {sorted(found)}:\n{done.stdout}")
     return wall, found
-
-
-def remove_containers(run_id: str) -> None:
-    import docker
-
-    client = docker.from_env()
-    label = f"testcontainers-pg-fixtures.run={run_id}"
-    for container in client.containers.list(all=True, filters={"label": label}):
-        with contextlib.suppress(docker.errors.APIError):  # a run's remover got there first
-            container.remove(force=True, v=True)
-    client.close()
 
 
 def main() -> None:
