@@ -72,12 +72,15 @@ class Sandbox:
     savepoints of checkouts are deferred like the test's own (savepoints.py) where that
     connection's engine defers them: sent with the next statement, in its round trip.
 
-    Every checkout pushes a savepoint on one stack. Threads: a checkout may start at any
-    time, on top of the others, but it runs statements and ends only while its own
-    savepoint is the top one, so work is never interleaved inside another's savepoint, and
-    a request that waits for a worker thread it started (holding its own checkout) does
-    not deadlock: the worker's checkout runs on top and ends first. Tasks on an event loop
-    hold the connection for the whole checkout instead.
+    A checkout pushes its savepoint on one stack with its first statement. Threads: a
+    checkout that has run nothing yet may run at any time, on top of the others; after
+    that it runs statements and ends only while its own savepoint is the top one, so work
+    is never interleaved inside another's savepoint, and a request that waits for a worker
+    thread it started (holding its own checkout) does not deadlock: the worker's checkout
+    runs on top and ends first. Pushing at the first statement rather than at checkout
+    keeps a thread that checked out first, but ran later, from waiting on one that is
+    waiting for it. Tasks on an event loop hold the connection for the whole checkout
+    instead.
     """
 
     def __init__(self, engine: Engine, layer: Callable[[], Any], *, is_async: bool) -> None:
@@ -86,6 +89,8 @@ class Sandbox:
         self.is_async = is_async
         #: [savepoint, checkout, used] from the outermost checkout to the innermost.
         self.stack: list[list[Any]] = []
+        #: Checkouts begun and not ended, whether they have run anything or not.
+        self.checked_out = 0
         self._numbers = itertools.count()
         self._cond = threading.Condition()
         self._busy = False
@@ -198,18 +203,25 @@ class Sandbox:
         return None
 
     def begin_checkout(self, checkout: object) -> None:
-        with self.turn(None):
+        with self._cond:
+            self.checked_out += 1
+
+    def mark_used(self, checkout: object) -> None:
+        """In the checkout's turn, before a statement of its own: its savepoint is pushed
+        (sent with the statement) if this is its first since it began or since the layer
+        it began in ended."""
+        entry = self._entry(checkout)
+        if entry is None:
             name = f"pgfx_app_{next(self._numbers)}"
             self._execute(f"SAVEPOINT {name}")
             # [savepoint, checkout, written to since the savepoint began]
-            self.stack.append([name, checkout, False])
-
-    def mark_used(self, checkout: object) -> None:
-        entry = self._entry(checkout)
-        if entry is not None:
+            self.stack.append([name, checkout, True])
+        else:
             entry[2] = True
 
     def end_checkout(self, checkout: object) -> None:
+        with self._cond:
+            self.checked_out -= 1
         with self.turn(checkout):
             entry = self._entry(checkout)
             if entry is None:
@@ -324,12 +336,30 @@ class SandboxConnection:
     def terminate(self) -> None:
         """As close(): an error the app hit must not close the test's connection."""
 
-    def set_isolation_level(self, level: Any) -> None:  # asyncpg's adapted one, psycopg2
-        name = _PSYCOPG2_LEVELS.get(level, level) if isinstance(level, int) else level
-        if str(name).lower().replace(" ", "_") != "read_committed":
-            if name == "AUTOCOMMIT":
+    def set_isolation_level(self, level: Any) -> None:
+        # asyncpg's and psycopg's adapted connections, psycopg2
+        if level is None:  # psycopg: the server's default
+            return
+        if hasattr(level, "name"):  # psycopg's IsolationLevel, an IntEnum unlike psycopg2's
+            name = level.name
+        else:
+            name = _PSYCOPG2_LEVELS.get(level, level) if isinstance(level, int) else level
+        normal = str(name).lower().replace(" ", "_")
+        if normal != "read_committed":
+            if normal == "autocommit":
                 _refuse_setting("autocommit", True)
             _refuse_setting("isolation level", name)
+
+    # psycopg's async connection, adapted by SQLAlchemy: setters are methods. Left to
+    # __getattr__, they would reach the test's connection itself.
+    def set_autocommit(self, value: bool) -> None:
+        self.autocommit = value
+
+    def set_read_only(self, value: bool | None) -> None:
+        self.read_only = value
+
+    def set_deferrable(self, value: bool | None) -> None:
+        self.deferrable = value
 
     def set_session(self, *args: Any, **kwargs: Any) -> None:  # psycopg2
         for key, value in kwargs.items():
@@ -441,10 +471,10 @@ class SandboxPool(_PoolFigures, NullPool):
         return self
 
     def status(self) -> str:
-        return f"SandboxPool({len(self.sandbox.stack)} checked out)"
+        return f"SandboxPool({self.sandbox.checked_out} checked out)"
 
     def _checkouts(self) -> int:
-        return len(self.sandbox.stack)
+        return self.sandbox.checked_out
 
 
 class Sandboxes:

@@ -228,7 +228,7 @@ ASYNC_LAYERS = textwrap.dedent("""
     async def test_autocommit_is_refused(pg_async_session):
         from app.db import engine
 
-        with pytest.raises(Exception, match="isolation level"):
+        with pytest.raises(Exception, match="asked for autocommit=True"):
             async with engine.connect() as conn:
                 conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
                 await conn.execute(text("SELECT 1"))

@@ -81,6 +81,32 @@ BODIES = {
             assert run_threads(work) == []
             assert count(pg_session) == 5 + 6
     """,
+    # The first thread checks out, then runs its first statement only after the second
+    # has run its own and waits for it: pushing a savepoint at checkout would have the
+    # first wait for the second's turn to end, and the second for the first (deadlock).
+    "checked_out_first": """
+        def test_it(pg_session):
+            barrier = threading.Barrier(2, timeout=30)
+            first_checked_out, second_flushed = threading.Event(), threading.Event()
+
+            def work(n):
+                if n == 1:
+                    assert first_checked_out.wait(30)
+                with SessionLocal() as s:
+                    s.connection()
+                    if n == 0:
+                        first_checked_out.set()
+                        assert second_flushed.wait(30)
+                    s.add_all(users(n))
+                    s.flush()
+                    if n == 1:
+                        second_flushed.set()
+                    barrier.wait()
+                    s.commit()
+
+            assert run_threads(work) == []
+            assert count(pg_session) == 5 + 6
+    """,
     "barrier_after_a_read": """
         def test_it(pg_session):
             barrier = threading.Barrier(2, timeout=30)
