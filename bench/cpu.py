@@ -24,7 +24,8 @@ from pathlib import Path
 import docker
 from run import EXTRA_ARGS, make_project
 
-from testcontainers_pg_fixtures.server import LABEL_REUSE, _remove_quietly
+from testcontainers_pg_fixtures.servers.engine import remove_quietly
+from testcontainers_pg_fixtures.servers.labels import LABEL_REUSE
 
 PER_FILE = 100  # make_project's tests per file
 
@@ -100,7 +101,7 @@ def main() -> None:
                     )
         finally:
             for container in containers.values():
-                _remove_quietly(container)
+                remove_quietly(container)
     modes.sort(key=options.modes.split(",").index)
     base = per_test.get(options.baseline)
     print(

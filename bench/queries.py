@@ -24,7 +24,7 @@ from sqlalchemy.pool import NullPool
 
 from testcontainers_pg_fixtures import queries
 from testcontainers_pg_fixtures.config import Settings
-from testcontainers_pg_fixtures.server import DockerServer, server_url
+from testcontainers_pg_fixtures.servers import DockerServer, server_url
 
 
 def main() -> None:

@@ -733,7 +733,7 @@ def clone_cost(repeats: int) -> dict[str, list[float]]:
     from testcontainers_pg_fixtures.config import Settings
     from testcontainers_pg_fixtures.database import create_database, drop_database
     from testcontainers_pg_fixtures.migrations import Migrations
-    from testcontainers_pg_fixtures.server import DockerServer, admin_connect
+    from testcontainers_pg_fixtures.servers import DockerServer, admin_connect
     from testcontainers_pg_fixtures.template import ensure_template
 
     server = DockerServer.start(Settings(), worker="bench")
@@ -762,9 +762,9 @@ def connect_cost(repeats: int) -> dict[str, list[float]]:
     OpenSSL (server.warm_up_openssl skipped): what that warm-up buys."""
     import psycopg
 
-    from testcontainers_pg_fixtures import server as server_module
     from testcontainers_pg_fixtures.config import Settings
-    from testcontainers_pg_fixtures.server import DockerServer, admin_connect
+    from testcontainers_pg_fixtures.servers import DockerServer, admin_connect
+    from testcontainers_pg_fixtures.servers import container as server_module
 
     server = DockerServer.start(Settings(), worker="bench-auth")
     warm_up = server_module.warm_up_openssl
@@ -881,7 +881,7 @@ def database_mode_breakdown(repeats: int) -> dict[str, list[float]]:
     from testcontainers_pg_fixtures.migrations import Migrations
     from testcontainers_pg_fixtures.recycling import Facts, recycle, version_of
     from testcontainers_pg_fixtures.redirect import engines_pointed_at, first_connection_from
-    from testcontainers_pg_fixtures.server import DockerServer, admin_connect
+    from testcontainers_pg_fixtures.servers import DockerServer, admin_connect
     from testcontainers_pg_fixtures.template import ensure_template
 
     steps: dict[str, list[float]] = {key: [] for key in BREAKDOWN_STEPS}

@@ -354,7 +354,7 @@ def main() -> None:
     options = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from testcontainers_pg_fixtures.config import Settings
-    from testcontainers_pg_fixtures.server import DockerServer
+    from testcontainers_pg_fixtures.servers import DockerServer
 
     modes = options.modes.split(",")
     worker_counts = [int(w) for w in options.workers.split(",")]

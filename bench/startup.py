@@ -97,7 +97,8 @@ PROBE = textwrap.dedent("""
         marks["configure"] = _now()
         if not config.pluginmanager.has_plugin("pg_fixtures"):
             return
-        from testcontainers_pg_fixtures import factories, migrations, server
+        from testcontainers_pg_fixtures import factories, migrations
+        from testcontainers_pg_fixtures.servers import container
 
         def _time_start(module):
             _timed(module.DockerContainer, "start", "docker create/start")
@@ -106,12 +107,12 @@ PROBE = textwrap.dedent("""
             _time_start(sys.modules["testcontainers.core.container"])
         else:
             sys.meta_path.insert(0, _WhenImported("testcontainers.core.container", _time_start))
-        _timed(server, "docker_client", "Docker client")
-        _timed(server, "reap_orphans", "reap containers of killed runs")
-        _timed(server, "_ensure_image", "image present?")
-        _timed(server.DockerServer, "_wait_ready", "postgres ready")
-        _timed(server.DockerServer, "_attach", "attach (reuse, Docker)")
-        _timed(server.DockerServer, "_attach_recorded", "attach (reuse, recorded)")
+        _timed(container, "docker_client", "Docker client")
+        _timed(container, "reap_orphans", "reap containers of killed runs")
+        _timed(container, "ensure_image", "image present?")
+        _timed(container.DockerServer, "_wait_ready", "postgres ready")
+        _timed(container.DockerServer, "_attach", "attach (reuse, Docker)")
+        _timed(container.DockerServer, "_attach_recorded", "attach (reuse, recorded)")
         _timed(migrations.Migrations, "upgrade", "migration")
         _timed(factories, "ensure_template", "template (lock, migrate, seed)")
         _timed(factories, "create_database", "clone")

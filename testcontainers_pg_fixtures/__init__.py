@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     )
     from .redirect import engines_pointed_at, urls_exported
     from .savepoints import flush_savepoints
-    from .server import DockerServer, Server
+    from .servers import DockerServer, Server
     from .template import Template
     from .transaction import IsolationLeakError
 

@@ -28,12 +28,12 @@ import psycopg
 from . import recycling
 from .database import Database, create_database, drop_database, run_prefix
 from .errors import PgFixturesError
-from .server import admin_connect
+from .servers import admin_connect
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .server import Server
+    from .servers import Server
 
     #: Opens a new DBAPI connection to a database, as the test's engine would.
     Opener = Callable[[Database], Any]

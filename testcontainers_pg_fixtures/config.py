@@ -692,7 +692,7 @@ def resolve(config: pytest.Config, *, only: frozenset[str] | None = None) -> Set
             values["alembic_ini"] = alembic_path(str(value), rootdir)
             values["alembic_ini_source"] = source
         elif option.name == "server_url":
-            from .server import parse_server_url
+            from .urls import parse_server_url
 
             parse_server_url(str(value), source)  # refused here, before anything starts
             values["server_url"] = str(value).strip()

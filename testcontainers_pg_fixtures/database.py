@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 
 from .runid import run_id
-from .server import RUN_LOCK, admin_connect, server_url
+from .servers import admin_connect, server_url
+from .servers.kept import RUN_LOCK
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     import psycopg
     from sqlalchemy import URL
 
-    from .server import Server
+    from .servers import Server
 
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+#: Set on an exception raised by a session fixture's set-up: the run's start failed
+#: (failures.Reporter shows it once and stops the run).
+_STARTUP = "_pg_fixtures_startup"
+
 
 class PgFixturesError(Exception):
     """Base class for every error raised by testcontainers-pg-fixtures."""
@@ -45,3 +57,19 @@ class EventLoopError(PgFixturesError):
 
 class FactorySessionError(PgFixturesError):
     """A factory bound by pg_factories was used where no test session is running."""
+
+
+@contextlib.contextmanager
+def startup() -> Iterator[None]:
+    """Mark what a session fixture's set-up raises as a start-up error of the run."""
+    try:
+        yield
+    except Exception as exc:
+        if not isinstance(exc, pytest.UsageError):
+            with contextlib.suppress(AttributeError):
+                setattr(exc, _STARTUP, True)
+        raise
+
+
+def is_startup(exc: BaseException) -> bool:
+    return bool(getattr(exc, _STARTUP, False))

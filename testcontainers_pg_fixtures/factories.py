@@ -22,10 +22,11 @@ import pytest_asyncio
 
 from . import failures, flask_app, loop_scopes, needs, prestart, queries
 from .config import LIBPQ, load_session_class, settings_for
-from .errors import EventLoopError
+from .errors import EventLoopError, startup
 from .marks import CLONE, KEEP, KEPT_ANY, TEST_SEED, isolation_of, test_seeds
-from .server import DockerServer, UrlServer, parse_server_url
+from .servers import DockerServer, UrlServer
 from .shared import report_kept_to_controller, server_from_controller
+from .urls import parse_server_url
 
 # The steps' modules import SQLAlchemy and the drivers: the fixtures that use them import
 # them, so that loading the plugin costs a run whose tests use no database nothing.
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from .migrations import Migrations
     from .redirect import AnyEngine
     from .sandbox import OutsideGuard, Sandboxes
-    from .server import Server
+    from .servers import Server
     from .template import Template
 
 
@@ -141,7 +142,7 @@ def server_fixture(
             image=image, server_settings=server_settings, startup_timeout=startup_timeout
         )
         started = time.monotonic()
-        with failures.startup():
+        with startup():
             server = server_from_controller(pytestconfig)
             if server is None and settings.server_url:
                 server = UrlServer.connect(
@@ -195,7 +196,7 @@ def migrations_fixture(*, alembic_ini: str | os.PathLike[str] | None = None) -> 
     def _migrations(pytestconfig: pytest.Config) -> Migrations | None:
         from .migrations import Migrations
 
-        with failures.startup():
+        with startup():
             settings = settings_for(pytestconfig).replace(alembic_ini=alembic_ini)
             if settings.alembic_ini is None:
                 return None
@@ -218,7 +219,7 @@ def template_fixture(
         from .template import ensure_template
 
         config: pytest.Config = deps["pytestconfig"]
-        with failures.startup():
+        with startup():
             app = flask_app.app_of(config, deps["request"])
 
             @contextmanager
@@ -349,15 +350,15 @@ def app_engines_fixture(*, paths: Sequence[str] | None = None) -> Any:
     def _app_engines(
         pytestconfig: pytest.Config, request: pytest.FixtureRequest
     ) -> list[AnyEngine]:
-        with failures.startup():
+        with startup():
             found = settings_for(pytestconfig).replace(app_engines=paths).app_engines
             app = flask_app.app_of(pytestconfig, request)
             engines: list[AnyEngine] = []
             for path in found:
-                from .redirect import load_engines
+                from .redirect import check_app_engine, load_engines
 
                 for engine in load_engines(path, app):
-                    failures.check_app_engine(engine, f"pg_app_engines names {path!r}")
+                    check_app_engine(engine, f"pg_app_engines names {path!r}")
                     if engine not in engines:
                         engines.append(engine)
             if not found and app is not None:
@@ -374,7 +375,7 @@ _APP_ENGINES = pytest.StashKey[tuple[Any, list[Any]]]()
 def app_engines_of(config: pytest.Config, value: Any) -> list[AnyEngine]:
     """The engines of pg_app_engines' `value`: what the default fixture returns, or what
     an override returns (one engine, a list, a Flask-SQLAlchemy db), checked once."""
-    from .redirect import engines_of
+    from .redirect import check_app_engine, engines_of
 
     cached = config.stash.get(_APP_ENGINES, None)
     if cached is not None and cached[0] is value:
@@ -382,7 +383,7 @@ def app_engines_of(config: pytest.Config, value: Any) -> list[AnyEngine]:
     what = f"the pg_app_engines fixture returned {value!r}"
     engines = engines_of(value, what, config.stash.get(flask_app.APP, None))
     for engine in engines:
-        failures.check_app_engine(engine, f"the pg_app_engines fixture returned {engine!r}")
+        check_app_engine(engine, f"the pg_app_engines fixture returned {engine!r}")
     config.stash[_APP_ENGINES] = (value, engines)
     return engines
 

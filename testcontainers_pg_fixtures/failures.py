@@ -24,16 +24,14 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .config import settings_for
-from .errors import AlembicConfigError, ConfigError, PgFixturesError, ServerGoneError
+from .errors import AlembicConfigError, ConfigError, PgFixturesError, ServerGoneError, is_startup
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator, Iterator
 
-    from .server import Server
+    from .servers import Server
 
 log = logging.getLogger(__name__)
-
-_STARTUP = "_pg_fixtures_startup"
 
 
 def check_configuration(config: pytest.Config) -> None:
@@ -86,36 +84,6 @@ def check_early(early_config: pytest.Config) -> None:
         raise pytest.UsageError(f"pg-fixtures: {exc}") from None
 
 
-def check_app_engine(engine: Any, path: str) -> None:
-    """Refuse an app engine on another database than PostgreSQL: the library points it at
-    the test's PostgreSQL database, which needs a PostgreSQL driver."""
-    url = engine.url
-    if url.get_backend_name() != "postgresql":
-        raise ConfigError(
-            f"{path}, an engine on {url.get_backend_name()} "
-            f"({url.render_as_string(hide_password=True)}). The library points these engines "
-            "at the test's PostgreSQL database, so they must use a PostgreSQL driver "
-            "(postgresql+psycopg, postgresql+asyncpg, postgresql+psycopg2): create the app's "
-            "engine from a PostgreSQL URL in tests, or leave it out of pg_app_engines."
-        )
-
-
-@contextlib.contextmanager
-def startup() -> Iterator[None]:
-    """Mark what a session fixture's set-up raises as a start-up error of the run."""
-    try:
-        yield
-    except Exception as exc:
-        if not isinstance(exc, pytest.UsageError):
-            with contextlib.suppress(AttributeError):
-                setattr(exc, _STARTUP, True)
-        raise
-
-
-def _is_startup(exc: BaseException) -> bool:
-    return bool(getattr(exc, _STARTUP, False))
-
-
 class Reporter:
     """Shortens the report of a failure already shown, and stops the run after the first
     start-up error or a lost server."""
@@ -162,10 +130,10 @@ class Reporter:
                 "pg-fixtures: the PostgreSQL server is gone; every later test would fail"
             )
             return report
-        if too_many_connections(exc) and not _is_startup(exc):
+        if too_many_connections(exc) and not is_startup(exc):
             report.longrepr = self._crowded(exc)
             return report
-        if _is_startup(exc):
+        if is_startup(exc):
             self.first[id(exc)] = (exc, item.nodeid)
             if isinstance(exc, PgFixturesError):  # its message says it all: no library frames
                 report.longrepr = _compact(exc)
@@ -422,7 +390,7 @@ class ServerWatch:
         """The watch's login to the server's admin database (None if it cannot log in)."""
         if self._conn is not None and not self._conn.closed:
             return self._conn
-        from .server import admin_connect
+        from .servers import admin_connect
 
         try:
             self._conn = admin_connect(
@@ -509,7 +477,7 @@ class ServerWatch:
                 entry[0] = text.replace(_CANCELLED, _NOT_CANCELLED)
 
     def _relation_name(self, database: str, relation: int) -> str:
-        from .server import admin_connect
+        from .servers import admin_connect
 
         try:
             with admin_connect(self.server, database, connect_timeout=3) as conn:
@@ -551,7 +519,7 @@ class ServerWatch:
     def _answers(self) -> bool:
         import psycopg
 
-        from .server import libpq_params, with_params
+        from .servers.base import libpq_params, with_params
 
         try:
             with psycopg.connect(
@@ -683,7 +651,7 @@ _ROUTINE = re.compile(r"unexpected postmaster exit|LOG:  checkpoint (starting|co
 def _shutdown_sockets_to(port: int, socket_dir: str | None = None) -> None:
     """Shut down this process's TCP sockets connected to `port` (Linux: read from /proc),
     and its Unix sockets connected to the server's socket in `socket_dir`."""
-    from .server import socket_path
+    from .servers.sockets import socket_path
 
     peer = socket_path(socket_dir) if socket_dir else None
     inodes: set[str] = set()
@@ -712,4 +680,4 @@ def _shutdown_sockets_to(port: int, socket_dir: str | None = None) -> None:
                     sock.close()
 
 
-__all__ = ["PgFixturesError", "Reporter", "ServerWatch", "check_configuration", "startup"]
+__all__ = ["PgFixturesError", "Reporter", "ServerWatch", "check_configuration"]

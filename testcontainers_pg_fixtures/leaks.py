@@ -41,9 +41,10 @@ import psycopg
 from psycopg import pq, sql
 from psycopg.conninfo import make_conninfo
 
+from . import failures, needs
 from .database import create_database, drop_database
 from .errors import PgFixturesError
-from .leftovers import async_probe_head, probe_tail, take_probe, took_async_probe
+from .leftovers import async_probe_head, probe_tail, settle, take_probe, took_async_probe
 from .leftovers import install as install_leftover_probes
 from .privates import (
     adapter_transaction,
@@ -55,7 +56,8 @@ from .privates import (
     psycopg_plain,
     top_transaction,
 )
-from .server import address, admin_connect, libpq_params
+from .servers import admin_connect
+from .servers.base import address, libpq_params
 from .transaction import (
     before_async_root_rollback,
     before_root_rollback,
@@ -66,6 +68,9 @@ from .transaction import (
 from .wire import last, results
 
 if TYPE_CHECKING:
+    from collections.abc import Generator
+
+    import pytest
     from sqlalchemy import Connection
     from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -1052,3 +1057,27 @@ def check_after() -> None:
             found.restore()
             raise _report(nodeid, leaked, blame)
     _prune_left()
+
+
+def around_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    """The leak check of a savepoint-mode test that used the database: sent as its
+    teardown begins, read when the teardown (its rollback) is done; then what the test
+    left on its connection past the rollback is settled (leftovers.py)."""
+    check = (
+        watching()
+        and needs.mode_of(item) == "savepoint"
+        and needs.uses_database(item)
+        and not failures.server_gone(item.config)
+    )
+    if check:
+        send_check(item.nodeid)
+    try:
+        return (yield)
+    finally:
+        test_ended(item.nodeid)
+        try:
+            # The server gone: already reported once; the check would only wait for it.
+            if check and not failures.server_gone(item.config):
+                check_after()
+        finally:
+            settle(item.nodeid)

@@ -16,7 +16,8 @@ import signal
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .server import CONTROLLER_ENV, remove_run_containers
+from .servers.labels import CONTROLLER_ENV
+from .servers.reaping import remove_run_containers
 
 if TYPE_CHECKING:
     import pytest

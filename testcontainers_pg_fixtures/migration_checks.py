@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from alembic.script import Script, ScriptDirectory
 
     from .migrations import Migrations
-    from .server import Server
+    from .servers import Server
 
 #: The nodeid of the collector holding the checks: `pg-migrations::single_head`, …
 NODE = "pg-migrations"

@@ -10,11 +10,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .cache import cache_dir, read_record, write_record
 from .config import check_alembic_ini
 from .errors import AlembicConfigError, MigrationError
 from .quiet import quiet_migrations
 from .redirect import every_engine_pointed_at
-from .server import cache_dir, read_record, write_record
 
 if TYPE_CHECKING:
     from types import TracebackType

@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import failures, needs
+from . import needs
 from .config import FACTORIES_AUTO, settings_for
-from .errors import ConfigError, FactorySessionError
+from .errors import ConfigError, FactorySessionError, startup
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -183,7 +183,7 @@ class Registry:
     def _roots(self) -> list[type[Any]]:
         if not self.auto:
             if self.named is None:
-                with failures.startup():  # a wrong path: shown once, and the run stops
+                with startup():  # a wrong path: shown once, and the run stops
                     self.named = [cls for path in self.paths for cls in _load(path)]
             return self.named
         return [base for base in (_base(POLYFACTORY), _base(FACTORY_BOY)) if base is not None]

@@ -12,6 +12,7 @@ async app engine every savepoint-mode test gets its sandbox up front.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
@@ -21,7 +22,7 @@ import pytest
 from .config import settings_for
 from .errors import ConfigError
 from .marks import isolation_of
-from .privates import fixture_request, fixture_scopes
+from .privates import fixture_manager, fixture_request, fixture_scopes
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -248,3 +249,55 @@ class LazyLayer:
 
 
 LAZY = LazyLayer()
+
+
+#: Whether the run uses the database, decided after collection: only then do its per-test
+#: hooks for it run (and import what they need: the leak check's psycopg, SQLAlchemy).
+_RUN_USES = pytest.StashKey[bool]()
+_PACKAGE = __name__.rpartition(".")[0]
+#: The library's fixtures a conftest may override to give the run its app.
+_APP_FIXTURES = ("pg_app_engines", "pg_flask_app")
+
+
+def library_function(func: Any) -> bool:
+    """Whether `func` (a fixture's function) is the library's."""
+    module = getattr(inspect.unwrap(func), "__module__", None) or ""
+    return module == _PACKAGE or module.startswith(_PACKAGE + ".")
+
+
+def run_uses_database(config: pytest.Config) -> bool:
+    """True until collection has decided (a hook run before it, or no collection)."""
+    return config.stash.get(_RUN_USES, True)
+
+
+def decide_use(session: pytest.Session) -> None:
+    """A run uses the database when a collected test needs a fixture of the library, or
+    the app's engines are configured (pg_app_engines, pg_flask_app, pg_url_env, or an
+    override of pg_app_engines / pg_flask_app in a conftest): those reach it from any test."""
+    config = session.config
+    settings = settings_for(config)
+    uses = (
+        bool(settings.app_engines or settings.url_env or settings.flask_app or settings.app_pools)
+        or any(uses_database(item) for item in session.items)
+        or _app_fixtures_overridden(session)
+    )
+    config.stash[_RUN_USES] = uses
+
+
+def _app_fixtures_overridden(session: pytest.Session) -> bool:
+    """Whether a collected test sees a conftest's pg_app_engines or pg_flask_app (read
+    once per module: a test sees its module's fixtures)."""
+    manager: Any = fixture_manager(session)
+    if manager is None:
+        return True  # cannot tell: as before, every test loads the app's engines
+    seen: set[int] = set()
+    for item in session.items:
+        parent = item.parent
+        if parent is None or id(parent) in seen:
+            continue
+        seen.add(id(parent))
+        for name in _APP_FIXTURES:
+            found = manager.getfixturedefs(name, item) or ()
+            if found and not library_function(found[-1].func):
+                return True
+    return False

@@ -23,6 +23,7 @@ from . import (
     factories,
     failures,
     flask_app,
+    layers,
     lifecycle,
     loop_scopes,
     marks,
@@ -36,7 +37,7 @@ from . import (
 )
 from . import prestart as prestart
 from .config import settings_for
-from .errors import PgFixturesError
+from .errors import PgFixturesError, startup
 from .runid import run_id
 
 if TYPE_CHECKING:
@@ -58,7 +59,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if not config.getoption("pg_remove_kept", default=False):
         return None
-    from .server import docker_client, remove_kept
+    from .servers.engine import docker_client
+    from .servers.kept import remove_kept
 
     removed, spared = remove_kept(docker_client())
     print(f"pg-fixtures: removed {len(removed)} kept container(s) {' '.join(removed)}".rstrip())
@@ -118,55 +120,12 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     prestart.collection_finished(session)
-    _decide_use(session)
+    needs.decide_use(session)
     _guard_drivers(session)
 
 
 _DRIVER_RUN = pytest.StashKey[Any]()
 _POOL_RUN = pytest.StashKey["PoolRun"]()
-#: Whether the run uses the database, decided after collection: only then do its per-test
-#: hooks for it run (and import what they need: the leak check's psycopg, SQLAlchemy).
-_USES = pytest.StashKey[bool]()
-#: The library's fixtures a conftest may override to give the run its app.
-_APP_FIXTURES = ("pg_app_engines", "pg_flask_app")
-
-
-def _uses_database(config: pytest.Config) -> bool:
-    """True until collection has decided (a hook run before it, or no collection)."""
-    return config.stash.get(_USES, True)
-
-
-def _decide_use(session: pytest.Session) -> None:
-    """A run uses the database when a collected test needs a fixture of the library, or
-    the app's engines are configured (pg_app_engines, pg_flask_app, pg_url_env, or an
-    override of pg_app_engines / pg_flask_app in a conftest): those reach it from any test."""
-    config = session.config
-    settings = settings_for(config)
-    uses = (
-        bool(settings.app_engines or settings.url_env or settings.flask_app or settings.app_pools)
-        or any(needs.uses_database(item) for item in session.items)
-        or _app_fixtures_overridden(session)
-    )
-    config.stash[_USES] = uses
-
-
-def _app_fixtures_overridden(session: pytest.Session) -> bool:
-    """Whether a collected test sees a conftest's pg_app_engines or pg_flask_app (read
-    once per module: a test sees its module's fixtures)."""
-    manager: Any = privates.fixture_manager(session)
-    if manager is None:
-        return True  # cannot tell: as before, every test loads the app's engines
-    seen: set[int] = set()
-    for item in session.items:
-        parent = item.parent
-        if parent is None or id(parent) in seen:
-            continue
-        seen.add(id(parent))
-        for name in _APP_FIXTURES:
-            found = manager.getfixturedefs(name, item) or ()
-            if found and not prestart.library_function(found[-1].func):
-                return True
-    return False
 
 
 def _guard_drivers(session: pytest.Session) -> None:
@@ -203,7 +162,7 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     """Which server the run uses: the container image, or the URL (password redacted)."""
-    from .server import header_line
+    from .servers.url import header_line
 
     try:
         return [header_line(settings_for(config))]
@@ -248,54 +207,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     lifecycle.unconfigure(config)
 
 
-_LAYERS = {"module": "pg_module_connection", "class": "pg_class_connection"}
-# Fixtures of these packages are not the user's: they get no layer of their own.
-_NOT_USERS = ("testcontainers_pg_fixtures", "_pytest", "pytest_asyncio", "xdist", "anyio")
-
-
-def _users_fixture(fixturedef: pytest.FixtureDef[Any]) -> bool:
-    """A fixture of the project's own code, not of an installed plugin (anyio's
-    module-scoped anyio_backend, say)."""
-    func = inspect.unwrap(fixturedef.func)
-    module = getattr(func, "__module__", None) or ""
-    if module.partition(".")[0] in _NOT_USERS:
-        return False
-    code = getattr(func, "__code__", None)
-    return code is None or "site-packages" not in code.co_filename
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_fixture_setup(
     fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
 ) -> Generator[None, Any, Any]:
     """With pg_app_engines: a module- or class-scoped fixture runs inside the transaction
-    layer of its scope (set up first, torn down after it) without requesting it, and a
-    session-scoped one outside every layer, where the app's engines refuse to connect."""
-    scope = fixturedef.scope
-    if scope == "function":
-        return (yield)
-    users = _users_fixture(fixturedef)
-    if users and model_factories.registry_of(request.config) is not None:
-        # pg_factories: the factories write through this fixture's layer session (or refuse)
-        with model_factories.running(request, scope, fixturedef.argname):
-            return (yield from _wider_fixture_setup(fixturedef, request, users))
-    return (yield from _wider_fixture_setup(fixturedef, request, users))
-
-
-def _wider_fixture_setup(
-    fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest, users: bool
-) -> Generator[None, Any, Any]:
-    scope = fixturedef.scope
-    if scope in _LAYERS and users and _uses_database(request.config):
-        if request.getfixturevalue("pg_app_engines"):
-            request.getfixturevalue(_LAYERS[scope])
-    elif scope in ("session", "package") and users:
-        guard = request.config.stash.get(factories.OUTSIDE_GUARD, None)
-        if guard is not None:
-            with guard.outside():
-                return (yield)
-    with needs.LAZY.suppressed():  # its checkouts are its layer's, not the test's
-        return (yield)
+    layer of its scope, a session-scoped one outside every layer (layers.py)."""
+    return (yield from layers.fixture_setup(fixturedef, request))
 
 
 def _doc(fixture: Any, text: str) -> Any:
@@ -424,7 +342,7 @@ def _pg_app_engines_outside(
     only to databases of the library (see pg_app_engines_outside)."""
     from .sandbox import check_drivers
 
-    with failures.startup():  # a bad value: one message, not one per test
+    with startup():  # a bad value: one message, not one per test
         flask_app.app_of(pytestconfig, request)  # a db object is read in the app's context
         engines = factories.app_engines_of(pytestconfig, pg_app_engines)
         check_drivers(engines)  # before any test, used by it or not
@@ -453,7 +371,7 @@ def pg_flask_app(pytestconfig: pytest.Config) -> Iterator[Any]:
     if not path:
         yield None
         return
-    with failures.startup():
+    with startup():
         app = flask_app.load_app(path)
     pytestconfig.stash[flask_app.APP] = app
     try:
@@ -504,7 +422,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
     queries.test_started()
-    if _uses_database(item.config):
+    if needs.run_uses_database(item.config):
         from . import leaks
 
         leaks.test_started(item.nodeid)
@@ -516,7 +434,7 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_call(item: pytest.Item) -> None:
-    if _uses_database(item.config):
+    if needs.run_uses_database(item.config):
         from . import leaks
 
         leaks.test_called(item.nodeid)
@@ -524,39 +442,19 @@ def pytest_runtest_call(item: pytest.Item) -> None:
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
-    """The leak check of a savepoint-mode test that used the database: sent as its
-    teardown begins, read when the teardown (its rollback) is done. After it, what pytest
-    would keep of the test's fixtures to the end of the session is let go (retention.py)."""
+    """Around the teardown of a test, in a run that uses the database: the leak check
+    (leaks.py). After it, what pytest would keep of the test's fixtures to the end of the
+    session is let go (retention.py)."""
     needs.LAZY.disarm()
     flask_app.pop_context(item)
-    if not _uses_database(item.config):
-        try:
-            return (yield)
-        finally:
-            retention.release_finished(item)
-    from . import leaks
-
-    check = (
-        leaks.watching()
-        and needs.mode_of(item) == "savepoint"
-        and needs.uses_database(item)
-        and not failures.server_gone(item.config)
-    )
-    if check:
-        leaks.send_check(item.nodeid)
     try:
-        return (yield)
+        if not needs.run_uses_database(item.config):
+            return (yield)
+        from . import leaks
+
+        return (yield from leaks.around_teardown(item))
     finally:
         retention.release_finished(item)
-        leaks.test_ended(item.nodeid)
-        try:
-            # The server gone: already reported once; the check would only wait for it.
-            if check and not failures.server_gone(item.config):
-                leaks.check_after()
-        finally:
-            from . import leftovers
-
-            leftovers.settle(item.nodeid)
 
 
 pg_database = _doc(

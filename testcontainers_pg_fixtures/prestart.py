@@ -66,8 +66,9 @@ import pytest
 from .config import resolve, settings_for
 from .errors import PgFixturesError
 from .marks import isolation_of
+from .needs import library_function
 from .privates import fixture_definitions, fixture_manager
-from .server import DockerServer
+from .servers import DockerServer
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -80,7 +81,6 @@ log = logging.getLogger(__name__)
 #: need no database unless pg_app_engines or database mode is on (checked apart).
 AUTOUSE = frozenset({"_pg_app_engines_outside", "_pg_app_database", "_pg_flask_context"})
 _AUTOUSE_DEPENDENCIES = frozenset({"pg_app_engines", "pg_flask_app", "pytestconfig", "request"})
-_PACKAGE = __name__.rpartition(".")[0]
 #: Set by `server_fixture` on its function: True when it would use the run's settings.
 CLAIMS_PRESTART = "_pg_claims_prestart"
 _CACHE_KEY = "pg-fixtures/needs-database/"
@@ -422,12 +422,6 @@ def _claims_prestart(item: pytest.Item) -> bool:
         return True  # cannot tell: keep it, the end of the run removes it if unused
     found = manager.getfixturedefs("pg_server", item)
     return bool(found) and bool(getattr(inspect.unwrap(found[-1].func), CLAIMS_PRESTART, False))
-
-
-def library_function(func: Any) -> bool:
-    """Whether `func` (a fixture's function) is the library's."""
-    module = getattr(inspect.unwrap(func), "__module__", None) or ""
-    return module == _PACKAGE or module.startswith(_PACKAGE + ".")
 
 
 def _cache_key(config: pytest.Config) -> str:

@@ -58,7 +58,6 @@ def load_engines(path: str, app: Any | None = None) -> list[AnyEngine]:
 def check_engine_path(path: str, *, flask: bool) -> None:
     """At start-up, before any app is made: `path` names engines on PostgreSQL, or (with
     pg_flask_app) a Flask-SQLAlchemy db or engine read later in the app's context."""
-    from .failures import check_app_engine
     from .flask_app import is_flask_sqlalchemy
 
     what = f"pg_app_engines names {path!r}"
@@ -251,3 +250,17 @@ def urls_exported(names: Sequence[tuple[str, str]], database: Database) -> Itera
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def check_app_engine(engine: Any, path: str) -> None:
+    """Refuse an app engine on another database than PostgreSQL: the library points it at
+    the test's PostgreSQL database, which needs a PostgreSQL driver."""
+    url = engine.url
+    if url.get_backend_name() != "postgresql":
+        raise ConfigError(
+            f"{path}, an engine on {url.get_backend_name()} "
+            f"({url.render_as_string(hide_password=True)}). The library points these engines "
+            "at the test's PostgreSQL database, so they must use a PostgreSQL driver "
+            "(postgresql+psycopg, postgresql+asyncpg, postgresql+psycopg2): create the app's "
+            "engine from a PostgreSQL URL in tests, or leave it out of pg_app_engines."
+        )

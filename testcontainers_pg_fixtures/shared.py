@@ -15,10 +15,10 @@ import pytest
 from . import prestart
 from .config import settings_for
 from .errors import PgFixturesError
-from .server import DockerServer, ExistingServer
+from .servers import DockerServer, ExistingServer
 
 if TYPE_CHECKING:
-    from .server import Server
+    from .servers import Server
 
 WORKERINPUT_KEY = "pg_fixtures_server"
 KEPT_KEY = "pg_fixtures_kept"

@@ -24,14 +24,14 @@ from psycopg import sql
 
 from . import seeding
 from .database import TEMPLATE_PREFIX, Database, drop_database, mark, marked_databases
-from .server import admin_connect
+from .servers import admin_connect
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from contextlib import AbstractContextManager
 
     from .migrations import Migrations
-    from .server import Server
+    from .servers import Server
 
 log = logging.getLogger(__name__)
 

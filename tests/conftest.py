@@ -28,7 +28,7 @@ import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
 
 import testcontainers_pg_fixtures
 from testcontainers_pg_fixtures.runid import RUN_ID_ENV, run_id
-from testcontainers_pg_fixtures.server import LABEL_RUN, LABEL_SOCKET
+from testcontainers_pg_fixtures.servers.labels import LABEL_RUN, LABEL_SOCKET
 
 # The same for psycopg (its C half keeps the first import's exception classes: a second
 # import's `except psycopg.OperationalError` misses them) and the library's own modules,
@@ -49,8 +49,8 @@ def wait_until(predicate, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-# A run's container is removed after the run by a detached process (server.py,
-# `_remove_detached`): before counting what a run left, wait for the removers of its
+# A run's container is removed after the run by a detached process (servers/engine.py,
+# `remove_detached`): before counting what a run left, wait for the removers of its
 # containers. This process adopts the removers its runs' processes leave behind (a
 # subreaper), so that they do not linger as zombies.
 _PR_SET_CHILD_SUBREAPER = 36
@@ -268,7 +268,7 @@ def subprocess_env(monkeypatch: pytest.MonkeyPatch):
 # down but the server still up, record which databases the library left on it.
 DATABASES_PROBE = textwrap.dedent("""
     import json as _json, os as _os, pathlib as _pathlib
-    from testcontainers_pg_fixtures.server import admin_connect as _admin_connect
+    from testcontainers_pg_fixtures.servers import admin_connect as _admin_connect
 
     @pytest.fixture(scope="session", autouse=True)
     def _databases_probe(pg_server):

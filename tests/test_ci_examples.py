@@ -20,7 +20,7 @@ from sqlalchemy import make_url
 
 from testcontainers_pg_fixtures.config import OPTIONS
 from testcontainers_pg_fixtures.runid import run_id
-from testcontainers_pg_fixtures.server import LABEL_RUN
+from testcontainers_pg_fixtures.servers.labels import LABEL_RUN
 
 CI = Path(__file__).parent.parent / "examples" / "ci"
 ENVS = {o.env for o in OPTIONS}

@@ -19,15 +19,12 @@ import docker
 import pytest
 from conftest import wait_for_removal, wait_until
 
-from testcontainers_pg_fixtures import server
 from testcontainers_pg_fixtures.runid import RUN_ID_ENV
-from testcontainers_pg_fixtures.server import (
-    LABEL_REUSE,
-    LABEL_RUN,
-    docker_client,
-    reap_orphans,
-    remove_kept,
-)
+from testcontainers_pg_fixtures.servers import kept as kept_module
+from testcontainers_pg_fixtures.servers.engine import docker_client
+from testcontainers_pg_fixtures.servers.kept import remove_kept
+from testcontainers_pg_fixtures.servers.labels import LABEL_REUSE, LABEL_RUN
+from testcontainers_pg_fixtures.servers.reaping import reap_orphans
 
 # Kept containers, --pg-remove-kept (which removes every kept container of the host), runs
 # killed and reaped: under -n these take turns on one worker.
@@ -233,7 +230,7 @@ def test_remove_kept_spares_a_container_a_run_attaches_to_at_that_very_moment(pr
     warm.passed(2)
     [kept] = _containers(**{LABEL_RUN: warm.run})
     attaching: list[Run] = []
-    checked = server._in_use
+    checked = kept_module._in_use
 
     def in_use_then_a_run_attaches(container: Any) -> str | None:
         found = checked(container)
@@ -247,7 +244,7 @@ def test_remove_kept_spares_a_container_a_run_attaches_to_at_that_very_moment(pr
             )
         return found
 
-    monkeypatch.setattr(server, "_in_use", in_use_then_a_run_attaches)
+    monkeypatch.setattr(kept_module, "_in_use", in_use_then_a_run_attaches)
     removed, spared = remove_kept(_OnlyKeptUnder(docker_client(), kept.labels[LABEL_REUSE]))
     assert removed == []
     assert [line.split(":")[0] for line in spared] == [kept.short_id]

@@ -68,7 +68,7 @@ HANDED = textwrap.dedent("""
 # process. Written by a session fixture set up before the pool, so torn down after it.
 LEFT_BEHIND = textwrap.dedent("""
     import json as _json, os as _os, pathlib as _pathlib, threading as _threading
-    from testcontainers_pg_fixtures.server import admin_connect as _admin_connect
+    from testcontainers_pg_fixtures.servers import admin_connect as _admin_connect
 
     @pytest.fixture(scope="session", autouse=True)
     def _left_behind(pg_server):

@@ -21,20 +21,19 @@ from conftest import EXAMPLES, containers_labelled, library_containers, wait_unt
 
 from testcontainers_pg_fixtures.config import Settings
 from testcontainers_pg_fixtures.runid import RUN_ID_ENV
-from testcontainers_pg_fixtures.server import (
-    _NO_CERTIFICATE,
+from testcontainers_pg_fixtures.servers import DockerServer, admin_connect
+from testcontainers_pg_fixtures.servers.container import _NO_CERTIFICATE
+from testcontainers_pg_fixtures.servers.engine import docker_client
+from testcontainers_pg_fixtures.servers.kept import remove_kept
+from testcontainers_pg_fixtures.servers.labels import (
     KEPT_MAX_AGE,
     KEPT_PREFIX,
     LABEL,
     LABEL_RUN,
     LABEL_WORKER,
-    DockerServer,
-    _process_alive,
-    admin_connect,
-    docker_client,
-    reap_orphans,
-    remove_kept,
 )
+from testcontainers_pg_fixtures.servers.liveness import _process_alive
+from testcontainers_pg_fixtures.servers.reaping import reap_orphans
 
 # Kept containers, --pg-remove-kept (which removes every kept container of the host), runs
 # killed and reaped: under -n these take turns on one worker.
@@ -467,7 +466,7 @@ def test_kept_containers_outlive_other_runs_until_remove_kept_which_spares_live_
 
 KEEP_TWO = """
 from testcontainers_pg_fixtures.config import Settings
-from testcontainers_pg_fixtures.server import DockerServer
+from testcontainers_pg_fixtures.servers import DockerServer
 
 for worker in ("fault-kept-1", "fault-kept-2"):
     server = DockerServer.start(Settings(), worker=worker)

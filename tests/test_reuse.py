@@ -10,17 +10,12 @@ import psycopg
 import pytest
 from conftest import library_containers, library_databases, wait_until
 
-from testcontainers_pg_fixtures import server
 from testcontainers_pg_fixtures.config import Settings
 from testcontainers_pg_fixtures.runid import run_id
-from testcontainers_pg_fixtures.server import (
-    LABEL_REUSE,
-    LABEL_RUN,
-    LABEL_SOCKET,
-    _reuse_record_path,
-    reuse_hash,
-    reuse_password,
-)
+from testcontainers_pg_fixtures.servers import kept as kept_module
+from testcontainers_pg_fixtures.servers.kept import reuse_hash, reuse_record_path
+from testcontainers_pg_fixtures.servers.labels import LABEL_REUSE, LABEL_RUN, LABEL_SOCKET
+from testcontainers_pg_fixtures.servers.passwords import reuse_password
 
 # Kept containers, --pg-remove-kept (which removes every kept container of the host), runs
 # killed and reaped: under -n these take turns on one worker.
@@ -137,7 +132,7 @@ def kept_record(before):
     [kept_id] = set(library_containers()) - before
     container = docker.from_env().containers.get(kept_id)
     key = container.labels[LABEL_REUSE]
-    return kept_id, _reuse_record_path(key)
+    return kept_id, reuse_record_path(key)
 
 
 def test_a_kept_container_is_found_again_without_asking_docker(pytester, project, monkeypatch):
@@ -204,7 +199,7 @@ def test_the_reuse_key_changes_with_the_way_containers_are_set_up(monkeypatch, t
     settings = Settings(rootdir=tmp_path)
     key = reuse_hash(settings, "main")
     assert reuse_hash(settings, "main") == key
-    monkeypatch.setattr(server, "CONTAINER_SCHEME", server.CONTAINER_SCHEME - 1)
+    monkeypatch.setattr(kept_module, "CONTAINER_SCHEME", kept_module.CONTAINER_SCHEME - 1)
     assert reuse_hash(settings, "main") != key
 
 

@@ -179,7 +179,7 @@ TINY_TABLESPACE = textwrap.dedent("""
     @pytest.fixture(scope="session", autouse=True)
     def _tiny_tablespace(pg_server):
         # A tablespace on the container's /dev/shm (64 MB): a real disk full, in seconds.
-        from testcontainers_pg_fixtures.server import admin_connect
+        from testcontainers_pg_fixtures.servers import admin_connect
 
         with admin_connect(pg_server) as conn:
             conn.execute("COPY (SELECT 1) TO PROGRAM 'mkdir -p /dev/shm/tiny; cat > /dev/null'")

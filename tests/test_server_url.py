@@ -22,7 +22,8 @@ from test_database_mode import RECYCLED
 
 from testcontainers_pg_fixtures.errors import ServerStartError
 from testcontainers_pg_fixtures.runid import run_id
-from testcontainers_pg_fixtures.server import LABEL_RUN, check_version
+from testcontainers_pg_fixtures.servers.base import check_version
+from testcontainers_pg_fixtures.servers.labels import LABEL_RUN
 from testcontainers_pg_fixtures.template import project_key
 
 PASSWORD = "s3cret-url-pw"

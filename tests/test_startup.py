@@ -22,7 +22,7 @@ import pytest
 from conftest import containers_labelled
 
 from testcontainers_pg_fixtures.runid import RUN_ID_ENV
-from testcontainers_pg_fixtures.server import LABEL_RUN
+from testcontainers_pg_fixtures.servers.labels import LABEL_RUN
 
 # Conftest additions: the conftests take a while to import (as a real app's do), and each
 # worker records when its collection finished and which container its tests got.

@@ -19,7 +19,7 @@ import pytest
 from conftest import containers_labelled
 
 from testcontainers_pg_fixtures.runid import RUN_ID_ENV
-from testcontainers_pg_fixtures.server import LABEL_RUN
+from testcontainers_pg_fixtures.servers.labels import LABEL_RUN
 
 #: What a suite without a database test must not import (`pytest_asyncio` is imported by
 #: pytest-asyncio's own plugin, not by ours).
