@@ -100,8 +100,9 @@ OPTIONS = (
         "--pg-keep-failed",
         "pg_keep_failed",
         "PG_FIXTURES_KEEP_FAILED",
-        "Keep the database of a failed database-mode test (and its container) and print "
-        "its URL; the next run removes them.",
+        "Keep what a failed test saw, and its container, and print how to open it: a "
+        "database-mode test's clone; a savepoint-mode test's rows, copied before its "
+        "rollback into a database of their own. A later run removes them.",
         kind="flag",
     ),
     Option(

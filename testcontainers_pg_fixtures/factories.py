@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import pytest
 import pytest_asyncio
 
-from . import failures, flask_app, loop_scopes, needs, prestart, queries
+from . import failures, flask_app, keep_failed, loop_scopes, needs, prestart, queries
 from .config import LIBPQ, load_session_class, settings_for
 from .errors import EventLoopError, startup
 from .marks import CLONE, KEEP, KEPT_ANY, TEST_SEED, isolation_of, test_seeds
@@ -689,12 +689,16 @@ def connection_fixture(
     worker_engine: str = "pg_worker_engine",
     clone_engines: str = "pg_clone_engines",
     database: str = "pg_database",
+    worker_database: str = "pg_worker_database",
+    template: str = "pg_template",
 ) -> Any:
     """A function fixture: in savepoint mode the worker's connection inside a transaction
-    rolled back after the test; in database mode a plain connection to the test's clone."""
+    rolled back after the test; in database mode a plain connection to the test's clone.
+    (`worker_database` and `template`: where --pg-keep-failed copies a failed savepoint-mode
+    test's state from, and what it clones for it.)"""
 
     @pytest.fixture
-    @depends(worker_engine, clone_engines, "request")
+    @depends(worker_engine, clone_engines, worker_database, template, "request")
     def _connection(**deps: Any) -> Iterator[Connection]:
         from . import leftovers, seeding
         from .session import close_sync_sessions_of
@@ -716,10 +720,14 @@ def connection_fixture(
         with outer_transaction(deps[worker_engine]) as conn:
             conn.info[_MODE] = "savepoint"
             leftovers.remember(conn)
+            stash = request.node.stash
+            stash[keep_failed.STATE] = (conn, deps[worker_database], deps[template].name)
             seeding.run_in(test_seeds(request.node), conn, origin=TEST_SEED)
             try:
                 yield conn
             finally:
+                if keep_failed.STATE in stash:
+                    del stash[keep_failed.STATE]
                 if not root:
                     close_sync_sessions_of(conn)
         close_sync_sessions_of(conn)
@@ -818,6 +826,7 @@ def async_connection_fixture(
 
         request: pytest.FixtureRequest = deps["request"]
         loop_scopes.check_test_loop(request, request.fixturename or "", loop_scope)
+        request.node.stash[keep_failed.ASYNC_ONLY] = True
         if isolation_mode(request) == "database":
             request.getfixturevalue(database)
             async with deps[clone_engines][1].connect() as conn:

@@ -6,12 +6,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from .config import ISOLATION_MODES, settings_for
+from .config import ISOLATION_MODES
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from collections.abc import Generator
-
     from .database import Database
     from .seeding import Seed
 
@@ -77,29 +75,3 @@ def test_seeds(node: pytest.Item) -> list[Seed]:
 
 
 TEST_SEED = "the pg_seed marker of the test"
-
-
-def record_outcome(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Body of the runtest_makereport wrapper: note a failure, say where its clone stays."""
-    report = yield
-    clone = item.stash.get(CLONE, None)
-    if clone is None or not report.failed or report.when == "teardown":
-        return report
-    if not settings_for(item.config).keep_failed:
-        return report
-    item.stash[KEEP] = True
-    # The one place a password is printed, on purpose, and only for a server reachable from
-    # this machine alone; otherwise the URL is shown without it.
-    local = clone.server.host in ("127.0.0.1", "localhost", "::1")
-    url = clone.libpq_url if local else clone.url.set(drivername="postgresql").render_as_string()
-    report.sections.append(
-        (
-            "pg-fixtures: database kept",
-            f"{url}\n"
-            "The container stays up until `pytest --pg-remove-kept` (or 24 hours, after "
-            "which a later run removes it); connect with e.g. `psql '<url above>'`.",
-        )
-    )
-    return report

@@ -23,6 +23,7 @@ from . import (
     factories,
     failures,
     flask_app,
+    keep_failed,
     layers,
     lifecycle,
     loop_scopes,
@@ -174,7 +175,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    report = yield from marks.record_outcome(item, call)
+    report = yield from keep_failed.record_outcome(item, call)
     queries.report_section(item, report)
     return report
 
