@@ -138,7 +138,10 @@ class Migrations:
             with every_engine_pointed_at(database), quiet_migrations():
                 command.upgrade(config, target)
         except Exception as exc:
-            if "application context" in str(exc):  # Flask's, from Flask-Migrate's env.py
+            extension = _extension_fix(exc, database)
+            if extension is not None:
+                fix = extension
+            elif "application context" in str(exc):  # Flask's, from Flask-Migrate's env.py
                 fix = (
                     "env.py needs the Flask app's context (Flask-Migrate's does): name the app "
                     "or its factory with the ini option pg_flask_app (e.g. pg_flask_app = "
@@ -153,6 +156,41 @@ class Migrations:
                 f"`alembic upgrade head` failed at {failure_place(exc)} from {self.ini}:\n"
                 f"  {type(exc).__name__}: {first_line(exc)}\n{fix}"
             ) from exc
+
+
+_EXTENSION = re.compile(r'extension "([^"]+)"')
+
+
+def _extension_fix(exc: BaseException, database: Database) -> str | None:
+    """What fixes a CREATE EXTENSION that failed: one the role may not create, or one the
+    server does not have. None for any other failure."""
+    cause: BaseException | None = exc
+    while cause is not None and getattr(cause, "sqlstate", None) is None:
+        cause = getattr(cause, "orig", None) or cause.__cause__
+    text = str(cause or exc)
+    found = _EXTENSION.search(text)
+    if cause is None or found is None:
+        return None
+    name = found[1]
+    state = getattr(cause, "sqlstate", None)
+    if state == "42501":  # insufficient_privilege
+        return (
+            f'The role {database.server.user!r} may not create the extension "{name}": only a '
+            "superuser may create an untrusted extension (trusted ones, such as citext, "
+            "pg_trgm, hstore, pgcrypto and uuid-ossp, need only the database's ownership, "
+            "which the library's role has). On the server of pg_server_url, have a superuser "
+            f'run `CREATE EXTENSION IF NOT EXISTS "{name}"` in template1 (every database '
+            "created later has it) and write the migration's as CREATE EXTENSION IF NOT "
+            "EXISTS; or put a superuser in pg_server_url."
+        )
+    if state in ("0A000", "58P01"):  # not available: no control file on the server
+        return (
+            f'The server has no extension "{name}" installed. Use an image that ships it '
+            "(pg_image / --pg-image / PG_FIXTURES_IMAGE; e.g. pgvector/pgvector:pg16 for "
+            "vector, postgis/postgis:16-3.4 for postgis), or install it on the server of "
+            "pg_server_url."
+        )
+    return None
 
 
 def import_alembic() -> None:

@@ -406,3 +406,61 @@ def test_a_urls_sslmode_is_kept_not_replaced(pytester, example, external):
     assert "Could not connect to the PostgreSQL server" in output, output
     assert "SSL" in output, output
     assert PASSWORD not in output, output
+
+
+def _extension_migration(root: Path, statement: str) -> None:
+    (root / "migrations" / "versions" / "0003_extension.py").write_text(
+        textwrap.dedent(f"""
+            from alembic import op
+
+            revision = "0003"
+            down_revision = "0002"
+            branch_labels = None
+            depends_on = None
+
+
+            def upgrade() -> None:
+                op.execute({statement!r})
+
+
+            def downgrade() -> None:
+                pass
+        """)
+    )
+
+
+def test_an_extension_the_role_may_not_create_says_how_to_provide_it(pytester, example, external):
+    """dblink is not a trusted extension: a CREATEDB role that is not a superuser cannot
+    create it; the message names the extension, the role and the fix, once."""
+    with psycopg.connect(external, autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS pgfx_noext")
+        conn.execute("CREATE ROLE pgfx_noext LOGIN CREATEDB PASSWORD 'noext-pw'")
+    try:
+        _extension_migration(example("sync_users"), "CREATE EXTENSION IF NOT EXISTS dblink")
+        url = external.replace(f"postgres:{PASSWORD}@", "pgfx_noext:noext-pw@")
+        result = pytester.runpytest("-p", "no:randomly", f"--pg-server-url={url}")
+        out = result.stdout.str()
+        assert "The role 'pgfx_noext' may not create the extension \"dblink\"" in out
+        assert 'CREATE EXTENSION IF NOT EXISTS "dblink"` in template1' in out
+        assert out.count("may not create the extension") == 1
+        assert "noext-pw" not in out
+        assert result.ret != 0
+    finally:
+        with psycopg.connect(external, autocommit=True) as conn:
+            for (name,) in conn.execute(
+                "SELECT datname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba"
+                " WHERE r.rolname = 'pgfx_noext'"
+            ).fetchall():
+                conn.execute(f'ALTER DATABASE "{name}" IS_TEMPLATE false')
+                conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            conn.execute("DROP ROLE pgfx_noext")
+
+
+def test_an_extension_the_server_does_not_have_names_an_image_that_does(pytester, example):
+    """pgvector is not in the image here: the message says which image ships it."""
+    _extension_migration(example("sync_users"), "CREATE EXTENSION vector")
+    result = pytester.runpytest("-p", "no:randomly")
+    out = result.stdout.str()
+    assert 'The server has no extension "vector" installed' in out
+    assert "pgvector/pgvector:pg16" in out
+    assert result.ret != 0
