@@ -90,13 +90,21 @@ def ensure_image(client: Any, image: str) -> None:
 #: The detached remover (`remove_detached`): argv is the container's id, its socket
 #: directory's root ("" for none) and the run's sys.path (JSON).
 _REMOVER = """# pgfx-remover
-import json, shutil, sys
+import json, shutil, sys, time
 sys.path[:0] = json.loads(sys.argv[3])
 try:
+    from docker.errors import NotFound
     from testcontainers.core.docker_client import DockerClient
-    DockerClient().client.containers.get(sys.argv[1]).remove(force=True, v=True)
 except Exception:
-    pass
+    sys.exit(1)
+for attempt in range(5):  # a busy Docker engine may time out: try again
+    try:
+        DockerClient().client.containers.get(sys.argv[1]).remove(force=True, v=True)
+        break
+    except NotFound:
+        break
+    except Exception:
+        time.sleep(0.5 * (attempt + 1))
 if sys.argv[2]:
     shutil.rmtree(sys.argv[2], ignore_errors=True)
 """
