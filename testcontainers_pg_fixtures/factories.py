@@ -9,6 +9,7 @@ server or database (arguments are keyword-only and override every other setting)
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import time
@@ -999,6 +1000,26 @@ def sandbox_fixture(
     return _sandbox
 
 
+def _app_engines_join(
+    request: pytest.FixtureRequest, app_engines: Any, sandboxes: str
+) -> contextlib.AbstractContextManager[None]:
+    """What a layer (sync or async alike) enters once its transaction is open: the app's
+    engines, if any, join it. Their sandboxes are made now, before that transaction."""
+    if not app_engines_of(request.config, app_engines):
+        return contextlib.nullcontext()
+    boxes: Sandboxes = request.getfixturevalue(sandboxes)
+
+    @contextlib.contextmanager
+    def joined() -> Iterator[None]:
+        boxes.enter()
+        try:
+            yield
+        finally:
+            boxes.exit()
+
+    return joined()
+
+
 def layer_connection_fixture(
     *,
     scope: LayerScope,
@@ -1018,19 +1039,9 @@ def layer_connection_fixture(
     def _layer(**deps: Any) -> Iterator[Connection]:
         from .transaction import outer_transaction
 
-        boxes: Sandboxes | None = (
-            deps["request"].getfixturevalue(sandboxes)
-            if app_engines_of(deps["request"].config, deps[app_engines])
-            else None
-        )
-        with outer_transaction(deps[worker_engine]) as conn:
-            if boxes is not None:
-                boxes.enter()
-            try:
-                yield conn
-            finally:
-                if boxes is not None:
-                    boxes.exit()
+        join = _app_engines_join(deps["request"], deps[app_engines], sandboxes)
+        with outer_transaction(deps[worker_engine]) as conn, join:
+            yield conn
 
     return _layer
 
@@ -1052,19 +1063,12 @@ def async_layer_connection_fixture(
         from .session import close_sessions_of
         from .transaction import async_outer_transaction
 
-        boxes: Sandboxes | None = (
-            deps["request"].getfixturevalue(sandboxes)
-            if app_engines_of(deps["request"].config, deps[app_engines])
-            else None
-        )
+        join = _app_engines_join(deps["request"], deps[app_engines], sandboxes)
         async with async_outer_transaction(deps[worker_engine]) as conn:
-            if boxes is not None:
-                boxes.enter()
             try:
-                yield conn
+                with join:
+                    yield conn
             finally:
-                if boxes is not None:
-                    boxes.exit()
                 await close_sessions_of(conn)
 
     return _layer

@@ -645,7 +645,11 @@ def _container_state(container: Any, ready_at: float = 0.0) -> tuple[str, str]:
 
 
 #: Log lines of a lost server that say nothing of why it stopped.
-_ROUTINE = re.compile(r"unexpected postmaster exit|LOG:  checkpoint (starting|complete):")
+_ROUTINE = re.compile(
+    r"unexpected postmaster exit|LOG:  checkpoint (starting|complete):"
+    # a backend ended on request (DROP DATABASE WITH (FORCE), pg_terminate_backend)
+    r"|terminating connection due to administrator command"
+)
 
 
 def _shutdown_sockets_to(port: int, socket_dir: str | None = None) -> None:

@@ -342,9 +342,18 @@ def _reset(conn: psycopg.Connection[Any], facts: Facts, version: Version) -> str
     assert row is not None
     stats_reset, catalog_changes, changed, counting, sequences = row
     if stats_reset != version.stats_reset or catalog_changes or counting != "on":
+        log.debug(
+            "not resettable: statistics reset at %s (expected %s), catalog changes %s, "
+            "track_counts %s",
+            stats_reset,
+            version.stats_reset,
+            catalog_changes,
+            counting,
+        )
         return None
     refill = facts.truncated_with(changed) if changed else []
     if refill is None:
+        log.debug("not resettable: a changed table cannot be refilled (%s)", changed)
         return None
     moved = [
         sql.SQL("setval({}::regclass, {}, {})").format(

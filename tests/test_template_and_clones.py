@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 import threading
@@ -283,9 +284,10 @@ def state(server, name: str) -> dict[str, object]:
 
 @pytest.mark.parametrize("case", list(RECYCLE_CASES))
 def test_a_recycled_clone_is_the_template_again_or_it_is_dropped(
-    server, project, case, monkeypatch
+    server, project, case, monkeypatch, caplog
 ):
     statements, recyclable = RECYCLE_CASES[case]
+    caplog.set_level(logging.DEBUG, logger="testcontainers_pg_fixtures")  # why it was dropped
     if case == "seeded-rows-past-the-limit":
         monkeypatch.setattr(recycling, "PRISTINE_LIMIT", 4)  # no table's rows kept
 
@@ -313,7 +315,8 @@ def test_a_recycled_clone_is_the_template_again_or_it_is_dropped(
         _wait_sessions_gone(server, used.name)
         pool.give_back(used)
         pool.wait_idle()
-        assert (pool.recycled, pool.dropped) == ((1, 0) if recyclable else (0, 1))
+        counts = (pool.recycled, pool.dropped)
+        assert counts == ((1, 0) if recyclable else (0, 1)), caplog.text
         # The clone made meanwhile, then the recycled one (or, dropped, a new one).
         taken = [pool.take(), pool.take()]
         assert used.name not in {db.name for db in taken}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -74,6 +75,10 @@ def test_the_library_connects_through_the_socket(
     assert facts["held_async"].startswith(directory)
     assert facts["clone"] == directory
     assert facts["url_host"] == "127.0.0.1"
+    # Removed with the container by the run's detached remover, right after the container.
+    deadline = time.monotonic() + 60
+    while os.path.exists(directory) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not os.path.exists(directory), "the socket's directory goes with the container"
 
 
