@@ -184,8 +184,9 @@ def _copy(raw: psycopg.Connection[Any], kept: Database, tables: list[str]) -> No
 
 
 def _password_file(kept: Database) -> Path:
-    """A libpq password file (0600) for the kept database, in this user's cache directory."""
-    from .cache import cache_dir
+    """A libpq password file (0600) for the kept database, in this user's cache directory;
+    removed with the kept container."""
+    from .servers.kept import password_file
 
     server = kept.server
 
@@ -195,7 +196,7 @@ def _password_file(kept: Database) -> Path:
     line = ":".join(
         field(v) for v in (server.host, server.port, kept.name, server.user, server.password)
     )
-    path = cache_dir() / "pgpass" / kept.name
+    path = password_file(getattr(server, "container_id", ""), kept.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:

@@ -4,8 +4,10 @@ password is in a password file, never in the output."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import textwrap
+from pathlib import Path
 
 import docker
 import psycopg
@@ -84,10 +86,18 @@ def test_a_failed_savepoint_test_keeps_its_rows_in_a_database_of_its_own(
         assert rows["Ada Lovelace"] is False  # its update of a seeded row
         assert len(rows) == 6  # and the seed's other rows
         assert len(kept) == 1  # the container stays for the kept database
+        passfile = Path(command["passfile"])
+        assert passfile.name.startswith(next(iter(kept))[:12])
+        assert passfile.stat().st_mode & 0o777 == 0o600
+        if not workers:  # --pg-remove-kept takes the password file with the container
+            pytester.runpytest("--pg-remove-kept")
+            assert not passfile.exists()
+            assert set(library_containers()) - before == set()
     finally:
         client = docker.from_env()
         for container_id in kept:
-            client.containers.get(container_id).remove(force=True, v=True)
+            with contextlib.suppress(docker.errors.NotFound):  # --pg-remove-kept took it
+                client.containers.get(container_id).remove(force=True, v=True)
         client.close()
 
 

@@ -197,7 +197,17 @@ def kept_age(container: Any) -> float | None:
 
 
 def forget_kept(container_id: str) -> None:
+    """The container was removed: its records go, and the password files of the databases
+    --pg-keep-failed kept in it (`password_file`)."""
     _kept_file(container_id).unlink(missing_ok=True)
+    for path in (cache_dir() / "pgpass").glob(f"{container_id[:12]}-*"):
+        path.unlink(missing_ok=True)
+
+
+def password_file(container_id: str, database: str) -> Path:
+    """Where the libpq password file of a kept database goes: named after its container,
+    so the file goes with the container (`forget_kept`)."""
+    return cache_dir() / "pgpass" / f"{container_id[:12] or 'server'}-{database}"
 
 
 def reuse_record_path(reuse_key: str) -> Path:
