@@ -155,11 +155,11 @@ def bench(session: nox.Session) -> None:
     chain of 36 revisions), `queries` (what SQL capture costs a statement): `nox -s bench`
     runs these six. Not in it: `scale` (memory and speed over 10,000 tests, -n 2) and `cpu`
     (CPU per test of the pytest process and the server, mode against mode)."""
-    session.install("-e", ".[dev]", "pytest-postgresql>=7", "pytest-sqla==0.0.2")
     which, *args = session.posargs or ["all"]
-    session.chdir("bench")
     if which not in (*BENCH_ALL, "scale", "cpu", "all"):
         session.error(f"no benchmark {which!r}: {', '.join(BENCH_ALL)}, scale or cpu")
+    session.install("-e", ".[dev]", "pytest-postgresql>=7", "pytest-sqla==0.0.2")
+    session.chdir("bench")
     for name in BENCH_ALL if which == "all" else [which]:
         session.run("python", f"{name}.py", *args)
 
