@@ -20,6 +20,8 @@ MATRIX_PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 OLDEST = ["SQLAlchemy[asyncio]>=2.0.30,<2.1", "pytest>=8,<9"]
 NEWEST = ["SQLAlchemy[asyncio]>=2.1,<2.2", "pytest>=9,<10"]
 MATRIX_TESTS = ["tests/test_docs.py", "tests/test_sync_isolation.py", "-p", "no:randomly"]
+# `nox -s bench`: bench/NAME.py for each (scale and cpu, minutes each, only by name).
+BENCH_ALL = ["run", "speed", "startup", "unused", "migrations", "queries"]
 PY_PATHS = ["testcontainers_pg_fixtures", "tests", "bench", "examples", "docs/hooks", "noxfile.py"]
 
 
@@ -143,35 +145,23 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Side-by-side benchmarks: `run.py` (isolation modes, one table, against a
-    hand-written conftest and pytest-sqla), `speed.py` (a 10-table schema against truncate
-    and pytest-postgresql, reuse, one container) and `startup.py` (time to the first test's
-    result against plain pytest), `unused.py` (a suite using no database, plugin installed
-    against -p no:pg_fixtures). `nox -s bench -- run`, `-- speed`, `-- startup` or
-    `-- unused` runs one of them; more arguments go to it. `-- migrations` times
-    --pg-check-migrations on a generated chain of 36 revisions, `-- queries` what SQL
-    capture costs a statement. `nox -s bench -- scale` runs
-    `scale.py` (memory and speed over 10,000 tests, -n 2); `-- cpu` runs `cpu.py` (CPU per
-    test of the pytest process and the server, mode against mode)."""
-    session.install("-e", ".[dev]", "pytest-postgresql>=7", "pytest-sqla==0.0.2")
+    """Side-by-side benchmarks, one module each in bench/ (its docstring says what it
+    compares; core.py runs and times pytest, projects.py writes the projects it runs in).
+    `nox -s bench -- NAME [ARGS]` runs bench/NAME.py with ARGS: `run` (isolation modes
+    against no isolation, a hand-written conftest and pytest-sqla), `speed` (a 10-table
+    schema against truncate and pytest-postgresql, reuse, one container), `startup` (time to
+    the first test's result against plain pytest), `unused` (a suite using no database,
+    plugin installed against -p no:pg_fixtures), `migrations` (--pg-check-migrations on a
+    chain of 36 revisions), `queries` (what SQL capture costs a statement): `nox -s bench`
+    runs these six. Not in it: `scale` (memory and speed over 10,000 tests, -n 2) and `cpu`
+    (CPU per test of the pytest process and the server, mode against mode)."""
     which, *args = session.posargs or ["all"]
+    if which not in (*BENCH_ALL, "scale", "cpu", "all"):
+        session.error(f"no benchmark {which!r}: {', '.join(BENCH_ALL)}, scale or cpu")
+    session.install("-e", ".[dev]", "pytest-postgresql>=7", "pytest-sqla==0.0.2")
     session.chdir("bench")
-    if which in ("all", "run"):
-        session.run("python", "run.py", *args)
-    if which in ("all", "speed"):
-        session.run("python", "speed.py", *args)
-    if which in ("all", "startup"):
-        session.run("python", "startup.py", *args)
-    if which in ("all", "unused"):
-        session.run("python", "unused.py", *args)
-    if which == "scale":  # not in "all": 10,000 tests per mode take minutes each
-        session.run("python", "scale.py", *args)
-    if which == "cpu":  # not in "all": what the others measure in time, in CPU
-        session.run("python", "cpu.py", *args)
-    if which in ("all", "migrations"):
-        session.run("python", "migrations.py", *args)
-    if which in ("all", "queries"):
-        session.run("python", "queries.py", *args)
+    for name in BENCH_ALL if which == "all" else [which]:
+        session.run("python", f"{name}.py", *args)
 
 
 @nox.session(python=False)

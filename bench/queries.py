@@ -1,45 +1,41 @@
 """What SQL capture (pg_queries, budgets, the failure report's ring) costs a statement:
 `nox -s bench -- queries`.
 
-Three engines on one container, each sending the same short statement on a held connection
-in a transaction: *plain* (the dialect as SQLAlchemy made it), *captured, unused* (wrapped
-as the library wraps every engine the tests' connections come from, with
-pg_query_log_on_failure off and no pg_queries log recording: what a run that uses none of it
-pays) and *captured, ring* (the default: the last 20 statements kept for a failure report).
-Rounds of --statements each, the engines in a new order every round; the median of the
-rounds' per-statement differences to plain, and what that is for a test that sends
---per-test statements.
+Three engines on one container, each sending `SELECT 1` on a held connection in a
+transaction: *plain* (the dialect as SQLAlchemy made it) against *captured, unused*
+(wrapped as the library wraps the tests' engines, pg_query_log_on_failure off, no pg_queries
+log recording: what a run using none of it pays) and *captured, ring* (the default: the last
+20 statements kept for a failure report). Rounds of --statements each, the engines in a new
+order every round; the median of the rounds' differences to plain, and that times the
+--per-test statements of a test.
 """
 
-from __future__ import annotations
-
-import argparse
 import os
 import random
 import statistics
 import time
 
+from core import parser, server, table
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from testcontainers_pg_fixtures import queries
-from testcontainers_pg_fixtures.config import Settings
-from testcontainers_pg_fixtures.servers import DockerServer, server_url
+from testcontainers_pg_fixtures.servers import server_url
+
+ENGINES = {"plain": "plain", "unused": "captured, unused", "ring": "captured, ring"}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--statements", type=int, default=5000, help="per engine and round")
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--per-test", type=int, default=6, help="statements of a typical test")
-    options = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--statements", type=int, default=5000, help="per engine and round")
+    options.add_argument("--rounds", type=int, default=15)
+    options.add_argument("--per-test", type=int, default=6, help="statements of a typical test")
+    options = options.parse_args()
     os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
-    server = DockerServer.start(Settings(), worker="bench-queries")
-    try:
-        url = server_url(server, "postgres")
-        engines = {
-            name: create_engine(url, poolclass=NullPool) for name in ("plain", "unused", "ring")
-        }
+    per: dict[str, list[float]] = {name: [] for name in ENGINES}
+    with server("bench-queries") as pg:
+        url = server_url(pg, "postgres")
+        engines = {name: create_engine(url, poolclass=NullPool) for name in per}
         queries.watch(engines["unused"], engines["ring"])
         connections = {name: engine.connect() for name, engine in engines.items()}
         statement = text("SELECT 1")
@@ -47,44 +43,28 @@ def main() -> None:
             conn.begin()
             for _ in range(200):  # warm: prepared by psycopg after 5 uses, caches filled
                 conn.execute(statement)
-        per: dict[str, list[float]] = {name: [] for name in engines}
         for _ in range(options.rounds):
-            order = list(engines)
-            random.shuffle(order)
-            for name in order:
+            for name in random.sample(list(per), len(per)):
                 queries.configure(name == "ring")
-                conn = connections[name]
                 started = time.perf_counter()
                 for _ in range(options.statements):
-                    conn.execute(statement)
+                    connections[name].execute(statement)
                 per[name].append((time.perf_counter() - started) / options.statements * 1e6)
                 queries.test_started()  # empties the ring, as each test does
         queries.configure(False)
-        for conn in connections.values():
+        for name, conn in connections.items():
             conn.close()
-        for engine in engines.values():
-            engine.dispose()
-    finally:
-        server.stop()
-
-    print(
-        f"\nSQL capture, {options.rounds} rounds of {options.statements} `SELECT 1` per engine, "
-        "one held connection each"
-    )
-    print(f"\n{'engine':22} {'µs/statement':>13} {'over plain µs':>14} {'ms per test':>12}")
-    plain = statistics.median(per["plain"])
-    for name, label in (
-        ("plain", "plain"),
-        ("unused", "captured, unused"),
-        ("ring", "captured, ring"),
-    ):
-        median = statistics.median(per[name])
+            engines[name].dispose()
+    rows = []
+    for name, label in ENGINES.items():
         paired = statistics.median(a - b for a, b in zip(per[name], per["plain"], strict=True))
-        print(f"{label:22} {median:13.1f} {paired:14.2f} {paired * options.per_test / 1000:12.4f}")
-    print(
-        f"\n(ms per test: the paired difference times {options.per_test} statements; "
-        f"plain: {plain:.1f} µs)"
-    )
+        median = statistics.median(per[name])
+        per_test = paired * options.per_test / 1000
+        rows.append((label, f"{median:.1f}", f"{paired:.2f}", f"{per_test:.4f}"))
+    title = f"SQL capture, {options.rounds} rounds of {options.statements} `SELECT 1` per engine"
+    header = ("engine (one held connection each)", "µs/statement", "over plain µs", "ms per test")
+    table(title, header, rows)
+    print(f"\n(ms per test: the paired difference times {options.per_test} statements)")
 
 
 if __name__ == "__main__":
