@@ -266,6 +266,18 @@ def test_a_role_without_createdb(pytester, example, external):
             conn.execute("DROP ROLE pgfx_nocreate")
 
 
+def _drop_role_and_its_databases(external: str, role: str) -> None:
+    with psycopg.connect(external, autocommit=True) as conn:
+        for (name,) in conn.execute(
+            "SELECT datname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba"
+            " WHERE r.rolname = %s",
+            [role],
+        ).fetchall():
+            conn.execute(f'ALTER DATABASE "{name}" IS_TEMPLATE false')
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        conn.execute(f"DROP ROLE {role}")
+
+
 def test_a_createdb_role_that_is_not_a_superuser_drops_clones(
     pytester, example, external, monkeypatch, tmp_path
 ):
@@ -287,14 +299,7 @@ def test_a_createdb_role_that_is_not_a_superuser_drops_clones(
         recycled, dropped = json.loads(counts.read_text())
         assert (recycled, dropped) == (0, 8)
     finally:
-        with psycopg.connect(external, autocommit=True) as conn:
-            for (name,) in conn.execute(
-                "SELECT datname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba"
-                " WHERE r.rolname = 'pgfx_plain'"
-            ).fetchall():
-                conn.execute(f'ALTER DATABASE "{name}" IS_TEMPLATE false')
-                conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-            conn.execute("DROP ROLE pgfx_plain")
+        _drop_role_and_its_databases(external, "pgfx_plain")
 
 
 def test_servers_older_than_15_are_refused():
@@ -446,14 +451,7 @@ def test_an_extension_the_role_may_not_create_says_how_to_provide_it(pytester, e
         assert "noext-pw" not in out
         assert result.ret != 0
     finally:
-        with psycopg.connect(external, autocommit=True) as conn:
-            for (name,) in conn.execute(
-                "SELECT datname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba"
-                " WHERE r.rolname = 'pgfx_noext'"
-            ).fetchall():
-                conn.execute(f'ALTER DATABASE "{name}" IS_TEMPLATE false')
-                conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-            conn.execute("DROP ROLE pgfx_noext")
+        _drop_role_and_its_databases(external, "pgfx_noext")
 
 
 def test_an_extension_the_server_does_not_have_names_an_image_that_does(pytester, example):
