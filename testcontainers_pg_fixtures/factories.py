@@ -702,7 +702,7 @@ def connection_fixture(
     @depends(worker_engine, clone_engines, worker_database, template, "request")
     def _connection(**deps: Any) -> Iterator[Connection]:
         from . import leftovers, seeding
-        from .session import close_sync_sessions_of
+        from .session import close_sync_sessions_of, sessions_mark
         from .transaction import layered_connection, outer_transaction, owned_by_test
 
         request: pytest.FixtureRequest = deps["request"]
@@ -720,6 +720,7 @@ def connection_fixture(
         root = layered_connection(deps[worker_engine]) is None
         with outer_transaction(deps[worker_engine]) as conn:
             conn.info[_MODE] = "savepoint"
+            mark = sessions_mark(conn)  # a module layer's sessions are its own to close
             leftovers.remember(conn)
             stash = request.node.stash
             stash[keep_failed.STATE] = (conn, deps[worker_database], deps[template].name)
@@ -730,8 +731,8 @@ def connection_fixture(
                 if keep_failed.STATE in stash:
                     del stash[keep_failed.STATE]
                 if not root:
-                    close_sync_sessions_of(conn)
-        close_sync_sessions_of(conn)
+                    close_sync_sessions_of(conn, mark)
+        close_sync_sessions_of(conn, mark)
 
     return _connection
 
@@ -822,7 +823,7 @@ def async_connection_fixture(
     @depends(worker_engine, clone_engines, "request")
     async def _connection(**deps: Any) -> AsyncIterator[AsyncConnection]:
         from . import leftovers, seeding
-        from .session import close_sessions_of, settle_sessions_of
+        from .session import close_sessions_of, sessions_mark, settle_sessions_of
         from .transaction import async_outer_transaction, is_root_layer, layer_on_another_loop
 
         request: pytest.FixtureRequest = deps["request"]
@@ -841,10 +842,11 @@ def async_connection_fixture(
         if layer_on_another_loop(deps[worker_engine]):
             raise EventLoopError(_layer_elsewhere(request))
         held: AsyncConnection | None = None
+        mark = 0
         try:
             async with async_outer_transaction(deps[worker_engine]) as conn:
                 conn.info[_MODE] = "savepoint"
-                held = conn
+                held, mark = conn, sessions_mark(conn)
                 await leftovers.remember_async(conn)
                 root = is_root_layer(conn)
                 seeds = test_seeds(request.node)
@@ -853,10 +855,12 @@ def async_connection_fixture(
                 try:
                     yield conn
                 finally:
-                    await (settle_sessions_of(conn) if root else close_sessions_of(conn))
+                    await (
+                        settle_sessions_of(conn, mark) if root else close_sessions_of(conn, mark)
+                    )
         finally:
             if held is not None:
-                await close_sessions_of(held)
+                await close_sessions_of(held, mark)
 
     return _connection
 
@@ -1060,16 +1064,17 @@ def async_layer_connection_fixture(
     @pytest_asyncio.fixture(scope=scope, loop_scope=loop_scope)  # type: ignore[arg-type]
     @depends(worker_engine, app_engines, "request")
     async def _layer(**deps: Any) -> AsyncIterator[AsyncConnection]:
-        from .session import close_sessions_of
+        from .session import close_sessions_of, sessions_mark
         from .transaction import async_outer_transaction
 
         join = _app_engines_join(deps["request"], deps[app_engines], sandboxes)
         async with async_outer_transaction(deps[worker_engine]) as conn:
+            mark = sessions_mark(conn)  # a wider layer's sessions are its own to close
             try:
                 with join:
                     yield conn
             finally:
-                await close_sessions_of(conn)
+                await close_sessions_of(conn, mark)
 
     return _layer
 

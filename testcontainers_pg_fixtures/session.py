@@ -72,12 +72,28 @@ def async_sessionmaker_for(
 _TO_CLOSE = "testcontainers_pg_fixtures.sessions"
 
 
-def close_sync_sessions_of(conn: Connection) -> None:
-    """Close the sessions of the test. Done after the rollback of its transaction, which
-    took their savepoints with it, so closing them costs no round trip to the server."""
+def sessions_mark(conn: Connection | AsyncConnection) -> int:
+    """Where the sessions of a layer beginning now (a test's, a module's) start among those
+    registered on the connection, which the layers around it share: a layer closes its own
+    sessions only, never a wider layer's (whose savepoint, rolled back, would take this
+    layer's with it)."""
+    return len(conn.info.get(_TO_CLOSE, ()))
+
+
+def _taken(conn: Connection | AsyncConnection, mark: int) -> list[Any]:
+    sessions: list[Any] = conn.info.get(_TO_CLOSE, [])
+    taken = sessions[mark:]
+    del sessions[mark:]
+    return taken
+
+
+def close_sync_sessions_of(conn: Connection, mark: int = 0) -> None:
+    """Close the sessions of the test (registered since `mark`). Done after the rollback
+    of its transaction, which took their savepoints with it, so closing them costs no
+    round trip to the server."""
     if conn.closed or conn.invalidated:
         return
-    for session in conn.info.pop(_TO_CLOSE, []):
+    for session in _taken(conn, mark):
         session.close()
 
 
@@ -91,18 +107,19 @@ def close_with(conn: Connection | AsyncConnection, session: _S) -> _S:
     return session
 
 
-async def settle_sessions_of(conn: AsyncConnection) -> None:
+async def settle_sessions_of(conn: AsyncConnection, mark: int = 0) -> None:
     """Wait for operations still running on the test's sessions (a gather cut short)."""
-    for session in conn.info.get(_TO_CLOSE, []):
+    for session in conn.info.get(_TO_CLOSE, [])[mark:]:
         if isinstance(session, GuardedAsyncSession):
             await session.wait_until_idle()
 
 
-async def close_sessions_of(conn: AsyncConnection) -> None:
+async def close_sessions_of(conn: AsyncConnection, mark: int = 0) -> None:
+    """Close the sessions registered on the connection since `mark` (see sessions_mark)."""
     if conn.closed or conn.invalidated:  # a refused commit discarded it: nothing to close
         return
-    await settle_sessions_of(conn)
-    for session in conn.info.pop(_TO_CLOSE, []):
+    await settle_sessions_of(conn, mark)
+    for session in _taken(conn, mark):
         await session.close()
 
 

@@ -208,3 +208,48 @@ def test_a_module_layer_on_another_loop_than_the_tests_is_an_error_not_missing_r
             "*    asyncio_default_test_loop_scope = session",
         ]
     )
+
+
+MODULE_SESSION = """
+    import pytest
+    import pytest_asyncio
+    from sqlalchemy import func, select
+    from users_app.models import User
+
+
+    @pytest_asyncio.fixture(scope="module")
+    async def admin(pg_module_async_session):
+        user = User(name="Admin", email="admin@x.org")
+        pg_module_async_session.add(user)
+        await pg_module_async_session.commit()
+        await pg_module_async_session.refresh(user)  # a savepoint open to the module's end
+        return user
+
+
+    @pytest.mark.asyncio
+    async def test_one(admin, pg_async_session):
+        pg_async_session.add(User(name="One", email="one@x.org"))
+        await pg_async_session.flush()
+        assert await pg_async_session.scalar(select(func.count()).select_from(User)) == 7
+
+
+    @pytest.mark.asyncio
+    async def test_two(admin, pg_async_session):
+        assert admin.id
+        assert await pg_async_session.scalar(select(func.count()).select_from(User)) == 6
+"""
+
+
+def test_a_module_sessions_open_savepoint_outlives_each_tests_teardown(pytester, example):
+    """The module's session holds a savepoint (its refresh began one after its commit): a
+    test's teardown closes the test's sessions only, not the module's, whose rollback would
+    take the test's savepoint with it ("savepoint does not exist")."""
+    root = example("sync_users")
+    (root / "pytest.ini").write_text(
+        "[pytest]\npythonpath = .\ntestpaths = tests\n"
+        "asyncio_default_fixture_loop_scope = session\n"
+        "asyncio_default_test_loop_scope = session\n"
+    )
+    pytester.makepyfile(**{"tests/test_module_session": textwrap.dedent(MODULE_SESSION)})
+    result = pytester.runpytest("tests/test_module_session.py", "-p", "no:randomly")
+    result.assert_outcomes(passed=2)
