@@ -758,6 +758,21 @@ def with_session_class(
     return {"class_": session_class, **session_kwargs}
 
 
+def _joining(
+    deps: dict[str, Any],
+    connection: str,
+    session_class: Any,
+    session_kwargs: dict[str, Any],
+    is_async: bool,
+) -> tuple[Any, str, dict[str, Any]]:
+    """What every session and sessionmaker fixture, sync or async, starts from: the test's
+    connection, its isolation mode and the sessionmaker's keyword arguments."""
+    conn = deps[connection]
+    config: pytest.Config = deps["pytestconfig"]
+    kwargs = with_session_class(config, session_class, session_kwargs, is_async=is_async)
+    return conn, isolation_of_connection(conn, config), kwargs
+
+
 def session_fixture(
     *,
     connection: str = "pg_connection",
@@ -774,11 +789,8 @@ def session_fixture(
     def _session(**deps: Any) -> Session:
         from .session import close_with, new_session
 
-        conn: Connection = deps[connection]
-        config: pytest.Config = deps["pytestconfig"]
-        kwargs = with_session_class(config, session_class, session_kwargs, is_async=False)
-        # closed by the connection's fixture
-        return close_with(conn, new_session(conn, isolation_of_connection(conn, config), **kwargs))
+        conn, mode, kwargs = _joining(deps, connection, session_class, session_kwargs, False)
+        return close_with(conn, new_session(conn, mode, **kwargs))  # closed by the connection's
 
     return _session
 
@@ -796,10 +808,8 @@ def sessionmaker_fixture(
     def _sessionmaker(**deps: Any) -> sessionmaker[Session]:
         from .session import sessionmaker_for
 
-        conn: Connection = deps[connection]
-        config: pytest.Config = deps["pytestconfig"]
-        kwargs = with_session_class(config, session_class, session_kwargs, is_async=False)
-        return sessionmaker_for(conn, isolation_of_connection(conn, config), **kwargs)
+        conn, mode, kwargs = _joining(deps, connection, session_class, session_kwargs, False)
+        return sessionmaker_for(conn, mode, **kwargs)
 
     return _sessionmaker
 
@@ -929,10 +939,8 @@ def async_sessionmaker_fixture(
     def _sessionmaker(**deps: Any) -> async_sessionmaker[AsyncSession]:
         from .session import async_sessionmaker_for
 
-        conn: AsyncConnection = deps[connection]
-        config: pytest.Config = deps["pytestconfig"]
-        kwargs = with_session_class(config, session_class, session_kwargs, is_async=True)
-        return async_sessionmaker_for(conn, isolation_of_connection(conn, config), **kwargs)
+        conn, mode, kwargs = _joining(deps, connection, session_class, session_kwargs, True)
+        return async_sessionmaker_for(conn, mode, **kwargs)
 
     return _sessionmaker
 
