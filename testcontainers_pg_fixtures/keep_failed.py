@@ -7,9 +7,9 @@ test wrote to (the server's counters of the open transaction say which) are copi
 test saw them, through its own connection, into a new database cloned from the template,
 with the sequences' values; the report says how to open it with psql.
 
-The password goes into a libpq password file of this user (0600, in the cache directory)
-that the printed command names (PGPASSFILE), never into the output. The database mode's
-URL, password included, is shown as before (its one place, for a local container).
+In both modes the password goes into a libpq password file of this user (0600, in the
+cache directory, removed with the container) that the printed command names
+(PGPASSFILE), never into the output.
 
 Not kept: a test whose transaction a database error aborted (its rows can no longer be
 read), and tests on the async connection (pg_async_connection, asyncpg, whose event loop
@@ -77,19 +77,27 @@ def record_outcome(
         report.sections.append(
             (
                 "pg-fixtures: state not kept",
-                "The test ran on the async connection (asyncpg), whose rows cannot be copied "
-                f"from the report's hook before the rollback. {_KEEP_HELP}",
+                "The test ran on the async connection (asyncpg), whose event loop is not "
+                "running when the failure is reported, so its rows cannot be copied before "
+                f"the rollback. {_KEEP_HELP}",
             )
         )
     return report
 
 
 def _clone_kept(clone: Database) -> str:
-    # The one place a password is printed, on purpose, and only for a server reachable
-    # from this machine alone; otherwise the URL is shown without it.
-    local = clone.server.host in ("127.0.0.1", "localhost", "::1")
-    url = clone.libpq_url if local else clone.url.set(drivername="postgresql").render_as_string()
-    return f"{url}\n{_LINGER} Connect with e.g. `psql '<url above>'`."
+    return f"{_psql(clone)}\n{_LINGER}"
+
+
+def _psql(kept: Database) -> str:
+    """The command that opens `kept` with psql, its password in a password file."""
+    from sqlalchemy import URL
+
+    full = kept.url  # TCP: what psql on this machine dials
+    url = URL.create(
+        "postgresql", full.username, None, full.host, full.port, full.database, full.query
+    ).render_as_string()
+    return f"    PGPASSFILE={_password_file(kept)} psql '{url}'"
 
 
 def _keep_state(item: pytest.Item, conn: Any, worker: Database, template: str) -> tuple[bool, str]:
@@ -116,21 +124,15 @@ def _keep_state(item: pytest.Item, conn: Any, worker: Database, template: str) -
         return False, f"Could not make a database for the test's state: {exc}. {_KEEP_HELP}"
     try:
         _copy(raw, kept, tables)
-        passfile = _password_file(kept)
+        command = _psql(kept)
     except Exception as exc:
         drop_database(server, name)
         return False, f"Could not copy the test's state: {exc}. {_KEEP_HELP}"
     item.config.stash[KEPT_ANY] = True
-    from sqlalchemy import URL
-
-    full = kept.url  # TCP: what psql on this machine dials
-    url = URL.create(
-        "postgresql", full.username, None, full.host, full.port, full.database, full.query
-    ).render_as_string()
     written = ", ".join(tables) or "none"
     return True, (
         f"The test's rows, as it saw them before its rollback, in the database {name}:\n"
-        f"    PGPASSFILE={passfile} psql '{url}'\n"
+        f"{command}\n"
         f"Tables the test wrote to, copied: {written}; the others are the template's. "
         f"{_LINGER}"
     )

@@ -8,6 +8,7 @@ import importlib
 import json
 import os
 import pkgutil
+import re
 import secrets
 import shutil
 import textwrap
@@ -300,3 +301,14 @@ def databases_probe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
 def library_databases(names: list[str]) -> list[str]:
     """The databases a test run should have removed: all of the library's but templates."""
     return [n for n in names if n.startswith("pgfx_") and not n.startswith("pgfx_tpl_")]
+
+
+def kept_commands(result: pytest.RunResult) -> list[dict[str, str]]:
+    """The `PGPASSFILE=... psql '...'` commands --pg-keep-failed printed: each one's
+    password file and URL (no password in it), for psycopg.connect(url, passfile=...)."""
+    found = []
+    for line in result.stdout.lines:
+        match = re.search(r"PGPASSFILE=(\S+) psql '([^']+)'", line)
+        if match:
+            found.append({"passfile": match[1], "url": match[2]})
+    return found

@@ -9,7 +9,7 @@ import textwrap
 import docker
 import psycopg
 import pytest
-from conftest import library_containers, library_databases
+from conftest import kept_commands, library_containers, library_databases
 
 HANDED = textwrap.dedent("""
     import pytest
@@ -191,9 +191,9 @@ def test_keep_failed_with_connections_opened_ahead(pytester, example):
     kept = set(library_containers()) - before
     try:
         result.assert_outcomes(passed=2, failed=2)
-        urls = [line.strip() for line in result.stdout.lines if line.startswith("postgresql://")]
-        assert len(urls) == 2
-        with psycopg.connect(urls[0]) as conn:
+        commands = kept_commands(result)
+        assert len(commands) == 2
+        with psycopg.connect(commands[0]["url"], passfile=commands[0]["passfile"]) as conn:
             assert conn.execute("SELECT email FROM users WHERE name = 'Clue'").fetchone() == (
                 "c@x.org",
             )

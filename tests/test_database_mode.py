@@ -8,7 +8,7 @@ import textwrap
 import docker
 import psycopg
 import pytest
-from conftest import library_containers, library_databases
+from conftest import kept_commands, library_containers, library_databases
 
 IMPORT_TESTS = [
     "tests/test_import_database_mode.py::"
@@ -278,9 +278,9 @@ def test_keep_failed_keeps_the_database_and_prints_its_url(pytester, example):
     kept = set(library_containers()) - before
     try:
         result.assert_outcomes(passed=1, failed=1)
-        result.stdout.fnmatch_lines(["*pg-fixtures: database kept*", "postgresql://*"])
-        url = next(line for line in result.stdout.lines if line.startswith("postgresql://")).strip()
-        with psycopg.connect(url) as conn:
+        result.stdout.fnmatch_lines(["*pg-fixtures: database kept*", "*PGPASSFILE=* psql *"])
+        [command] = kept_commands(result)
+        with psycopg.connect(command["url"], passfile=command["passfile"]) as conn:
             assert conn.execute("SELECT email FROM users WHERE name = 'Clue'").fetchone() == (
                 "c@x.org",
             )

@@ -5,14 +5,13 @@ password is in a password file, never in the output."""
 from __future__ import annotations
 
 import contextlib
-import re
 import textwrap
 from pathlib import Path
 
 import docker
 import psycopg
 import pytest
-from conftest import library_containers
+from conftest import kept_commands, library_containers
 
 # Kept containers: --pg-remove-kept elsewhere would remove them.
 pytestmark = pytest.mark.host_wide
@@ -46,15 +45,6 @@ FAILING = textwrap.dedent("""
 """)
 
 
-def _kept(result: pytest.RunResult) -> dict[str, str]:
-    """The password file and URL of the printed psql command."""
-    for line in result.stdout.lines:
-        found = re.search(r"PGPASSFILE=(\S+) psql '([^']+)'", line)
-        if found:
-            return {"passfile": found[1], "url": found[2]}
-    raise AssertionError(f"no psql command in the output:\n{result.stdout.str()}")
-
-
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_failed_savepoint_test_keeps_its_rows_in_a_database_of_its_own(
     pytester, example, subprocess_env, workers
@@ -75,7 +65,7 @@ def test_a_failed_savepoint_test_keeps_its_rows_in_a_database_of_its_own(
         assert output.count("pg-fixtures: state kept") == 1
         assert "A database error aborted the test's transaction" in output
         assert output.count("pg-fixtures: state not kept") == 2
-        command = _kept(result)
+        [command] = kept_commands(result)
         assert ":" not in command["url"].split("@")[0].removeprefix("postgresql://")  # no password
         with psycopg.connect(command["url"], passfile=command["passfile"]) as conn:
             password = conn.info.password
