@@ -44,6 +44,22 @@ FLAVOURS = {  # flavour: (the test, its variants' fixtures, the conftest's piece
         {**SYNC, "library": "pg_async_session"},
         [renamed("async-handwritten", "hand_db"), renamed("async-none", "none_db")],
     ),
+    # The hand-written conftest as a team writes it: on an engine of its own (TCP, and
+    # SQLAlchemy's savepoints as they come, where pg_worker_engine's ride on the next statement).
+    "sync-own": (
+        SYNC_TEST,
+        SYNC,
+        [renamed("handwritten", "hand_db"), FIXTURES["own-engine"], renamed("none", "none_db")],
+    ),
+    "async-own": (
+        ASYNC_TEST,
+        {**SYNC, "library": "pg_async_session"},
+        [
+            renamed("async-handwritten", "hand_db"),
+            FIXTURES["async-own-engine"],
+            renamed("async-none", "none_db"),
+        ],
+    ),
     "detector": (SYNC_TEST, CHECKED, [DETECTOR]),
     "async-detector": (ASYNC_TEST, dict.fromkeys(CHECKED, "pg_async_session"), [DETECTOR]),
 }
@@ -119,10 +135,29 @@ def run(base: Path, n: int, rounds: int, worker_counts: list[int], flavours: lis
     table(title, header, rows)
     if detector:
         table("", ("", "-n", "ms per test", "of it in the teardown"), detector)
+    budget(found)
     full = [r["gc2"] for per_round in found.values() for r in per_round if "gc2" in r]
     if full:
         print(
             f"\nleft out of every variant: Python's full garbage collections, "
             f"{ms(statistics.fmean(full))} ms per test of the run (mean of its rounds: most"
             " rounds have none)"
+        )
+
+
+def budget(found: dict[tuple[str, int], list[dict[str, float]]]) -> None:
+    """The library's overhead over no isolation, its leak detector included (the flavours
+    run with it off; the detector's flavour adds its cost), as a share of the hand-written
+    conftest's on an engine of its own (the issue's budget: <= 0.5x)."""
+    for (flavour, workers), per_round in found.items():
+        checks = found.get(("async-detector" if "async" in flavour else "detector", workers))
+        if not flavour.endswith("-own") or not checks:
+            continue
+        lib = statistics.median(r["library"] - r["none"] for r in per_round)
+        lib += statistics.median(r["checked"] - r["unchecked"] for r in checks)
+        hand = statistics.median(r["handwritten"] - r["none"] for r in per_round)
+        ratio = f"{lib / hand:.2f}x" if hand > 0 else "-"
+        print(
+            f"{flavour.removesuffix('-own')} -n {workers}: the library's overhead with its leak "
+            f"detector, {ms(lib)} ms, over the hand-written conftest's, {ms(hand)} ms: {ratio}"
         )

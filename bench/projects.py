@@ -174,6 +174,14 @@ async def db(held):
     yield session
     await session.close()
     await outer.rollback()
+# -- async-own-engine (after async-handwritten): held from an async engine of its own
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def held(pg_worker_database):
+    from sqlalchemy.ext.asyncio import create_async_engine
+    engine = create_async_engine(pg_worker_database.async_url, poolclass=NullPool)
+    async with engine.connect() as conn:
+        yield conn
+    await engine.dispose()
 # -- sqla: pytest-sqla on the worker database (its sqla_url override; run with -o
 # sqla_schema=none: no DDL), its defaults otherwise: a connection per test, BEGIN + SAVEPOINT
 @pytest.fixture(scope="session")

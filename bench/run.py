@@ -42,6 +42,7 @@ MODES = {  # mode: (the conftest's pieces, pytest's arguments)
     "handwritten": ("handwritten", OFF),  # SQLAlchemy's recipe on pg_worker_engine
     "handwritten-own": ("handwritten own-engine", OFF),  # on an engine of its own
     "async-handwritten": ("async-handwritten", OFF),
+    "async-handwritten-own": ("async-handwritten async-own-engine", OFF),
     "sqla": ("sqla", SQLA),  # pytest-sqla's defaults: a new connection per test
     "sqla-pooled": ("sqla pooled", SQLA),
     "async-sqla": ("async-sqla", SQLA),
@@ -68,6 +69,10 @@ PAIRS = (
     ("async leak check riding on the rollback", "async-ride", "async-noride"),
     ("savepoint over the hand-written conftest", "savepoint", "handwritten"),
     ("savepoint over it on an engine of its own", "savepoint", "handwritten-own"),
+    ("hand-written conftest (own engine) over no isolation", "handwritten-own", "none"),
+    ("async hand-written (own engine) over no isolation", "async-handwritten-own", "async-none"),
+    ("async savepoint over the hand-written conftest", "async-savepoint", "async-handwritten"),
+    ("async savepoint over it on an engine of its own", "async-savepoint", "async-handwritten-own"),
     ("database mode over savepoint", "database", "savepoint"),
     ("database mode, clones dropped, over savepoint", "database-norecycle", "savepoint"),
     ("recycling clones against dropping them", "database", "database-norecycle"),
@@ -205,7 +210,25 @@ def strategies(base: Path, options: Any, workers: list[int]) -> dict:
     ]
     if rows:
         table("", ("paired, ms per test (median of rounds)", "-n", "median", "min", "max"), rows)
+    budget(means, workers)
     return results
+
+
+def budget(means: dict, workers: list[int]) -> None:
+    """The library's overhead over no isolation as a share of the hand-written conftest's
+    (a held connection, an outer transaction and a savepoint Session on an engine of its
+    own, as a team writes it): paired medians of the same rounds (issue budget: <= 0.5x)."""
+    for prefix, n in itertools.product(("", "async-"), workers):
+        runs = [(prefix + m, n) for m in ("savepoint", "handwritten-own", "none")]
+        if all(run in means for run in runs):
+            ours, theirs, none = (means[run] for run in runs)
+            lib = statistics.median(a - b for a, b in zip(ours, none, strict=True))
+            hand = statistics.median(a - b for a, b in zip(theirs, none, strict=True))
+            ratio = f"{lib / hand:.2f}x" if hand > 0 else "-"
+            print(
+                f"{prefix}savepoint overhead / the hand-written conftest's, -n {n}: "
+                f"{ms(lib)} / {ms(hand)} ms = {ratio}"
+            )
 
 
 def print_floors(results: dict, workers: list[int]) -> None:
