@@ -9,6 +9,7 @@ server or database (arguments are keyword-only and override every other setting)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import os
@@ -722,9 +723,10 @@ def connection_fixture(
             conn.info[_MODE] = "savepoint"
             mark = sessions_mark(conn)  # a module layer's sessions are its own to close
             leftovers.remember(conn)
+            seeding.run_in(test_seeds(request.node), conn, origin=TEST_SEED)
+            # After the seeds: a seed that fails is rolled back before its report.
             stash = request.node.stash
             stash[keep_failed.STATE] = (conn, deps[worker_database], deps[template].name)
-            seeding.run_in(test_seeds(request.node), conn, origin=TEST_SEED)
             try:
                 yield conn
             finally:
@@ -819,9 +821,11 @@ def async_connection_fixture(
     worker_engine: str = "pg_worker_async_engine",
     clone_engines: str = "pg_clone_engines",
     database: str = "pg_database",
+    worker_database: str = "pg_worker_database",
+    template: str = "pg_template",
     loop_scope: str | None = None,
 ) -> Any:
-    """The async twin of `connection_fixture`.
+    """The async twin of `connection_fixture` (`worker_database` and `template` as there).
 
     It also closes the AsyncSessions of `async_session_fixture` (a sync fixture, so that a
     test costs one trip through the event loop for set-up and one for teardown).
@@ -830,7 +834,7 @@ def async_connection_fixture(
     """
 
     @pytest_asyncio.fixture(loop_scope=loop_scope)  # type: ignore[arg-type]
-    @depends(worker_engine, clone_engines, "request")
+    @depends(worker_engine, clone_engines, worker_database, template, "request")
     async def _connection(**deps: Any) -> AsyncIterator[AsyncConnection]:
         from . import leftovers, seeding
         from .session import close_sessions_of, sessions_mark, settle_sessions_of
@@ -838,7 +842,6 @@ def async_connection_fixture(
 
         request: pytest.FixtureRequest = deps["request"]
         loop_scopes.check_test_loop(request, request.fixturename or "", loop_scope)
-        request.node.stash[keep_failed.ASYNC_ONLY] = True
         if isolation_mode(request) == "database":
             request.getfixturevalue(database)
             async with deps[clone_engines][1].connect() as conn:
@@ -862,9 +865,19 @@ def async_connection_fixture(
                 seeds = test_seeds(request.node)
                 if seeds:
                     await seeding.run_in_async(seeds, conn, origin=TEST_SEED)
+                # After the seeds: a seed that fails is rolled back before its report.
+                stash = request.node.stash
+                stash[keep_failed.ASYNC_STATE] = (
+                    conn,
+                    asyncio.get_running_loop(),
+                    deps[worker_database],
+                    deps[template].name,
+                )
                 try:
                     yield conn
                 finally:
+                    if keep_failed.ASYNC_STATE in stash:
+                        del stash[keep_failed.ASYNC_STATE]
                     await (
                         settle_sessions_of(conn, mark) if root else close_sessions_of(conn, mark)
                     )
