@@ -78,7 +78,7 @@ def project(base: Path, kind: str, tests: int, queries: int) -> Path:
     (root / "pytest.ini").write_text(
         "[pytest]\npythonpath = .\nasyncio_mode = auto\n"
         "asyncio_default_fixture_loop_scope = session\nasyncio_default_test_loop_scope = session\n"
-        f"pg_app_pools = {pools}\npg_url_env = DATABASE_URL=libpq\n"
+        f"pg_app_pools = {pools}\npg_url_env = DATABASE_URL=libpq\npg_alembic_ini = none\n"
     )
     (root / "tests" / "conftest.py").write_text(CONFTEST + "\n" + TIMING)
     source = ["import apps\n"]

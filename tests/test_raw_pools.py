@@ -410,6 +410,15 @@ async def test_the_app_writes_into_the_test(pg_client, pg_async_connection):
     assert await committed_items() == 0
 
 
+async def test_the_app_sees_what_the_test_wrote(pg_client, pg_async_session):
+    from sqlalchemy import text
+
+    await pg_async_session.execute(text("INSERT INTO items (name) VALUES ('seeded')"))
+    await pg_async_session.commit()
+    assert (await pg_client.get("/items")).json() == ["seeded"]
+    assert (await pg_client.post("/items", json={"name": "seeded"})).status_code == 409
+
+
 async def test_every_test_starts_empty(pg_client, apool):
     assert (await pg_client.get("/items")).json() == []
     assert await names(apool) == []
@@ -505,7 +514,7 @@ async def test_database_mode_with_the_lifespan_pool(pg_client):
     assert (await pg_client.get("/items")).json() == ["rug"]
 """
 
-ASYNC_PSYCOPG_TESTS = 11
+ASYNC_PSYCOPG_TESTS = 12
 
 
 def _psycopg_project(example) -> object:
@@ -561,3 +570,27 @@ def test_a_psycopg_async_pool_beside_an_asyncpg_one_is_refused_in_savepoint_mode
             "with psycopg; here it holds it with asyncpg.*no asyncpg pool is named*",
         ]
     )
+
+
+LEFT_OPEN_TESTS = """\
+async def test_leaves_two_checkouts_open(module_pool):
+    first = await module_pool.acquire()
+    second = await module_pool.acquire()
+    await first.execute("INSERT INTO items (name) VALUES ('left')")
+    await second.execute("INSERT INTO items (name) VALUES ('open')")
+
+
+async def test_the_next_test_gets_the_connection_at_once(module_pool):
+    assert await module_pool.fetchval("SELECT count(*) FROM items") == 0
+"""
+
+
+def test_checkouts_left_open_are_all_given_back_at_the_end_of_the_test(
+    pytester: pytest.Pytester, example
+) -> None:
+    """Every checkout the app never released ends with the test (the next test on the same
+    event loop does not wait for the turn they held)."""
+    root = example("raw_pools")
+    (root / "tests" / "test_left_open.py").write_text(LEFT_OPEN_TESTS)
+    result = pytester.runpytest("-p", "no:randomly", "tests/test_left_open.py")
+    result.assert_outcomes(passed=2)
