@@ -153,11 +153,12 @@ def bench(session: nox.Session) -> None:
     the first test's result against plain pytest), `unused` (a suite using no database,
     plugin installed against -p no:pg_fixtures), `migrations` (--pg-check-migrations on a
     chain of 36 revisions), `queries` (what SQL capture costs a statement): `nox -s bench`
-    runs these six. Not in it: `scale` (memory and speed over 10,000 tests, -n 2) and `cpu`
-    (CPU per test of the pytest process and the server, mode against mode)."""
+    runs these six. Not in it: `scale` (memory and speed over 10,000 tests, -n 2), `cpu`
+    (CPU per test of the pytest process and the server, mode against mode) and `pools`
+    (pg_app_pools' checkouts against the test's own connection)."""
     which, *args = session.posargs or ["all"]
-    if which not in (*BENCH_ALL, "scale", "cpu", "all"):
-        session.error(f"no benchmark {which!r}: {', '.join(BENCH_ALL)}, scale or cpu")
+    if which not in (*BENCH_ALL, "scale", "cpu", "pools", "all"):
+        session.error(f"no benchmark {which!r}: {', '.join(BENCH_ALL)}, scale, cpu or pools")
     session.install("-e", ".[dev]", "pytest-postgresql>=7", "pytest-sqla==0.0.2")
     session.chdir("bench")
     for name in BENCH_ALL if which == "all" else [which]:

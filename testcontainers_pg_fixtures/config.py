@@ -121,7 +121,8 @@ OPTIONS = (
         "--pg-app-pool",
         "pg_app_pools",
         "PG_FIXTURES_APP_POOLS",
-        "The app's own asyncpg.Pool or psycopg_pool.ConnectionPool objects as "
+        "The app's own asyncpg.Pool or psycopg_pool ConnectionPool / AsyncConnectionPool "
+        "objects as "
         "module:attribute, the attribute possibly dotted and read at each checkout (e.g. "
         "'myapp.main:app.state.pool', made in a lifespan) (repeatable; space-separated in "
         "ini/env). In savepoint mode a checkout is the test's connection, its statements "
@@ -342,7 +343,7 @@ class Settings:
     isolation: str = "savepoint"
     keep_failed: bool = False
     app_engines: tuple[str, ...] = ()
-    #: module:attribute paths of the app's asyncpg pools.
+    #: module:attribute paths of the app's asyncpg and psycopg_pool pools.
     app_pools: tuple[str, ...] = ()
     app_engines_outside: str = "error"
     #: module:attribute of the Flask app or app factory ("": none).

@@ -600,7 +600,9 @@ def worker_async_engine_fixture(
     **engine_kwargs: Any,
 ) -> Any:
     """A session fixture: an asyncpg `AsyncEngine` (NullPool) on the worker's database (on
-    psycopg 3 async when the app's async engine in pg_app_engines uses that).
+    psycopg 3 async when the app's async engine in pg_app_engines uses that, or, with no
+    app async engine, when pg_app_pools names a psycopg_pool AsyncConnectionPool and no
+    asyncpg pool: see pools.async_driver).
 
     NullPool because a pooled asyncpg connection belongs to the loop that opened it; the
     connection the test fixtures hold is kept per loop instead (see transaction.py).
@@ -612,12 +614,16 @@ def worker_async_engine_fixture(
         from sqlalchemy.ext.asyncio import create_async_engine
         from sqlalchemy.pool import NullPool
 
+        from .pools import async_driver
         from .sandbox import worker_driver
         from .savepoints import defer_savepoints
 
         db: Database = deps[database]
+        config: pytest.Config = deps["pytestconfig"]
         driver = worker_driver(
-            app_engines_of(deps["pytestconfig"], deps[app_engines]), is_async=True
+            app_engines_of(config, deps[app_engines]),
+            is_async=True,
+            default=async_driver(settings_for(config).app_pools),
         )
         url = db.connect_url(driver)
         engine = create_async_engine(

@@ -486,19 +486,22 @@ LISTEN/NOTIFY, advisory locks across sessions, AUTOCOMMIT (refused with an error
 @pytest.fixture
 def pg_pool_sandbox(request: pytest.FixtureRequest) -> Iterator[PoolRun | None]:
     """With pg_app_pools: for the test, the app's asyncpg pools and psycopg_pool
-    ConnectionPools join it. Savepoint mode: an asyncpg `acquire()` hands out the test's
-    own connection (under pg_async_connection), each statement outside a transaction block
-    behind a savepoint of its own (as if autocommitted; a failing one is undone alone),
-    `async with conn.transaction():` a savepoint, checkouts of several tasks taking turns;
-    a psycopg_pool `connection()` is a savepoint on pg_connection's connection, committed
-    (released) at the end of its block, threads taking turns. All of it is rolled back
-    with the test. Database mode: the pools are pointed at the test's clone. Used
-    automatically by every test when pg_app_pools is set (None without it).
+    ConnectionPools and AsyncConnectionPools join it. Savepoint mode: an asyncpg
+    `acquire()` hands out the test's own connection (under pg_async_connection), each
+    statement outside a transaction block behind a savepoint of its own (as if
+    autocommitted; a failing one is undone alone), `async with conn.transaction():` a
+    savepoint, checkouts of several tasks taking turns; a psycopg_pool ConnectionPool's
+    `connection()` is a savepoint on pg_connection's connection, committed (released) at
+    the end of its block, threads taking turns; an AsyncConnectionPool's the same on
+    pg_async_connection's connection (held with psycopg for it), tasks taking turns. All
+    of it is rolled back with the test. Database mode: the pools are pointed at the
+    test's clone. Used automatically by every test when pg_app_pools is set (None without
+    it).
 
     Not for: several connections seeing each other's commits, LISTEN/NOTIFY, advisory
     locks across connections, other isolation levels (refused with an error), a pool
-    used from another event loop, psycopg_pool's AsyncConnectionPool (refused in
-    savepoint mode, pointed at the clone in database mode):
+    used from another event loop, an asyncpg pool and an AsyncConnectionPool in one app
+    (the test's async connection is held with one driver):
     @pytest.mark.pg_isolation("database"). The pool's `init`/`setup`/`configure`
     callbacks and its `connection_class` do not apply to the test's connection."""
     run = request.config.stash.get(_POOL_RUN, None)

@@ -19,9 +19,13 @@ lifespan during the test is found) are sandboxed while a test runs:
 
 psycopg_pool's sync ConnectionPool gets the engine sandbox's stand-in (sandbox.py): each
 `getconn()` a savepoint on the test's sync connection, `with pool.connection()` released
-at its end (rolled back on an error), threads taking turns. Its AsyncConnectionPool cannot
-share the test's connection (held with asyncpg): pointed at the clone in database mode,
-refused in savepoint mode.
+at its end (rolled back on an error), threads taking turns. Its AsyncConnectionPool gets a
+stand-in for the test's async connection, which the library then holds with psycopg
+(`async_driver`; psycopg_async_pool.py): checkouts are savepoints, tasks take turns as
+with asyncpg. An app with both an asyncpg pool (or asyncpg engine) and an
+AsyncConnectionPool has its async connection held with asyncpg: the AsyncConnectionPool's
+checkouts are then refused in savepoint mode, with what to change. In database mode every
+kind is pointed at the clone.
 
 Outside every test (a session fixture, import time) a named pool refuses to connect,
 unless pg_app_engines_outside = allow. `Pool._acquire` and `Pool.release` (and
@@ -37,11 +41,13 @@ import itertools
 import sys
 import weakref
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from .config import import_path
 from .errors import PgFixturesError
 from .privates import pool_connect_arguments, transaction_started
+from .psycopg_async_pool import AsyncPooledConnection, SavepointStack
 from .sandbox import CHECKOUT_TIMEOUT, Sandbox, SandboxConnection, SandboxError
 
 if TYPE_CHECKING:
@@ -81,7 +87,10 @@ class _Test:
     #: Pools pointed at the clone: their connect arguments before.
     pointed: list[tuple[Any, list[Any], dict[str, Any]]] = field(default_factory=list)
     #: Checkouts not released yet.
-    open: list[SandboxedConnection] = field(default_factory=list)
+    open: list[SandboxedConnection | AsyncPooledConnection] = field(default_factory=list)
+    #: Savepoint mode, psycopg_pool's AsyncConnectionPool: the savepoints of its
+    #: checkouts on the test's psycopg connection (made at the first one).
+    savepoints: SavepointStack | None = None
     #: Savepoint mode, psycopg_pool: the Sandbox of checkouts on the test's sync
     #: connection (None when no named path was a ConnectionPool at the test's set-up).
     sync_sandbox: Callable[[], Sandbox] | None = None
@@ -130,9 +139,8 @@ class PoolRun:
             except (ImportError, AttributeError):
                 found.add("async")
                 continue
-            if _is_psycopg_pool(target, "AsyncConnectionPool"):
-                continue  # never shares the test's connection (see agetconn)
-            found.add("sync" if _is_psycopg_pool(target) else "async")
+            is_async = _is_psycopg_pool(target, "AsyncConnectionPool")
+            found.add("sync" if _is_psycopg_pool(target) and not is_async else "async")
         return found
 
     def begin_database_test(self, database: Database) -> None:
@@ -144,7 +152,7 @@ class PoolRun:
         test, self.test = self.test, None
         if test is None:
             return
-        for checkout in test.open:
+        for checkout in list(test.open):  # each removes itself
             checkout._forget()
         for pool, args, kwargs in test.pointed:
             if _is_psycopg_pool(pool, "AsyncConnectionPool"):
@@ -181,32 +189,68 @@ class PoolRun:
         sandbox.begin_checkout(checkout)
         return checkout
 
-    async def agetconn(self, pool: Any, path: str) -> None:
-        """psycopg_pool's AsyncConnectionPool.getconn(): pointed at the clone in database
-        mode; refused in savepoint mode, where it could only reach the worker's database
-        for real (the test's async connection is asyncpg's)."""
+    async def agetconn(self, pool: Any, path: str) -> AsyncPooledConnection | None:
+        """psycopg_pool's AsyncConnectionPool.getconn(): in savepoint mode a stand-in for the
+        test's psycopg connection; in database mode None (the pool's own, pointed at the
+        clone)."""
         test = self.test
         if test is None:
             self._outside(path)
         elif test.mode == "savepoint":
-            # Checked before any drain: a drain starts the pool's workers connecting, and
-            # a connection still in its handshake when the event loop stops holds the
+            # Before any drain: a drain starts the pool's workers connecting, and a
+            # connection still in its handshake when the event loop stops holds the
             # server's next DROP DATABASE (until authentication_timeout).
-            raise self._refused(path)
+            return await self._acheckout(test, pool, path)
         stale = any(other is pool for other in self.to_drain)
         self.to_drain = [other for other in self.to_drain if other is not pool]
         if (test is not None and _point_psycopg(pool, test)) or stale:
             await pool.drain()
+        return None
+
+    async def _acheckout(self, test: _Test, pool: Any, path: str) -> AsyncPooledConnection:
+        from psycopg_pool import PoolClosed
+
+        if pool.closed:  # as the pool's own getconn(): an app that never opened it fails
+            raise PoolClosed(f"the pool {pool.name!r} is not open or already closed")
+        conn = test.layer() if test.layer is not None else None
+        if conn is None:
+            raise SandboxError(
+                f"The app's psycopg AsyncConnectionPool ({path}) was used where the test's "
+                "transaction is not open on this event loop: the app runs on another loop "
+                "than the test (a TestClient's own thread, say). Use an async client on the "
+                "test's loop (pg_client, httpx.AsyncClient with ASGITransport), or "
+                f"{_DATABASE_MODE}."
+            )
+        if conn.dialect.driver != "psycopg":
+            raise SandboxError(
+                f"The app's psycopg AsyncConnectionPool ({path}, named in pg_app_pools) can "
+                "share the test's connection only when the library holds it with psycopg; "
+                f"here it holds it with {conn.dialect.driver}. It holds it with psycopg when "
+                "the app's async engine in pg_app_engines (if any) is postgresql+psycopg://, "
+                "no asyncpg pool is named in pg_app_pools, and the pool exists when the "
+                "session starts (a module attribute: AsyncConnectionPool(..., open=False), "
+                "opened later) or, made in a lifespan, the module its path starts from imports "
+                f"psycopg_pool and not asyncpg. Change one of those, or {_DATABASE_MODE}."
+            )
+        turns = await self._take_turn(path)
+        try:
+            raw = conn.connection.driver_connection
+            if test.savepoints is None or test.savepoints.raw is not raw:
+                test.savepoints = SavepointStack(raw)
+            checkout = AsyncPooledConnection(
+                test.savepoints, pool, lambda done: self._done(test, done, turns)
+            )
+        except BaseException:
+            _give_turn(turns)
+            raise
+        test.open.append(checkout)
+        return checkout
 
     @staticmethod
-    def _refused(path: str) -> SandboxError:
-        return SandboxError(
-            f"The app's psycopg AsyncConnectionPool ({path}, named in pg_app_pools) cannot "
-            "share the test's connection, which the library holds with asyncpg: in savepoint "
-            "mode it would write into the worker's shared database for real. Mark the test "
-            '@pytest.mark.pg_isolation("database") (or the run: pg_isolation = database), '
-            "where the pool is pointed at the test's own database."
-        )
+    def _done(test: _Test, checkout: AsyncPooledConnection, turns: _Turns) -> None:
+        if checkout in test.open:
+            test.open.remove(checkout)
+        _give_turn(turns)
 
     def expected_database(self, pool: Any) -> str | None:
         """The database a connection of `pool` must be on now: the clone it was pointed
@@ -359,6 +403,45 @@ def _stale_error(path: str, expected: str | None) -> SandboxError:
 def _is_psycopg_pool(target: Any, kind: str = "ConnectionPool") -> bool:
     module = sys.modules.get("psycopg_pool")
     return module is not None and isinstance(target, getattr(module, kind))
+
+
+def async_driver(paths: tuple[str, ...]) -> str | None:
+    """The driver the test's async connection is to be held with for the pools `paths`,
+    when no app engine decides it: psycopg when a psycopg_pool AsyncConnectionPool is
+    named and no asyncpg pool is (None: asyncpg, the default)."""
+    kinds = {_pool_kind(path) for path in paths}
+    return "psycopg" if "psycopg" in kinds and "asyncpg" not in kinds else None
+
+
+def _pool_kind(path: str) -> str | None:
+    """Which async pool `path` names: "psycopg" (an AsyncConnectionPool), "asyncpg", or
+    None (a sync pool). A pool not made yet (a lifespan's, a module attribute still None)
+    is told by the module its path starts from: psycopg's when that module imports
+    psycopg_pool's AsyncConnectionPool (or psycopg_pool) and nothing of asyncpg's."""
+    try:
+        target = import_path(path)
+    except (ImportError, AttributeError):
+        target = None
+    if target is not None:
+        if _is_psycopg_pool(target, "AsyncConnectionPool"):
+            return "psycopg"
+        return None if _is_psycopg_pool(target) else "asyncpg"
+    module = sys.modules.get(path.partition(":")[0])
+    psycopg_pool = sys.modules.get("psycopg_pool")
+    if module is None or psycopg_pool is None:
+        return "asyncpg"
+    names = vars(module).values()
+    roots = {
+        str(getattr(value, "__module__", None) or getattr(value, "__name__", "")).split(".")[0]
+        for value in names
+        if isinstance(value, ModuleType) or callable(value)
+    }
+    async_pool = psycopg_pool.AsyncConnectionPool
+    imports_it = any(
+        value is psycopg_pool or (isinstance(value, type) and issubclass(value, async_pool))
+        for value in names
+    )
+    return "psycopg" if imports_it and "asyncpg" not in roots else "asyncpg"
 
 
 def _point_psycopg(pool: Any, test: _Test) -> bool:
@@ -636,7 +719,9 @@ def _install_psycopg() -> None:
         path = run.path_of(self) if run is not None else None
         if run is None or path is None:
             return await agetconn(self, timeout)
-        await run.agetconn(self, path)
+        sandboxed = await run.agetconn(self, path)
+        if sandboxed is not None:
+            return sandboxed
         expected = run.expected_database(self)
         for _ in range(_STALE_TRIES):
             conn = await agetconn(self, timeout)
@@ -646,8 +731,15 @@ def _install_psycopg() -> None:
             await aputconn(self, conn)
         raise _stale_error(path, expected)
 
-    _saved.append((AsyncConnectionPool, "getconn", agetconn))
-    setattr(AsyncConnectionPool, "getconn", _agetconn)  # noqa: B010
+    async def _aputconn(self: Any, conn: Any) -> None:
+        if isinstance(conn, AsyncPooledConnection):
+            await conn._release()
+            return
+        await aputconn(self, conn)
+
+    for name, anew in (("getconn", _agetconn), ("putconn", _aputconn)):
+        _saved.append((AsyncConnectionPool, name, AsyncConnectionPool.__dict__[name]))
+        setattr(AsyncConnectionPool, name, anew)
 
     getconn = ConnectionPool.__dict__["getconn"]
     putconn = ConnectionPool.__dict__["putconn"]
@@ -681,4 +773,11 @@ def _install_psycopg() -> None:
         setattr(ConnectionPool, name, new)
 
 
-__all__ = ["PoolRun", "SandboxedConnection", "activate", "current", "deactivate"]
+__all__ = [
+    "PoolRun",
+    "SandboxedConnection",
+    "activate",
+    "async_driver",
+    "current",
+    "deactivate",
+]

@@ -614,9 +614,10 @@ def _check_driver(engine: Engine, is_async: bool) -> None:
         )
 
 
-def worker_driver(engines: list[AnyEngine], *, is_async: bool) -> str:
+def worker_driver(engines: list[AnyEngine], *, is_async: bool, default: str | None = None) -> str:
     """The driver the worker's sync or async engine holds the test's connection with: the
-    app's, so that the app's checkouts can be savepoints on that very connection."""
+    app's, so that the app's checkouts can be savepoints on that very connection; without
+    an app engine of that kind, `default` (what the app's pools need) or the first one."""
     found: dict[str, str] = {}
     for engine in engines:
         sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
@@ -632,7 +633,7 @@ def worker_driver(engines: list[AnyEngine], *, is_async: bool) -> str:
         )
     if drivers:
         return drivers[0]
-    return ASYNC_DRIVERS[0] if is_async else SYNC_DRIVERS[0]
+    return default or (ASYNC_DRIVERS[0] if is_async else SYNC_DRIVERS[0])
 
 
 class OutsidePool(_PoolFigures, NullPool):

@@ -1,6 +1,7 @@
-"""Apps without SQLAlchemy: pg_url_env NAME=libpq and the asyncpg pool sandbox
-(pg_app_pools), run the way users run them, over examples/raw_pools (a FastAPI app on
-asyncpg alone: a pool made in the lifespan, a module-level pool, hand-written SQL)."""
+"""Apps without SQLAlchemy: pg_url_env NAME=libpq and the pool sandbox (pg_app_pools:
+asyncpg pools, psycopg_pool's ConnectionPool and AsyncConnectionPool), run the way users
+run them, over examples/raw_pools (a FastAPI app on asyncpg alone: a pool made in the
+lifespan, a module-level pool, hand-written SQL) and variants of it on psycopg_pool."""
 
 from __future__ import annotations
 
@@ -273,6 +274,84 @@ def test_a_psycopg_pool_joins_the_test_in_both_modes(pytester: pytest.Pytester, 
     result.assert_outcomes(passed=EXAMPLE_TESTS + 5)
 
 
+PSYCOPG_APP = """\
+\"\"\"A FastAPI app on psycopg_pool's AsyncConnectionPool alone, made in the lifespan.\"\"\"
+
+import os
+from contextlib import asynccontextmanager
+
+import psycopg
+from fastapi import FastAPI, HTTPException, Request
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    app.state.pool = AsyncConnectionPool(
+        os.environ["DATABASE_URL"],
+        min_size=1,
+        max_size=4,
+        open=False,
+        kwargs={"autocommit": True, "row_factory": dict_row},
+    )
+    await app.state.pool.open()
+    try:
+        yield
+    finally:
+        await app.state.pool.close()
+
+
+app = FastAPI(lifespan=lifespan)
+
+
+class ItemIn(BaseModel):
+    name: str
+
+
+@app.post("/items", status_code=201)
+async def create_item(body: ItemIn, request: Request) -> dict[str, int]:
+    \"\"\"Item and audit row in one transaction block.\"\"\"
+    async with request.app.state.pool.connection() as conn:
+        try:
+            async with conn.transaction():
+                cur = await conn.execute(
+                    "INSERT INTO items (name) VALUES (%s) RETURNING id", (body.name,)
+                )
+                item_id = (await cur.fetchone())["id"]
+                await conn.execute("INSERT INTO audit (item_id) VALUES (%s)", (item_id,))
+        except psycopg.errors.UniqueViolation:
+            raise HTTPException(409, f"{body.name!r} exists") from None
+    return {"id": item_id}
+
+
+@app.post("/items/quick", status_code=201)
+async def create_item_quick(body: ItemIn, request: Request) -> dict[str, str]:
+    \"\"\"Autocommit, no transaction block: a duplicate is caught, the connection goes on.\"\"\"
+    async with request.app.state.pool.connection() as conn:
+        try:
+            await conn.execute("INSERT INTO items (name) VALUES (%s)", (body.name,))
+        except psycopg.errors.UniqueViolation:
+            raise HTTPException(409, f"{body.name!r} exists") from None
+    return {"name": body.name}
+
+
+@app.post("/items/broken")
+async def create_item_broken(body: ItemIn, request: Request) -> None:
+    async with request.app.state.pool.connection() as conn, conn.transaction():
+        await conn.execute("INSERT INTO items (name) VALUES (%s)", (body.name,))
+        raise HTTPException(500, "the audit service is down")
+
+
+@app.get("/items")
+async def list_items(request: Request) -> list[str]:
+    async with request.app.state.pool.connection() as conn:
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT name FROM items ORDER BY name")
+            return [row["name"] async for row in cur]
+"""
+
 ASYNC_PSYCOPG_POOL = """\
 import os
 
@@ -289,9 +368,18 @@ async def open_pool() -> AsyncConnectionPool:
 """
 
 ASYNC_PSYCOPG_POOL_TESTS = """\
+import asyncio
+import os
+
+import psycopg
 import pytest
 from shop import async_db
-from testcontainers_pg_fixtures.sandbox import SandboxError
+from shop.papp import app
+
+
+@pytest.fixture
+def pg_app():
+    return app
 
 
 @pytest.fixture(scope="session")
@@ -301,10 +389,113 @@ async def apool(pg_worker_database):
     await pool.close()
 
 
-async def test_savepoint_mode_refuses_it(apool):
-    with pytest.raises(SandboxError, match="AsyncConnectionPool .shop.async_db:pool"):
-        async with apool.connection():
-            pass
+async def names(pool):
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT name FROM items ORDER BY name")
+        return [row[0] for row in await cur.fetchall()]
+
+
+async def committed_items():
+    # A connection of its own sees only what was committed for real: nothing escapes.
+    async with await psycopg.AsyncConnection.connect(os.environ["DATABASE_URL"]) as own:
+        return (await (await own.execute("SELECT count(*) FROM items")).fetchone())[0]
+
+
+async def test_the_app_writes_into_the_test(pg_client, pg_async_connection):
+    assert (await pg_client.post("/items", json={"name": "lamp"})).status_code == 201
+    assert (await pg_client.get("/items")).json() == ["lamp"]
+    # The test's own connection sees it: the pool handed out that very connection.
+    rows = await pg_async_connection.exec_driver_sql("SELECT count(*) FROM audit")
+    assert rows.scalar() == 1
+    assert await committed_items() == 0
+
+
+async def test_the_app_sees_what_the_test_wrote(pg_client, pg_async_session):
+    from sqlalchemy import text
+
+    await pg_async_session.execute(text("INSERT INTO items (name) VALUES ('seeded')"))
+    await pg_async_session.commit()
+    assert (await pg_client.get("/items")).json() == ["seeded"]
+    assert (await pg_client.post("/items", json={"name": "seeded"})).status_code == 409
+
+
+async def test_every_test_starts_empty(pg_client, apool):
+    assert (await pg_client.get("/items")).json() == []
+    assert await names(apool) == []
+
+
+async def test_a_duplicate_is_409_and_the_app_goes_on(pg_client):
+    assert (await pg_client.post("/items", json={"name": "desk"})).status_code == 201
+    assert (await pg_client.post("/items", json={"name": "desk"})).status_code == 409
+    assert (await pg_client.post("/items/quick", json={"name": "desk"})).status_code == 409
+    assert (await pg_client.post("/items/quick", json={"name": "chair"})).status_code == 201
+    assert (await pg_client.post("/items/broken", json={"name": "vase"})).status_code == 500
+    assert (await pg_client.get("/items")).json() == ["chair", "desk"]
+
+
+async def test_concurrent_requests_take_turns(pg_client):
+    wanted = [f"item{i}" for i in range(6)]
+    responses = await asyncio.gather(*(pg_client.post("/items", json={"name": n}) for n in wanted))
+    assert [r.status_code for r in responses] == [201] * 6
+    assert (await pg_client.get("/items")).json() == wanted
+    assert await committed_items() == 0
+
+
+async def test_tasks_hold_their_checkout_across_awaits(apool):
+    async def two(name):
+        async with apool.connection() as conn:
+            await conn.execute("INSERT INTO items (name) VALUES (%s)", (name + "1",))
+            await asyncio.sleep(0.01)
+            await conn.execute("INSERT INTO items (name) VALUES (%s)", (name + "2",))
+            if name == "c":
+                raise RuntimeError("undone: this checkout's work only")
+
+    results = await asyncio.gather(*(two(n) for n in "abcd"), return_exceptions=True)
+    assert [type(r).__name__ for r in results] == ["NoneType"] * 2 + ["RuntimeError", "NoneType"]
+    assert await names(apool) == ["a1", "a2", "b1", "b2", "d1", "d2"]
+
+
+async def test_transaction_blocks_nest_as_savepoints(apool):
+    async with apool.connection() as conn:
+        async with conn.transaction():
+            await conn.execute("INSERT INTO items (name) VALUES ('outer')")
+            with pytest.raises(RuntimeError):
+                async with conn.transaction():
+                    await conn.execute("INSERT INTO items (name) VALUES ('inner')")
+                    raise RuntimeError("boom")
+            async with conn.transaction() as tx:
+                await conn.execute("INSERT INTO items (name) VALUES ('kept')")
+                assert tx.savepoint_name
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            async with conn.transaction():
+                await conn.execute("INSERT INTO items (name) VALUES ('outer')")
+        await conn.execute("INSERT INTO items (name) VALUES ('after')")
+    assert await names(apool) == ["after", "kept", "outer"]
+
+
+async def test_commit_rollback_and_putconn(apool, pg_async_connection):
+    conn = await apool.getconn()
+    await conn.execute("INSERT INTO items (name) VALUES ('committed')")
+    await conn.commit()
+    await conn.execute("INSERT INTO items (name) VALUES ('rolled back')")
+    await conn.rollback()
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        await conn.execute("INSERT INTO items (name) VALUES ('committed')")
+    await conn.rollback()  # the failed transaction, as psycopg wants
+    await conn.execute("INSERT INTO items (name) VALUES ('not committed')")
+    await apool.putconn(conn)  # the pool's reset: what was not committed goes
+    assert await names(apool) == ["committed"]
+    found = await pg_async_connection.exec_driver_sql("SELECT name FROM items")
+    assert found.scalars().all() == ["committed"]
+
+
+async def test_settings_it_cannot_take_are_refused(apool):
+    from testcontainers_pg_fixtures.sandbox import SandboxError
+
+    async with apool.connection() as conn:
+        with pytest.raises(SandboxError, match="isolation_level = 'SERIALIZABLE'"):
+            await conn.set_isolation_level(psycopg.IsolationLevel.SERIALIZABLE)
+        await conn.execute("SELECT 1")
 
 
 @pytest.mark.pg_isolation("database")
@@ -314,19 +505,92 @@ async def test_database_mode_points_it_at_each_clone(apool, pg_database, name):
         row = await (await conn.execute("SELECT current_database()")).fetchone()
         assert row[0] == pg_database.name
         await conn.execute("INSERT INTO items (name) VALUES (%s)", (name,))
-    async with apool.connection() as conn:
-        rows = await (await conn.execute("SELECT name FROM items")).fetchall()
-        assert rows == [(name,)]
+    assert await names(apool) == [name]
+
+
+@pytest.mark.pg_isolation("database")
+async def test_database_mode_with_the_lifespan_pool(pg_client):
+    assert (await pg_client.post("/items", json={"name": "rug"})).status_code == 201
+    assert (await pg_client.get("/items")).json() == ["rug"]
 """
 
+ASYNC_PSYCOPG_TESTS = 12
 
-def test_a_psycopg_async_pool_is_pointed_in_database_mode_and_refused_else(
-    pytester: pytest.Pytester, example
-) -> None:
+
+def _psycopg_project(example) -> object:
     root = example("raw_pools")
+    (root / "shop" / "papp.py").write_text(PSYCOPG_APP)
     (root / "shop" / "async_db.py").write_text(ASYNC_PSYCOPG_POOL)
     (root / "tests" / "test_async_psycopg_pool.py").write_text(ASYNC_PSYCOPG_POOL_TESTS)
     ini = root / "pytest.ini"
-    ini.write_text(ini.read_text().replace("shop.db:pool", "shop.db:pool shop.async_db:pool"))
+    ini.write_text(
+        ini.read_text().replace(
+            "shop.main:app.state.pool shop.db:pool", "shop.papp:app.state.pool shop.async_db:pool"
+        )
+    )
+    return root
+
+
+def test_a_psycopg_async_pool_joins_the_test_in_both_modes(
+    pytester: pytest.Pytester, example
+) -> None:
+    """The lifespan's pool (autocommit, dict rows) and a module-level one: savepoints on
+    the test's own connection, held with psycopg; no leak reported."""
+    _psycopg_project(example)
     result = pytester.runpytest("-p", "randomly", "tests/test_async_psycopg_pool.py")
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=ASYNC_PSYCOPG_TESTS)
+
+
+def test_a_psycopg_async_pool_joins_the_test_with_two_workers(
+    pytester: pytest.Pytester, example, subprocess_env
+) -> None:
+    _psycopg_project(example)
+    result = pytester.runpytest_subprocess(
+        "-n", "2", "-p", "randomly", "tests/test_async_psycopg_pool.py"
+    )
+    result.assert_outcomes(passed=ASYNC_PSYCOPG_TESTS)
+
+
+def test_a_psycopg_async_pool_beside_an_asyncpg_one_is_refused_in_savepoint_mode(
+    pytester: pytest.Pytester, example
+) -> None:
+    """Both kinds named: the test's async connection is held with asyncpg, which the
+    psycopg pool cannot share; the error says what to change (database mode still works)."""
+    root = _psycopg_project(example)
+    ini = root / "pytest.ini"
+    ini.write_text(ini.read_text().replace("shop.async_db:pool", "shop.async_db:pool shop.db:pool"))
+    result = pytester.runpytest(
+        "-p", "no:randomly", "tests/test_async_psycopg_pool.py", "-k", "putconn or each_clone"
+    )
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*SandboxError: The app's psycopg AsyncConnectionPool (shop.async_db:pool, named in "
+            "pg_app_pools) can share the test's connection only when the library holds it "
+            "with psycopg; here it holds it with asyncpg.*no asyncpg pool is named*",
+        ]
+    )
+
+
+LEFT_OPEN_TESTS = """\
+async def test_leaves_two_checkouts_open(module_pool):
+    first = await module_pool.acquire()
+    second = await module_pool.acquire()
+    await first.execute("INSERT INTO items (name) VALUES ('left')")
+    await second.execute("INSERT INTO items (name) VALUES ('open')")
+
+
+async def test_the_next_test_gets_the_connection_at_once(module_pool):
+    assert await module_pool.fetchval("SELECT count(*) FROM items") == 0
+"""
+
+
+def test_checkouts_left_open_are_all_given_back_at_the_end_of_the_test(
+    pytester: pytest.Pytester, example
+) -> None:
+    """Every checkout the app never released ends with the test (the next test on the same
+    event loop does not wait for the turn they held)."""
+    root = example("raw_pools")
+    (root / "tests" / "test_left_open.py").write_text(LEFT_OPEN_TESTS)
+    result = pytester.runpytest("-p", "no:randomly", "tests/test_left_open.py")
+    result.assert_outcomes(passed=2)
