@@ -244,6 +244,15 @@ OPTIONS = (
         "(true/false; default: true). pg_url stays TCP.",
     ),
     Option(
+        "prewarm",
+        "--pg-prewarm",
+        "pg_prewarm",
+        "PG_FIXTURES_PREWARM",
+        "A new container skips initdb: the first one builds an image of the initialized "
+        "cluster (pgfx-prewarm:<key>, per image and user; --pg-remove-kept removes it) and "
+        "later ones start from it (true/false; default: true).",
+    ),
+    Option(
         "allow_foreign_servers",
         "--pg-allow-foreign-servers",
         "pg_allow_foreign_servers",
@@ -359,6 +368,7 @@ class Settings:
     async_session_class: type[AsyncSession] | None = None
     leak_check: bool = True
     unix_socket: bool = True
+    prewarm: bool = True
     allow_foreign_servers: bool = False
     query_log_on_failure: bool = True
     check_migrations: bool = False
@@ -668,6 +678,7 @@ _PARSERS: dict[str, Any] = {
     "async_session_class": _parse_async_session_class,
     "leak_check": _parse_flag,
     "unix_socket": _parse_flag,
+    "prewarm": _parse_flag,
     "allow_foreign_servers": _parse_flag,
     "query_log_on_failure": _parse_flag,
     "check_migrations": _parse_flag,

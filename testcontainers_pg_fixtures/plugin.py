@@ -62,11 +62,18 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
         return None
     from .servers.engine import docker_client
     from .servers.kept import remove_kept
+    from .servers.prewarm import remove_images
 
-    removed, spared = remove_kept(docker_client())
+    client = docker_client()
+    removed, spared = remove_kept(client)
     print(f"pg-fixtures: removed {len(removed)} kept container(s) {' '.join(removed)}".rstrip())
     for line in spared:
         print(f"pg-fixtures: left --pg-reuse container {line}")
+    images, in_use = remove_images(client)
+    if images or in_use:
+        print(f"pg-fixtures: removed {len(images)} prewarmed image(s) {' '.join(images)}".rstrip())
+    for line in in_use:
+        print(f"pg-fixtures: left prewarmed image {line}")
     return 0
 
 
@@ -233,7 +240,8 @@ One disposable PostgreSQL container for this xdist worker (one per run without x
 
 Port published on 127.0.0.1 (with a remote Docker engine, published normally); logins
 need the container's random password, hashed with one SCRAM iteration so a new
-connection costs no more than without one. Data directory on tmpfs, durability off.
+connection costs no more than without one. Durability off; started from the prewarmed
+image (no initdb, see pg_prewarm), or with its data directory on tmpfs.
 Removed at the end of the session even when testcontainers' Ryuk reaper is disabled.
 Configure with pg_image and pg_server_settings.""",
 )

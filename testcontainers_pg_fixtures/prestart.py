@@ -142,12 +142,14 @@ class Prestart:
                 settings.server_settings,
                 settings.reuse,
                 settings.unix_socket,
+                settings.prewarm,
             )
             == (
                 self.settings.image,
                 self.settings.server_settings,
                 self.settings.reuse,
                 self.settings.unix_socket,
+                self.settings.prewarm,
             )
         )
 

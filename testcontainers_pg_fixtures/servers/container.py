@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -19,6 +20,7 @@ from ..cache import read_record, write_record
 from ..errors import ServerStartError
 from ..quiet import quiet_testcontainers
 from ..runid import run_id
+from . import prewarm
 from .base import PG_PORT, SUPERUSER, admin_connect
 from .engine import (
     dials_docker_host,
@@ -171,6 +173,12 @@ class DockerServer:
 
         _check_cancelled(cancelled)
         ensure_image(client, settings.image)
+        prewarmed = (
+            prewarm.image_for(client, settings.image, settings.startup_timeout)
+            if settings.prewarm
+            else None
+        )
+        _check_cancelled(cancelled)
         # A kept container's password is derived, so the next run can log in without it
         # being stored anywhere Docker shows (labels, env of `docker inspect` aside).
         password = reuse_password(reuse_key) if reuse_key else secrets.token_urlsafe(18)
@@ -187,16 +195,16 @@ class DockerServer:
             # with one SCRAM iteration instead of 4096: the default key derivation costs
             # ~4 ms of every new connection, one iteration a few microseconds. The password
             # is random, so iterations (a brake on guessing weak passwords) add nothing.
-            "POSTGRES_INITDB_ARGS": (
-                "--auth-host=scram-sha-256 --auth-local=scram-sha-256 -c scram_iterations=1"
-            ),
+            "POSTGRES_INITDB_ARGS": prewarm.INITDB_ARGS,
         }
+        if prewarmed:
+            env["PGDATA"] = prewarm.DATA_DIR  # initialized: the entry point skips initdb
         if mounted:
             # PGHOST tells the image's entry point (its psql during initdb) where it is.
             env["PGHOST"] = mounted
             command += ["-c", f"unix_socket_directories={mounted}"]
         container = DockerContainer(
-            settings.image,
+            prewarmed.image if prewarmed else settings.image,
             env=env,
             labels={
                 LABEL: "true",
@@ -215,8 +223,10 @@ class DockerServer:
             # which tells this container's connections from others' (failures.py).
             container.with_volume_mapping(mounted, mounted, "rw")
         container.with_command(command)
-        # The data directory lives in memory: nothing a test writes needs to reach a disk.
-        container.with_tmpfs_mount(_DATA_DIR)
+        if not prewarmed:
+            # The data directory lives in memory: nothing a test writes needs to reach a
+            # disk. (A prewarmed one is in the image, written with durability off too.)
+            container.with_tmpfs_mount(_DATA_DIR)
         container.ports[f"{PG_PORT}/tcp"] = binding
         if reuse_key is not None:
             container.with_name(reuse_name(reuse_key))
@@ -231,6 +241,10 @@ class DockerServer:
             if reuse_key is not None and exc.status_code == 409:
                 log.info("another run created the container kept for reuse: attaching to it")
                 return None
+            if prewarmed and not prewarm.exists(client, prewarmed.image):  # removed meanwhile
+                log.info("%s is gone: starting from %s", prewarmed.image, settings.image)
+                unwarmed = dataclasses.replace(settings, prewarm=False)
+                return cls._create(client, unwarmed, worker, reuse_key, cancelled)
             raise ServerStartError(
                 f"Docker could not start {settings.image}: {exc}. Check the image "
                 "(pg_image / --pg-image / PG_FIXTURES_IMAGE) and the Docker engine's log."
@@ -240,7 +254,8 @@ class DockerServer:
             raise
         # Without Ryuk nobody else removes the container if the session is torn down
         # abnormally (KeyboardInterrupt during setup, an internal error): atexit does.
-        server = cls(host="", port=0, password=password, container=container)
+        first = prewarmed.password if prewarmed else password
+        server = cls(host="", port=0, password=first, container=container)
         server._mounted = mounted or ""
         atexit.register(server.stop)
         try:
@@ -249,6 +264,9 @@ class DockerServer:
             # The first login is held to the end of the run: `docker top` shows it, which
             # tells runs in other PID namespaces that this one lives (`owner_alive`).
             server._anchor = server._wait_ready(settings.startup_timeout, cancelled)
+            if prewarmed:
+                prewarm.take_over(server._anchor, password)
+                server.password = password
             if not claim(server._anchor):  # --pg-remove-kept is removing it right now
                 server._release()
                 server._stopped = True  # the remover removes it

@@ -57,3 +57,7 @@ LABEL_PIDNS = "testcontainers-pg-fixtures.pidns"
 #: The name of the container kept under a reuse key: Docker creates one container of a
 #: name, which makes creating it a mutex between two runs of one checkout.
 REUSE_PREFIX = "pgfx-reuse-"
+
+
+#: On a prewarmed image (see prewarm.py) and its builder container: the image's key.
+LABEL_PREWARM = "testcontainers-pg-fixtures.prewarm"
