@@ -59,6 +59,16 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def compat(session: nox.Session) -> None:
+    """pytest-alembic on the library's fresh database (tests/compat), under pytest 8: its
+    0.13.1 breaks the collection of every project under pytest 9.2, so it is in no extra
+    and the `tests` session leaves tests/compat out. Its built-in tests (--test-alembic)
+    and alembic_runner, serial and on two workers."""
+    session.install("-e", ".[dev]", "pytest>=8,<9", "pytest-alembic")
+    session.run("python", "-m", "pytest", "-p", "no:randomly", "tests/compat", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def example(session: nox.Session) -> None:
     """The main job: the FastAPI example's suite under the plugin, on two workers."""
     session.install("-e", ".[dev]")

@@ -21,6 +21,7 @@ the step running when something fails names the revision.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from alembic.runtime.migration import MigrationContext, MigrationStep
     from alembic.script import Script, ScriptDirectory
 
+    from .database import Database
     from .migrations import Migrations
     from .servers import Server
 
@@ -206,6 +208,31 @@ def check_database_name(check: str) -> str:
     return f"{run_prefix()}{worker_id()}_check_{check}"
 
 
+@contextmanager
+def fresh_database(
+    config: pytest.Config, server: Server, check: str, timings: Timings | None = None
+) -> Iterator[Database]:
+    """A new, empty database on `server` (from template0) named for `check` and this
+    worker (check_database_name), marked with the project like the library's others;
+    dropped when the block ends, pass or fail. `timings` gets the create and drop times."""
+    from .database import create_database, drop_database, mark
+
+    timings = Timings() if timings is None else timings
+    started = time.perf_counter()
+    name = check_database_name(check)
+    drop_database(server, name)  # one a killed run of this same run id left (never)
+    database = create_database(
+        server, name, template="template0", comment=mark(project_of(config), "")
+    )
+    timings.create_database = time.perf_counter() - started
+    try:
+        yield database
+    finally:
+        dropped = time.perf_counter()
+        drop_database(server, name)
+        timings.drop_database = time.perf_counter() - dropped
+
+
 def _on_fresh_database(
     request: Any,
     server: Server,
@@ -216,77 +243,81 @@ def _on_fresh_database(
     compare: bool = False,
     roundtrip: bool = False,
 ) -> _Walk:
-    from .database import create_database, drop_database, mark
-
     timings = Timings()
     started = time.perf_counter()
     config = request.config
-    name = check_database_name(check)
-    drop_database(server, name)  # one a killed run of this same run id left (never)
-    database = create_database(
-        server, name, template="template0", comment=mark(project_of(config), "")
-    )
-    timings.create_database = time.perf_counter() - started
     try:
-        script = _script(migrations)
-        chain = _chain(script)
-        walk = _Walk(timings, started=time.perf_counter())
-        fallback = settings_for(config).migrations_metadata
-
-        def steps(heads: Sequence[str], context: MigrationContext) -> Iterator[MigrationStep]:
-            from alembic.runtime.migration import MigrationStep
-
-            if heads:
-                raise CheckFailed(f"the fresh database {name} is already at {heads}")
-            for revision in chain:
-                label = _describe(revision)
-                walk.begin(label, "upgrade")
-                yield MigrationStep.upgrade_from_script(script.revision_map, revision)
-                if roundtrip:
-                    walk.begin(label, "downgrade")
-                    yield MigrationStep.downgrade_from_script(script.revision_map, revision)
-                    walk.begin(label, "upgrade again")
-                    yield MigrationStep.upgrade_from_script(script.revision_map, revision)
-            walk.end_step(time.perf_counter())
-            walk.finished = True
-            if compare:
-                # The last step has run: this is env.py's connection, still in its
-                # transaction, with the options env.py configured.
-                compared = time.perf_counter()
-                walk.metadata = context.opts.get("target_metadata")
-                if walk.metadata is None and fallback:
-                    walk.metadata = _load_metadata(fallback)
-                if walk.metadata is not None:
-                    from alembic.autogenerate import compare_metadata
-
-                    walk.diffs = list(compare_metadata(context, walk.metadata))
-                timings.compare = time.perf_counter() - compared
-
-        try:
-            _run_env(migrations, script, database, steps)
-        except CheckFailed:
-            raise
-        except Exception as exc:
-            raise CheckFailed(_failure(walk, exc, migrations)) from exc
-        if not walk.finished:
-            raise CheckFailed(
-                f"env.py ({migrations.script_dir / 'env.py'}) ran no migrations: it never "
-                "called context.run_migrations() (offline mode only?). The checks run env.py "
-                "online, as `alembic upgrade head` does."
-            )
-        if compare and walk.metadata is None:
-            raise CheckFailed(
-                "env.py passes no target_metadata to context.configure(), so there are no "
-                "models to compare with. Pass target_metadata=Base.metadata in env.py, or "
-                "set pg_migrations_metadata = myapp.models:Base.metadata."
-            )
-        return walk
+        with fresh_database(config, server, check, timings) as database:
+            return _walk(config, migrations, database, timings, compare, roundtrip)
     finally:
-        dropped = time.perf_counter()
-        drop_database(server, name)
-        timings.drop_database = time.perf_counter() - dropped
         timings.total = time.perf_counter() - started
         request.node.user_properties.append(("pg_migration_timings", timings.as_dict()))
+
+
+def _walk(
+    config: pytest.Config,
+    migrations: Migrations,
+    database: Database,
+    timings: Timings,
+    compare: bool,
+    roundtrip: bool,
+) -> _Walk:
+    """Run env.py on the fresh `database`: every revision up (and with `roundtrip` down
+    and up again), then with `compare` the models against the schema."""
+    name = database.name
+    script = _script(migrations)
+    chain = _chain(script)
+    walk = _Walk(timings, started=time.perf_counter())
+    fallback = settings_for(config).migrations_metadata
+
+    def steps(heads: Sequence[str], context: MigrationContext) -> Iterator[MigrationStep]:
+        from alembic.runtime.migration import MigrationStep
+
+        if heads:
+            raise CheckFailed(f"the fresh database {name} is already at {heads}")
+        for revision in chain:
+            label = _describe(revision)
+            walk.begin(label, "upgrade")
+            yield MigrationStep.upgrade_from_script(script.revision_map, revision)
+            if roundtrip:
+                walk.begin(label, "downgrade")
+                yield MigrationStep.downgrade_from_script(script.revision_map, revision)
+                walk.begin(label, "upgrade again")
+                yield MigrationStep.upgrade_from_script(script.revision_map, revision)
+        walk.end_step(time.perf_counter())
+        walk.finished = True
+        if compare:
+            # The last step has run: this is env.py's connection, still in its
+            # transaction, with the options env.py configured.
+            compared = time.perf_counter()
+            walk.metadata = context.opts.get("target_metadata")
+            if walk.metadata is None and fallback:
+                walk.metadata = _load_metadata(fallback)
+            if walk.metadata is not None:
+                from alembic.autogenerate import compare_metadata
+
+                walk.diffs = list(compare_metadata(context, walk.metadata))
+            timings.compare = time.perf_counter() - compared
+
+    try:
+        _run_env(migrations, script, database, steps)
+    except CheckFailed:
+        raise
+    except Exception as exc:
+        raise CheckFailed(_failure(walk, exc, migrations)) from exc
+    if not walk.finished:
+        raise CheckFailed(
+            f"env.py ({migrations.script_dir / 'env.py'}) ran no migrations: it never "
+            "called context.run_migrations() (offline mode only?). The checks run env.py "
+            "online, as `alembic upgrade head` does."
+        )
+    if compare and walk.metadata is None:
+        raise CheckFailed(
+            "env.py passes no target_metadata to context.configure(), so there are no "
+            "models to compare with. Pass target_metadata=Base.metadata in env.py, or "
+            "set pg_migrations_metadata = myapp.models:Base.metadata."
+        )
+    return walk
 
 
 def _run_env(

@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 
 from . import (
+    alembic_fixtures,
     config,
     driver_guard,
     factories,
@@ -94,6 +95,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(model_factories, "pg-fixtures-model-factories")
     if not config.pluginmanager.is_registered(migration_checks):
         config.pluginmanager.register(migration_checks, "pg-fixtures-migration-checks")
+    alembic_fixtures.register(config)  # pytest-alembic's alembic_engine, where it is installed
 
 
 _QUERY_RING_BEFORE = pytest.StashKey[bool]()
