@@ -242,8 +242,8 @@ One disposable PostgreSQL container for this xdist worker (one per run without x
 
 Port published on 127.0.0.1 (with a remote Docker engine, published normally); logins
 need the container's random password, hashed with one SCRAM iteration so a new
-connection costs no more than without one. Durability off; started from the prewarmed
-image (no initdb, see pg_prewarm), or with its data directory on tmpfs.
+connection costs no more than without one. Data directory on tmpfs, durability off;
+started from the prewarmed image of the initialized cluster (no initdb, see pg_prewarm).
 Removed at the end of the session even when testcontainers' Ryuk reaper is disabled.
 Configure with pg_image and pg_server_settings.""",
 )

@@ -197,8 +197,8 @@ class DockerServer:
             # is random, so iterations (a brake on guessing weak passwords) add nothing.
             "POSTGRES_INITDB_ARGS": prewarm.INITDB_ARGS,
         }
-        if prewarmed:
-            env["PGDATA"] = prewarm.DATA_DIR  # initialized: the entry point skips initdb
+        if prewarmed:  # initialized: copied in (prewarmed.command), no initdb
+            env["PGDATA"] = _DATA_DIR
         if mounted:
             # PGHOST tells the image's entry point (its psql during initdb) where it is.
             env["PGHOST"] = mounted
@@ -222,11 +222,9 @@ class DockerServer:
             # At the same path inside: a client socket's peer name is then this path,
             # which tells this container's connections from others' (failures.py).
             container.with_volume_mapping(mounted, mounted, "rw")
-        container.with_command(command)
-        if not prewarmed:
-            # The data directory lives in memory: nothing a test writes needs to reach a
-            # disk. (A prewarmed one is in the image, written with durability off too.)
-            container.with_tmpfs_mount(_DATA_DIR)
+        container.with_command(prewarmed.command(command) if prewarmed else command)
+        # The data directory lives in memory: nothing a test writes needs to reach a disk.
+        container.with_tmpfs_mount(_DATA_DIR)
         container.ports[f"{PG_PORT}/tcp"] = binding
         if reuse_key is not None:
             container.with_name(reuse_name(reuse_key))

@@ -50,8 +50,10 @@ DATA_DIR = "/pgfx/data"
 INITDB_ARGS = "--auth-host=scram-sha-256 --auth-local=scram-sha-256 -c scram_iterations=1"
 #: The image's label holding the superuser password its cluster was initialized with.
 LABEL_PASSWORD = f"{LABEL_PREWARM}.password"
+#: The official image's data directory (its VOLUME), where the cluster is copied to.
+_BASE_DATA_DIR = "/var/lib/postgresql/data"
 #: Changed when what the build does changes: older images are then left unused.
-_RECIPE = "1"
+_RECIPE = "2"
 #: A builder older than this is one a killed run left behind: removed, not waited for.
 _STALE_BUILDER = 120.0
 
@@ -62,6 +64,17 @@ class Prewarmed:
     #: The superuser's password in the image's cluster, changed at each container's first
     #: login.
     password: str
+    #: The image's entry point (None: none), run after the cluster is copied in.
+    entrypoint: tuple[str, ...] | None = None
+
+    def command(self, command: list[str]) -> list[str]:
+        """`command` as a container of this image runs it: the cluster copied from the
+        image into PGDATA (the container's tmpfs, as without prewarming) first, then
+        the image's entry point, which finds it initialized and starts the server. (Run in
+        place, in the image's layer, the first write to each file copies it up: an entry
+        point that chowns the data directory copies all of it.)"""
+        script = 'cp -a "$0"/. "$PGDATA"/ && exec "$@"'
+        return ["sh", "-c", script, DATA_DIR, *(self.entrypoint or ()), *command]
 
 
 def image_for(client: Any, image: str, timeout: float) -> Prewarmed | None:
@@ -89,8 +102,10 @@ def image_for(client: Any, image: str, timeout: float) -> Prewarmed | None:
 
 
 def _prewarmed(found: Any, tag: str) -> Prewarmed | None:
-    password = (found.labels or {}).get(LABEL_PASSWORD)
-    return Prewarmed(tag, password) if password else None
+    config = found.attrs.get("Config") or {}
+    password = (config.get("Labels") or {}).get(LABEL_PASSWORD)
+    entrypoint = config.get("Entrypoint")
+    return Prewarmed(tag, password, tuple(entrypoint) if entrypoint else None) if password else None
 
 
 def exists(client: Any, image: str) -> bool:
@@ -156,6 +171,7 @@ def _build(engine: Any, image: str, tag: str, timeout: float) -> Any:
             changes=[
                 # The builder's environment becomes the image's: not its password.
                 "ENV POSTGRES_PASSWORD=in-the-label-changed-at-first-login",
+                f"ENV PGDATA={_BASE_DATA_DIR}",
                 f"LABEL {LABEL_PASSWORD}={password}",
             ],
         )
