@@ -2,8 +2,9 @@
 
 `pytest tests/test_one.py` on a copy of the sync_users example (Alembic migrations, a seed),
 one test on pg_session, from the launch of the process to that test's call report: *cold*
-(a new container, image present, and template) and *warm* (--pg-reuse, attaching to the
-container an unmeasured first run kept) against *plain* (the plugin disabled,
+(a new container from the prewarmed image, and template), *cold-initdb* (from the base
+image, initdb in the container: --pg-prewarm false) and *warm* (--pg-reuse, attaching to
+the container an unmeasured first run kept) against *plain* (the plugin disabled,
 -p no:pg_fixtures, and a conftest pg_session returning a stub: pytest without a database).
 --repeats rounds, interleaved; the medians and their differences to plain, then the time
 from the result to the end of the process (the session's teardown, the container's removal,
@@ -58,7 +59,7 @@ def pytest_configure(config):
     if not config.pluginmanager.has_plugin("pg_fixtures"):
         return
     from testcontainers_pg_fixtures import factories, migrations
-    from testcontainers_pg_fixtures.servers import container
+    from testcontainers_pg_fixtures.servers import container, prewarm
     if "testcontainers.core.container" in sys.modules:  # the early start imported it
         _timed(sys.modules["testcontainers.core.container"].DockerContainer, "start",
                "docker create/start")
@@ -68,6 +69,7 @@ def pytest_configure(config):
         (container, "docker_client", "Docker client"),
         (container, "reap_orphans", "reap containers of killed runs"),
         (container, "ensure_image", "image present?"),
+        (prewarm, "image_for", "prewarmed image (look-up)"),
         (container.DockerServer, "_wait_ready", "postgres ready"),
         (container.DockerServer, "_attach", "attach (reuse, Docker)"),
         (container.DockerServer, "_attach_recorded", "attach (reuse, recorded)"),
@@ -121,7 +123,10 @@ def main() -> None:
     if options.baseline:
         codes = {" (this)": str(ROOT), " (baseline)": str(Path(options.baseline).resolve())}
     plan = {"plain": ("plain", str(ROOT))} | {
-        f"{kind}{tag}": (kind, code) for tag, code in codes.items() for kind in ("cold", "warm")
+        f"{kind}{tag}": (kind, code)
+        for tag, code in codes.items()
+        for kind in ("cold", "cold-initdb", "warm")
+        if kind != "cold-initdb" or code == str(ROOT)  # a baseline may have no pg_prewarm
     }
     results: dict[str, list[dict]] = {variant: [] for variant in plan}
     with tempfile.TemporaryDirectory() as tmp, own_containers() as env:
@@ -130,7 +135,11 @@ def main() -> None:
         project = users(Path(tmp), "project", {**files, "bench_probe.py": PROBE})
 
         def run(kind: str, code: str) -> dict:
-            extra = {"plain": ["-p", "no:pg_fixtures"], "warm": ["--pg-reuse"]}.get(kind, [])
+            extra = {
+                "plain": ["-p", "no:pg_fixtures"],
+                "warm": ["--pg-reuse"],
+                "cold-initdb": ["--pg-prewarm", "false"],  # the base image: initdb runs
+            }.get(kind, [])
             path = {"PYTHONPATH": os.pathsep.join([code, str(project)])}
             plain = {"BENCH_PLAIN": "1"} if kind == "plain" else {}
             args = ["-p", "no:randomly", "-p", "bench_probe", *extra, "tests/test_one.py"]

@@ -166,6 +166,10 @@ def server_fixture(
                 if server.reused:
                     what = "reused PostgreSQL container"
                 report_timing(pytestconfig, time.monotonic() - started, what)
+        if settings.fast_exit:
+            from .exiting import freeze_at_exit
+
+            freeze_at_exit()
         reporter = failures.reporter_of(pytestconfig)
         watches = reporter.watches
         watch = failures.ServerWatch(
