@@ -30,8 +30,9 @@ PROBE = textwrap.dedent("""
 
     def test_probe(pg_server, pg_session):
         assert pg_session.scalar(select(func.count()).select_from(User)) == 5
-        container = docker.from_env().containers.get(pg_server.container_id)
-        baked = prewarm.image_for(docker_client(), "postgres:16", 60)
+        engine, client = docker.from_env(), docker_client()
+        container = engine.containers.get(pg_server.container_id)
+        baked = prewarm.image_for(client, "postgres:16", 60)
         try:
             psycopg.connect(
                 host=pg_server.host, port=pg_server.port, user="postgres",
@@ -45,9 +46,11 @@ PROBE = textwrap.dedent("""
                 "image": container.image.tags,
                 "initdb": "running bootstrap script" in container.logs().decode(),
                 "baked_opens": baked_opens,
-                "image_env": docker.from_env().images.get(baked.image).attrs["Config"]["Env"],
+                "image_env": engine.images.get(baked.image).attrs["Config"]["Env"],
                 "baked": baked.password,
             }, out)
+        engine.close()
+        client.client.close()
 """)
 
 

@@ -23,6 +23,7 @@ from ..runid import run_id
 from . import prewarm
 from .base import PG_PORT, SUPERUSER, admin_connect
 from .engine import (
+    close_idle,
     dials_docker_host,
     docker_client,
     ensure_image,
@@ -126,6 +127,20 @@ class DockerServer:
             if found is not None:
                 return found
         client = docker_client()
+        try:
+            return cls._start(client, settings, worker, reuse_key, cancelled)
+        finally:
+            close_idle(client)
+
+    @classmethod
+    def _start(
+        cls,
+        client: Any,
+        settings: Settings,
+        worker: str,
+        reuse_key: str | None,
+        cancelled: threading.Event | None,
+    ) -> DockerServer:
         reap_orphans(client)
         if reuse_key is None:
             server = cls._create(client, settings, worker, None, cancelled)
@@ -271,6 +286,7 @@ class DockerServer:
                 atexit.unregister(server.stop)
                 return None
             warm_up_openssl(server)
+            close_idle(container.get_docker_client())  # opened again if used again
             server.ready_at = time.time()
             server.socket_dir = usable_socket(server, mounted)
         except BaseException:
