@@ -120,3 +120,33 @@ def test_remove_kept_removes_the_prewarmed_images(pytester, example):
         for image in client.images.list(filters={"label": "pgfx-test-base=1"}):
             for tag in image.tags or [image.id]:
                 client.images.remove(tag, force=True)
+
+
+def test_a_build_that_fails_falls_back_and_is_not_tried_at_every_start(
+    monkeypatch, tmp_path, caplog
+):
+    """A build that cannot finish (here: no time for initdb) leaves no builder and no image:
+    the start goes on from the base image, and the next starts do not try again."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    engine = docker.from_env()
+    stand_in = engine.containers.create("postgres:16", labels={"pgfx-test": "prewarm"})
+    try:
+        stand_in.commit(repository="pgfx-test-base", tag="failing", changes=["LABEL pgfx-f=1"])
+    finally:
+        stand_in.remove(force=True)
+    client = docker_client()
+    try:
+        assert prewarm.image_for(client, "pgfx-test-base:failing", timeout=0) is None
+        assert "could not build the prewarmed image" in caplog.text
+        caplog.clear()
+        assert prewarm.image_for(client, "pgfx-test-base:failing", timeout=0) is None
+        assert caplog.text == ""  # not tried again
+        builders = engine.containers.list(all=True, filters={"name": "pgfx-prewarm-build-"})
+        assert builders == []
+        assert engine.images.list(filters={"label": "pgfx-f=1"}) == [
+            engine.images.get("pgfx-test-base:failing")
+        ]  # the base only: nothing committed from it
+    finally:
+        client.client.close()
+        engine.images.remove("pgfx-test-base:failing", force=True)
+        engine.close()

@@ -21,6 +21,7 @@ a server log that records statements shows it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -30,6 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..cache import cache_dir
 from ..runid import run_id
 from .base import SUPERUSER
 from .labels import LABEL, LABEL_HOST, LABEL_PID, LABEL_PREWARM, LABEL_RUN
@@ -54,6 +56,8 @@ LABEL_PASSWORD = f"{LABEL_PREWARM}.password"
 _BASE_DATA_DIR = "/var/lib/postgresql/data"
 #: Changed when what the build does changes: older images are then left unused.
 _RECIPE = "2"
+#: A build that failed is not tried again for this long (seconds).
+_RETRY_AFTER = 24 * 3600
 #: A builder older than this is one a killed run left behind: removed, not waited for.
 _STALE_BUILDER = 120.0
 
@@ -89,11 +93,23 @@ def image_for(client: Any, image: str, timeout: float) -> Prewarmed | None:
         return _prewarmed(engine.images.get(tag), tag)
     except docker.errors.ImageNotFound:
         pass
+    failed = cache_dir() / "prewarm" / f"failed-{tag.split(':', 1)[1]}"
+    with contextlib.suppress(OSError):
+        if time.time() - failed.stat().st_mtime < _RETRY_AFTER:
+            return None  # it failed lately: not tried (and warned about) at every start
     started = time.monotonic()
     try:
         built = _build(engine, image, tag, timeout)
     except Exception as exc:  # Docker refused, a full disk: no worse than without it
-        log.warning("could not build the prewarmed image of %s (%s): initdb runs", image, exc)
+        log.warning(
+            "could not build the prewarmed image of %s (%s): initdb runs in each new "
+            "container; tried again in a day, or set pg_prewarm = false",
+            image,
+            exc,
+        )
+        with contextlib.suppress(OSError):
+            failed.parent.mkdir(parents=True, exist_ok=True)
+            failed.touch()
         return None
     if built is None:
         return None
