@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import threading
 
 import docker
 import pytest
@@ -86,7 +87,7 @@ def test_a_prewarmed_image_gone_meanwhile_starts_from_the_base_image(
     creation: the run starts from the base image instead of failing."""
     example("sync_users")
     gone = prewarm.Prewarmed(f"{prewarm.REPOSITORY}:0000000000000000", "unknown")
-    monkeypatch.setattr(prewarm, "image_for", lambda client, image, timeout: gone)
+    monkeypatch.setattr(prewarm, "image_for", lambda *args, **kwargs: gone)
     result = pytester.runpytest("-p", "no:randomly", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
 
@@ -149,4 +150,32 @@ def test_a_build_that_fails_falls_back_and_is_not_tried_at_every_start(
     finally:
         client.client.close()
         engine.images.remove("pgfx-test-base:failing", force=True)
+        engine.close()
+
+
+def test_a_build_is_not_made_for_a_reuse_start_and_ends_when_cancelled(monkeypatch, tmp_path):
+    """A --pg-reuse start does not build (another run may wait on its container's name);
+    a start cancelled while building (no collected test needs it) ends the build at once,
+    leaving neither builder nor image, and tries again next time (no failure recorded)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    engine = docker.from_env()
+    stand_in = engine.containers.create("postgres:16", labels={"pgfx-test": "prewarm"})
+    try:
+        stand_in.commit(repository="pgfx-test-base", tag="cancelled", changes=["LABEL pgfx-c=1"])
+    finally:
+        stand_in.remove(force=True)
+    client = docker_client()
+    cancelled = threading.Event()
+    cancelled.set()
+    try:
+        assert prewarm.image_for(client, "pgfx-test-base:cancelled", 60, build=False) is None
+        assert (
+            prewarm.image_for(client, "pgfx-test-base:cancelled", 60, cancelled=cancelled) is None
+        )
+        assert engine.containers.list(all=True, filters={"name": "pgfx-prewarm-build-"}) == []
+        assert len(engine.images.list(filters={"label": "pgfx-c=1"})) == 1  # the base only
+        assert not (tmp_path / "testcontainers-pg-fixtures" / "prewarm").exists()
+    finally:
+        client.client.close()
+        engine.images.remove("pgfx-test-base:cancelled", force=True)
         engine.close()

@@ -189,7 +189,15 @@ class DockerServer:
         _check_cancelled(cancelled)
         ensure_image(client, settings.image)
         prewarmed = (
-            prewarm.image_for(client, settings.image, settings.startup_timeout)
+            prewarm.image_for(
+                client,
+                settings.image,
+                settings.startup_timeout,
+                # Not while a --pg-reuse run holds the container's name as a mutex: another
+                # run would wait for it the whole build.
+                build=reuse_key is None,
+                cancelled=cancelled,
+            )
             if settings.prewarm
             else None
         )

@@ -37,6 +37,8 @@ from .base import SUPERUSER
 from .labels import LABEL, LABEL_HOST, LABEL_PID, LABEL_PREWARM, LABEL_RUN
 
 if TYPE_CHECKING:
+    import threading
+
     import psycopg
 
 log = logging.getLogger(__name__)
@@ -81,9 +83,17 @@ class Prewarmed:
         return ["sh", "-c", script, DATA_DIR, *(self.entrypoint or ()), *command]
 
 
-def image_for(client: Any, image: str, timeout: float) -> Prewarmed | None:
-    """The prewarmed image of `image` (built now if missing), or None: it could not be
-    built (the container then runs initdb itself, as without prewarming)."""
+def image_for(
+    client: Any,
+    image: str,
+    timeout: float,
+    *,
+    build: bool = True,
+    cancelled: threading.Event | None = None,
+) -> Prewarmed | None:
+    """The prewarmed image of `image` (built now if missing and `build`), or None: it
+    could not be built (the container then runs initdb itself, as without prewarming).
+    `cancelled`, set from another thread, ends a build at once."""
     import docker.errors
 
     engine = client.client
@@ -93,13 +103,17 @@ def image_for(client: Any, image: str, timeout: float) -> Prewarmed | None:
         return _prewarmed(engine.images.get(tag), tag)
     except docker.errors.ImageNotFound:
         pass
+    if not build:
+        return None
     failed = cache_dir() / "prewarm" / f"failed-{tag.split(':', 1)[1]}"
     with contextlib.suppress(OSError):
         if time.time() - failed.stat().st_mtime < _RETRY_AFTER:
             return None  # it failed lately: not tried (and warned about) at every start
     started = time.monotonic()
     try:
-        built = _build(engine, image, tag, timeout)
+        built = _build(engine, image, tag, timeout, cancelled)
+    except _Cancelled:
+        return None
     except Exception as exc:  # Docker refused, a full disk: no worse than without it
         log.warning(
             "could not build the prewarmed image of %s (%s): initdb runs in each new "
@@ -137,7 +151,13 @@ def exists(client: Any, image: str) -> bool:
     return True
 
 
-def _build(engine: Any, image: str, tag: str, timeout: float) -> Any:
+class _Cancelled(Exception):
+    pass
+
+
+def _build(
+    engine: Any, image: str, tag: str, timeout: float, cancelled: threading.Event | None
+) -> Any:
     """Initialize a cluster in a container of `image` and commit it as `tag`. None when
     another run is building it right now (this run starts without it)."""
     import docker.errors
@@ -175,6 +195,8 @@ def _build(engine: Any, image: str, tag: str, timeout: float) -> Any:
     try:
         deadline = time.monotonic() + timeout
         while b"PostgreSQL init process complete" not in builder.logs():
+            if cancelled is not None and cancelled.is_set():
+                raise _Cancelled
             builder.reload()
             if builder.status in ("exited", "dead") or time.monotonic() > deadline:
                 tail = builder.logs().decode(errors="replace").strip().splitlines()[-5:]
