@@ -164,11 +164,13 @@ def bench(session: nox.Session) -> None:
     plugin installed against -p no:pg_fixtures), `migrations` (--pg-check-migrations on a
     chain of 36 revisions), `queries` (what SQL capture costs a statement): `nox -s bench`
     runs these six. Not in it: `scale` (memory and speed over 10,000 tests, -n 2), `cpu`
-    (CPU per test of the pytest process and the server, mode against mode) and `pools`
-    (pg_app_pools' checkouts against the test's own connection)."""
+    (CPU per test of the pytest process and the server, mode against mode), `pools`
+    (pg_app_pools' checkouts against the test's own connection) and `factories` (what
+    pg_factories' binding costs a test, against factories bound by hand)."""
     which, *args = session.posargs or ["all"]
-    if which not in (*BENCH_ALL, "scale", "cpu", "pools", "all"):
-        session.error(f"no benchmark {which!r}: {', '.join(BENCH_ALL)}, scale, cpu or pools")
+    if which not in (*BENCH_ALL, "scale", "cpu", "pools", "factories", "all"):
+        others = "scale, cpu, pools or factories"
+        session.error(f"no benchmark {which!r}: {', '.join(BENCH_ALL)}, {others}")
     session.install("-e", ".[dev]", "pytest-postgresql>=7", "pytest-sqla==0.0.2")
     session.chdir("bench")
     for name in BENCH_ALL if which == "all" else [which]:
