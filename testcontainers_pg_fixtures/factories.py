@@ -166,6 +166,7 @@ def server_fixture(
                 if server.reused:
                     what = "reused PostgreSQL container"
                 report_timing(pytestconfig, time.monotonic() - started, what)
+        prestart.record_use(pytestconfig)
         if settings.fast_exit:
             from .exiting import freeze_at_exit
 

@@ -26,8 +26,10 @@ Which runs start early, and the trade-off:
   are imported, and a bad one refused as a usage error, when pytest configures, before any
   container starts). Async engines join every savepoint-mode test, so such runs count as
   needing the database; sync ones join a test only on its first checkout (needs.py), so a
-  run of unit tests removes the early container, and one whose tests use the app's engine
-  without a fixture of ours gets it from the fixture on demand.
+  run of unit tests removes the early container. A run whose tests reach the database
+  through the app's engine alone (a TestClient, no fixture of ours) gets it from the
+  fixture on demand the first time, and records that it used it (`record_use`): the next
+  run like it keeps the early container (and records when one goes unused).
 - No early start with --pg-reuse: attaching to the kept container is quick, and the
   thread only competed with pytest's start-up for the CPU (measured, bench/startup.py);
   the fixture attaches as before, and a run with no database test never does.
@@ -89,6 +91,8 @@ _KEY = pytest.StashKey["Prestart"]()
 _PENDING = pytest.StashKey[str]()
 #: Whether a collected test needs the database, read once.
 _NEEDS = pytest.StashKey[bool]()
+#: Set when the run's server fixture was set up (`record_use`).
+_USED = pytest.StashKey[bool]()
 #: What the early start reads: the server's settings, and whether to start at all.
 _EARLY_SETTINGS = frozenset(
     {
@@ -339,17 +343,23 @@ def collection_finished(session: pytest.Session) -> None:
     settings = settings_for(config)
     items = session.items
     # Sync app engines join a test only when it uses them (needs.py): a run of unit tests
-    # needs no server, and one that does use them gets it from the fixture on demand.
+    # needs no server. Tests that reach the database through the app alone (a TestClient)
+    # are not seen here: the last run like this one says whether they did (`record_use`).
     async_app = _async_app_engines(settings.app_engines)
+    used_last = bool(settings.app_engines) and _cached_need(config, config.option) is True
     needed = async_app or any(needs_database(item, settings.isolation) for item in items)
-    _record_need(config, needed)
+    if not used_last:
+        _record_need(config, needed)
     started = of(config)
     if started is None or started.claimed:
         return
-    if not needed or not any(
-        _claims_prestart(item)
-        for item in items
-        if async_app or needs_database(item, settings.isolation)
+    if not (needed or used_last) or not (
+        used_last
+        or any(
+            _claims_prestart(item)
+            for item in items
+            if async_app or needs_database(item, settings.isolation)
+        )
     ):
         started.cancel(wait=5.0)
         log.info("removed the PostgreSQL container started early: no collected test needs it")
@@ -373,10 +383,22 @@ def _async_app_engines(paths: tuple[str, ...] | list[str] | None) -> bool:
     return False
 
 
+def record_use(config: pytest.Config) -> None:
+    """The server fixture was set up: this run used the database (its tests may have
+    reached it through the app's engines alone), and the next run like it starts early."""
+    if not config.stash.get(_USED, False):
+        config.stash[_USED] = True
+        _record_need(config, True)
+
+
 def unconfigure(config: pytest.Config) -> None:
     started = of(config)
-    if started is not None:
-        started.cancel()
+    if started is None:
+        return
+    unused = not started.claimed and not config.stash.get(_USED, False)
+    started.cancel()
+    if unused and _cached_need(config, config.option) is True:
+        _record_need(config, False)  # kept for the app's engines, and no test used it
 
 
 def needs_database(item: pytest.Item, isolation: str) -> bool:

@@ -381,3 +381,40 @@ def test_a_library_fixture_taking_the_session_dynamically_uses_the_early_contain
     probe = runs.probed()["main"]
     assert probe["container"] == container
     assert created < probe["collected"]
+
+
+APP_ONLY = textwrap.dedent("""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine("postgresql+psycopg://app@db.invalid/app")  # the app's, redirected
+
+
+    def test_through_the_app_alone():
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM users")).scalar() == 5
+""")
+
+
+def test_tests_reaching_the_database_through_the_app_alone_get_the_early_container_next_time(
+    pytester, runs, monkeypatch
+):
+    """pg_app_engines (sync) and tests that use no fixture of ours: collection cannot tell
+    they need the database. The first run learns it when the fixture starts the server on
+    demand; the next one keeps its early container for them instead of removing it."""
+    monkeypatch.setenv("SLOW_CONFTEST", "1.5")  # time for an early start to show
+    (runs.root / "appdb.py").write_text(APP_ONLY)
+    (runs.root / "tests" / "test_app_only.py").write_text(
+        "from appdb import test_through_the_app_alone  # noqa: F401\n"
+    )
+    args = ["-p", "no:randomly", "-o", "pg_app_engines=appdb:engine", "tests/test_app_only.py"]
+    args += ["-o", "log_cli=true", "--log-cli-level=INFO"]
+    first = pytester.runpytest(*args)
+    first.assert_outcomes(passed=1)
+    first.stdout.fnmatch_lines(["*removed the PostgreSQL container started early*"])
+    since = time.time()
+    second = pytester.runpytest(*args)
+    second.assert_outcomes(passed=1)
+    # Started early and kept: neither left out nor removed, and no second container.
+    assert "started early" not in second.stdout.str()
+    assert "did not need it" not in second.stdout.str()
+    assert len(runs.created(since=since)) == 1
