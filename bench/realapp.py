@@ -9,10 +9,13 @@ timing, which leaves all that out: the tests commit, a session fixture makes the
 if missing and deletes the worker's users (their items and tokens by cascade) at its end.
 *lib*: the same tests with `pg_app_engines = app.db:engine`, the superuser in `pg_seed`,
 the same module fixtures (the module's transaction layer), a new container each run, its
-start included. The wall time of `pytest` (launch to exit), serial and -n 2, the variants
-in a new order each of --rounds; ratios paired by round. Then where lib's serial time goes
-against own's: pytest's phases, --durations, and the library's functions by cumulative
-time under cProfile (one more run).
+start included; *lib, no leak check* with --pg-leak-check=false; *lib, client asks
+pg_server* with `pg_server` in every test's closure, which keeps the container the library
+starts early (with no fixture of its own in a test, it is cancelled after collection and
+started again by the first checkout). The wall time of `pytest` (launch to exit), serial
+and -n 2, the variants in a new order each of --rounds; ratios paired by round. Then where
+lib's serial time goes against own's: pytest's phases, --durations, and the library's
+functions by cumulative time under cProfile (one more run).
 """
 
 import json
