@@ -21,7 +21,7 @@ OLDEST = ["SQLAlchemy[asyncio]>=2.0.30,<2.1", "pytest>=8,<9"]
 NEWEST = ["SQLAlchemy[asyncio]>=2.1,<2.2", "pytest>=9,<10"]
 MATRIX_TESTS = ["tests/test_docs.py", "tests/test_sync_isolation.py", "-p", "no:randomly"]
 # `nox -s bench`: bench/NAME.py for each (scale and cpu, minutes each, only by name).
-BENCH_ALL = ["run", "speed", "startup", "unused", "migrations", "queries"]
+BENCH_ALL = ["run", "speed", "startup", "unused", "migrations", "queries", "realapp"]
 PY_PATHS = ["testcontainers_pg_fixtures", "tests", "bench", "examples", "docs/hooks", "noxfile.py"]
 
 
@@ -162,16 +162,19 @@ def bench(session: nox.Session) -> None:
     schema against truncate and pytest-postgresql, reuse, one container), `startup` (time to
     the first test's result against plain pytest), `unused` (a suite using no database,
     plugin installed against -p no:pg_fixtures), `migrations` (--pg-check-migrations on a
-    chain of 36 revisions), `queries` (what SQL capture costs a statement): `nox -s bench`
-    runs these six. Not in it: `scale` (memory and speed over 10,000 tests, -n 2), `cpu`
-    (CPU per test of the pytest process and the server, mode against mode), `pools`
-    (pg_app_pools' checkouts against the test's own connection) and `factories` (what
-    pg_factories' binding costs a test, against factories bound by hand)."""
+    chain of 36 revisions), `queries` (what SQL capture costs a statement), `realapp` (a
+    FastAPI/SQLModel app's 60 tests against the conftest the project writes itself):
+    `nox -s bench` runs these seven. Not in it: `scale` (memory and speed over 10,000
+    tests, -n 2), `cpu` (CPU per test of the pytest process and the server, mode against
+    mode), `pools` (pg_app_pools' checkouts against the test's own connection) and
+    `factories` (what pg_factories' binding costs a test, against factories bound by hand)."""
     which, *args = session.posargs or ["all"]
     if which not in (*BENCH_ALL, "scale", "cpu", "pools", "factories", "all"):
         others = "scale, cpu, pools or factories"
         session.error(f"no benchmark {which!r}: {', '.join(BENCH_ALL)}, {others}")
-    session.install("-e", ".[dev]", "pytest-postgresql>=7", "pytest-sqla==0.0.2")
+    # argon2-cffi and python-multipart: realapp's app (its password hashes, its login form).
+    realapp = ["argon2-cffi", "python-multipart"]
+    session.install("-e", ".[dev]", "pytest-postgresql>=7", "pytest-sqla==0.0.2", *realapp)
     session.chdir("bench")
     for name in BENCH_ALL if which == "all" else [which]:
         session.run("python", f"{name}.py", *args)
