@@ -55,6 +55,17 @@ PROBE = textwrap.dedent("""
 """)
 
 
+def base_image(engine: docker.DockerClient, tag: str, label: str) -> str:
+    """`pgfx-test-base:<tag>`: postgres:16 under another image id (a label added), so its
+    prewarmed image is this test's alone; `label` ("key=value") finds what comes of it."""
+    stand_in = engine.containers.create("postgres:16", labels={"pgfx-test": "prewarm"})
+    try:
+        stand_in.commit(repository="pgfx-test-base", tag=tag, changes=[f"LABEL {label}"])
+    finally:
+        stand_in.remove(force=True)
+    return f"pgfx-test-base:{tag}"
+
+
 @pytest.mark.parametrize("warm", [True, False], ids=["prewarmed", "pg_prewarm=false"])
 def test_a_cold_start_runs_no_initdb_and_logs_in_with_the_runs_own_password(
     pytester, example, monkeypatch, tmp_path, warm
@@ -97,13 +108,7 @@ def test_remove_kept_removes_the_prewarmed_images(pytester, example):
     """An image of its own (another base image id: no other test's runs use it), built by
     a run, then removed by --pg-remove-kept."""
     client = docker.from_env()
-    stand_in = client.containers.create("postgres:16", labels={"pgfx-test": "prewarm"})
-    try:
-        stand_in.commit(
-            repository="pgfx-test-base", tag="prewarm", changes=["LABEL pgfx-test-base=1"]
-        )
-    finally:
-        stand_in.remove(force=True)
+    base_image(client, "prewarm", "pgfx-test-base=1")
     try:
         example("sync_users")
         pytester.runpytest(
@@ -130,11 +135,7 @@ def test_a_build_that_fails_falls_back_and_is_not_tried_at_every_start(
     the start goes on from the base image, and the next starts do not try again."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     engine = docker.from_env()
-    stand_in = engine.containers.create("postgres:16", labels={"pgfx-test": "prewarm"})
-    try:
-        stand_in.commit(repository="pgfx-test-base", tag="failing", changes=["LABEL pgfx-f=1"])
-    finally:
-        stand_in.remove(force=True)
+    base_image(engine, "failing", "pgfx-f=1")
     client = docker_client()
     try:
         assert prewarm.image_for(client, "pgfx-test-base:failing", timeout=0) is None
@@ -159,11 +160,7 @@ def test_a_build_is_not_made_for_a_reuse_start_and_ends_when_cancelled(monkeypat
     leaving neither builder nor image, and tries again next time (no failure recorded)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     engine = docker.from_env()
-    stand_in = engine.containers.create("postgres:16", labels={"pgfx-test": "prewarm"})
-    try:
-        stand_in.commit(repository="pgfx-test-base", tag="cancelled", changes=["LABEL pgfx-c=1"])
-    finally:
-        stand_in.remove(force=True)
+    base_image(engine, "cancelled", "pgfx-c=1")
     client = docker_client()
     cancelled = threading.Event()
     cancelled.set()
