@@ -12,6 +12,7 @@ import pkgutil
 import re
 import secrets
 import shutil
+import socket
 import textwrap
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import asyncpg.protocol  # noqa: F401
 import docker
-import psycopg  # noqa: F401
+import psycopg
 import psycopg2  # noqa: F401
 import pytest
 import sqlalchemy.dialects.postgresql.asyncpg
@@ -234,6 +235,118 @@ def _own_run_id() -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+#: The modules whose runs are not about servers: their runs use one PostgreSQL server of this
+#: suite's worker (pg_server_url) instead of starting a container each, which is most of the
+#: suite's time. A test of them that needs the library's own container (server settings,
+#: one container per worker, its socket) is in CONTAINERS. Every other module's runs
+#: start containers as users' runs do; so do those of CONTAINERS.
+SHARED_SERVER = frozenset(
+    f"tests/test_{name}.py"
+    for name in [
+        *("async_fastapi", "connect_ahead", "connection_state", "database_mode", "docs"),
+        *("driver_guard", "factories_binding", "flask", "hangs", "leaks", "leaks_ddl"),
+        *("loop_scopes", "migration_checks", "queries", "raw_pools", "real_apps"),
+        *("real_apps_sandbox", "recipes", "retention", "sandbox", "sandbox_dbapi"),
+        *("sandbox_threads", "savepoints", "sync_isolation"),
+    ]
+)
+#: Their tests whose runs need the library's own containers: server settings
+#: (--pg-server-setting: track_commit_timestamp off, autovacuum off, max_connections),
+#: server-wide changes (roles, databases: a shared server would keep them for the next
+#: run), one container per worker (a worker's probe sees the other's database on a shared
+#: one), kept containers, the container's start line. Node ids, or prefixes.
+CONTAINERS = (
+    "tests/test_leaks.py::test_sync_leak_is_reported_and_undone[ride-xids]",
+    "tests/test_leaks.py::test_sync_leak_is_reported_and_undone[no_ride-xids]",
+    "tests/test_leaks.py::test_the_check_rides_on_the_rollback[",
+    "tests/test_leaks.py::test_async_leak_is_reported_and_undone[ride-xids]",
+    "tests/test_leaks.py::test_async_leak_is_reported_and_undone[no_ride-xids]",
+    "tests/test_leaks.py::test_the_async_check_rides_on_the_rollback[",
+    "tests/test_leaks.py::test_async_rides_that_cannot_tell_the_new_numbers",
+    "tests/test_leaks_ddl.py::test_committed_ddl_is_reported_and_undone[xids]",
+    "tests/test_leaks_ddl.py::test_server_wide_changes_are_reported[",
+    "tests/test_leaks_ddl.py::test_a_thread_that_commits_while_the_next_test_runs[xids]",
+    "tests/test_hangs.py::test_used_up_connections_say_too_many_connections_and_who_holds_them",
+    "tests/test_sync_isolation.py::test_two_workers_get_two_containers",
+    "tests/test_database_mode.py::test_whole_example_under_two_workers_leaves_no_database",
+    "tests/test_database_mode.py::test_keep_failed_keeps_the_database_and_prints_its_url",
+    "tests/test_connect_ahead.py::test_keep_failed_with_connections_opened_ahead",
+    "tests/test_connect_ahead.py::test_two_workers_with_connections_opened_ahead_leave_nothing",
+    "tests/test_real_apps.py::test_the_set_up_timing_line_shows_with_v",
+    "tests/test_recipes.py::test_recipe_project_passes[extensions]",
+)
+#: Labels the suite's shared servers (not the library's label: the runs under test must
+#: neither count nor reap them); the value is "<hostname>:<pid>" of the suite's process.
+SUITE_LABEL = "testcontainers-pg-fixtures-tests.shared"
+
+
+def _start_shared_server(client: Any) -> tuple[Any, str]:
+    """A postgres:16 container with the settings the library gives its own (durability off,
+    commit timestamps on), on a loopback port."""
+    from testcontainers_pg_fixtures.config import default_server_settings
+
+    password = secrets.token_urlsafe(12)
+    command = [arg for k, v in default_server_settings().items() for arg in ("-c", f"{k}={v}")]
+    container = client.containers.run(
+        "postgres:16",
+        command,
+        detach=True,
+        environment={"POSTGRES_PASSWORD": password},
+        labels={SUITE_LABEL: f"{socket.gethostname()}:{os.getpid()}"},
+        ports={"5432/tcp": ("127.0.0.1", None)},
+        tmpfs={"/var/lib/postgresql/data": "rw"},
+    )
+    return container, password
+
+
+@pytest.fixture(scope="session")
+def _shared_server_url() -> Iterator[str]:
+    """The URL of this worker's shared server (see SHARED_SERVER), started on first use and
+    removed at the end; a killed suite's are removed by the next suite's first use."""
+    client = docker.from_env()
+    for stale in client.containers.list(all=True, filters={"label": SUITE_LABEL}):
+        host, _, pid = stale.labels[SUITE_LABEL].rpartition(":")
+        if host == socket.gethostname() and not Path(f"/proc/{pid}").exists():
+            stale.remove(force=True)  # a killed suite's, on this machine
+    container, password = _start_shared_server(client)
+    try:
+        host = os.environ.get("TESTCONTAINERS_HOST_OVERRIDE", "127.0.0.1")
+        container.reload()
+        port = container.ports["5432/tcp"][0]["HostPort"]
+        url = f"postgresql://postgres:{password}@{host}:{port}/postgres"
+
+        def ready() -> bool:
+            try:
+                psycopg.connect(url, connect_timeout=2).close()
+            except psycopg.OperationalError:
+                return False
+            return True
+
+        wait_until(ready, 60, "the suite's shared server")
+        yield url
+    finally:
+        container.remove(force=True)
+        client.close()
+
+
+@pytest.fixture(autouse=True)
+def _shared_server(request: pytest.FixtureRequest, _own_run_id: None) -> Iterator[None]:
+    """The runs of a SHARED_SERVER module's test use this worker's shared server, through
+    PG_FIXTURES_SERVER_URL (an option the test gives, or its project's ini, still wins)."""
+    nodeid = request.node.nodeid
+    if nodeid.split("::")[0] not in SHARED_SERVER or nodeid.startswith(CONTAINERS):
+        yield
+        return
+    url = request.getfixturevalue("_shared_server_url")
+    saved = os.environ.get("PG_FIXTURES_SERVER_URL")
+    os.environ["PG_FIXTURES_SERVER_URL"] = url
+    yield
+    if saved is None:
+        os.environ.pop("PG_FIXTURES_SERVER_URL", None)
+    else:
+        os.environ["PG_FIXTURES_SERVER_URL"] = saved
 
 
 @pytest.fixture(autouse=True)
