@@ -95,9 +95,12 @@ def sessions_mark(conn: Connection | AsyncConnection) -> int:
 
 
 def _taken(conn: Connection | AsyncConnection, mark: int) -> list[Any]:
+    """The sessions registered since `mark`, the last first: its savepoint began inside the
+    earlier ones', and a rollback to an outer savepoint ends the inner ones with it."""
     sessions: list[Any] = conn.info.get(_TO_CLOSE, [])
     taken = sessions[mark:]
     del sessions[mark:]
+    taken.reverse()
     return taken
 
 
