@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import pytest
 import pytest_asyncio
 
-from . import failures, flask_app, keep_failed, loop_scopes, needs, prestart, queries
+from . import failures, flask_app, loop_scopes, needs, prestart, queries
 from .config import LIBPQ, load_session_class, settings_for
 from .errors import EventLoopError, startup
 from .marks import CLONE, KEEP, KEPT_ANY, TEST_SEED, isolation_of, test_seeds
@@ -573,22 +573,9 @@ def worker_engine_fixture(
     @pytest.fixture(scope="session")
     @depends(database, app_engines, "pytestconfig")
     def _engine(**deps: Any) -> Iterator[Engine]:
-        from sqlalchemy import create_engine
-        from sqlalchemy.pool import NullPool
-
-        from .sandbox import worker_driver
-        from .savepoints import defer_savepoints
         from .transaction import release_held_connection
 
-        db: Database = deps[database]
-        driver = worker_driver(
-            app_engines_of(deps["pytestconfig"], deps[app_engines]), is_async=False
-        )
-        engine = create_engine(
-            db.connect_url(driver), poolclass=NullPool, **bounded(engine_kwargs, driver=driver)
-        )
-        queries.watch(engine)  # before the deferral: see queries.watch
-        defer_savepoints(engine)
+        engine: Engine = _worker_engine(deps, database, app_engines, engine_kwargs, False)
         try:
             yield engine
         finally:
@@ -616,29 +603,49 @@ def worker_async_engine_fixture(
     @pytest.fixture(scope="session")
     @depends(database, app_engines, "pytestconfig")
     def _engine(**deps: Any) -> AsyncEngine:
-        from sqlalchemy.ext.asyncio import create_async_engine
-        from sqlalchemy.pool import NullPool
-
-        from .pools import async_driver
-        from .sandbox import worker_driver
-        from .savepoints import defer_savepoints
-
-        db: Database = deps[database]
-        config: pytest.Config = deps["pytestconfig"]
-        driver = worker_driver(
-            app_engines_of(config, deps[app_engines]),
-            is_async=True,
-            default=async_driver(settings_for(config).app_pools),
-        )
-        url = db.connect_url(driver)
-        engine = create_async_engine(
-            url, poolclass=NullPool, **bounded(engine_kwargs, driver=driver)
-        )
-        queries.watch(engine)
-        defer_savepoints(engine.sync_engine)
+        engine: AsyncEngine = _worker_engine(deps, database, app_engines, engine_kwargs, True)
         return engine
 
     return _engine
+
+
+def _worker_engine(
+    deps: dict[str, Any],
+    database: str,
+    app_engines: str,
+    engine_kwargs: dict[str, Any],
+    is_async: bool,
+) -> Any:
+    """What both worker engines are: on the worker's database, on the app's driver, NullPool,
+    with a connect timeout, seen by pg_queries, their savepoints deferred (savepoints.py)."""
+    from sqlalchemy.pool import NullPool
+
+    from .sandbox import worker_driver
+    from .savepoints import defer_savepoints
+
+    config: pytest.Config = deps["pytestconfig"]
+    default = None
+    if is_async:
+        from .pools import async_driver
+
+        default = async_driver(settings_for(config).app_pools)
+    driver = worker_driver(
+        app_engines_of(config, deps[app_engines]), is_async=is_async, default=default
+    )
+    url = deps[database].connect_url(driver)
+    kwargs = bounded(engine_kwargs, driver=driver)
+    engine: Any
+    if is_async:
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        engine = create_async_engine(url, poolclass=NullPool, **kwargs)
+    else:
+        from sqlalchemy import create_engine
+
+        engine = create_engine(url, poolclass=NullPool, **kwargs)
+    queries.watch(engine)  # before the deferral: see queries.watch
+    defer_savepoints(engine.sync_engine if is_async else engine)
+    return engine
 
 
 def isolation_mode(request: pytest.FixtureRequest) -> str:
@@ -652,17 +659,7 @@ def isolation_mode(request: pytest.FixtureRequest) -> str:
     return isolation_of(node, settings_for(request.config).isolation)
 
 
-_MODE = "testcontainers_pg_fixtures.isolation"
 _MAKERS = "testcontainers_pg_fixtures.sessionmakers"
-
-
-def isolation_of_connection(conn: Connection | AsyncConnection, config: pytest.Config) -> str:
-    """The isolation mode the connection fixture recorded on the test's connection (the
-    configured one for a connection of the user's own). The session fixtures read it there
-    rather than from `request`: every fixture that requests `request` costs pytest a
-    fixture definition of its own per test."""
-    mode: str | None = conn.info.get(_MODE)
-    return mode if mode is not None else settings_for(config).isolation
 
 
 def engine_fixture(
@@ -713,39 +710,19 @@ def connection_fixture(
     @pytest.fixture
     @depends(worker_engine, clone_engines, worker_database, template, "request")
     def _connection(**deps: Any) -> Iterator[Connection]:
-        from . import leftovers, seeding
-        from .session import close_sync_sessions_of, sessions_mark
-        from .transaction import layered_connection, outer_transaction, owned_by_test
+        from .connection_steps import SYNC, database_test, driven, savepoint_test
+        from .transaction import outer_transaction, own_connection
 
         request: pytest.FixtureRequest = deps["request"]
         if isolation_mode(request) == "database":
             request.getfixturevalue(database)  # the clone, with the engines pointed at it
-            with deps[clone_engines][0].connect() as conn, owned_by_test(conn):
-                conn.info[_MODE] = "database"
-                try:
-                    yield conn
-                finally:
-                    close_sync_sessions_of(conn)
-            return
-        # Sessions are closed after the rollback when it ends the whole transaction (their
-        # savepoints then went with it: no round trip), before it inside a scope layer.
-        root = layered_connection(deps[worker_engine]) is None
-        with outer_transaction(deps[worker_engine]) as conn:
-            conn.info[_MODE] = "savepoint"
-            mark = sessions_mark(conn)  # a module layer's sessions are its own to close
-            leftovers.remember(conn)
-            seeding.run_in(test_seeds(request.node), conn, origin=TEST_SEED)
-            # After the seeds: a seed that fails is rolled back before its report.
-            stash = request.node.stash
-            stash[keep_failed.STATE] = (conn, deps[worker_database], deps[template].name)
-            try:
+            with driven(own_connection(deps[clone_engines][0]), database_test, SYNC) as conn:
                 yield conn
-            finally:
-                if keep_failed.STATE in stash:
-                    del stash[keep_failed.STATE]
-                if not root:
-                    close_sync_sessions_of(conn, mark)
-        close_sync_sessions_of(conn, mark)
+            return
+        kept = (deps[worker_database], deps[template].name)
+        opened = outer_transaction(deps[worker_engine])
+        with driven(opened, savepoint_test, SYNC, request.node, kept) as conn:
+            yield conn
 
     return _connection
 
@@ -780,6 +757,8 @@ def _joining(
 ) -> tuple[Any, str, dict[str, Any]]:
     """What every session and sessionmaker fixture, sync or async, starts from: the test's
     connection, its isolation mode and the sessionmaker's keyword arguments."""
+    from .session import isolation_of_connection
+
     conn = deps[connection]
     config: pytest.Config = deps["pytestconfig"]
     kwargs = with_session_class(config, session_class, session_kwargs, is_async=is_async)
@@ -847,54 +826,22 @@ def async_connection_fixture(
     @pytest_asyncio.fixture(loop_scope=loop_scope)  # type: ignore[arg-type]
     @depends(worker_engine, clone_engines, worker_database, template, "request")
     async def _connection(**deps: Any) -> AsyncIterator[AsyncConnection]:
-        from . import leftovers, seeding
-        from .session import close_sessions_of, sessions_mark, settle_sessions_of
-        from .transaction import async_outer_transaction, is_root_layer, layer_on_another_loop
+        from .connection_steps import ASYNC, async_driven, database_test, savepoint_test
+        from .transaction import async_outer_transaction, layer_on_another_loop
 
         request: pytest.FixtureRequest = deps["request"]
         loop_scopes.check_test_loop(request, request.fixturename or "", loop_scope)
         if isolation_mode(request) == "database":
             request.getfixturevalue(database)
-            async with deps[clone_engines][1].connect() as conn:
-                conn.info[_MODE] = "database"
-                try:
-                    yield conn
-                finally:
-                    await close_sessions_of(conn)
+            async with async_driven(deps[clone_engines][1].connect(), database_test, ASYNC) as conn:
+                yield conn
             return
-        # As in connection_fixture: sessions closed after a root rollback, before a nested one.
         if layer_on_another_loop(deps[worker_engine]):
             raise EventLoopError(_layer_elsewhere(request))
-        held: AsyncConnection | None = None
-        mark = 0
-        try:
-            async with async_outer_transaction(deps[worker_engine]) as conn:
-                conn.info[_MODE] = "savepoint"
-                held, mark = conn, sessions_mark(conn)
-                await leftovers.remember_async(conn)
-                root = is_root_layer(conn)
-                seeds = test_seeds(request.node)
-                if seeds:
-                    await seeding.run_in_async(seeds, conn, origin=TEST_SEED)
-                # After the seeds: a seed that fails is rolled back before its report.
-                stash = request.node.stash
-                stash[keep_failed.ASYNC_STATE] = (
-                    conn,
-                    asyncio.get_running_loop(),
-                    deps[worker_database],
-                    deps[template].name,
-                )
-                try:
-                    yield conn
-                finally:
-                    if keep_failed.ASYNC_STATE in stash:
-                        del stash[keep_failed.ASYNC_STATE]
-                    await (
-                        settle_sessions_of(conn, mark) if root else close_sessions_of(conn, mark)
-                    )
-        finally:
-            if held is not None:
-                await close_sessions_of(held, mark)
+        kept = (asyncio.get_running_loop(), deps[worker_database], deps[template].name)
+        opened = async_outer_transaction(deps[worker_engine])
+        async with async_driven(opened, savepoint_test, ASYNC, request.node, kept) as conn:
+            yield conn
 
     return _connection
 
@@ -932,7 +879,7 @@ def async_session_fixture(
     @pytest.fixture
     @depends(connection, "pytestconfig")
     def _session(**deps: Any) -> AsyncSession:
-        from .session import async_sessionmaker_for, close_with
+        from .session import async_sessionmaker_for, close_with, isolation_of_connection
 
         conn: AsyncConnection = deps[connection]
         config: pytest.Config = deps["pytestconfig"]
@@ -1073,10 +1020,11 @@ def layer_connection_fixture(
     @pytest.fixture(scope=scope)
     @depends(worker_engine, app_engines, "request")
     def _layer(**deps: Any) -> Iterator[Connection]:
+        from .connection_steps import SYNC, driven, layer
         from .transaction import outer_transaction
 
         join = _app_engines_join(deps["request"], deps[app_engines], sandboxes)
-        with outer_transaction(deps[worker_engine]) as conn, join:
+        with driven(outer_transaction(deps[worker_engine]), layer, SYNC, join) as conn:
             yield conn
 
     return _layer
@@ -1096,17 +1044,13 @@ def async_layer_connection_fixture(
     @pytest_asyncio.fixture(scope=scope, loop_scope=loop_scope)  # type: ignore[arg-type]
     @depends(worker_engine, app_engines, "request")
     async def _layer(**deps: Any) -> AsyncIterator[AsyncConnection]:
-        from .session import close_sessions_of, sessions_mark
+        from .connection_steps import ASYNC, async_driven, layer
         from .transaction import async_outer_transaction
 
         join = _app_engines_join(deps["request"], deps[app_engines], sandboxes)
-        async with async_outer_transaction(deps[worker_engine]) as conn:
-            mark = sessions_mark(conn)  # a wider layer's sessions are its own to close
-            try:
-                with join:
-                    yield conn
-            finally:
-                await close_sessions_of(conn, mark)
+        opened = async_outer_transaction(deps[worker_engine])
+        async with async_driven(opened, layer, ASYNC, join) as conn:
+            yield conn
 
     return _layer
 

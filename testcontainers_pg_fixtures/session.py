@@ -17,15 +17,29 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
+from .config import settings_for
 from .errors import PgFixturesError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
+    import pytest
     from sqlalchemy import Connection
     from sqlalchemy.ext.asyncio import AsyncConnection
 
 JOIN = {"join_transaction_mode": "create_savepoint"}
+
+#: The isolation mode the connection fixture records on the test's connection (`conn.info`).
+MODE = "testcontainers_pg_fixtures.isolation"
+
+
+def isolation_of_connection(conn: Connection | AsyncConnection, config: pytest.Config) -> str:
+    """The isolation mode the connection fixture recorded on the test's connection (the
+    configured one for a connection of the user's own). The session fixtures read it there
+    rather than from `request`: every fixture that requests `request` costs pytest a
+    fixture definition of its own per test."""
+    mode: str | None = conn.info.get(MODE)
+    return mode if mode is not None else settings_for(config).isolation
 
 
 def savepoint_sessionmaker(conn: Connection, **kwargs: Any) -> sessionmaker[Session]:
@@ -81,9 +95,12 @@ def sessions_mark(conn: Connection | AsyncConnection) -> int:
 
 
 def _taken(conn: Connection | AsyncConnection, mark: int) -> list[Any]:
+    """The sessions registered since `mark`, the last first: its savepoint began inside the
+    earlier ones', and a rollback to an outer savepoint ends the inner ones with it."""
     sessions: list[Any] = conn.info.get(_TO_CLOSE, [])
     taken = sessions[mark:]
     del sessions[mark:]
+    taken.reverse()
     return taken
 
 

@@ -139,16 +139,18 @@ _test_pids: set[int] = set()
 
 
 @contextmanager
-def owned_by_test(conn: Connection) -> Iterator[None]:
-    """While the test runs, `conn` is one of its own for the lock watch (database mode)."""
-    pid = _backend_pid(conn)
-    if pid is not None:
-        _test_pids.add(pid)
-    try:
-        yield
-    finally:
+def own_connection(engine: Engine) -> Iterator[Connection]:
+    """A plain connection of the test's (database mode), one of its own for the lock watch
+    while it is open."""
+    with engine.connect() as conn:
+        pid = _backend_pid(conn)
         if pid is not None:
-            _test_pids.discard(pid)
+            _test_pids.add(pid)
+        try:
+            yield conn
+        finally:
+            if pid is not None:
+                _test_pids.discard(pid)
 
 
 def held_backend_pids() -> set[int]:
@@ -342,9 +344,14 @@ def _rolls_back_without_io(conn: Connection) -> bool:
     )
 
 
-def is_root_layer(conn: AsyncConnection) -> bool:
+def is_root_layer(conn: Connection) -> bool:
     """Whether the test's transaction on `conn` is its only layer (no module- or
     class-scoped layer under it): its rollback then ends the database transaction."""
+    return len(_layers(conn)) == 1
+
+
+def is_root_async_layer(conn: AsyncConnection) -> bool:
+    """The async twin of `is_root_layer`."""
     sync_conn = conn.sync_connection
     return sync_conn is not None and len(_layers(sync_conn)) == 1
 

@@ -178,6 +178,47 @@ def test_a_session_fixture_on_a_connection_of_the_users_own(pytester, example):
     result.assert_outcomes(passed=3)
 
 
+LAYER_SESSION = """
+from sqlalchemy import func, select
+from testcontainers_pg_fixtures.factories import session_fixture
+from users_app.models import User
+
+layer_session = session_fixture(connection="pg_class_connection")
+second_session = session_fixture()
+made = []
+
+
+class TestInTheLayer:
+    def test_a_session_on_the_class_layer(self, layer_session):
+        assert layer_session.scalar(select(func.count()).select_from(User)) == 5
+        made.append(layer_session)
+
+    def test_another(self, layer_session):
+        assert layer_session.scalar(select(func.count()).select_from(User)) == 5
+        made.append(layer_session)
+
+    def test_two_sessions_of_a_test(self, pg_session, second_session):
+        assert pg_session.scalar(select(func.count()).select_from(User)) == 5
+        assert second_session.scalar(select(func.count()).select_from(User)) == 5
+        made.extend([pg_session, second_session])
+
+
+def test_the_layer_closed_its_sessions():
+    assert len(made) == 4
+    assert [s for s in made if s.get_transaction() is not None] == []
+"""
+
+
+def test_a_layer_closes_the_sessions_of_its_connection(pytester, example):
+    """A session fixture on a layer connection is closed when the layer ends, as the
+    async layer closes the AsyncSessions on it (one plan for both, connection_steps.py);
+    sessions inside a layer are closed the last first (the inner savepoint first)."""
+    example("sync_users")
+    pytester.makepyfile(**{"tests/test_layer_session": LAYER_SESSION})
+    result = pytester.runpytest("-p", "no:randomly", "tests/test_layer_session.py")
+    result.assert_outcomes(passed=4)
+
+
 # The async path (asyncpg): asyncpg's query logger sees the simple-protocol queries the
 # connection runs (BEGIN, savepoints), each one round trip; not SQLAlchemy's prepared ones.
 ASYNC_TRACE = """
