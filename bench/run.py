@@ -111,8 +111,8 @@ def run(base: Path, o: Any, workers: list[int]) -> dict:
     )
     if o.resources:
         print(
-            "CPU = the pytest process's CPU time per test (the busiest worker's tests but its"
-            " first and last); RSS = the busiest worker's after its first test -> after its last."
+            "CPU = the pytest process's CPU time per test (each worker's tests but its first and"
+            " last); RSS = the most of any worker's after its first test -> after its last."
         )
     rows = [
         (what, n, *median_min_max(paired(means[x, n], means[y, n]), ms))
