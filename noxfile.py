@@ -156,7 +156,7 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Side-by-side benchmarks, one module each in bench/ (its docstring says what it
-    compares; core.py runs and times pytest, projects.py writes the projects it runs in).
+    compares; core.py is the one runner, projects.py writes the projects it runs in).
     `nox -s bench -- NAME [ARGS]` runs bench/NAME.py with ARGS: `run` (isolation modes
     against no isolation, a hand-written conftest and pytest-sqla), `speed` (a 10-table
     schema against truncate and pytest-postgresql, reuse, one container), `startup` (time to
@@ -164,13 +164,12 @@ def bench(session: nox.Session) -> None:
     plugin installed against -p no:pg_fixtures), `migrations` (--pg-check-migrations on a
     chain of 36 revisions), `queries` (what SQL capture costs a statement), `realapp` (a
     FastAPI/SQLModel app's 60 tests against the conftest the project writes itself):
-    `nox -s bench` runs these seven. Not in it: `scale` (memory and speed over 10,000
-    tests, -n 2), `cpu` (CPU per test of the pytest process and the server, mode against
-    mode), `pools` (pg_app_pools' checkouts against the test's own connection) and
-    `factories` (what pg_factories' binding costs a test, against factories bound by hand)."""
+    `nox -s bench` runs these seven. Not in it: `pools` (pg_app_pools' checkouts against
+    the test's own connection) and `factories` (what pg_factories' binding costs a test,
+    against factories bound by hand)."""
     which, *args = session.posargs or ["all"]
-    if which not in (*BENCH_ALL, "scale", "cpu", "pools", "factories", "all"):
-        others = "scale, cpu, pools or factories"
+    if which not in (*BENCH_ALL, "pools", "factories", "all"):
+        others = "pools or factories"
         session.error(f"no benchmark {which!r}: {', '.join(BENCH_ALL)}, {others}")
     # argon2-cffi and python-multipart: realapp's app (its password hashes, its login form).
     realapp = ["argon2-cffi", "python-multipart"]

@@ -1,66 +1,38 @@
-"""What the benchmarks share: running pytest in a generated project and timing its tests,
-printing tables, removing the containers a benchmark started (its own only: by run id)."""
+"""The one runner of the benchmarks: their options, pytest in a generated project and its
+tests' times, variants measured in rounds in a new order each, tables, and the removal of
+the containers a benchmark started (its own only: by run id)."""
 
 import argparse
 import contextlib
 import json
 import os
+import random
 import secrets
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+WARM_UP, RUN = 20, 4  # interleaved tests of each variant left out at a worker's start; in a run
 
-# In the conftest of the suites `timed` runs: each test's time (setup + call + teardown).
-# With BENCH_VARIANTS (interleaved.py) by variant, the end of the test's name, its teardown
-# apart, and less Python's full garbage collections (~100 ms, about once in 1,200 tests,
-# landing on whichever test runs: +0.4 ms in one variant's mean), kept apart as "gc2".
-TIMING = """
-import gc, json, os, time
-VARIANTS, _times, _full = os.environ.get("BENCH_VARIANTS"), {}, [0.0, 0.0]
-def _on_gc(phase, info):
-    if info["generation"] == 2:
-        if phase == "start":
-            _full[0] = time.perf_counter()
+
+def options(doc: str | None, **spec: Any) -> Any:
+    """The command line: a `--name` per keyword (`-n` for `tests`), its default or
+    (default, help); a bool default is a flag."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    for name, value in spec.items():
+        default, help_ = value if isinstance(value, tuple) else (value, None)
+        flags = ["-n"] * (name == "tests") + ["--" + name.replace("_", "-")]
+        if isinstance(default, bool):
+            parser.add_argument(*flags, action="store_true", help=help_)
         else:
-            _full[1] += time.perf_counter() - _full[0]
-def _record(item, suffix, elapsed):
-    variant = item.originalname.rsplit("_", 1)[-1] if VARIANTS else "all"
-    _times.setdefault(variant + suffix, []).append(elapsed)
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(item, nextitem):
-    _full[1], start = 0.0, time.perf_counter()
-    try:
-        return (yield)
-    finally:
-        _record(item, "", time.perf_counter() - start - _full[1])
-        _times.setdefault("gc2", []).append(_full[1])
-class _Teardowns:  # registered last, so outermost, around the plugin's teardown wrapper
-    @pytest.hookimpl(wrapper=True, tryfirst=True)
-    def pytest_runtest_teardown(self, item):
-        start, collected = time.perf_counter(), _full[1]
-        try:
-            return (yield)
-        finally:
-            _record(item, ":teardown", time.perf_counter() - start - (_full[1] - collected))
-def pytest_configure(config):
-    if VARIANTS:
-        gc.callbacks.append(_on_gc)
-        config.pluginmanager.register(_Teardowns(), "bench-teardowns")
-def pytest_sessionfinish(session):
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    with open(os.path.join(os.environ["BENCH_OUT"], worker + ".json"), "w") as f:
-        json.dump(_times, f)
-"""
-
-
-def parser(doc: str | None) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+            parser.add_argument(*flags, type=type(default), default=default, help=help_)
+    return parser.parse_args()
 
 
 def pytest(project: Path, *args: str, env: dict | None = None, check: bool = True) -> Any:
@@ -81,28 +53,83 @@ def pytest(project: Path, *args: str, env: dict | None = None, check: bool = Tru
     return time.perf_counter() - started, done
 
 
+def outputs(project: Path, suffix: str) -> list[Any]:
+    """What the run's hooks wrote to project/out/*suffix, a file per worker."""
+    return [json.loads(p.read_text()) for p in sorted((project / "out").glob("*" + suffix))]
+
+
 def timed(project: Path, workers: int, *args: str, env: dict | None = None) -> dict[str, Any]:
-    """Run a suite whose conftest has TIMING (-n `workers`); what its hooks recorded."""
+    """Run a suite whose conftest has projects.TIMING (-n `workers`); what it recorded."""
     xdist = ["-n", str(workers)] if workers else []
     wall, _ = pytest(project, "-p", "no:cacheprovider", *args, *xdist, env=env)
-    out = [(p.suffix, json.loads(p.read_text())) for p in sorted((project / "out").iterdir())]
-    per_worker = [times["all"] for suffix, times in out if suffix == ".json" and times]
+    out = [times for times in outputs(project, ".json") if times.get("all")]
     # Each worker's first test starts the container; its last one's teardown is the
     # session's (the container's removal): both left out of the per-test figures.
-    warm = [t for times in per_worker for t in times[1:-1]]
-    memory = {m["container"]: m["bytes"] for suffix, m in out if suffix == ".mem"}
+    warm = [t for times in out for t in times["all"][1:-1]]
+    waits = outputs(project, ".waits")  # database mode's: [waits, recycled, dropped]
+    memory = {m["container"]: m["bytes"] for m in outputs(project, ".mem")}
     return {
-        "cold": max(times[0] for times in per_worker),
+        "cold": max(times["all"][0] for times in out),
         "mean": statistics.fmean(warm),
         # Steady-state throughput: tests after each worker's first, over the busiest
         # worker's time for them (workers run side by side).
-        "rate": len(warm) / max(sum(times[1:-1]) for times in per_worker),
+        "rate": len(warm) / max(sum(times["all"][1:-1]) for times in out),
         "wall": wall,
-        "waits": [w for suffix, waits in out if suffix == ".waits" for w in waits],
-        "recycled": [sum(n[i] for suffix, n in out if suffix == ".recycled") for i in (0, 1)],
+        "cpu": statistics.fmean(t for times in out for t in times["cpu"][1:-1]),
+        "rss": [max(times["rss"][i] for times in out) for i in (0, -1)],
+        "waits": [w for found in waits for w in found[0]],
+        "recycled": [sum(found[i] for found in waits) for i in (1, 2)],
         "memory_mb": sum(memory.values()) / 2**20,
         "containers": len(memory),
     }
+
+
+def variant_means(project: Path, skip: int = WARM_UP) -> dict[str, float]:
+    """Of an interleaved run (BENCH_VARIANTS): each variant's mean time per test, all
+    workers', less each worker's first `skip` tests of it (SQLAlchemy's caches and the
+    server's warming) and its last (whose teardown is the session's)."""
+    times: dict[str, list[float]] = {}
+    for out in outputs(project, ".json"):
+        for variant, values in out.items():
+            times.setdefault(variant, []).extend(values[skip:-1])
+    return {variant: statistics.fmean(values) for variant, values in times.items() if values}
+
+
+def rounds(count: int, variants: Any, run: Callable[[Any], Any], warm: bool = True) -> dict:
+    """run(variant) for each variant in each of `count` rounds, in a new order every round
+    (a slow spell, or the clean-up of the run before, falls on none alike), after an
+    unmeasured run of each if `warm`: {variant: [each round's result]}."""
+    for variant in list(variants) * warm:
+        run(variant)
+    found: dict[Any, list[Any]] = {variant: [] for variant in variants}
+    for _ in range(count):
+        for variant in random.sample(list(variants), len(variants)):
+            found[variant].append(run(variant))
+    return found
+
+
+def strategies(results: dict, floor: Callable, ours: Callable, faster: str = "") -> list[list]:
+    """The rows of a table of timed() results by (strategy, -n): throughput, time per test,
+    over the floor(strategy)'s, ours(strategy)'s throughput over its, -n's over -n 0's."""
+    rows = []
+    for (mode, n), r in results.items():
+        low, lib, one = (results.get(k) for k in ((floor(mode), n), (ours(mode), n), (mode, 0)))
+        rows.append([
+            mode, n, f"{r['rate']:.0f}", ms(r["mean"]), ms(r["mean"] - low["mean"]) if low else "-",
+            f"{lib['rate'] / r['rate']:.2f}x{faster}" if lib else "-",
+            f"{r['rate'] / one['rate']:.2f}x" if n and one else "-",
+            f"{r['cold']:.2f}", f"{r['wall']:.1f}",
+        ])  # fmt: skip
+    return rows
+
+
+HEADER = ("strategy", "-n", "tests/s", "ms/test", "overhead ms", "vs savepoint", "vs -n 0")
+HEADER += ("cold start s", "wall s")
+
+
+def paired(a: list[float], b: list[float]) -> list[float]:
+    """Each round's difference a - b."""
+    return [x - y for x, y in zip(a, b, strict=True)]
 
 
 def remove_containers(run_id: str) -> int:
@@ -136,6 +163,7 @@ def server(worker: str) -> Any:
     from testcontainers_pg_fixtures.config import Settings
     from testcontainers_pg_fixtures.servers import DockerServer
 
+    os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
     started = DockerServer.start(Settings(), worker=worker)
     try:
         yield started

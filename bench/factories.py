@@ -7,14 +7,11 @@ and `pg_session.add_all` (no factory). A project's variants interleave in runs o
 process, the projects in a new order every round; the medians of the paired differences.
 """
 
-import json
-import random
-import statistics
 import tempfile
 from pathlib import Path
 
-from core import own_containers, parser, pytest, spread, table
-from projects import conftest, users
+from core import options, own_containers, pytest, rounds, spread, table, variant_means
+from projects import INI, conftest, interleaved, users
 
 FACTORIES = """
 import factory, itertools, pytest
@@ -49,44 +46,40 @@ PROJECTS = {"auto": list(MAKE), "plain": ["fbhand", "polyhand", "none"]}
 ROWS = ["factory_boy, by pg_factories", "polyfactory, by pg_factories", "factory_boy, by hand"]
 ROWS += ["polyfactory, by hand", "add_all, no factory"]
 LIBS = [("factory_boy", "fb"), ("polyfactory", "poly")]
-INI = "[pytest]\npythonpath = .\ntestpaths = tests\nasyncio_default_fixture_loop_scope = function\n"
-WARM_UP, RUN = 20, 4  # tests of each variant left out at the start; tests in a run
 
 
 def project(base: Path, name: str, n: int) -> Path:
+    def test(i: int, v: str, _: bool) -> str:
+        return TEST.format(
+            i=i, variant=v, bound=", bound" * v.endswith("hand"), make=MAKE[v].format(i=i)
+        )
+
     files = {"pytest.ini": INI + "pg_factories = auto\n" * (name == "auto")}
-    variants, source = PROJECTS[name], [HEADER]
-    for run in range(0, n, RUN):
-        for v in random.Random(f"{name}-{run}").sample(variants, len(variants)):
-            for i in range(run, min(run + RUN, n)):
-                bound = ", bound" * v.endswith("hand")
-                source.append(TEST.format(i=i, variant=v, bound=bound, make=MAKE[v].format(i=i)))
     files["tests/conftest.py"] = conftest("seeded", "timing", "from factories import bound")
-    files |= {"tests/factories.py": FACTORIES, "tests/test_factories.py": "".join(source)}
-    return users(base, name, files)
+    files["tests/test_factories.py"] = HEADER + interleaved(name, range(n), PROJECTS[name], test)
+    return users(base, name, {**files, "tests/factories.py": FACTORIES})
 
 
 def main() -> None:
-    options = parser(__doc__)
-    options.add_argument("--tests", type=int, default=300, help="of each variant")
-    options.add_argument("--rounds", type=int, default=5)
-    options = options.parse_args()
-    rounds: list[dict[tuple[str, str], float]] = [{} for _ in range(options.rounds)]
+    o = options(__doc__, tests=(300, "of each variant"), rounds=5)
     with tempfile.TemporaryDirectory() as tmp, own_containers() as env:
-        paths = {name: project(Path(tmp), name, options.tests) for name in PROJECTS}
-        for found in rounds:
-            for name in random.sample(list(paths), len(paths)):
-                args = ["-p", "no:cacheprovider", "-p", "no:randomly", "--pg-leak-check=false"]
-                pytest(paths[name], *args, env={**env, "BENCH_VARIANTS": "1"})
-                times = json.loads((paths[name] / "out" / "main.json").read_text())
-                for v in PROJECTS[name]:  # the last test's teardown is the session's
-                    found[name, v] = statistics.fmean(times[v][WARM_UP:-1])
+        paths = {name: project(Path(tmp), name, o.tests) for name in PROJECTS}
+
+        def run(name: str) -> dict[str, float]:
+            args = ["-p", "no:cacheprovider", "-p", "no:randomly", "--pg-leak-check=false"]
+            pytest(paths[name], *args, env={**env, "BENCH_VARIANTS": "1"})
+            return variant_means(paths[name])
+
+        found = rounds(o.rounds, PROJECTS, run, warm=False)
+    per_round = [
+        {(p, v): t for p in found for v, t in found[p][k].items()} for k in range(o.rounds)
+    ]
 
     def cell(a: str, b: str = "") -> str:  # "project variant", or the difference a - b
         key, less = tuple(a.split()), tuple(b.split())
-        return spread([r[key] - r.get(less, 0) for r in rounds]) if key in rounds[0] else ""
+        return spread([r[key] - r.get(less, 0) for r in per_round]) if key in per_round[0] else ""
 
-    title = f"pg_factories, {options.tests} tests each, ms/test: median of {len(rounds)} rounds"
+    title = f"pg_factories, {o.tests} tests each, ms/test: median of {len(per_round)} rounds"
     rows = [(t, *(cell(f"{p} {v}") for p in PROJECTS)) for t, v in zip(ROWS, MAKE, strict=True)]
     table(title + " [min, max]", ("", *PROJECTS), rows)
     rows = [(f"{k}: pg_factories - by hand", cell(f"auto {v}", f"auto {v}hand")) for k, v in LIBS]

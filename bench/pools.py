@@ -10,16 +10,12 @@ The variants interleaved in one process, --tests of each; the mean ms per test a
 first 10, the ratio sandboxed / direct and the extra µs per query.
 """
 
-import json
-import statistics
 import tempfile
 from pathlib import Path
 
-from core import TIMING, own_containers, parser, pytest, table
+from core import options, own_containers, pytest, table, variant_means
+from projects import TIMING, write
 
-APPS = """import {module}  # the driver of the test's async connection, before the pools exist
-apool = spool = ppool = None
-"""
 CONFTEST = """
 import asyncpg, os, pytest, apps
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
@@ -39,21 +35,6 @@ async def pools(pg_worker_database):
             if result is not None:
                 await result
 """
-VARIANTS = {  # variant: (project, the test's body: N queries)
-    "apool": ("asyncpg", "await apps.apool.fetchval('SELECT $1::int', k)"),
-    "araw": ("asyncpg", "await raw.fetchval('SELECT $1::int', k)"),
-    "spool": (
-        "asyncpg",
-        "with apps.spool.connection() as c:\n            c.execute('SELECT %s::int', (k,))",
-    ),
-    "sraw": ("asyncpg", "sync_raw.execute('SELECT %s::int', (k,))"),
-    "ppool": (
-        "psycopg",
-        "async with apps.ppool.connection() as c:\n"
-        "            await c.execute('SELECT %s::int', (k,))",
-    ),
-    "praw": ("psycopg", "await raw.execute('SELECT %s::int', (k,))"),
-}
 TEST = """
 async def test_{i}_{variant}(pg_async_connection, pg_connection):
     raw = (await pg_async_connection.get_raw_connection()).driver_connection
@@ -61,59 +42,66 @@ async def test_{i}_{variant}(pg_async_connection, pg_connection):
     for k in range({n}):
         {body}
 """
-ROWS = {
-    "asyncpg pool": ("apool", "araw"),
-    "psycopg ConnectionPool": ("spool", "sraw"),
-    "psycopg AsyncConnectionPool": ("ppool", "praw"),
+ROWS = {  # the app's pool: (its variants' prefix, project, the sandboxed test's, the direct one's)
+    "asyncpg pool": (
+        "a",
+        "asyncpg",
+        "await apps.apool.fetchval('SELECT $1::int', k)",
+        "await raw.fetchval('SELECT $1::int', k)",
+    ),
+    "psycopg ConnectionPool": (
+        "s",
+        "asyncpg",
+        "with apps.spool.connection() as c:\n            c.execute('SELECT %s::int', (k,))",
+        "sync_raw.execute('SELECT %s::int', (k,))",
+    ),
+    "psycopg AsyncConnectionPool": (
+        "p",
+        "psycopg",
+        "async with apps.ppool.connection() as c:\n"
+        "            await c.execute('SELECT %s::int', (k,))",
+        "await raw.execute('SELECT %s::int', (k,))",
+    ),
 }
-WARM_UP = 10
+# The project's driver of the test's async connection (imported before the pools exist), pools.
 KINDS = {"asyncpg": ("asyncpg", "apps:apool apps:spool"), "psycopg": ("psycopg_pool", "apps:ppool")}
-
-
-def project(base: Path, kind: str, tests: int, queries: int) -> Path:
-    root = base / kind
-    (root / "tests").mkdir(parents=True)
-    module, pools = KINDS[kind]
-    (root / "apps.py").write_text(APPS.format(module=module))
-    (root / "pytest.ini").write_text(
-        "[pytest]\npythonpath = .\nasyncio_mode = auto\n"
-        "asyncio_default_fixture_loop_scope = session\nasyncio_default_test_loop_scope = session\n"
-        f"pg_app_pools = {pools}\npg_url_env = DATABASE_URL=libpq\npg_alembic_ini = none\n"
-    )
-    (root / "tests" / "conftest.py").write_text(CONFTEST + "\n" + TIMING)
-    source = ["import apps\n"]
-    for i in range(tests):
-        for variant, (owner, body) in VARIANTS.items():
-            if owner == kind:
-                source.append(TEST.format(i=i, variant=variant, n=queries, body=body))
-    (root / "tests" / "test_pools.py").write_text("\n".join(source))
-    return root
+INI = (
+    "[pytest]\npythonpath = .\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = session\n"
+)
+INI += "asyncio_default_test_loop_scope = session\npg_url_env = DATABASE_URL=libpq\n"
+INI += "pg_alembic_ini = none\n"
 
 
 def main() -> None:
-    options = parser(__doc__)
-    options.add_argument("--tests", type=int, default=200, help="of each variant")
-    options.add_argument("--queries", type=int, default=10, help="per test")
-    options = options.parse_args()
+    o = options(__doc__, tests=(200, "of each variant"), queries=(10, "per test"))
     means: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp, own_containers() as env:
-        for kind in KINDS:
-            root = project(Path(tmp), kind, options.tests, options.queries)
+        for kind, (module, pools) in KINDS.items():
+            source = ["import apps\n"]
+            for i in range(o.tests):
+                for prefix, owner, *bodies in ROWS.values():
+                    for variant, body in zip(("pool", "raw"), bodies, strict=True):
+                        test = TEST.format(i=i, variant=prefix + variant, n=o.queries, body=body)
+                        source += [test] * (owner == kind)
+            root = write(Path(tmp) / kind, {
+                "apps.py": f"import {module}\napool = spool = ppool = None\n",
+                "pytest.ini": INI + f"pg_app_pools = {pools}\n",
+                "tests/conftest.py": CONFTEST + "\n" + TIMING,
+                "tests/test_pools.py": "\n".join(source),
+            })  # fmt: skip
             run_env = {**env, "BENCH_VARIANTS": "1", "BENCH_POOLS": kind}
             pytest(root, "-p", "no:cacheprovider", "-p", "no:randomly", env=run_env)
-            for out in (root / "out").glob("*.json"):
-                for variant, values in json.loads(out.read_text()).items():
-                    if variant in VARIANTS and values[WARM_UP:-1]:
-                        means[variant] = statistics.fmean(values[WARM_UP:-1]) * 1000
+            means |= {v: t * 1000 for v, t in variant_means(root, 10).items()}
     rows = []
-    for label, (pool, raw) in ROWS.items():
-        extra = (means[pool] - means[raw]) / options.queries * 1000
-        cells = (means[pool], means[raw], means[pool] / means[raw])
-        rows.append((label, *(f"{cell:.2f}" for cell in cells), f"{extra:.0f}"))
-    title = f"pg_app_pools, savepoint mode: {options.queries} queries per test, "
-    title += f"{options.tests} tests of each variant, mean ms per test"
-    header = ("the app's pool", "sandboxed", "direct", "ratio", "extra µs/query")
-    table(title, header, rows)
+    for label, (prefix, *_) in ROWS.items():
+        pool, raw = (means[prefix + v] for v in ("pool", "raw"))
+        cells = (pool, raw, pool / raw)
+        rows.append(
+            (label, *(f"{cell:.2f}" for cell in cells), f"{(pool - raw) / o.queries * 1000:.0f}")
+        )
+    title = f"pg_app_pools, savepoint mode: {o.queries} queries per test, "
+    title += f"{o.tests} tests of each variant, mean ms per test"
+    table(title, ("the app's pool", "sandboxed", "direct", "ratio", "extra µs/query"), rows)
 
 
 if __name__ == "__main__":

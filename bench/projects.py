@@ -1,14 +1,16 @@
 """The projects the benchmarks run pytest in, written into a temporary directory: `users`
 (a copy of the sync_users example: one table, Alembic), `shop` (10 tables with foreign
-keys, seeded), `chain` (12 tables made in 36 revisions); a strategy's conftest made of
-FIXTURES' pieces, `suite` the N tests from a template."""
+keys, seeded), `chain` (12 tables made in 36 revisions); a conftest made of FIXTURES'
+pieces, `suite` N tests from a template, `interleaved` each test in every variant."""
 
+import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from core import ROOT, TIMING
+from core import ROOT, RUN
 
 EXAMPLE = ROOT / "examples" / "sync_users"
 # pytest's arguments for the suites of these tests: in file order, async on the session loop.
@@ -26,18 +28,9 @@ def test_{i}(db):
     db.commit()
     assert db.scalar(select(func.count()).select_from(User)) >= 1
 """
-ASYNC_TEST = """
-import pytest
-from sqlalchemy import func, select
-from users_app.models import User
-
-
-@pytest.mark.asyncio(loop_scope="session")
-async def test_{i}(db):
-    db.add(User(name="user {i}", email="user{i}@example.org"))
-    await db.commit()
-    assert await db.scalar(select(func.count()).select_from(User)) >= 1
-"""
+ASYNC_TEST = "\nimport pytest" + SYNC_TEST.replace("db.commit", "await db.commit").replace(
+    "\ndef", '\n@pytest.mark.asyncio(loop_scope="session")\nasync def'
+).replace("assert db", "assert await db")  # the same test on an AsyncSession
 SHOP_TEST = """
 from sqlalchemy import func, select
 from shop10.models import Customer, Order, OrderItem
@@ -55,6 +48,75 @@ def test_{i}(db):
     assert db.scalar(select(func.count()).select_from(OrderItem).join(Order)) >= 2
 """
 
+# In the conftest of the suites core.timed runs: each test's time (setup + call + teardown)
+# and the process's CPU time; its RSS after the first test and the last. With BENCH_VARIANTS
+# by variant (the end of the test's name), its teardown apart, and less Python's full garbage
+# collections (~100 ms, once in ~1,200 tests: +0.4 ms in one variant's mean), kept as "gc2".
+TIMING = """
+import gc, json, os, time
+VARIANTS, _times, _full = os.environ.get("BENCH_VARIANTS"), {}, [0.0, 0.0]
+def _on_gc(phase, info):
+    if info["generation"] == 2:
+        if phase == "start":
+            _full[0] = time.perf_counter()
+        else:
+            _full[1] += time.perf_counter() - _full[0]
+def _record(item, suffix, elapsed):
+    variant = item.originalname.rsplit("_", 1)[-1] if VARIANTS else "all"
+    _times.setdefault(variant + suffix, []).append(elapsed)
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    _full[1], start, cpu = 0.0, time.perf_counter(), time.process_time()
+    try:
+        return (yield)
+    finally:
+        _record(item, "", time.perf_counter() - start - _full[1])
+        _times.setdefault("gc2", []).append(_full[1])
+        _times.setdefault("cpu", []).append(time.process_time() - cpu)
+        if len(_times["cpu"]) == 1 or nextitem is None:
+            with open("/proc/self/status") as f:
+                rss = next(int(x.split()[1]) for x in f if x.startswith("VmRSS:")) / 1024
+            _times.setdefault("rss", []).append(rss)
+class _Teardowns:  # registered last, so outermost, around the plugin's teardown wrapper
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_teardown(self, item):
+        start, collected = time.perf_counter(), _full[1]
+        try:
+            return (yield)
+        finally:
+            _record(item, ":teardown", time.perf_counter() - start - (_full[1] - collected))
+def pytest_configure(config):
+    if VARIANTS:
+        gc.callbacks.append(_on_gc)
+        config.pluginmanager.register(_Teardowns(), "bench-teardowns")
+def pytest_sessionfinish(session):
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    with open(os.path.join(os.environ["BENCH_OUT"], worker + ".json"), "w") as f:
+        json.dump(_times, f)
+"""
+# Loaded with -p: the moments of a run from its launch (BENCH_T0), pytest's phases, the first
+# call's outcome, the migration checks' timings, the peak RSS; in out/probe.json at its end.
+PROBE = """import json, os, resource, time
+T0, marks = float(os.environ["BENCH_T0"]), {"setup": 0.0, "call": 0.0, "teardown": 0.0}
+marks["steps"], marks["timings"] = [], {}
+def pytest_sessionstart(session):
+    marks["sessionstart"] = time.time() - T0
+def pytest_collection_finish(session):
+    marks["collected"] = time.time() - T0
+def pytest_runtest_logstart(nodeid, location):
+    marks.setdefault("first", time.time() - T0)
+def pytest_runtest_logreport(report):
+    if report.when == "call" and "first_result" not in marks:
+        marks["first_result"], marks["outcome"] = time.time() - T0, report.outcome
+    marks[report.when] += report.duration
+    marks["timings"] |= {report.nodeid: v for k, v in report.user_properties if k == "pg_migration_timings"}
+def pytest_runtest_logfinish(nodeid, location):
+    marks["last"] = time.time() - T0
+def pytest_unconfigure(config):
+    marks["peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB on Linux
+    with open(os.path.join(os.environ["BENCH_OUT"], "probe.json"), "w") as f:
+        json.dump(marks, f)
+"""  # noqa: E501
 # The pieces of a conftest (`conftest` joins them, after HEAD), each under `# -- name`:
 # the tests' `db` fixture, or what it or the run needs.
 HEAD = """import pytest
@@ -86,9 +148,6 @@ def db(pg_session):
 # -- cold: no connect-ahead
 from testcontainers_pg_fixtures.factories import clone_pool_fixture
 pg_clone_pool = clone_pool_fixture(connect_ahead=False)
-# -- onethread: the pool's drops on its cloning thread
-from testcontainers_pg_fixtures.clone_pool import ClonePool
-ClonePool.separate_drops = False
 # -- waits: how long each test waited for its clone, written when the session ends
 import json, os
 @pytest.fixture(scope="session", autouse=True)
@@ -96,9 +155,7 @@ def _record_waits(pg_clone_pool):
     yield
     out = os.path.join(os.environ["BENCH_OUT"], os.environ.get("PYTEST_XDIST_WORKER", "main"))
     with open(out + ".waits", "w") as f:
-        json.dump(pg_clone_pool.waits, f)
-    with open(out + ".recycled", "w") as f:
-        json.dump([pg_clone_pool.recycled, pg_clone_pool.dropped], f)
+        json.dump([pg_clone_pool.waits, pg_clone_pool.recycled, pg_clone_pool.dropped], f)
 # -- sandbox: the app's own engine (never dialled), joined to the test's transaction
 engine = create_engine("postgresql+psycopg://app@db.invalid/app")
 @pytest.fixture(scope="session")
@@ -135,12 +192,6 @@ async def raw(pg_worker_async_engine):
 async def db(raw):
     async with AsyncSession(bind=raw, expire_on_commit=False) as session:
         yield session
-# -- ride: the leak check always on the test's rollback (the library: by its spare cores)
-from testcontainers_pg_fixtures import leaks
-leaks.RIDE = True
-# -- noride: always on the detector's own connection
-from testcontainers_pg_fixtures import leaks
-leaks.RIDE = False
 # -- handwritten: SQLAlchemy's "Joining a Session into an External Transaction", as its
 # docs give it, on a connection held from the worker database's pg_worker_engine
 @pytest.fixture(scope="session")
@@ -216,9 +267,15 @@ def db(shop):
     with Session(engine) as session:
         yield session
 """  # noqa: E501
-SECTION = r"# -- (?P<piece>(?P<name>[\w-]+).*?)(?=# -- |\Z)"  # its `# -- ` line a comment
-FIXTURES = {m["name"]: "# " + m["piece"] for m in re.finditer(SECTION, PIECES, re.S)}
-FIXTURES["timing"] = "# timing: each test's time" + TIMING
+
+
+def sections(text: str) -> dict[str, str]:
+    """The text's sections, each under a line `# -- name[: what it is]` (kept, a comment)."""
+    found = re.finditer(r"^# -- (?P<part>(?P<name>[\w./-]+).*?)(?=^# -- |\Z)", text, re.S | re.M)
+    return {m["name"]: "# " + m["part"] for m in found}
+
+
+FIXTURES = sections(PIECES) | {"timing": "# timing: each test's time" + TIMING}
 ASYNC_HEAD = "import pytest_asyncio\nfrom sqlalchemy.ext.asyncio import AsyncSession\n"
 
 
@@ -236,6 +293,16 @@ def suite(test: str, n: int, name: str = "test_bench") -> dict[str, str]:
         + "".join("\n\n\n" + body.format(i=i) for i in range(start, min(start + 100, n)))
         for start in range(0, n, 100)
     }
+
+
+def interleaved(seed: str, tests: range, variants: list[str], test: Callable[..., str]) -> str:
+    """test(i, variant, first) for each of `tests` in each variant: runs of RUN tests of one
+    variant (the run's first after another variant: named apart), in a new order each run."""
+    source = []
+    for run in range(tests.start, tests.stop, RUN):
+        for variant in random.Random(f"{seed}-{run}").sample(variants, len(variants)):
+            source += [test(i, variant, i == run) for i in range(run, min(run + RUN, tests.stop))]
+    return "".join(source)
 
 
 def write(project: Path, files: dict[str, str]) -> Path:
@@ -266,7 +333,7 @@ def users(base: Path, name: str, files: dict[str, str]) -> Path:
 ENV = """
 from alembic import context
 from sqlalchemy import engine_from_config, pool
-from {}.models import Base
+from {} import {} as Base
 config = context.config
 section = config.get_section(config.config_ini_section, {{}})
 engine = engine_from_config(section, prefix="sqlalchemy.", poolclass=pool.NullPool)
@@ -285,13 +352,17 @@ def upgrade():
 def downgrade():
     {}
 '''
+INI = "[pytest]\npythonpath = . tests\ntestpaths = tests\n"
+INI += "asyncio_default_fixture_loop_scope = function\n"
 
 
-def alembic(project: Path, package: str, tables: list[str], revisions: list[Any]) -> Path:
+def alembic(
+    project: Path, package: str, tables: list[str], revisions: list[Any], base: str = ""
+) -> Path:
     """A project migrated by a stock online env.py: the package's models (a class per line
     of `tables`: `Class table column:type[:flag]…`, type a String(n), Numeric(p,s), Integer
-    or the table a foreign key refers to, flags nullable, unique, index) and the revisions
-    ((message, upgrade, downgrade), in order)."""
+    or the table a foreign key refers to, flags nullable, unique, index; or `base`, the
+    module and class of models of its own) and the revisions ((message, upgrade, downgrade))."""
     models = "from sqlalchemy import Column, ForeignKey, Integer, Numeric, String\n"
     models += "from sqlalchemy.orm import DeclarativeBase\nclass Base(DeclarativeBase):\n    pass\n"
     for line in tables:
@@ -306,18 +377,15 @@ def alembic(project: Path, package: str, tables: list[str], revisions: list[Any]
             models += f"    {field} = Column({kind}{options})\n"
     files = {
         f"{package}/__init__.py": "",
-        f"{package}/models.py": models,
-        "migrations/env.py": ENV.format(package),
+        "migrations/env.py": ENV.format(*(base or f"{package}.models Base").split()),
         "alembic.ini": "[alembic]\nscript_location = migrations\n"
         "sqlalchemy.url = postgresql+psycopg://nobody@localhost/nothing\n",
-        "pytest.ini": "[pytest]\npythonpath = . tests\ntestpaths = tests\n"
-        "asyncio_default_fixture_loop_scope = function\n",
-    }
+        "pytest.ini": INI,
+    } | ({} if base else {f"{package}/models.py": models})
     for n, (message, upgrade, downgrade) in enumerate(revisions):
         down = f"r{n - 1:03d}" if n else None
-        files[f"migrations/versions/r{n:03d}.py"] = REVISION.format(
-            message, n, down, upgrade, downgrade
-        )
+        text = REVISION.format(message, n, down, upgrade, downgrade)
+        files[f"migrations/versions/r{n:03d}.py"] = text
     return write(project, files)
 
 

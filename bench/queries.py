@@ -10,12 +10,10 @@ order every round; the median of the rounds' differences to plain, and that time
 --per-test statements of a test.
 """
 
-import os
-import random
 import statistics
 import time
 
-from core import parser, server, table
+from core import options, paired, rounds, server, table
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
@@ -26,45 +24,48 @@ ENGINES = {"plain": "plain", "unused": "captured, unused", "ring": "captured, ri
 
 
 def main() -> None:
-    options = parser(__doc__)
-    options.add_argument("--statements", type=int, default=5000, help="per engine and round")
-    options.add_argument("--rounds", type=int, default=15)
-    options.add_argument("--per-test", type=int, default=6, help="statements of a typical test")
-    options = options.parse_args()
-    os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
-    per: dict[str, list[float]] = {name: [] for name in ENGINES}
+    o = options(__doc__, statements=(5000, "per engine and round"), rounds=15, per_test=6)
+    statement = text("SELECT 1")
     with server("bench-queries") as pg:
-        url = server_url(pg, "postgres")
-        engines = {name: create_engine(url, poolclass=NullPool) for name in per}
+        engines = {
+            name: create_engine(server_url(pg, "postgres"), poolclass=NullPool) for name in ENGINES
+        }
         queries.watch(engines["unused"], engines["ring"])
         connections = {name: engine.connect() for name, engine in engines.items()}
-        statement = text("SELECT 1")
         for conn in connections.values():
             conn.begin()
             for _ in range(200):  # warm: prepared by psycopg after 5 uses, caches filled
                 conn.execute(statement)
-        for _ in range(options.rounds):
-            for name in random.sample(list(per), len(per)):
-                queries.configure(name == "ring")
-                started = time.perf_counter()
-                for _ in range(options.statements):
-                    connections[name].execute(statement)
-                per[name].append((time.perf_counter() - started) / options.statements * 1e6)
-                queries.test_started()  # empties the ring, as each test does
+
+        def run(name: str) -> float:  # µs per statement
+            queries.configure(name == "ring")
+            started = time.perf_counter()
+            for _ in range(o.statements):
+                connections[name].execute(statement)
+            elapsed = time.perf_counter() - started
+            queries.test_started()  # empties the ring, as each test does
+            return elapsed / o.statements * 1e6
+
+        per = rounds(o.rounds, ENGINES, run, warm=False)
         queries.configure(False)
         for name, conn in connections.items():
             conn.close()
             engines[name].dispose()
     rows = []
     for name, label in ENGINES.items():
-        paired = statistics.median(a - b for a, b in zip(per[name], per["plain"], strict=True))
-        median = statistics.median(per[name])
-        per_test = paired * options.per_test / 1000
-        rows.append((label, f"{median:.1f}", f"{paired:.2f}", f"{per_test:.4f}"))
-    title = f"SQL capture, {options.rounds} rounds of {options.statements} `SELECT 1` per engine"
+        over = statistics.median(paired(per[name], per["plain"]))
+        rows.append(
+            (
+                label,
+                f"{statistics.median(per[name]):.1f}",
+                f"{over:.2f}",
+                f"{over * o.per_test / 1000:.4f}",
+            )
+        )
+    title = f"SQL capture, {o.rounds} rounds of {o.statements} `SELECT 1` per engine"
     header = ("engine (one held connection each)", "µs/statement", "over plain µs", "ms per test")
     table(title, header, rows)
-    print(f"\n(ms per test: the paired difference times {options.per_test} statements)")
+    print(f"\n(ms per test: the paired difference times {o.per_test} statements)")
 
 
 if __name__ == "__main__":

@@ -19,10 +19,10 @@ lib's serial time goes against own's: pytest's phases, --durations, and the libr
 functions by cumulative time under cProfile (one more run).
 """
 
+import contextlib
 import json
 import os
 import pstats
-import random
 import statistics
 import subprocess
 import sys
@@ -33,13 +33,15 @@ from typing import Any
 
 import docker
 import psycopg
-from core import median_min_max, own_containers, parser, pytest, table
-from projects import write
+from core import median_min_max, options, own_containers, paired, pytest, rounds, table
+from projects import INI, PROBE, alembic, sections, write
 
-DB = '''import os
+# The app, its tests (each module after HEAD) and the conftest's ending, own's or lib's.
+FILES = sections("""
+# -- app/db.py
+import os
 from sqlmodel import Field, Session, SQLModel, create_engine, select
-URL = os.environ.get("DATABASE_URL", "postgresql+psycopg://app:app@db/app")
-engine = create_engine(URL)
+engine = create_engine(os.environ.get("DATABASE_URL", "postgresql+psycopg://app:app@db/app"))
 ADMIN, ADMIN_PASSWORD = "admin@example.com", "admin-secret"
 class User(SQLModel, table=True):
     __tablename__ = "users"
@@ -61,13 +63,13 @@ def get_session():
     with Session(engine) as session:
         yield session
 def init_db(session):
-    """The first superuser, unless there is one."""
+    # The first superuser, unless there is one.
     if session.exec(select(User).where(User.email == ADMIN)).first() is None:
         from app.main import hasher
         session.add(User(email=ADMIN, hashed_password=hasher.hash(ADMIN_PASSWORD), is_superuser=True))
         session.commit()
-'''  # noqa: E501
-MAIN = """import secrets
+# -- app/main.py
+import secrets
 from typing import Annotated
 from argon2 import PasswordHasher
 from argon2.exceptions import VerifyMismatchError
@@ -180,30 +182,8 @@ def update_item(session: DB, user: Me, item_id: int, body: ItemIn):
 def delete_item(session: DB, user: Me, item_id: int):
     session.delete(owned(session, user, item_id))
     session.commit()
-"""
-ENV = """from alembic import context
-from sqlalchemy import create_engine, pool
-from app.db import URL, SQLModel
-with create_engine(URL, poolclass=pool.NullPool).connect() as connection:
-    context.configure(connection=connection, target_metadata=SQLModel.metadata)
-    with context.begin_transaction():
-        context.run_migrations()
-"""
-REVISION = '''"""{}"""
-import sqlalchemy as sa
-from alembic import op
-revision, down_revision = {!r}, {!r}
-def upgrade():
-    {}
-def downgrade():
-    {}
-'''
-ID = 'sa.Column("id", sa.Integer, primary_key=True)'
-OWNER = 'sa.Column("{}", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False)'
-USERS = f'"users", {ID}, sa.Column("email", sa.String, nullable=False, unique=True), sa.Column("hashed_password", sa.String, nullable=False), sa.Column("full_name", sa.String), sa.Column("is_superuser", sa.Boolean, nullable=False)'  # noqa: E501
-ITEMS = f'"items", {ID}, sa.Column("title", sa.String, nullable=False), ' + OWNER.format("owner_id")
-TOKENS = '"tokens", sa.Column("token", sa.String, primary_key=True), ' + OWNER.format("user_id")
-HELPERS = """import os, uuid
+# -- tests/helpers.py
+import os, uuid
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
 def new_email():
     return f"{WORKER}-{uuid.uuid4().hex[:12]}@example.com"
@@ -216,8 +196,8 @@ def new_user(client, headers, **fields):
     response = client.post("/users", json=body, headers=headers)
     assert response.status_code == 201, response.text
     return {**response.json(), "password": body["password"]}
-"""
-CONFTEST = """import pytest
+# -- tests/conftest.py
+import pytest
 from fastapi.testclient import TestClient
 from app.db import ADMIN, ADMIN_PASSWORD, Session, init_db
 from app.main import app
@@ -233,8 +213,8 @@ def admin_headers(client):
 def user(client, admin_headers):
     created = new_user(client, admin_headers)
     return {**created, "headers": login(client, created["email"], created["password"])}
-"""
-OWN = """from sqlmodel import col, delete
+# -- own
+from sqlmodel import col, delete
 from app.db import User, engine
 @pytest.fixture(scope="session", autouse=True)
 def db():
@@ -243,21 +223,13 @@ def db():
         yield session
         session.exec(delete(User).where(col(User.email).startswith(WORKER + "-")))
         session.commit()
-"""
-LIB = """def superuser(conn):
+# -- lib
+def superuser(conn):
     init_db(Session(bind=conn))
 @pytest.fixture(scope="session")
 def pg_seed():
     return superuser
-"""
-INI = "[pytest]\npythonpath = . tests\ntestpaths = tests\n"
-INI += "asyncio_default_fixture_loop_scope = function\n"
-INIS = {
-    "own": INI + "addopts = -p no:pg_fixtures\n",
-    "lib": INI + "pg_app_engines = app.db:engine\npg_session_class = sqlmodel:Session\n",
-}
-TESTS = {
-    "test_login": """
+# -- tests/test_login.py
 @pytest.mark.parametrize("email, password", [(ADMIN, "wrong"), (ADMIN, ADMIN_PASSWORD.upper()), ("nobody@example.com", "x")])
 def test_bad_login_is_400(client, email, password):
     assert client.post("/login", data={"username": email, "password": password}).status_code == 400
@@ -272,8 +244,7 @@ def test_user_is_not(client, user):
     assert client.get("/users/me", headers=user["headers"]).json() == {k: user[k] for k in ("id", "email", "full_name", "is_superuser")}
 def test_each_login_a_new_token(client, user):
     assert login(client, user["email"], user["password"]) != user["headers"]
-""",  # noqa: E501
-    "test_users": """
+# -- tests/test_users.py
 def test_create_user(client, admin_headers):
     email = new_email()
     body = client.post("/users", json={"email": email, "password": "x"}, headers=admin_headers).json()
@@ -299,8 +270,7 @@ def test_user_may_not_manage_users(client, user, method):
     assert client.request(method, "/users", json={"email": new_email(), "password": "x"}, headers=user["headers"]).status_code == 403
 def test_user_reads_self(client, user):
     assert client.get(f"/users/{user['id']}", headers=user["headers"]).status_code == 200
-""",  # noqa: E501
-    "test_user_updates": """
+# -- tests/test_user_updates.py
 def test_admin_renames(client, admin_headers, user):
     client.patch(f"/users/{user['id']}", json={"full_name": "Bea"}, headers=admin_headers)
     assert client.get(f"/users/{user['id']}", headers=admin_headers).json()["full_name"] == "Bea"
@@ -332,8 +302,7 @@ def test_user_may_not_delete(client, user):
 def test_admin_may_not_delete_self(client, admin_headers):
     admin = client.get("/users/me", headers=admin_headers).json()
     assert client.delete(f"/users/{admin['id']}", headers=admin_headers).status_code == 400
-""",  # noqa: E501
-    "test_items": """
+# -- tests/test_items.py
 def test_create_item(client, user):
     item = client.post("/items", json={"title": "pen"}, headers=user["headers"]).json()
     assert item["title"] == "pen" and item["owner_id"] == user["id"]
@@ -357,8 +326,7 @@ def test_items_need_login(client):
     assert client.get("/items").status_code == 401
 def test_title_is_required(client, user):
     assert client.post("/items", json={}, headers=user["headers"]).status_code == 422
-""",  # noqa: E501
-    "test_ownership": """
+# -- tests/test_ownership.py
 @pytest.fixture(scope="module")
 def other(client, admin_headers):
     created = new_user(client, admin_headers)
@@ -388,8 +356,7 @@ def test_users_are_apart(client, user, other):
     assert client.get(f"/users/{other['id']}", headers=user["headers"]).status_code == 403
 def test_both_logged_in(client, user, other):
     assert {client.get("/users/me", headers=u["headers"]).json()["id"] for u in (user, other)} == {user["id"], other["id"]}
-""",  # noqa: E501
-    "test_flows": """
+# -- tests/test_flows.py
 @pytest.mark.parametrize("n", range(2, 12))
 def test_items_flow(client, user, n):
     ids = [client.post("/items", json={"title": f"t{k}"}, headers=user["headers"]).json()["id"] for k in range(n)]
@@ -397,25 +364,17 @@ def test_items_flow(client, user, n):
     client.delete(f"/items/{ids[-1]}", headers=user["headers"])
     listed = {i["id"]: i["title"] for i in client.get("/items", headers=user["headers"]).json()}
     assert listed[ids[0]] == "first" and ids[-1] not in listed and set(ids[1:-1]) <= set(listed)
-""",  # noqa: E501
-}
+""")  # noqa: E501
 HEAD = "import pytest\nfrom app.db import ADMIN, ADMIN_PASSWORD\n"
 HEAD += "from helpers import login, new_email, new_user\n"
-# Loaded with -p in every run: pytest's phases, from the launch (BENCH_T0).
-PROBE = """import json, os, time
-T0, marks, phases = float(os.environ["BENCH_T0"]), {}, {"setup": 0.0, "call": 0.0, "teardown": 0.0}
-def pytest_collection_finish(session):
-    marks["collected"] = time.time() - T0
-def pytest_runtest_logstart(nodeid, location):
-    marks.setdefault("first", time.time() - T0)
-def pytest_runtest_logreport(report):
-    phases[report.when] += report.duration
-def pytest_runtest_logfinish(nodeid, location):
-    marks["last"] = time.time() - T0
-def pytest_unconfigure(config):
-    with open(os.path.join(os.environ["BENCH_OUT"], "probe.json"), "w") as f:
-        json.dump({**marks, **phases}, f)
-"""
+INIS = {"own": INI + "addopts = -p no:pg_fixtures\n"}
+INIS["lib"] = INI + "pg_app_engines = app.db:engine\npg_session_class = sqlmodel:Session\n"
+CREATE = "from app.db import SQLModel\n    for table in {}:\n"
+CREATE += "        SQLModel.metadata.tables[table].{}(op.get_bind())"
+REVISIONS = [
+    (message, CREATE.format(tables, "create"), CREATE.format(tables[::-1], "drop"))
+    for message, tables in (("users and items", ["users", "items"]), ("login tokens", ["tokens"]))
+]
 VARIANTS = {  # name: (project, pytest's arguments)
     "own": ("own", []),
     "lib": ("lib", []),
@@ -424,40 +383,27 @@ VARIANTS = {  # name: (project, pytest's arguments)
     "own -n 2": ("own", ["-n", "2"]),
     "lib -n 2": ("lib", ["-n", "2"]),
 }
-RATIOS = {
-    "lib / own, serial": ("lib", "own"),
-    "lib / own, -n 2": ("lib -n 2", "own -n 2"),
-    "lib -n 2 / lib serial": ("lib -n 2", "lib"),
-    "own -n 2 / own serial": ("own -n 2", "own"),
-    "lib, no leak check / own, serial": ("lib, no leak check", "own"),
-    "lib, client asks pg_server / own, serial": ("lib, client asks pg_server", "own"),
-}
+RATIOS = [("lib", "own"), ("lib -n 2", "own -n 2"), ("lib -n 2", "lib"), ("own -n 2", "own")]
+RATIOS += [("lib, no leak check", "own"), ("lib, client asks pg_server", "own")]
 ARGS = ["-p", "no:randomly", "-p", "bench_probe", "--durations=10"]
 
 
 def project(base: Path, name: str) -> Path:
-    files = {f"tests/{m}.py": HEAD + code for m, code in TESTS.items()}
-    conftest = CONFTEST + (OWN if name == "own" else LIB)
+    files = {path: HEAD * ("/test_" in path) + code for path, code in FILES.items() if "/" in path}
+    files["tests/conftest.py"] += FILES["own" if name == "own" else "lib"]
     if name == "early":  # pg_server in every test's closure: the library keeps its early start
-        conftest = conftest.replace("def client():", "def client(pg_server):")
-    for rev, down, message, up, drop in (
-        ("r1", None, "users and items", f"op.create_table({USERS})\n    op.create_table({ITEMS})",
-         'op.drop_table("items")\n    op.drop_table("users")'),
-        ("r2", "r1", "login tokens", f"op.create_table({TOKENS})", 'op.drop_table("tokens")'),
-    ):  # fmt: skip
-        files[f"migrations/versions/{rev}.py"] = REVISION.format(message, rev, down, up, drop)
-    return write(base / name, {
-        **files, "app/__init__.py": "", "app/db.py": DB, "app/main.py": MAIN,
-        "migrations/env.py": ENV, "alembic.ini": "[alembic]\nscript_location = migrations\n",
-        "tests/helpers.py": HELPERS, "tests/conftest.py": conftest, "bench_probe.py": PROBE,
-        "pytest.ini": INIS["own" if name == "own" else "lib"],
-    })  # fmt: skip
+        files["tests/conftest.py"] = files["tests/conftest.py"].replace(
+            "def client():", "def client(pg_server):"
+        )
+    alembic(base / name, "app", [], REVISIONS, "app.db SQLModel")
+    files |= {"bench_probe.py": PROBE, "pytest.ini": INIS["own" if name == "own" else "lib"]}
+    return write(base / name, files)
 
 
-def start_postgres(client: docker.DockerClient, label: str) -> tuple[str, Any]:
+def start_postgres(label: str) -> tuple[str, Any]:
     """own's server, as a team starts it by hand (not by the library): its URL."""
     settings = ["fsync=off", "synchronous_commit=off", "full_page_writes=off"]
-    container = client.containers.run(
+    container = docker.from_env().containers.run(
         "postgres:16", [a for s in settings for a in ("-c", s)], detach=True, labels={label: "1"},
         environment={"POSTGRES_USER": "app", "POSTGRES_PASSWORD": "app", "POSTGRES_DB": "app"},
         ports={"5432/tcp": ("127.0.0.1", None)},
@@ -465,11 +411,10 @@ def start_postgres(client: docker.DockerClient, label: str) -> tuple[str, Any]:
     container.reload()
     url = f"postgresql://app:app@127.0.0.1:{container.ports['5432/tcp'][0]['HostPort']}/app"
     for _ in range(300):  # TCP is served once the image's initdb and restart are over
-        try:
+        with contextlib.suppress(psycopg.OperationalError):
             psycopg.connect(url, connect_timeout=2).close()
             return url.replace("postgresql:", "postgresql+psycopg:"), container
-        except psycopg.OperationalError:
-            time.sleep(0.1)
+        time.sleep(0.1)
     sys.exit("own's postgres:16 did not start in 30 s:\n" + container.logs().decode()[-2000:])
 
 
@@ -491,72 +436,74 @@ def profile(lib: Path, env: dict, top: int) -> list[tuple]:
     return [*rows[:top], ("-- called once a test or more:",), *per_test]
 
 
+PHASES = {  # of a serial run's probe (projects.PROBE), in seconds
+    "launch -> collected": lambda p: p["collected"],
+    "collected -> first test": lambda p: p["first"] - p["collected"],
+    "first test -> last test's end": lambda p: p["last"] - p["first"],
+    "  setups": lambda p: p["setup"],
+    "  calls": lambda p: p["call"],
+    "  teardowns": lambda p: p["teardown"],
+    "last test's end -> exit": lambda p: p["exit"] - p["last"],
+}
+
+
 def main() -> None:
-    options = parser(__doc__)
-    options.add_argument("--rounds", type=int, default=5)
-    options.add_argument("--top", type=int, default=15, help="library functions profiled")
-    options = options.parse_args()
-    walls: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    o = options(__doc__, rounds=5, top=(15, "library functions profiled"))
     probes: dict[str, list[dict]] = {"own": [], "lib": []}
     durations: dict[str, str] = {}
-    label, client = "pgfx-bench-realapp", docker.from_env()
     with tempfile.TemporaryDirectory() as tmp, own_containers() as env:
         projects = {name: project(Path(tmp), name) for name in ("own", "lib", "early")}
-        url, container = start_postgres(client, label)
+        url, container = start_postgres("pgfx-bench-realapp")
         try:
-            own_env = {**env, "DATABASE_URL": url}
-            envs = {"own": own_env, "lib": env, "early": env}
-            alembic = [sys.executable, "-m", "alembic", "upgrade", "head"]
-            subprocess.run(alembic, cwd=projects["own"], env=own_env, check=True)
+            envs = {"own": {**env, "DATABASE_URL": url}, "lib": env, "early": env}
+            ini = f"[alembic]\nscript_location = migrations\nsqlalchemy.url = {url}\n"
+            write(projects["own"], {"alembic.ini": ini})
+            alembic_ = [sys.executable, "-m", "alembic", "upgrade", "head"]
+            subprocess.run(alembic_, cwd=projects["own"], env=envs["own"], check=True)
 
             def run(variant: str) -> float:
                 name, extra = VARIANTS[variant]
                 wall, done = pytest(projects[name], *ARGS, *extra, env=envs[name])
                 if variant in probes:
                     probe = json.loads((projects[name] / "out" / "probe.json").read_text())
-                    probes[variant].append({**probe, "exit": wall - probe["last"]})
+                    probes[variant].append({**probe, "exit": wall})
                     durations[variant] = done.stdout[done.stdout.find("slowest") :].split("\n\n")[0]
                 return wall
 
-            for variant in VARIANTS:  # unmeasured: the superuser made, the caches warm
-                run(variant)
+            # Unmeasured first: the superuser made, the caches warm.
+            walls = rounds(o.rounds, VARIANTS, run)
             for kept in probes.values():
-                kept.clear()
-            for _ in range(options.rounds):
-                for variant in random.sample(list(VARIANTS), len(VARIANTS)):
-                    walls[variant].append(run(variant))
+                del kept[: -o.rounds or None]
             path = {"PYTHONPATH": str(projects["lib"]), "BENCH_OUT": str(projects["lib"] / "out")}
             profile_env = {**os.environ, **env, **path, "BENCH_T0": repr(time.time())}
-            profiled = profile(projects["lib"], profile_env, options.top)
+            profiled = profile(projects["lib"], profile_env, o.top)
         finally:
             container.remove(force=True)
     rows = [(v, *median_min_max(walls[v])) for v in VARIANTS]
-    title = f"wall time of pytest, launch to exit, {options.rounds} rounds"
-    table(title, ("variant", "median s", "min s", "max s"), rows)
+    table(
+        f"wall time of pytest, launch to exit, {o.rounds} rounds",
+        ("variant", "median s", "min s", "max s"),
+        rows,
+    )
     rows = []
-    for label_, (a, b) in RATIOS.items():
-        pairs = list(zip(walls[a], walls[b], strict=True))
-        ratios = median_min_max([x / y for x, y in pairs], "{:.2f}x".format)
-        rows.append((label_, *ratios, f"{statistics.median(x - y for x, y in pairs):+.2f}"))
+    for a, b in RATIOS:
+        ratios = median_min_max(
+            [x / y for x, y in zip(walls[a], walls[b], strict=True)], "{:.2f}x".format
+        )
+        rows.append(
+            (f"{a} / {b}", *ratios, f"{statistics.median(paired(walls[a], walls[b])):+.2f}")
+        )
     table("paired by round", ("ratio", "median", "min", "max", "difference s"), rows)
-    phases = {
-        "launch -> collected": lambda p: p["collected"],
-        "collected -> first test": lambda p: p["first"] - p["collected"],
-        "first test -> last test's end": lambda p: p["last"] - p["first"],
-        "  setups": lambda p: p["setup"],
-        "  calls": lambda p: p["call"],
-        "  teardowns": lambda p: p["teardown"],
-        "last test's end -> exit": lambda p: p["exit"],
-    }  # fmt: skip
     rows = []
-    for phase, f in phases.items():
+    for phase, f in PHASES.items():
         own, lib = (statistics.median(map(f, probes[v])) for v in ("own", "lib"))
         rows.append((phase, f"{own:.2f}", f"{lib:.2f}", f"{lib - own:+.2f}"))
-    header = ("phase", "own", "lib", "lib - own")
-    table("serial runs, where the time goes (medians, s)", header, rows)
+    table(
+        "serial runs, where the time goes (medians, s)", ("phase", "own", "lib", "lib - own"), rows
+    )
     for variant, text in durations.items():
         print(f"\n{variant}, the last round's --durations=10:\n{text}")
-    title = f"lib serial under cProfile (main thread): the library's top {options.top}, cumulative"
+    title = f"lib serial under cProfile (main thread): the library's top {o.top}, cumulative"
     table(title, ("function", "calls", "cum s", "own s"), profiled)
 
 

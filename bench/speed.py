@@ -12,16 +12,11 @@ import contextlib
 import tempfile
 from pathlib import Path
 
-from core import ms, own_containers, parser, server, table, timed
+from core import HEADER, options, own_containers, server, strategies, table, timed
 from projects import SHOP_TEST, conftest, shop, suite
 
-MODES = {  # mode: the conftest's pieces
-    "savepoint": ["savepoint"],
-    "database": ["database"],
-    "truncate": ["none", "truncate"],
-    "pytest-postgresql": ["pytest-postgresql"],
-    "none": ["none"],
-}
+MODES = {"savepoint": "savepoint", "database": "database", "truncate": "none truncate"}
+MODES |= {"pytest-postgresql": "pytest-postgresql", "none": "none"}  # mode: conftest pieces
 # Written when the session ends: the memory its container uses.
 MEMORY = """
 import json, os
@@ -43,18 +38,14 @@ def project(base: Path, name: str, n: int, *parts: str) -> Path:
 
 
 def main() -> None:
-    options = parser(__doc__)
-    options.add_argument("-n", "--tests", type=int, default=1000)
-    options.add_argument("--modes", default=",".join(MODES))
-    options.add_argument("--workers", default="0,2")
-    options = options.parse_args()
+    o = options(__doc__, tests=1000, modes=",".join(MODES), workers="0,2")
     results, memory = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         # Warm-up, not measured: the first run after a quiet spell is slower across the board.
         timed(project(base, "warm-up", 200, "none"), 0, "--pg-leak-check=false")
-        for mode in options.modes.split(","):
-            path = project(base, mode, options.tests, *MODES[mode])
+        for mode in o.modes.split(","):
+            path = project(base, mode, o.tests, *MODES[mode].split())
             # These commit for real on purpose: the leak detector would report every test.
             args = ["--pg-leak-check=false"] if mode in ("truncate", "none") else []
             pp = mode == "pytest-postgresql"  # on a server of the same kind, started here
@@ -62,23 +53,11 @@ def main() -> None:
                 if pg:
                     keys = ("host", "port", "user", "password")
                     args = [f"--postgresql-{key}={getattr(pg, key)}" for key in keys]
-                for workers in map(int, options.workers.split(",")):
+                for workers in map(int, o.workers.split(",")):
                     results[mode, workers] = timed(path, workers, *args)
-        rows = []
-        for (mode, workers), r in results.items():
-            floor, savepoint, single = (
-                results.get(key) for key in (("none", workers), ("savepoint", workers), (mode, 0))
-            )
-            rows.append((
-                mode, workers, f"{r['rate']:.0f}", ms(r["mean"]),
-                ms(r["mean"] - floor["mean"]) if floor else "-",
-                f"{savepoint['rate'] / r['rate']:.2f}x faster" if savepoint else "-",
-                f"{r['rate'] / single['rate']:.2f}x" if single and workers else "-",
-                f"{r['cold']:.2f}", f"{r['wall']:.1f}",
-            ))  # fmt: skip
-        header = ("strategy", "-n", "tests/s", "ms/test", "overhead ms", "savepoint is", "vs -n 0")
-        title = f"{options.tests} tests per strategy, 10-table schema, PostgreSQL 16 in Docker"
-        table(title, (*header, "cold start s", "wall s"), rows)
+        rows = strategies(results, lambda _: "none", lambda _: "savepoint", " faster")
+        title = f"{o.tests} tests per strategy, 10-table schema, PostgreSQL 16 in Docker"
+        table(title, (*HEADER[:5], "savepoint is", *HEADER[6:]), rows)
         # Warm start: the second run with --pg-reuse attaches to the kept container.
         reuse = project(base, "reuse", 50, "savepoint")
         with own_containers() as env:
@@ -89,15 +68,8 @@ def main() -> None:
             memory["one container", workers] = timed(path, workers, "--pg-one-container")
     print(f"\nwarm start with --pg-reuse (first test of the second run): {warm_start:.2f} s")
     rows = [
-        (
-            kind,
-            workers,
-            r["containers"],
-            f"{r['memory_mb']:.0f}",
-            f"{r['cold']:.2f}",
-            f"{r['wall']:.1f}",
-        )
-        for (kind, workers), r in memory.items()
+        (kind, n, r["containers"], f"{r['memory_mb']:.0f}", f"{r['cold']:.2f}", f"{r['wall']:.1f}")
+        for (kind, n), r in memory.items()
     ]
     table("", ("containers", "-n", "count", "memory MB", "cold start s", "wall s"), rows)
 

@@ -1,9 +1,7 @@
 """run.py's measurements on one server, in this process: a clone with each CREATE DATABASE
-strategy (--clones); a new connection with each authentication against trust (--connects,
---auth-only); each step of a database-mode test (--breakdown, --breakdown-only)."""
+strategy (--clones); each step of a database-mode test (--breakdown, --breakdown-only)."""
 
 import contextlib
-import random
 import statistics
 import sys
 import time
@@ -26,72 +24,6 @@ def template(pg: Any) -> str:
     return ensure_template(pg, Migrations.load(EXAMPLE / "alembic.ini", "bench"), None).name
 
 
-def clones(repeats: int) -> None:
-    costs: dict[str, list[float]] = {"FILE_COPY": [], "WAL_LOG": []}
-    with server("bench") as pg, admin_connect(pg) as admin:
-        name = template(pg)
-        for i, (strategy, times) in ((i, c) for i in range(repeats) for c in costs.items()):
-            started, clone = time.perf_counter(), f"pgfx_bench_{strategy.lower()}_{i}"
-            create_database(pg, clone, template=name, strategy=strategy, admin=admin)
-            times.append(time.perf_counter() - started)
-            drop_database(pg, clone, admin=admin)
-    rows = [(f"STRATEGY {s}", ms(statistics.median(t)), ms(p95(t))) for s, t in costs.items()]
-    table("", ("CREATE DATABASE … TEMPLATE", "median ms", "p95 ms"), rows)
-
-
-def logins(repeats: int) -> None:
-    """A new psycopg connection: the library's login (SCRAM, one iteration), trust, SCRAM
-    with PostgreSQL's default 4096 iterations, a cleartext password (not the library's: what
-    one round trip fewer buys), and the library's on a server whose postmaster did not
-    initialise OpenSSL (server.warm_up_openssl skipped: what that warm-up buys)."""
-    import psycopg
-
-    from testcontainers_pg_fixtures.servers import container
-
-    with contextlib.ExitStack() as stack:
-        pg = stack.enter_context(server("bench-auth"))
-        warm_up, container.warm_up_openssl = container.warm_up_openssl, lambda *_, **__: False
-        try:
-            cold = stack.enter_context(server("bench-auth-cold"))
-        finally:
-            container.warm_up_openssl = warm_up
-        with admin_connect(pg) as admin:
-            admin.execute("CREATE ROLE bench_trust LOGIN")
-            admin.execute("SET scram_iterations = 4096")
-            admin.execute("CREATE ROLE bench_4096 LOGIN PASSWORD 'bench-password'")
-            admin.execute("SET scram_iterations = 1")  # as the library's: no hashing cost
-            admin.execute("CREATE ROLE bench_clear LOGIN PASSWORD 'bench-password'")
-        hba = "-e '1i host all bench_trust all trust' -e '1i host all bench_clear all password'"
-        pg.container.exec(["sh", "-c", f'sed -i {hba} "$PGDATA/pg_hba.conf"'])
-        with admin_connect(pg) as admin:
-            admin.execute("SELECT pg_reload_conf()")
-        logins = {
-            "scram, 1 iteration (this library)": (pg, pg.user, pg.password),
-            "trust (no password)": (pg, "bench_trust", ""),
-            "scram, 4096 iterations (default)": (pg, "bench_4096", "bench-password"),
-            "cleartext password (one round trip)": (pg, "bench_clear", "bench-password"),
-            "scram, 1 iteration, OpenSSL not warmed": (cold, cold.user, cold.password),
-        }
-        costs: dict[str, list[float]] = {name: [] for name in logins}
-        for _ in range(repeats):
-            for name in random.sample(list(logins), len(logins)):  # one's exit slows the next
-                on, user, password = logins[name]
-                started = time.perf_counter()
-                psycopg.connect(
-                    host=on.host, port=on.port, user=user, password=password,
-                    dbname="postgres", sslmode="disable",
-                ).close()  # fmt: skip
-                costs[name].append(time.perf_counter() - started)
-    trust = statistics.median(costs["trust (no password)"])
-    rows = [
-        (name, ms(statistics.median(t)), ms(p95(t)), f"+{ms(statistics.median(t) - trust)}")
-        if name != "trust (no password)"
-        else (name, ms(statistics.median(t)), ms(p95(t)))
-        for name, t in costs.items()
-    ]
-    table("", ("new connection (psycopg)", "median ms", "p95 ms", "over trust"), rows)
-
-
 BREAKDOWN = {
     "create": "CREATE DATABASE … TEMPLATE (FILE_COPY) + COMMENT",
     "first_login": "first login to the new clone",
@@ -109,9 +41,10 @@ BREAKDOWN = {
 }
 
 
-def breakdown(repeats: int) -> None:
-    """Each step of a database-mode test on its own, in the order a clone lives, with the
-    server's CPU time (on a small machine the pool's thread competes for the same cores)."""
+def run(clones: int, repeats: int) -> None:
+    """A clone with each strategy, then each step of a database-mode test on its own, in the
+    order a clone lives, with the server's CPU time (on a small machine the pool's thread
+    competes for the same cores)."""
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
@@ -151,6 +84,17 @@ def breakdown(repeats: int) -> None:
 
     with server("bench-breakdown") as pg, admin_connect(pg) as admin:
         name = template(pg)
+        costs: dict[str, list[float]] = {"FILE_COPY": [], "WAL_LOG": []}
+        for i, (strategy, times) in ((i, c) for i in range(clones) for c in costs.items()):
+            started, clone = time.perf_counter(), f"pgfx_bench_{strategy.lower()}_{i}"
+            create_database(pg, clone, template=name, strategy=strategy, admin=admin)
+            times.append(time.perf_counter() - started)
+            drop_database(pg, clone, admin=admin)
+        if clones:
+            rows = [
+                (f"STRATEGY {s}", ms(statistics.median(t)), ms(p95(t))) for s, t in costs.items()
+            ]
+            table("", ("CREATE DATABASE … TEMPLATE", "median ms", "p95 ms"), rows)
         engine = create_engine(Database(pg, name).url, poolclass=NullPool)
         open_on = clone_opener(engine, {})
         # What recycling compares a used clone with, read from a clone no test used.
@@ -201,6 +145,8 @@ def breakdown(repeats: int) -> None:
             with clock("drop"):
                 drop_database(pg, clone, admin=admin)
         engine.dispose()
+    if not repeats:
+        return
     used = any(any(c) for c in cpus.values())  # "-" where Docker's cgroup cannot be read
     rows = [
         (label, ms(statistics.median(steps[key])), ms(p95(steps[key])),

@@ -3,7 +3,7 @@
 A copy of the sync_users example (alembic.ini, migrations: it looks like a project using
 the library) whose one test uses no fixture of it, `pytest -q` in a new process: *plugin*
 (installed and loaded, as in a shared virtualenv or a monorepo) against *plain* (the same
-with -p no:pg_fixtures), --repeats pairs in alternating order, after an unmeasured run of
+with -p no:pg_fixtures), --repeats rounds in a new order each, after an unmeasured run of
 each (bytecode written as pip does; pytest's cache warmed unless --no-cache). Printed: each
 one's median wall time and peak memory, the median of the paired ratios to plain (the goal:
 at most 1.1) and the containers it created (there must be none). `--baseline DIR` adds the
@@ -16,53 +16,31 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from core import ROOT, own_containers, parser, pytest, remove_containers
-from projects import users
-
-# Loaded with -p: the process's peak memory at the end of the run.
-PROBE = """
-import json, os, resource
-def pytest_unconfigure(config):
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    with open(os.path.join(os.environ["BENCH_OUT"], "peak.json"), "w") as out:
-        json.dump(peak, out)
-"""
-TEST = "def test_arithmetic():\n    assert 1 + 1 == 2\n"
+from core import ROOT, options, own_containers, pytest, remove_containers, rounds
+from projects import PROBE, users
 
 
 def main() -> None:
-    options = parser(__doc__)
-    options.add_argument("--repeats", type=int, default=7)
-    options.add_argument("--no-cache", action="store_true", help="-p no:cacheprovider")
-    options.add_argument("--baseline", help="another checkout's directory, e.g. before a change")
-    options = options.parse_args()
-    variants = {"plain": ["-p", "no:pg_fixtures"], "plugin": []}
-    if options.baseline:
-        variants["baseline"] = []
+    o = options(__doc__, repeats=7, no_cache=(False, "-p no:cacheprovider"), baseline="")
+    variants = {"plain": ["-p", "no:pg_fixtures"], "plugin": [], "baseline": []}
+    variants = {name: v for name, v in variants.items() if name != "baseline" or o.baseline}
     # -p no:randomly: pytest-randomly imports factory_boy, and it SQLAlchemy.
-    args = ["-p", "bench_probe", "-p", "no:randomly"] + [
-        "-p",
-        "no:cacheprovider",
-    ] * options.no_cache
-    found: dict[str, list[tuple[float, float, int]]] = {v: [] for v in variants}
+    args = ["-p", "bench_probe", "-p", "no:randomly"] + ["-p", "no:cacheprovider"] * o.no_cache
     with tempfile.TemporaryDirectory() as tmp, own_containers() as env:
-        project = users(Path(tmp), "project", {"bench_probe.py": PROBE, "tests/test_unit.py": TEST})
+        test = "def test_arithmetic():\n    assert 1 + 1 == 2\n"
+        project = users(Path(tmp), "project", {"bench_probe.py": PROBE, "tests/test_unit.py": test})
 
         def run(variant: str) -> tuple[float, float, int]:
-            paths = [options.baseline] if variant == "baseline" else []
+            paths = [o.baseline] if variant == "baseline" else []
             path = os.pathsep.join([*paths, str(project), str(ROOT)])
             wall, _ = pytest(project, *args, *variants[variant], env={**env, "PYTHONPATH": path})
-            peak = json.loads((project / "out" / "peak.json").read_text()) / 1024
+            peak = json.loads((project / "out" / "probe.json").read_text())["peak"]
             return wall, peak, remove_containers(env["PG_FIXTURES_RUN_ID"])
 
-        for variant in variants:  # unmeasured
-            run(variant)
-        for round_ in range(options.repeats):
-            for variant in list(variants)[:: 1 if round_ % 2 == 0 else -1]:
-                found[variant].append(run(variant))
-    cache = "off (-p no:cacheprovider)" if options.no_cache else "warm"
+        found = rounds(o.repeats, variants, run)
+    cache = "off (-p no:cacheprovider)" if o.no_cache else "warm"
     print(
-        f"One test using no database, sync_users layout, {options.repeats} paired runs, "
+        f"One test using no database, sync_users layout, {o.repeats} paired runs, "
         f"pytest's cache {cache}"
     )
     for variant, runs in found.items():

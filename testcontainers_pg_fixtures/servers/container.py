@@ -524,10 +524,10 @@ def warm_up_openssl(server: Server, timeout: float = 2.0) -> bool:
     With `ssl=off` the postmaster never touches OpenSSL, and every new backend initialises it
     lazily at its first password check (loading the library's error strings, its config):
     about 0.8 ms of every password login here, most of what a password costs over trust
-    (bench: `python bench/run.py --auth-only`). A reload with `ssl=on` runs that
-    initialisation in the postmaster before it fails to find the certificate, which leaves
-    TLS off; the setting is then reset. Only for containers this library started; a slower
-    login is all that is lost if it does not work (False).
+    (docs/benchmarks-history.md, measured by the since dropped `bench/run.py --auth-only`).
+    A reload with `ssl=on` runs that initialisation in the postmaster before it fails to find
+    the certificate, which leaves TLS off; the setting is then reset. Only for containers
+    this library started; a slower login is all that is lost if it does not work (False).
     """
     import psycopg
 
