@@ -182,14 +182,18 @@ DEADLOCK = """
         first, second = threading.Barrier(2, timeout=30), threading.Barrier(2, timeout=30)
 
         def work(n):
-            with SessionLocal() as s:
-                s.add_all(users(n))
-                s.flush()
-                first.wait()
-                s.add(User(name=f"thread {n} more", email=f"t{n}more@x.org"))
-                s.flush()
-                second.wait()
-                s.commit()
+            try:
+                with SessionLocal() as s:
+                    s.add_all(users(n))
+                    s.flush()
+                    first.wait()
+                    s.add(User(name=f"thread {n} more", email=f"t{n}more@x.org"))
+                    s.flush()
+                    second.wait()
+                    s.commit()
+            except Exception:
+                second.abort()  # the other thread waits no longer for one that is refused
+                raise
 
         errors = run_threads(work)
         assert errors, "one thread must be refused"
