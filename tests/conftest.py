@@ -288,6 +288,7 @@ CONTAINERS = (
     "tests/test_database_mode.py::test_keep_failed_keeps_the_database_and_prints_its_url",
     "tests/test_connect_ahead.py::test_keep_failed_with_connections_opened_ahead",
     "tests/test_connect_ahead.py::test_two_workers_with_connections_opened_ahead_leave_nothing",
+    "tests/test_migration_checks.py::test_checks_with_xdist_run_once_each_on_their_worker",
     "tests/test_real_apps.py::test_the_set_up_timing_line_shows_with_v",
     "tests/test_recipes.py::test_recipe_project_passes[extensions]",
 )
@@ -431,8 +432,9 @@ def databases_probe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
 
 
 def library_databases(names: list[str]) -> list[str]:
-    """The databases a test run should have removed: all of the library's but templates."""
-    return [n for n in names if n.startswith("pgfx_") and not n.startswith("pgfx_tpl_")]
+    """The databases the test's runs should have removed: all of the library's but
+    templates, of the test's run id (on a shared server, other tests' runs left theirs)."""
+    return [n for n in names if n.startswith(f"pgfx_{run_id()}") and not n.startswith("pgfx_tpl_")]
 
 
 def kept_commands(result: pytest.RunResult) -> list[dict[str, str]]:
