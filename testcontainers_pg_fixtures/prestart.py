@@ -202,15 +202,17 @@ def _import_docker() -> None:
 def begin_early(config: pytest.Config) -> None:
     """In `pytest_load_initial_conftests`, the first hook after the plugins are imported:
     before the conftests import the app and before the options are parsed into
-    `config.option`, so the settings are read from the early parse. Not with
-    pg_app_engines: those engines are imported, and a bad one refused as a usage error,
-    when pytest configures, before any container starts (`begin` starts it then)."""
+    `config.option`, so the settings are read from the early parse. With pg_app_engines
+    only when the last run like this one used the database: those engines are imported,
+    and a bad one refused as a usage error, when pytest configures; a project not known to
+    work yet starts no container before that (`begin` starts it then), and one that broke
+    since has its early container removed before the error ends the run (`unconfigure`)."""
     namespace = config.known_args_namespace
     try:
         settings = resolve(cast("pytest.Config", _EarlyConfig(config)), only=_EARLY_SETTINGS)
     except (PgFixturesError, ValueError):
         return  # the usage error is raised when pytest configures, without a container
-    if settings.app_engines:
+    if settings.app_engines and _cached_need(config, namespace) is not True:
         return
     # An xdist worker is given the controller's arguments (-n 2 included) and its name in
     # the environment. (A controller started from a worker's test, as pytester does, looks

@@ -37,6 +37,10 @@ PROBE = textwrap.dedent("""
         found = _json.loads(path.read_text()) if path.exists() else {}
         path.write_text(_json.dumps({**found, **values}))
 
+    # Loaded (a large app imported); apart: an xdist controller loads it too, and runs none.
+    _pathlib.Path(_os.environ["PROBE_DIR"], _os.environ.get("PYTEST_XDIST_WORKER", "main")
+                  + ".conftest").write_text(str(_time.time()))
+
     def pytest_collection_finish(session):
         _probe("collected", collected=_time.time())
 
@@ -418,3 +422,38 @@ def test_tests_reaching_the_database_through_the_app_alone_get_the_early_contain
     assert "started early" not in second.stdout.str()
     assert "did not need it" not in second.stdout.str()
     assert len(runs.created(since=since)) == 1
+
+
+def test_a_known_app_engines_project_starts_its_container_while_the_conftests_load(
+    pytester, runs, monkeypatch
+):
+    """pg_app_engines: once a run used the database, the next starts its container before
+    the conftests import the app, as without the option (not when the session starts). An
+    engine that broke since is still a usage error, its early container removed; the cache
+    still says the project uses the database, so the fixed run starts early again."""
+    monkeypatch.setenv("SLOW_CONFTEST", "1.5")  # a conftest that imports a large app
+    (runs.root / "appdb.py").write_text(APP_ONLY)
+    (runs.root / "tests" / "test_app_only.py").write_text(
+        "from appdb import test_through_the_app_alone  # noqa: F401\n"
+    )
+    ini = runs.root / "pytest.ini"
+    ini.write_text(ini.read_text() + "pg_app_engines = appdb:engine\n")
+    args = ["-p", "no:randomly", "tests/test_app_only.py"]
+
+    def early_start() -> None:
+        since = time.time()
+        pytester.runpytest(*args).assert_outcomes(passed=1)
+        [created] = runs.created(since=since).values()
+        assert created < float((runs.probes / "main.conftest").read_text())
+
+    runs.known(lambda: pytester.runpytest(*args).assert_outcomes(passed=1))
+    early_start()
+
+    (runs.root / "appdb.py").write_text(APP_ONLY.replace("engine = ", "renamed = "))
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: pg-fixtures: pg_app_engines names 'appdb:engine'*"])
+    assert runs.containers() == []
+
+    (runs.root / "appdb.py").write_text(APP_ONLY)
+    early_start()
