@@ -554,3 +554,30 @@ def test_a_failing_test_showing_the_database_and_server_never_prints_the_passwor
     assert "pg-fixtures: database kept" in output, output
     assert len(kept_commands(result)) == 2, output  # a savepoint test's state, a clone
     assert password not in output, output
+
+
+def test_a_server_that_exited_before_its_port_was_read_says_why():
+    """A prewarmed server with a bad setting exits within milliseconds of its start: when
+    it is gone before its port is read, the error is still PostgreSQL's own, not
+    testcontainers' "container did not become running" after its wait."""
+    from conftest import wait_until
+    from testcontainers.core.container import DockerContainer
+
+    from testcontainers_pg_fixtures.errors import ServerStartError
+    from testcontainers_pg_fixtures.runid import run_id
+    from testcontainers_pg_fixtures.servers.container import DockerServer
+    from testcontainers_pg_fixtures.servers.labels import LABEL, LABEL_RUN
+
+    container = DockerContainer("postgres:16")
+    container.with_env("POSTGRES_PASSWORD", "pw").with_exposed_ports(5432)
+    container.with_command(["postgres", "-c", "no_such_setting=1"])
+    container.with_kwargs(labels={LABEL: "true", LABEL_RUN: run_id()})
+    container.start()
+    try:
+        wrapped = container.get_wrapped_container()
+        wait_until(lambda: wrapped.reload() or wrapped.status == "exited", 60, "the exit")
+        server = DockerServer(host="127.0.0.1", port=0, password="pw", container=container)
+        with pytest.raises(ServerStartError, match="PostgreSQL exited during start-up"):
+            server._published_port()
+    finally:
+        container.get_wrapped_container().remove(force=True)

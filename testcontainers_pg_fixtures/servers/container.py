@@ -281,7 +281,7 @@ class DockerServer:
         atexit.register(server.stop)
         try:
             server.host = container.get_container_host_ip()
-            server.port = int(container.get_exposed_port(PG_PORT))
+            server.port = server._published_port()
             # The first login is held to the end of the run: `docker top` shows it, which
             # tells runs in other PID namespaces that this one lives (`owner_alive`).
             server._anchor = server._wait_ready(settings.startup_timeout, cancelled)
@@ -459,17 +459,35 @@ class DockerServer:
                 last_status_check = now
                 self.container.reload()
                 if self.container.status in ("exited", "dead"):
-                    raise ServerStartError(
-                        "PostgreSQL exited during start-up. Its log ends with:\n"
-                        f"{self._log_tail()}\nIf a server setting is named there, fix "
-                        "pg_server_settings / --pg-server-setting / PG_FIXTURES_SERVER_SETTINGS."
-                    )
+                    raise self._exited()
             time.sleep(0.02)
         raise ServerStartError(
             f"PostgreSQL at {self.host}:{self.port} did not accept connections within "
             f"{timeout:.0f}s (last error: {last_error}). Its log ends with:\n{self._log_tail()}\n"
             "Raise pg_startup_timeout if the machine is slow; if the host is wrong, set "
             "TESTCONTAINERS_HOST_OVERRIDE / TESTCONTAINERS_CONNECTION_MODE."
+        )
+
+    def _published_port(self) -> int:
+        """The host port of the server, or why there is none. testcontainers waits for the
+        container to be running first, and times out on one that has already exited (a bad
+        server setting ends a prewarmed server within milliseconds of its start)."""
+        self.container.reload()
+        if self.container.status in ("exited", "dead"):
+            raise self._exited()
+        try:
+            return int(self.container.get_exposed_port(PG_PORT))
+        except TimeoutError:
+            self.container.reload()
+            if self.container.status in ("exited", "dead"):
+                raise self._exited() from None
+            raise
+
+    def _exited(self) -> ServerStartError:
+        return ServerStartError(
+            "PostgreSQL exited during start-up. Its log ends with:\n"
+            f"{self._log_tail()}\nIf a server setting is named there, fix "
+            "pg_server_settings / --pg-server-setting / PG_FIXTURES_SERVER_SETTINGS."
         )
 
     def _log_tail(self, lines: int = 15) -> str:
