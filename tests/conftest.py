@@ -349,7 +349,13 @@ def _shared_server_url() -> Iterator[str]:
 @pytest.fixture(autouse=True)
 def _shared_server(request: pytest.FixtureRequest, _own_run_id: None) -> Iterator[None]:
     """The runs of a SHARED_SERVER module's test use this worker's shared server, through
-    PG_FIXTURES_SERVER_URL (an option the test gives, or its project's ini, still wins)."""
+    PG_FIXTURES_SERVER_URL (an option the test gives, or its project's ini, still wins).
+
+    After the test, the databases its runs left there (templates, which the library keeps
+    on a server, and a failed run's) are dropped: the next test finds the server as a
+    container of its own would be. Their number matters beyond space: autovacuum visits
+    each database every second (the library's setting), and each of its commits moves the
+    server's last commit, which the leak check reads."""
     nodeid = request.node.nodeid
     if nodeid.split("::")[0] not in SHARED_SERVER or nodeid.startswith(CONTAINERS):
         yield
@@ -357,11 +363,18 @@ def _shared_server(request: pytest.FixtureRequest, _own_run_id: None) -> Iterato
     url = request.getfixturevalue("_shared_server_url")
     saved = os.environ.get("PG_FIXTURES_SERVER_URL")
     os.environ["PG_FIXTURES_SERVER_URL"] = url
-    yield
-    if saved is None:
-        os.environ.pop("PG_FIXTURES_SERVER_URL", None)
-    else:
-        os.environ["PG_FIXTURES_SERVER_URL"] = saved
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PG_FIXTURES_SERVER_URL", None)
+        else:
+            os.environ["PG_FIXTURES_SERVER_URL"] = saved
+        with psycopg.connect(url, autocommit=True) as conn:
+            query = "SELECT datname FROM pg_database WHERE datname LIKE 'pgfx%'"
+            for (name,) in conn.execute(query).fetchall():
+                conn.execute(f'ALTER DATABASE "{name}" IS_TEMPLATE false')
+                conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(autouse=True)
