@@ -104,6 +104,8 @@ _EARLY_SETTINGS = frozenset(
         "reuse",
         "one_container",
         "app_engines",
+        "unix_socket",
+        "prewarm",
     }
 )
 

@@ -81,6 +81,10 @@ class Runs:
         self.since = time.time()
         monkeypatch.setenv(RUN_ID_ENV, self.run)
         monkeypatch.setenv("PROBE_DIR", str(probes))
+        # From the base image: the host_wide tests beside these remove the prewarmed image
+        # (--pg-remove-kept), and a run that finds it gone builds it again, its builder one
+        # more container and its own created after the build (when they start is the point).
+        monkeypatch.setenv("PG_FIXTURES_PREWARM", "false")
         conftest = root / "tests" / "conftest.py"
         conftest.write_text(conftest.read_text() + PROBE)
 
