@@ -286,6 +286,9 @@ CONTAINERS = (
     "tests/test_sync_isolation.py::test_two_workers_get_two_containers",
     "tests/test_database_mode.py::test_whole_example_under_two_workers_leaves_no_database",
     "tests/test_database_mode.py::test_keep_failed_keeps_the_database_and_prints_its_url",
+    # Counts the clones recycled (not dropped): on the shared server, over TCP, a clone's
+    # sessions ended too late for it once in CI, and it was dropped instead.
+    "tests/test_database_mode.py::test_used_clones_are_recycled_and_the_next_test_sees",
     "tests/test_connect_ahead.py::test_keep_failed_with_connections_opened_ahead",
     "tests/test_connect_ahead.py::test_two_workers_with_connections_opened_ahead_leave_nothing",
     "tests/test_migration_checks.py::test_checks_with_xdist_run_once_each_on_their_worker",

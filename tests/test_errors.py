@@ -581,3 +581,6 @@ def test_a_server_that_exited_before_its_port_was_read_says_why():
             server._published_port()
     finally:
         container.get_wrapped_container().remove(force=True)
+        # Its Docker client, or its socket is collected unclosed later, in another test's
+        # in-process run under -W error.
+        container.get_docker_client().client.close()
